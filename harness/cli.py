@@ -1,0 +1,65 @@
+"""`vecmig`: the command line. Each subcommand lives beside the code it drives and registers
+itself here through a `register(subparsers)` function.
+
+Exit codes, for every subcommand: 0 the verdict is valid, 1 anomalies were found, 2 bad input
+(a malformed history or scenario, an unknown option value), 3 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+# Modules that provide subcommands, in the order `--help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "harness.history.command",
+)
+
+DESCRIPTION = """\
+vecmig: simulate, load-test and property-test a live vector-database migration, and judge
+every run with one checker.
+
+The usual plan -- dual-write and backfill, mirrored reads, cutover, decommission -- breaks
+quietly: a backfill overwrites a newer write, a delete comes back, an instance that learned of
+a phase late loses writes. vecmig records every operation of a run as a history and reports
+failed, stale and garbage reads, lost writes, resurrected deletes and divergence.
+"""
+
+EPILOG = """\
+exit codes: 0 valid, 1 anomalies found, 2 bad input, 3 internal error.
+Run `vecmig COMMAND --help` for a command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vecmig",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("vecmig: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The cluster port: what the migration core needs from any side of a migration.
+
+Every side -- the fake HNSW cluster, a cluster server reached over HTTP, pgvector, Qdrant,
+Milvus -- implements `ClusterPort`. It is small and synchronous on purpose: the sans-I/O core
+never calls it directly; the drivers do, translating the core's requests into these calls.
+
+Rules every adapter keeps:
+
+* Versions are integers, strictly increasing per id. A tombstone `(id, version)` is a delete
+  and is kept (and scanned) until the migration ends.
+* `fenced=True` writes apply only if strictly newer than what the side holds for that id,
+  tombstones included. `fenced=False` writes overwrite whatever is there (the naive plan).
+* Errors leave the adapter only as `Unavailable`, `Timeout` or `InvalidRequest`, translated
+  once, at the boundary. `Unavailable` means the call certainly had no effect; `Timeout`
+  means it may or may not have taken effect.
+* `checksums` uses `bucket_of` and `fold` below, so that two different engines holding the
+  same `(id, version, deleted)` triples produce the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Metadata = Mapping[str, Any]
+Filter = Mapping[str, Any]
+"""A metadata filter: every key must equal the given value (e.g. {"category": 3, "in_stock": True})."""
+
+MAX_ID_LENGTH = 128
+
+
+class Metric(StrEnum):
+    COSINE = "cosine"
+    L2 = "l2"
+    INNER_PRODUCT = "ip"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, translated once at the adapter boundary.
+
+
+class ClusterError(Exception):
+    """Base class of the three errors an adapter may raise."""
+
+
+class Unavailable(ClusterError):
+    """The side (or every replica that could serve the call) is down: the call had no effect."""
+
+
+class Timeout(ClusterError):
+    """The call did not answer in time: it may or may not have taken effect."""
+
+
+class InvalidRequest(ClusterError):
+    """The request itself is wrong (dimension, NaN, id, k); retrying cannot help."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Records.
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Record:
+    """A live record: a product's embedding with its metadata, at a version."""
+
+    id: str
+    vector: Vector
+    metadata: Metadata
+    version: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.version == other.version
+            and dict(self.metadata) == dict(other.metadata)
+            and np.array_equal(self.vector, other.vector)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A delete of `id` at `version`: blocks every fenced upsert at or below that version."""
+
+    id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Stored:
+    """What a side holds for one id: a live record, or a tombstone (`deleted`, no vector)."""
+
+    id: str
+    version: int
+    deleted: bool
+    vector: Vector | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+    def as_record(self) -> Record:
+        if self.deleted or self.vector is None:
+            raise ValueError(f"{self.id!r} is a tombstone at version {self.version}, not a record")
+        return Record(self.id, self.vector, self.metadata, self.version)
+
+    def as_tombstone(self) -> Tombstone:
+        return Tombstone(self.id, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result. `score` is a distance: lower is closer, whatever the metric."""
+
+    id: str
+    version: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of a resumable scan in ascending id order, tombstones included.
+
+    `next_cursor` is None when the scan is complete; otherwise pass it back to continue.
+    """
+
+    items: tuple[Stored, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    live: int
+    tombstones: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeChecksum:
+    """The fold of every `(id, version, deleted)` in one id bucket."""
+
+    bucket: int
+    count: int
+    checksum: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# The port.
+
+
+@runtime_checkable
+class ClusterPort(Protocol):
+    """What the migration needs from one side. All calls are synchronous and may raise
+    `Unavailable`, `Timeout` or `InvalidRequest`."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def metric(self) -> Metric: ...
+
+    def upsert(self, records: Sequence[Record], *, fenced: bool = True) -> dict[str, bool]:
+        """Write records; return, per id, whether it was applied (False: fenced out)."""
+        ...
+
+    def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
+        """Write tombstones; return, per id, whether it was applied (False: fenced out)."""
+        ...
+
+    def get(self, ids: Sequence[str]) -> dict[str, Stored]:
+        """What the side holds for these ids, tombstones included; unknown ids are absent."""
+        ...
+
+    def search(self, vector: Vector, k: int, filter: Filter | None = None) -> list[Hit]:
+        """Approximate top-k live records by distance, ascending; at most k hits."""
+        ...
+
+    def scan(self, cursor: str | None, limit: int) -> ScanPage:
+        """Up to `limit` ids strictly after `cursor` in ascending order, tombstones included."""
+        ...
+
+    def count(self) -> Counts: ...
+
+    def checksums(self, buckets: int) -> list[RangeChecksum]:
+        """Per-bucket counts and version checksums over all ids, tombstones included."""
+        ...
+
+    def health(self) -> Health: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers, so every adapter validates and checksums the same way.
+
+
+def bucket_of(record_id: str, buckets: int) -> int:
+    """The verification bucket of an id: stable across processes and engines."""
+    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def fold(record_id: str, version: int, deleted: bool) -> int:
+    """A 64-bit fingerprint of one `(id, version, deleted)`; a bucket's checksum XORs them."""
+    payload = f"{record_id}\x00{version}\x00{int(deleted)}".encode()
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big")
+
+
+def checksums_of(items: Iterable[tuple[str, int, bool]], buckets: int) -> list[RangeChecksum]:
+    """Checksums computed the portable way, for adapters whose engine cannot do it natively."""
+    counts = [0] * buckets
+    sums = [0] * buckets
+    for record_id, version, deleted in items:
+        b = bucket_of(record_id, buckets)
+        counts[b] += 1
+        sums[b] ^= fold(record_id, version, deleted)
+    return [RangeChecksum(b, counts[b], sums[b]) for b in range(buckets)]
+
+
+def validate_id(record_id: object) -> str:
+    if not isinstance(record_id, str) or not record_id or len(record_id) > MAX_ID_LENGTH:
+        raise InvalidRequest(
+            f"record id must be a non-empty string of at most {MAX_ID_LENGTH} characters, "
+            f"got {record_id!r}"
+        )
+    if any(ord(c) < 32 for c in record_id):
+        raise InvalidRequest(f"record id {record_id!r} contains control characters")
+    return record_id
+
+
+def validate_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidRequest(f"version must be a non-negative integer, got {version!r}")
+    return version
+
+
+def validate_vector(vector: object, dim: int) -> Vector:
+    """Return `vector` as float32 of shape (dim,), or raise InvalidRequest naming the problem."""
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"vector is not a list of numbers: {exc}") from None
+    if array.ndim != 1:
+        raise InvalidRequest(f"vector must be one-dimensional, got shape {array.shape}")
+    if array.shape[0] != dim:
+        raise InvalidRequest(f"vector has dimension {array.shape[0]}, this side expects {dim}")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise InvalidRequest(f"vector has a non-finite value {array[bad]!r} at position {bad}")
+    return array
+
+
+def validate_k(k: object, max_k: int = 1000) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise InvalidRequest(f"k must be an integer from 1 to {max_k}, got {k!r}")
+    return k
+
+
+def validate_record(record: Record, dim: int) -> Record:
+    validate_id(record.id)
+    validate_version(record.version)
+    vector = validate_vector(record.vector, dim)
+    if not isinstance(record.metadata, Mapping):
+        raise InvalidRequest(f"metadata of {record.id!r} must be a mapping")
+    return record if vector is record.vector else Record(record.id, vector, record.metadata, record.version)
+
+
+def matches(metadata: Metadata, filter: Filter | None) -> bool:
+    """Whether a record's metadata satisfies a filter (every key equal)."""
+    if not filter:
+        return True
+    return all(metadata.get(key) == value for key, value in filter.items())
+
+
+def distance(metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is closer)."""
+    if metric is Metric.L2:
+        diff = vectors - query
+        return np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+    if metric is Metric.INNER_PRODUCT:
+        return (1.0 - vectors @ query).astype(np.float32)
+    qn = query / max(float(np.linalg.norm(query)), 1e-12)
+    norms = np.linalg.norm(vectors, axis=1)
+    norms[norms < 1e-12] = 1e-12
+    return (1.0 - (vectors @ qn) / norms).astype(np.float32)
