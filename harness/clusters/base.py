@@ -36,6 +36,17 @@ Filter = Mapping[str, Any]
 MAX_ID_LENGTH = 128
 
 
+class Side(StrEnum):
+    """The two sides of a migration."""
+
+    OLD = "old"
+    NEW = "new"
+
+    @property
+    def other(self) -> Side:
+        return Side.NEW if self is Side.OLD else Side.OLD
+
+
 class Metric(StrEnum):
     COSINE = "cosine"
     L2 = "l2"
