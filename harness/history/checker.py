@@ -1,0 +1,554 @@
+"""The checker: one judge for the histories of all three engines, in a single linear pass.
+
+Theory of operation. Events are visited in (time, index) order; the input is sorted only if
+it is not in that order already. Per id the pass keeps the highest version of an upsert (or
+load) and of a delete that completed ok so far (`max_up`, `max_del`), each change logged with
+its position so that a read can be judged against the state *at its invoke* when it completes
+("completed before R was invoked" = the completion precedes R's invoke in that order). It also
+keeps the highest version of any delete invoked so far (a concurrent delete may explain a
+not-found get), the highest version of any delete that ended indeterminate (it may have taken
+effect, so it may explain a missing id in the final state), and every (id, version) that a
+load or upsert carried, so that garbage reads are resolved at the end against the whole run.
+Lost writes, resurrected deletes and divergence are judged at the end against the `final`
+scans. Malformed input raises `MalformedHistory` naming the line.
+
+Counting: a failed read is one get or search; a stale or garbage read is one returned
+(id, version) pair, so a search can count several; lost writes, resurrected deletes and
+divergence count ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.history.ops import CLIENT_FS, Event, MalformedHistory
+
+Version = int | float
+
+PHASES: tuple[str, ...] = (
+    "OLD_ONLY",
+    "DUAL_WRITE",
+    "BACKFILL",
+    "SHADOW",
+    "CUTOVER",
+    "DECOMMISSIONED",
+)
+# After these phases the new side serves reads; before them the old side does.
+NEW_SERVES: frozenset[str] = frozenset({"CUTOVER", "DECOMMISSIONED"})
+# In these phases both sides are meant to be current and complete, so they must agree.
+BOTH_CURRENT: frozenset[str] = frozenset({"SHADOW", "CUTOVER"})
+SIDES: tuple[str, ...] = ("old", "new")
+ANOMALIES: tuple[str, ...] = (
+    "failed_reads",
+    "stale_reads",
+    "garbage_reads",
+    "lost_writes",
+    "resurrected_deletes",
+    "divergence",
+)
+MAX_EXAMPLES = 5
+
+_NUMBER = (int, float)  # compared with `type(x) in`, which keeps bools out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the checker found. `valid` only if every count is zero and nothing was unjudged."""
+
+    valid: bool
+    failed_reads: int = 0
+    stale_reads: int = 0
+    garbage_reads: int = 0
+    lost_writes: int = 0
+    resurrected_deletes: int = 0
+    divergence: int = 0
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    recall: float | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    unknown: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in ANOMALIES}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            **self.counts(),
+            "unknown": self.unknown,
+            "recall": self.recall,
+            "ops": dict(self.ops),
+            "examples": {kind: list(found) for kind, found in self.examples.items()},
+            "notes": list(self.notes),
+        }
+
+
+def check(
+    events: Iterable[Event], *, lines: Sequence[int] | None = None, source: str = "history"
+) -> Verdict:
+    """Judge a history. `lines[i]` is the file line of the i-th event, for error messages
+    (without it, an event's line is its 1-based position). Raises `MalformedHistory`."""
+    history = events if isinstance(events, list) else list(events)
+    if lines is not None and len(lines) != len(history):
+        raise ValueError(f"got {len(lines)} line numbers for {len(history)} events")
+    judge = _Judge(history, lines, source)
+    judge.run()
+    return judge.verdict()
+
+
+def check_safely(
+    events: Iterable[Event], *, lines: Sequence[int] | None = None, source: str = "history"
+) -> Verdict:
+    """Like `check`, but a checker that crashes says "unknown", never "valid".
+
+    Malformed input still raises `MalformedHistory`: that is the input's fault, not ours.
+    """
+    try:
+        return check(events, lines=lines, source=source)
+    except MalformedHistory:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any crash must become an unknown verdict
+        return Verdict(
+            valid=False,
+            unknown=True,
+            notes=[f"the checker crashed, so the verdict is unknown: {type(exc).__name__}: {exc}"],
+        )
+
+
+def time_order(history: Sequence[Event]) -> list[int] | None:
+    """Positions of the events in (time, index) order, or None if they are in order already."""
+    previous = (-(2**63), -(2**63))
+    for event in history:
+        key = (event.time, event.index)
+        if key < previous:
+            break
+        previous = key
+    else:
+        return None
+    return sorted(range(len(history)), key=lambda p: (history[p].time, history[p].index))
+
+
+# An op in flight on a process: (seq of its invoke, position, the invoke event, id, version).
+_Open = tuple[int, int, Event, str | None, Version | None]
+
+
+class _Judge:
+    """The state of one pass. `seq` is an event's rank in (time, index) order, `pos` its
+    position in the input (which names its line)."""
+
+    def __init__(self, history: list[Event], lines: Sequence[int] | None, source: str) -> None:
+        self.history = history
+        self.lines = lines
+        self.source = source
+        self.max_up: dict[str, Version] = {}
+        self.max_del: dict[str, Version] = {}
+        # id -> [(seq, max_up, max_del) after each change], in seq order.
+        self.changes: dict[str, list[tuple[int, Version | None, Version | None]]] = {}
+        self.del_invoked: dict[str, Version] = {}
+        self.del_indeterminate: dict[str, Version] = {}
+        self.carried: set[tuple[str, Version]] = set()
+        self.open: dict[int | str, _Open] = {}
+        self.crashed: dict[int | str, int] = {}  # process -> pos of its info
+        self.counts: dict[str, int] = dict.fromkeys(ANOMALIES, 0)
+        self.examples: dict[str, list[dict[str, Any]]] = {}
+        self.garbage_candidates: list[tuple[str, Version, int, int]] = []  # id, v, iseq, seq
+        self.ops: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.unknown = False
+        self.recall_sum = 0.0
+        self.recall_n = 0
+        self.phase: str | None = None
+        self.faults: dict[str, int] = {}
+        self.finals: dict[str, Mapping[str, Version]] = {}
+        self.order: Sequence[int] = range(len(history))
+
+    # -- errors and examples -----------------------------------------------------------------
+
+    def bad(self, pos: int, problem: str) -> MalformedHistory:
+        line = self.lines[pos] if self.lines is not None else pos + 1
+        return MalformedHistory(line, problem, self.source)
+
+    def line(self, pos: int) -> int:
+        return self.lines[pos] if self.lines is not None else pos + 1
+
+    def found(self, kind: str, example: dict[str, Any], *, live: bool = True) -> None:
+        """Count one anomaly; keep the first examples, with the phase and faults of the moment
+        when found during the pass (`live`)."""
+        self.counts[kind] += 1
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < MAX_EXAMPLES:
+            if live:
+                example["phase"] = self.phase
+                example["faults"] = sorted(f for f, n in self.faults.items() if n > 0)
+            shown.append(example)
+
+    def read_example(self, iseq: int, seq: int, **what: Any) -> dict[str, Any]:
+        invoke = self.history[self.order[iseq]]
+        done = self.history[self.order[seq]]
+        return {
+            "f": invoke.f,
+            **what,
+            "process": invoke.process,
+            "invoke_index": invoke.index,
+            "complete_index": done.index,
+            "invoke_time": invoke.time,
+            "complete_time": done.time,
+        }
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        order = time_order(self.history)
+        if order is not None:
+            self.order = order
+            self.notes.append("events were not in (time, index) order; the checker sorted them")
+        history = self.history
+        for seq, pos in enumerate(self.order):
+            event = history[pos]
+            if event.f in CLIENT_FS:
+                if event.type == "invoke":
+                    self.invoke(seq, pos, event)
+                else:
+                    self.complete(seq, pos, event)
+            else:
+                self.other(seq, pos, event)
+        self.finish()
+
+    def invoke(self, seq: int, pos: int, event: Event) -> None:
+        process, f, value = event.process, event.f, event.value
+        if process in self.open:
+            _, other_pos, other, _, _ = self.open[process]
+            raise self.bad(
+                pos,
+                f"process {process!r} invokes {f} while its {other.f} invoked at line "
+                f"{self.line(other_pos)} is still open; a process runs one op at a time, "
+                "so complete that op (ok, fail or info) first",
+            )
+        if process in self.crashed:
+            raise self.bad(
+                pos,
+                f"process {process!r} invokes {f} after it got info at line "
+                f"{self.line(self.crashed[process])}; a process that got info never invokes "
+                "again: give the next op a new process number",
+            )
+        self.ops[f] = self.ops.get(f, 0) + 1
+        id_: str | None = None
+        version: Version | None = None
+        if f == "upsert" or f == "delete":
+            id_, version = self.id_version(pos, event)
+            if f == "upsert":
+                self.carried.add((id_, version))
+            else:
+                invoked = self.del_invoked.get(id_)
+                if invoked is None or version > invoked:
+                    self.del_invoked[id_] = version
+        elif f == "get":
+            if not isinstance(value, Mapping) or type(value.get("id")) is not str:
+                raise self.bad(pos, f'get invoke value must be {{"id": str}}, got {value!r}')
+            id_ = value["id"]
+        elif not isinstance(value, Mapping) or "k" not in value:
+            raise self.bad(
+                pos, f'search invoke value must hold "k" (and maybe "filter"), got {value!r}'
+            )
+        self.open[process] = (seq, pos, event, id_, version)
+
+    def id_version(self, pos: int, event: Event) -> tuple[str, Version]:
+        value = event.value
+        if not isinstance(value, Mapping) or "id" not in value or "version" not in value:
+            raise self.bad(
+                pos, f'{event.f} invoke value must be {{"id", "version"}}, got {value!r}'
+            )
+        id_, version = value["id"], value["version"]
+        if type(id_) is not str:
+            raise self.bad(
+                pos,
+                f"{event.f} id must be a string (records maps key ids as JSON strings), "
+                f"got {id_!r}",
+            )
+        if type(version) not in _NUMBER:
+            raise self.bad(pos, f"{event.f} version must be a number, got {version!r}")
+        return id_, version
+
+    def complete(self, seq: int, pos: int, event: Event) -> None:
+        process, f, type_ = event.process, event.f, event.type
+        opened = self.open.pop(process, None)
+        if opened is None:
+            why = (
+                f" (it already got info at line {self.line(self.crashed[process])})"
+                if process in self.crashed
+                else ""
+            )
+            raise self.bad(
+                pos,
+                f"{type_} {f} on process {process!r} has no open invoke{why}; every completion "
+                "follows its own invoke on the same process",
+            )
+        iseq, ipos, invoke, id_, version = opened
+        if invoke.f != f:
+            raise self.bad(
+                pos,
+                f"{type_} {f} on process {process!r} completes a {invoke.f} invoked at line "
+                f"{self.line(ipos)}; a completion's f must match its invoke's",
+            )
+        if type_ == "info":
+            self.crashed[process] = pos
+        if f == "upsert" or f == "delete":
+            assert id_ is not None and version is not None
+            if type_ == "ok":
+                self.acknowledge(seq, id_, version, f == "upsert")
+            elif type_ == "info" and f == "delete":
+                known = self.del_indeterminate.get(id_)
+                if known is None or version > known:
+                    self.del_indeterminate[id_] = version
+            return
+        if type_ != "ok":
+            example = self.read_example(iseq, seq, id=id_, type=type_, error=event.value)
+            self.found("failed_reads", example)
+            return
+        value = event.value
+        if f == "get":
+            self.judge_get(iseq, seq, pos, id_, value)
+        else:
+            self.judge_search(iseq, seq, pos, value)
+
+    def acknowledge(self, seq: int, id_: str, version: Version, upsert: bool) -> None:
+        newest = self.max_up if upsert else self.max_del
+        known = newest.get(id_)
+        if known is not None and version <= known:
+            return
+        newest[id_] = version
+        entry = (seq, self.max_up.get(id_), self.max_del.get(id_))
+        log = self.changes.get(id_)
+        if log is None:
+            self.changes[id_] = [entry]
+        else:
+            log.append(entry)
+
+    def state_at(self, id_: str, seq: int) -> tuple[Version | None, Version | None]:
+        """(max_up, max_del) of `id_` as of just before the event at `seq`."""
+        log = self.changes.get(id_)
+        if not log:
+            return None, None
+        if log[-1][0] < seq:
+            return log[-1][1], log[-1][2]
+        at = bisect.bisect_left(log, (seq,)) - 1
+        return (log[at][1], log[at][2]) if at >= 0 else (None, None)
+
+    def judge_get(self, iseq: int, seq: int, pos: int, id_: str | None, value: Any) -> None:
+        assert id_ is not None
+        if not isinstance(value, Mapping) or "version" not in value:
+            raise self.bad(pos, f'get ok value must be {{"id", "version"}}, got {value!r}')
+        if "id" in value and value["id"] != id_:
+            raise self.bad(
+                pos, f"get ok answers id {value['id']!r}, but the invoke asked for {id_!r}"
+            )
+        version = value["version"]
+        if version is None:
+            up, dl = self.state_at(id_, iseq)
+            if up is None or (dl is not None and dl >= up):
+                return
+            invoked = self.del_invoked.get(id_)
+            if invoked is not None and invoked > up:
+                return  # a delete newer than the upsert was in flight: it may explain this
+            example = self.read_example(
+                iseq, seq, id=id_, returned=None, max_up=up, max_del=dl, why="not found"
+            )
+            self.found("stale_reads", example)
+            return
+        if type(version) not in _NUMBER:
+            raise self.bad(pos, f"get ok version must be a number or null, got {version!r}")
+        self.judge_returned(iseq, seq, id_, version)
+
+    def judge_search(self, iseq: int, seq: int, pos: int, value: Any) -> None:
+        results = value.get("results") if isinstance(value, Mapping) else None
+        if not isinstance(results, list):
+            raise self.bad(
+                pos,
+                f'search ok value must hold "results": [[id, version, score], ...], got {value!r}',
+            )
+        max_up, max_del, carried = self.max_up, self.max_del, self.carried
+        returned: list[str] = []
+        for entry in results:
+            if not isinstance(entry, list | tuple) or len(entry) < 2:
+                raise self.bad(pos, f"a search result must be [id, version, score], got {entry!r}")
+            id_, version = entry[0], entry[1]
+            if type(id_) is not str or type(version) not in _NUMBER:
+                raise self.bad(
+                    pos, f"a search result must be [id: str, version: number, score], got {entry!r}"
+                )
+            returned.append(id_)
+            up = max_up.get(id_)
+            dl = max_del.get(id_)
+            # The state only grows, so a version fresh now was fresh at the invoke.
+            if (up is not None and up > version) or (dl is not None and dl >= version):
+                self.judge_returned(iseq, seq, id_, version)
+            elif (id_, version) not in carried:
+                self.garbage_candidates.append((id_, version, iseq, seq))
+        exact = value.get("exact")
+        if exact is not None:
+            if not isinstance(exact, list):
+                raise self.bad(pos, f'search "exact" must be a list of ids, got {exact!r}')
+            if exact:
+                wanted = set(exact)
+                self.recall_sum += len(wanted.intersection(returned)) / len(wanted)
+                self.recall_n += 1
+
+    def judge_returned(self, iseq: int, seq: int, id_: str, version: Version) -> None:
+        up, dl = self.state_at(id_, iseq)
+        if (up is not None and up > version) or (dl is not None and dl >= version):
+            example = self.read_example(
+                iseq,
+                seq,
+                id=id_,
+                returned=version,
+                max_up=up,
+                max_del=dl,
+                why="a newer upsert" if up is not None and up > version else "a delete",
+            )
+            self.found("stale_reads", example)
+        if (id_, version) not in self.carried:
+            self.garbage_candidates.append((id_, version, iseq, seq))
+
+    # -- load, phase, fault, final -----------------------------------------------------------
+
+    def other(self, seq: int, pos: int, event: Event) -> None:
+        f, value = event.f, event.value
+        expected = "info" if f in ("phase", "fault") else "ok"
+        if event.type != expected:
+            raise self.bad(pos, f"a {f} event has type {expected!r}, got {event.type!r}")
+        if f == "load":
+            for id_, version in self.records(pos, event).items():
+                self.carried.add((id_, version))
+                self.acknowledge(seq, id_, version, True)
+        elif f == "phase":
+            name = value.get("phase") if isinstance(value, Mapping) else None
+            if name not in PHASES:
+                raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
+            self.phase = name
+        elif f == "fault":
+            if (
+                not isinstance(value, Mapping)
+                or type(value.get("family")) is not str
+                or value.get("action") not in ("start", "stop")
+            ):
+                raise self.bad(
+                    pos,
+                    f'a fault value holds {{"family": str, "action": "start"|"stop"}}, got {value!r}',
+                )
+            family = value["family"]
+            self.faults[family] = self.faults.get(family, 0) + (
+                1 if value["action"] == "start" else -1
+            )
+        else:  # final
+            side = value.get("side") if isinstance(value, Mapping) else None
+            if side not in SIDES:
+                raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
+            if side in self.finals:
+                self.notes.append(f"more than one final of side {side!r}; the last one counts")
+            self.finals[side] = self.records(pos, event)
+
+    def records(self, pos: int, event: Event) -> Mapping[str, Version]:
+        value = event.value
+        records = value.get("records") if isinstance(value, Mapping) else None
+        if not isinstance(records, Mapping):
+            raise self.bad(
+                pos, f'a {event.f} value holds "records": {{id: version}}, got {value!r}'
+            )
+        for id_, version in records.items():
+            if type(id_) is not str or type(version) not in _NUMBER:
+                raise self.bad(
+                    pos,
+                    f"{event.f} records map string ids to numeric versions, got {id_!r}: {version!r}",
+                )
+        return records
+
+    # -- the end of the run ------------------------------------------------------------------
+
+    def finish(self) -> None:
+        open_reads = 0
+        for _, _, invoke, id_, version in self.open.values():
+            if invoke.f == "delete":
+                assert id_ is not None and version is not None
+                known = self.del_indeterminate.get(id_)
+                if known is None or version > known:
+                    self.del_indeterminate[id_] = version
+            elif invoke.f in ("get", "search"):
+                open_reads += 1
+        if open_reads:
+            self.notes.append(f"{open_reads} read(s) never completed; not counted as failed")
+        for id_, version, iseq, seq in self.garbage_candidates:
+            if (id_, version) not in self.carried:
+                example = self.read_example(iseq, seq, id=id_, returned=version)
+                self.found("garbage_reads", example, live=False)
+        serving = "new" if self.phase in NEW_SERVES else "old"
+        final = self.finals.get(serving)
+        if final is None:
+            self.unknown = True
+            self.notes.append(
+                f"no final state of side {serving!r} (the side serving reads after phase "
+                f"{self.phase or 'OLD_ONLY'}): lost writes and resurrected deletes cannot be "
+                "judged; record a final scan of that side at the end of the run"
+            )
+        else:
+            self.judge_final(serving, final)
+        if len(self.finals) == 2:
+            if self.phase in BOTH_CURRENT:
+                self.judge_divergence()
+            else:
+                self.notes.append(
+                    f"divergence not judged: the run ended in {self.phase or 'OLD_ONLY'}, where "
+                    "old and new are not both meant to be current"
+                )
+
+    def judge_final(self, side: str, final: Mapping[str, Version]) -> None:
+        max_up, max_del = self.max_up, self.max_del
+        # Dict order, not set order, so that the examples are the same on every run.
+        ids = [*max_up, *(id_ for id_ in max_del if id_ not in max_up)]
+        for id_ in ids:
+            up = max_up.get(id_)
+            dl = max_del.get(id_)
+            held = final.get(id_)
+            if dl is None or (up is not None and up > dl):
+                assert up is not None
+                if held is not None and held >= up:
+                    continue
+                if held is None:
+                    maybe = self.del_indeterminate.get(id_)
+                    if maybe is not None and maybe > up:
+                        continue  # an indeterminate newer delete may have taken effect
+                self.found(
+                    "lost_writes",
+                    {"id": id_, "acknowledged_upsert": up, "final": held, "side": side},
+                    live=False,
+                )
+            elif held is not None and held <= dl:
+                self.found(
+                    "resurrected_deletes",
+                    {"id": id_, "acknowledged_delete": dl, "final": held, "side": side},
+                    live=False,
+                )
+
+    def judge_divergence(self) -> None:
+        old, new = self.finals["old"], self.finals["new"]
+        for id_ in [*old, *(id_ for id_ in new if id_ not in old)]:
+            if old.get(id_) != new.get(id_):
+                self.found(
+                    "divergence",
+                    {"id": id_, "old": old.get(id_), "new": new.get(id_)},
+                    live=False,
+                )
+
+    def verdict(self) -> Verdict:
+        counts = self.counts
+        return Verdict(
+            valid=not self.unknown and not any(counts.values()),
+            **counts,
+            examples=self.examples,
+            recall=self.recall_sum / self.recall_n if self.recall_n else None,
+            ops=self.ops,
+            notes=self.notes,
+            unknown=self.unknown,
+        )

@@ -1,0 +1,524 @@
+"""The checker (harness/history/checker.py) and `vecmig check`: each anomaly is caught with its
+exact count, valid concurrent histories are not flagged, malformed input names its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID, main
+from harness.history import ops
+from harness.history.checker import Verdict, check, check_safely
+from harness.history.ops import Event, MalformedHistory, Recorder
+
+EXAMPLE = Path(__file__).parent / "data" / "example_history.jsonl"
+
+
+class History:
+    """A hand-written history: each call records one event one microsecond after the last."""
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        self.now = 0
+
+    @property
+    def events(self) -> list[Event]:
+        return self.recorder.events
+
+    def _at(self) -> int:
+        self.now += 1000
+        return self.now
+
+    def invoke(self, process: int, f: str, **value: Any) -> History:
+        self.recorder.invoke(process, f, value, self._at())
+        return self
+
+    def complete(self, process: int, type_: str, f: str, **value: Any) -> History:
+        self.recorder.complete(process, type_, f, value, self._at())  # type: ignore[arg-type]
+        return self
+
+    def ok(self, process: int, f: str, **value: Any) -> History:
+        return self.complete(process, "ok", f, **value)
+
+    def write(self, process: int, f: str, id: str, version: int) -> History:
+        return self.invoke(process, f, id=id, version=version).ok(
+            process, f, id=id, version=version
+        )
+
+    def get(self, process: int, id: str, version: int | None) -> History:
+        return self.invoke(process, "get", id=id).ok(process, "get", id=id, version=version)
+
+    def search(self, process: int, results: list[tuple[str, int]], **extra: Any) -> History:
+        rows = [[id_, v, 0.5] for id_, v in results]
+        return self.invoke(process, "search", k=10).ok(process, "search", results=rows, **extra)
+
+    def load(self, records: dict[str, int]) -> History:
+        self.recorder.ok(ops.LOADER, "load", {"records": records}, self._at())
+        return self
+
+    def phase(self, name: str) -> History:
+        self.recorder.info(ops.CONTROLLER, "phase", {"phase": name, "epoch": 0}, self._at())
+        return self
+
+    def final(self, side: str, records: dict[str, int]) -> History:
+        self.recorder.ok(ops.CHECKER, "final", {"side": side, "records": records}, self._at())
+        return self
+
+    def finals(self, records: dict[str, int]) -> History:
+        return self.final("old", records).final("new", records)
+
+
+def counts(verdict: Verdict) -> dict[str, int]:
+    return {kind: n for kind, n in verdict.counts().items() if n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Each anomaly is caught, with its exact count.
+
+
+def test_stale_get_returns_a_version_older_than_an_acknowledged_upsert() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", 1).finals({"a": 2})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    assert not verdict.valid
+    example = verdict.examples["stale_reads"][0]
+    assert (example["id"], example["returned"], example["max_up"]) == ("a", 1, 2)
+
+
+def test_stale_get_returns_a_version_at_or_below_an_acknowledged_delete() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 2).get(1, "a", 1).final("old", {})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_stale_search_counts_each_stale_result() -> None:
+    h = (
+        History()
+        .load({"a": 1, "b": 1, "c": 1})
+        .write(0, "upsert", "a", 2)
+        .write(0, "delete", "b", 2)
+        .search(1, [("a", 1), ("b", 1), ("c", 1)])
+        .final("old", {"a": 2, "c": 1})
+    )
+    assert counts(check(h.events)) == {"stale_reads": 2}
+
+
+def test_stale_not_found_when_the_newest_op_is_an_upsert() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", None).finals({"a": 2})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    assert verdict.examples["stale_reads"][0]["why"] == "not found"
+
+
+def test_garbage_read_of_a_version_no_write_carried() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .get(0, "a", 7)
+        .search(1, [("zz", 1), ("a", 1)])
+        .final("old", {"a": 1})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"garbage_reads": 2}
+    assert {e["id"] for e in verdict.examples["garbage_reads"]} == {"a", "zz"}
+
+
+def test_failed_reads_count_fail_and_info() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(0, "get", id="a")
+        .complete(0, "fail", "get", error="unavailable")
+        .invoke(1, "search", k=10)
+        .complete(1, "info", "search", error="timeout")
+        .invoke(0, "get", id="a")
+        .complete(0, "info", "get", error="timeout")
+        .final("old", {"a": 1})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"failed_reads": 3}
+    assert verdict.examples["failed_reads"][0]["type"] == "fail"
+
+
+def test_lost_write_when_the_serving_side_lacks_the_acknowledged_version() -> None:
+    h = (
+        History()
+        .load({"a": 1, "b": 1})
+        .write(0, "upsert", "a", 2)
+        .write(0, "upsert", "b", 2)
+        .final("old", {"a": 1})  # a is too old, b is gone
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"lost_writes": 2}
+
+
+def test_resurrected_delete_when_the_serving_side_still_holds_the_record() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 2).final("old", {"a": 1})
+    verdict = check(h.events)
+    assert counts(verdict) == {"resurrected_deletes": 1}
+    assert verdict.examples["resurrected_deletes"][0]["acknowledged_delete"] == 2
+
+
+def test_divergence_between_finals_in_shadow() -> None:
+    h = (
+        History()
+        .load({"a": 1, "b": 1, "c": 1})
+        .phase("SHADOW")
+        .final("old", {"a": 1, "b": 1, "c": 1})
+        .final("new", {"a": 1, "b": 2, "d": 1})  # b differs, c missing, d extra
+    )
+    assert counts(check(h.events)) == {"divergence": 3}
+
+
+def test_missing_final_of_the_serving_side_is_unknown_not_valid() -> None:
+    h = History().load({"a": 1}).phase("CUTOVER").final("old", {"a": 1})
+    verdict = check(h.events)
+    assert verdict.unknown and not verdict.valid
+    assert any("no final state of side 'new'" in note for note in verdict.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid histories that must not be flagged.
+
+
+@pytest.mark.parametrize("seen", [1, 2])
+def test_a_read_concurrent_with_an_upsert_may_see_old_or_new(seen: int) -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(0, "upsert", id="a", version=2)
+        .invoke(1, "get", id="a")
+        .ok(1, "get", id="a", version=seen)
+        .ok(0, "upsert", id="a", version=2)
+        .finals({"a": 2})
+    )
+    assert check(h.events).valid
+
+
+def test_a_read_invoked_before_the_upsert_completed_may_see_the_old_version() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(1, "search", k=10)
+        .write(0, "upsert", "a", 2)
+        .ok(1, "search", results=[["a", 1, 0.9]])
+        .finals({"a": 2})
+    )
+    assert check(h.events).valid
+
+
+@pytest.mark.parametrize("final", [{"a": 1}, {"a": 2}])
+def test_an_info_upsert_may_take_effect_later_or_never(final: dict[str, int]) -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(0, "upsert", id="a", version=2)
+        .complete(0, "info", "upsert", error="timeout")
+        .get(1, "a", 1)
+        .get(1, "a", 2)
+        .get(1, "a", final["a"])
+        .final("old", final)
+    )
+    assert check(h.events).valid
+
+
+def test_an_info_delete_explains_a_missing_id() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(0, "delete", id="a", version=2)
+        .complete(0, "info", "delete", error="timeout")
+        .get(1, "a", None)
+        .final("old", {})
+    )
+    assert check(h.events).valid
+
+
+def test_a_never_completed_delete_explains_a_missing_id() -> None:
+    h = History().load({"a": 1}).invoke(0, "delete", id="a", version=2).final("old", {})
+    verdict = check(h.events)
+    assert verdict.valid, verdict
+
+
+def test_a_concurrent_delete_explains_a_not_found_get() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(1, "get", id="a")
+        .invoke(0, "delete", id="a", version=2)
+        .ok(1, "get", id="a", version=None)
+        .ok(0, "delete", id="a", version=2)
+        .final("old", {})
+    )
+    assert check(h.events).valid
+
+
+def test_a_delete_invoked_only_after_the_get_completed_does_not_explain_it() -> None:
+    h = History().load({"a": 1}).get(1, "a", None).write(0, "delete", "a", 2).final("old", {})
+    assert check(h.events).stale_reads == 1
+
+
+def test_reads_of_a_version_whose_upsert_is_still_in_flight() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .invoke(0, "upsert", id="a", version=2)
+        .get(1, "a", 2)
+        .search(2, [("a", 2)])
+        .ok(0, "upsert", id="a", version=2)
+        .finals({"a": 2})
+    )
+    assert check(h.events).valid
+
+
+def test_a_read_of_a_version_invoked_later_in_the_file_is_not_garbage() -> None:
+    """Garbage means no write ever carried the version, wherever it appears in the history
+    (clocks of different machines may put a read of a write before the write's invoke)."""
+    h = (
+        History()
+        .load({"a": 1})
+        .get(1, "a", 2)
+        .invoke(0, "upsert", id="a", version=2)
+        .complete(0, "info", "upsert", error="timeout")
+        .final("old", {"a": 2})
+    )
+    assert check(h.events).valid
+
+
+def test_after_cutover_the_new_side_serves_and_the_old_may_lag() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .phase("DUAL_WRITE")
+        .phase("BACKFILL")
+        .phase("SHADOW")
+        .phase("CUTOVER")
+        .phase("DECOMMISSIONED")
+        .write(0, "upsert", "a", 2)
+        .final("old", {"a": 1})
+        .final("new", {"a": 2})
+    )
+    assert check(h.events).valid
+
+
+def test_a_stale_old_side_after_cutover_is_a_divergence_not_a_lost_write() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .phase("CUTOVER")
+        .write(0, "upsert", "a", 2)
+        .final("old", {"a": 1})
+        .final("new", {"a": 2})
+    )
+    assert counts(check(h.events)) == {"divergence": 1}
+
+
+def test_loads_many_ops_and_agreeing_finals() -> None:
+    h = History().load({f"p{i}": 1 for i in range(20)}).phase("DUAL_WRITE")
+    state = {f"p{i}": 1 for i in range(20)}
+    version = 1
+    for round_ in range(10):
+        for i in range(0, 20, 3):
+            version += 1
+            id_ = f"p{(i + round_) % 20}"
+            if (i + round_) % 4 == 0 and id_ in state:
+                h.write(round_ % 3, "delete", id_, version)
+                del state[id_]
+            else:
+                h.write(round_ % 3, "upsert", id_, version)
+                state[id_] = version
+            h.get(3, id_, state.get(id_))
+        top = sorted(state.items())[:5]
+        h.search(4, top, exact=[id_ for id_, _ in top])
+    h.phase("SHADOW").finals(state)
+    verdict = check(h.events)
+    assert verdict.valid, verdict
+    assert verdict.recall == 1.0
+    assert verdict.ops["upsert"] + verdict.ops["delete"] == 70
+
+
+def test_unsorted_input_is_sorted_by_time_then_index() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", 2).final("old", {"a": 2})
+    verdict = check(list(reversed(h.events)))
+    assert verdict.valid
+    assert any("sorted" in note for note in verdict.notes)
+
+
+def test_recall_is_the_mean_over_searches_with_exact() -> None:
+    h = (
+        History()
+        .load({"a": 1, "b": 1})
+        .search(0, [("a", 1)], exact=["a", "b"])
+        .search(0, [("a", 1), ("b", 1)], exact=["a", "b"])
+        .search(0, [("a", 1)])
+        .search(0, [("a", 1)], exact=[])
+        .final("old", {"a": 1, "b": 1})
+    )
+    verdict = check(h.events)
+    assert verdict.valid and verdict.recall == pytest.approx(0.75)
+
+
+def test_a_crashing_checker_says_unknown() -> None:
+    class Exploding:
+        def __iter__(self) -> Any:
+            raise RuntimeError("boom")
+
+    verdict = check_safely(Exploding())
+    assert verdict.unknown and not verdict.valid
+    assert "boom" in verdict.notes[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed histories name the line.
+
+
+def _lines(events: list[Event]) -> list[str]:
+    return [event.to_json() for event in events]
+
+
+def _write(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _valid() -> History:
+    return History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", 2).final("old", {"a": 2})
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "line", "problem"),
+    [
+        (lambda lines: lines[:3] + ["{not json"] + lines[3:], 4, "not valid JSON"),
+        (lambda lines: lines[:2] + [lines[2].replace('"index": 2, ', "")] + lines[3:], 3, "index"),
+        (lambda lines: lines[:3] + lines[4:], 4, "no open invoke"),
+    ],
+    ids=["bad-json", "missing-key", "completion-without-invoke"],
+)
+def test_malformed_history_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], corrupt: Any, line: int, problem: str
+) -> None:
+    path = _write(tmp_path, corrupt(_lines(_valid().events)))
+    assert main(["check", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"vecmig check: {path}:{line}: ")
+    assert problem in err
+
+
+def test_blank_lines_do_not_shift_the_line_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _lines(_valid().events)
+    path = _write(tmp_path, ["", *lines[:3], "", *lines[4:]])  # drop the get's invoke
+    assert main(["check", str(path)]) == EXIT_BAD_INPUT
+    assert f"{path}:6: ok get on process 1 has no open invoke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("build", "problem"),
+    [
+        (lambda h: h.invoke(0, "get", id="a").invoke(0, "get", id="a"), "still open"),
+        (
+            lambda h: (
+                h.invoke(0, "get", id="a").complete(0, "info", "get").invoke(0, "get", id="a")
+            ),
+            "got info",
+        ),
+        (lambda h: h.invoke(0, "get", id="a").ok(0, "search", results=[]), "must match"),
+        (lambda h: h.invoke(0, "upsert", id="a"), "version"),
+        (lambda h: h.invoke(0, "search"), '"k"'),
+        (lambda h: h.final("both", {}), "side"),
+    ],
+    ids=["second-invoke", "invoke-after-info", "f-mismatch", "no-version", "no-k", "bad-side"],
+)
+def test_malformed_ops_are_rejected(build: Any, problem: str) -> None:
+    h = build(History().load({"a": 1}))
+    with pytest.raises(MalformedHistory, match=problem) as raised:
+        check(h.events)
+    assert raised.value.line == len(h.events)
+
+
+# ---------------------------------------------------------------------------------------------
+# `vecmig check` end to end.
+
+
+def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:
+    path = tmp_path / "valid.jsonl"
+    ops.write_jsonl(_valid().events, path)
+    assert main(["check", str(path)]) == EXIT_VALID
+
+
+def test_vecmig_check_exits_1_on_anomalies_and_json_has_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "stale.jsonl"
+    events = (
+        History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", 1).final("old", {"a": 2})
+    )
+    ops.write_jsonl(events.events, path)
+    assert main(["check", str(path)]) == EXIT_ANOMALIES
+    assert "stale reads" in capsys.readouterr().out
+    assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
+    verdict = json.loads(capsys.readouterr().out)
+    required = {"valid", "failed_reads", "stale_reads", "garbage_reads", "lost_writes"}
+    required |= {"resurrected_deletes", "divergence", "examples", "recall", "ops", "notes"}
+    assert required <= verdict.keys()
+    assert verdict["valid"] is False and verdict["stale_reads"] == 1
+
+
+def test_vecmig_check_exits_2_on_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(tmp_path / "nope.jsonl")]) == EXIT_BAD_INPUT
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_example_history_is_valid() -> None:
+    assert main(["check", str(EXAMPLE)]) == EXIT_VALID
+    assert check(ops.read_jsonl(EXAMPLE)).recall == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: a history of a sequential model is always valid.
+
+
+op_strategy = st.tuples(
+    st.sampled_from(["upsert", "delete", "get", "search"]),
+    st.integers(0, 5),  # id
+    st.integers(0, 3),  # process
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    initial=st.dictionaries(st.integers(0, 5), st.just(1), max_size=6),
+    steps=st.lists(op_strategy, max_size=40),
+    last_phase=st.sampled_from(["OLD_ONLY", "DUAL_WRITE", "SHADOW", "CUTOVER", "DECOMMISSIONED"]),
+)
+def test_a_sequential_history_is_always_valid(
+    initial: dict[int, int], steps: list[tuple[str, int, int]], last_phase: str
+) -> None:
+    state = {f"p{i}": v for i, v in initial.items()}
+    h = History().load(dict(state)).phase(last_phase)
+    version = 1
+    for f, i, process in steps:
+        id_ = f"p{i}"
+        if f in ("upsert", "delete"):
+            version += 1
+            h.write(process, f, id_, version)
+            if f == "upsert":
+                state[id_] = version
+            else:
+                state.pop(id_, None)
+        elif f == "get":
+            h.get(process, id_, state.get(id_))
+        else:
+            top = sorted(state.items())[:3]
+            h.search(process, top, exact=[id_ for id_, _ in top])
+    h.finals(state)
+    verdict = check(h.events)
+    assert verdict.valid, verdict
