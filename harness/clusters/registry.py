@@ -1,0 +1,119 @@
+"""Open a side of a migration from a URL: the one place that knows every adapter's address form.
+
+    fake://?shards=2&replicas=2&seed=0            the in-memory HNSW fake cluster
+    pgvector://user:pass@host:5432/db?table=items  PostgreSQL + pgvector (sslmode etc. pass through)
+    qdrant://:memory:                              Qdrant local mode, in this process
+    qdrant://host:6333?collection=items            a Qdrant server (add &https=1, &api_key=...)
+    qdrant+local:///path/to/dir?collection=items   Qdrant local mode persisted in a directory
+    milvus+lite:///path/to/file.db?collection=items  Milvus Lite, embedded, in one file
+    http://host:port                               a remote fake cluster server (not yet supported)
+
+Engine client packages are imported only when their scheme is used (`pip install
+'vecmig[engines]'` brings them all).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+
+from .base import ClusterPort, Metric
+
+__all__ = ["SCHEMES", "open_cluster"]
+
+SCHEMES = ("fake", "pgvector", "qdrant", "qdrant+local", "milvus+lite", "http")
+
+
+def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> ClusterPort:
+    """The side at `url`, holding `dim`-dimensional vectors compared by `metric`."""
+    metric = Metric(metric)
+    scheme, _, rest = url.partition("://")
+    if not rest and "://" not in url:
+        raise ValueError(f"{url!r} is not a cluster URL; it should start with one of {_valid()}")
+    scheme = scheme.lower()
+    if scheme == "qdrant" and rest.split("?")[0] == ":memory:":
+        query = _query(url, rest.partition("?")[2])
+        return _qdrant(dim, metric, query, location=":memory:")
+    parts = urlsplit(url)
+    query = _query(url, parts.query)
+    if scheme == "fake":
+        from .fake import FakeCluster
+
+        ints = {
+            key: _int(url, key, query.pop(key))
+            for key in ("shards", "replicas", "seed")
+            if key in query
+        }
+        _no_more(url, query)
+        return FakeCluster(dim, metric, **ints)
+    if scheme == "pgvector":
+        from .pgvector import PgVectorCluster
+
+        table = query.pop("table", "vecmig_items")
+        dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+        return PgVectorCluster.connect(dsn, dim, metric, table=table)
+    if scheme == "qdrant":
+        if not parts.hostname:
+            raise ValueError(
+                f"{url!r} names no Qdrant host; use qdrant://host:6333 or qdrant://:memory:"
+            )
+        https = query.pop("https", "0") in ("1", "true", "yes")
+        host = f"{'https' if https else 'http'}://{parts.hostname}:{parts.port or 6333}"
+        return _qdrant(dim, metric, query, url=host, api_key=query.pop("api_key", None))
+    if scheme == "qdrant+local":
+        return _qdrant(dim, metric, query, path=_path(url, parts.netloc, parts.path))
+    if scheme == "milvus+lite":
+        path = _path(url, parts.netloc, parts.path)
+        collection = query.pop("collection", "vecmig")
+        _no_more(url, query)
+        from .milvus import MilvusCluster
+
+        return MilvusCluster.lite(path, dim, metric, collection=collection)
+    if scheme in ("http", "https"):
+        raise ValueError(
+            f"{url!r}: remote fake cluster servers (http://host:port) are not yet supported by "
+            "open_cluster"
+        )
+    raise ValueError(f"{url!r} has unknown scheme {scheme!r}; valid schemes: {_valid()}")
+
+
+def _qdrant(dim: int, metric: Metric, query: dict[str, str], **client_args: object) -> ClusterPort:
+    from qdrant_client import QdrantClient
+
+    from .qdrant import QdrantCluster
+
+    collection = query.pop("collection", "vecmig")
+    _no_more("qdrant URL", query)
+    client_args = {k: v for k, v in client_args.items() if v is not None}
+    return QdrantCluster(QdrantClient(**client_args), dim, metric, collection=collection)  # type: ignore[arg-type]
+
+
+def _query(url: str, raw: str) -> dict[str, str]:
+    query = {}
+    for key, values in parse_qs(raw, keep_blank_values=True).items():
+        if len(values) != 1:
+            raise ValueError(f"{url!r} gives {key!r} {len(values)} times; give it once")
+        query[key] = values[0]
+    return query
+
+
+def _int(url: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{url!r}: {key} must be an integer, got {value!r}") from None
+
+
+def _path(url: str, netloc: str, path: str) -> str:
+    full = unquote(netloc + path)
+    if not full:
+        raise ValueError(f"{url!r} names no path; write e.g. scheme:///tmp/side.db (three slashes)")
+    return full
+
+
+def _no_more(url: str, query: dict[str, str]) -> None:
+    if query:
+        raise ValueError(f"{url!r}: unknown parameter(s) {sorted(query)}")
+
+
+def _valid() -> str:
+    return ", ".join(f"{s}://" for s in SCHEMES)
