@@ -1,0 +1,220 @@
+"""The migration controller and the worker loops, as operations the drivers run.
+
+The controller walks a plan of steps (advance, rollback, abort) through the gates: it waits
+out each phase's minimum hold, gathers the gate's inputs (running the verification diff when
+SHADOW is next), and publishes the next phase only when the gate opens and every live
+instance acknowledged the current epoch. Every refusal is logged with its reasons, so a run
+can say why and how long a gate held. The naive strategy flips the phase after the hold, with
+no gate and no waiting for acknowledgements, except that it lets the backfill finish first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.core import gates
+from harness.core.layer import Shared
+from harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
+from harness.core.requests import (
+    AnnouncePhase,
+    LoadCheckpoint,
+    Now,
+    Operation,
+    Outcome,
+    RepairBacklog,
+    Sleep,
+    Steps,
+)
+from harness.core.state import Checkpoint
+from harness.core.strategy import Strategy
+from harness.core.workers import Backfill, repair_pass, verify
+
+MS = 1_000_000
+SECOND = 1_000_000_000
+
+TO_DECOMMISSIONED: tuple[Step, ...] = (Step.ADVANCE,) * 5
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...] = TO_DECOMMISSIONED
+    hold_ns: Mapping[Phase, int] = field(default_factory=dict)
+    """Minimum time to stay in a phase before stepping on."""
+    retry_ns: int = 250 * MS
+    verify_buckets: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class GateWait:
+    time: int
+    target: Phase
+    reasons: tuple[str, ...]
+
+
+class Controller:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        strategy: Strategy,
+        backfill: Backfill,
+        shared: Shared,
+        policy: gates.GatePolicy = gates.GatePolicy(),
+        new_p99_ms: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.strategy = strategy
+        self.backfill = backfill
+        self.shared = shared
+        self.policy = policy
+        self.new_p99_ms = new_p99_ms
+        self.waits: list[GateWait] = []
+        self.transitions: list[tuple[int, Phase, int]] = []
+        self.verification: gates.Verification | None = None
+        self.backfill_done_at: int | None = None
+        self.cutover_at: int | None = None
+        self._fallbacks_at_cutover = 0
+
+    def run(self, plan: Plan) -> Operation:
+        return Operation(None, None, self._run(plan), kind="controller")
+
+    def attempt(self, step: Step, plan: Plan | None = None) -> Operation:
+        """One try at `step`: evaluate the gate once and publish if it opens. The outcome is
+        ok or fail, with the `GateResult` as its value."""
+        return Operation(None, None, self._attempt(step, plan or Plan()), kind="controller")
+
+    def _attempt(self, step: Step, plan: Plan) -> Steps:
+        now: int = yield Now()
+        target = next_phase(self.coordinator.published.phase, step)
+        result = yield from self._gate(target, step, now, plan)
+        if result.ok:
+            try:
+                published = self.coordinator.publish(
+                    step, now, wait_for_acks=self.strategy.phase_protocol
+                )
+            except PhaseError as exc:
+                result = gates.GateResult(target, False, (str(exc),))
+            else:
+                yield AnnouncePhase(published.phase, published.epoch, step.value, str(result))
+                self.transitions.append((now, published.phase, published.epoch))
+                if published.phase is Phase.CUTOVER:
+                    self.cutover_at = now
+                    self._fallbacks_at_cutover = self.shared.fallbacks
+                return Outcome("ok", result)
+        self.waits.append(GateWait(now, target, result.reasons))
+        return Outcome("fail", result)
+
+    def _run(self, plan: Plan) -> Steps:
+        entered: int = yield Now()
+        for step in plan.steps:
+            while True:
+                now: int = yield Now()
+                hold = plan.hold_ns.get(self.coordinator.published.phase, 0)
+                if step is Step.ADVANCE and now - entered < hold:
+                    yield Sleep(entered + hold - now)
+                    continue
+                outcome = yield from self._attempt(step, plan)
+                if outcome.type == "ok":
+                    entered = now
+                    break
+                yield Sleep(plan.retry_ns)
+        return Outcome("ok", {"phase": self.coordinator.published.phase.value})
+
+    def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Steps:
+        if not self.strategy.phase_protocol:
+            return (yield from self._naive_gate(target))
+        if step is not Step.ADVANCE:
+            ok, why = self.coordinator.can_publish(now)
+            return gates.GateResult(target, ok, () if ok else (why,))
+        checkpoint: Checkpoint = yield LoadCheckpoint()
+        if checkpoint.done and self.backfill_done_at is None:
+            self.backfill_done_at = now
+        backlog: int = yield RepairBacklog()
+        if target is Phase.SHADOW and checkpoint.done and not backlog and self.strategy.verify_before_shadow:
+            outcome = yield from verify(plan.verify_buckets).steps
+            if outcome.type == "ok":
+                self.verification = outcome.value
+            if self.verification and self.verification.differences:
+                yield from repair_pass(1024).steps
+            backlog = yield RepairBacklog()
+        inputs = gates.GateInputs(
+            now=now,
+            published=self.coordinator.published,
+            waiting_for=tuple(self.coordinator.waiting_for(now)),
+            checkpoint=checkpoint,
+            backfill_done_at=self.backfill_done_at,
+            repair_backlog=backlog,
+            verification=self.verification,
+            mirror=self.shared.mirror,
+            noise=self.shared.noise,
+            new_p99_ms=self.new_p99_ms(),
+            cutover_at=self.cutover_at,
+            fallbacks_since_cutover=self.shared.fallbacks - self._fallbacks_at_cutover,
+        )
+        return gates.check(target, inputs, self.policy)
+
+    def _naive_gate(self, target: Phase) -> Steps:
+        if target is Phase.SHADOW and not self.backfill.checkpoint.done:
+            return gates.GateResult(target, False, ("backfill still copying",))
+        return gates.GateResult(target, True)
+        yield  # pragma: no cover - makes this a generator
+
+    def report(self) -> dict[str, Any]:
+        held: dict[str, float] = {}
+        for wait in self.waits:
+            held[wait.target.value] = held.get(wait.target.value, 0.0)
+        return {
+            "transitions": [
+                {"time": t, "phase": p.value, "epoch": e} for t, p, e in self.transitions
+            ],
+            "gate_waits": [
+                {"time": w.time, "target": w.target.value, "reasons": list(w.reasons)}
+                for w in self.waits
+            ],
+            "verification": None
+            if self.verification is None
+            else {
+                "differences": self.verification.differences,
+                "differing_buckets": self.verification.differing_buckets,
+                "old_count": self.verification.old_count,
+                "new_count": self.verification.new_count,
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker loops.
+
+
+def backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int = 100 * MS) -> Operation:
+    """Runs backfill batches while the published phase is BACKFILL, until the copy is done."""
+    return Operation(None, None, _backfill_worker(backfill, coordinator, poll_ns), kind="backfill")
+
+
+def _backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int) -> Steps:
+    while True:
+        phase = coordinator.published.phase
+        if phase is Phase.BACKFILL:
+            outcome = yield from backfill.batch().steps
+            if outcome.type == "ok" and outcome.value["done"]:
+                return outcome
+            pause = backfill.throttle.pause_ns if outcome.type == "ok" else max(poll_ns, backfill.throttle.pause_ns)
+            if pause:
+                yield Sleep(pause)
+        elif phase in (Phase.OLD_ONLY, Phase.DUAL_WRITE):
+            yield Sleep(poll_ns)
+        else:
+            return Outcome("ok", {"done": backfill.checkpoint.done})
+
+
+def repair_worker(interval_ns: int = 200 * MS, limit: int = 256) -> Operation:
+    """Drains the repair log forever; the driver stops it when the run ends."""
+    return Operation(None, None, _repair_worker(interval_ns, limit), kind="repair")
+
+
+def _repair_worker(interval_ns: int, limit: int) -> Steps:
+    while True:
+        outcome = yield from repair_pass(limit).steps
+        if not outcome.value or not outcome.value.get("repaired"):
+            yield Sleep(interval_ns)

@@ -1,0 +1,147 @@
+"""Gates: the conditions a phase change must meet, each refusing with its reasons.
+
+| to             | needs                                                                 |
+|----------------|-----------------------------------------------------------------------|
+| DUAL_WRITE     | (only the acknowledgement rule)                                       |
+| BACKFILL       | every live instance on DUAL_WRITE                                     |
+| SHADOW         | backfill complete, repair log empty, a verification diff with no      |
+|                | differences taken after the backfill completed                        |
+| CUTOVER        | enough mirrored reads, mismatch rate within the noise floor, recall   |
+|                | parity, new's p99 latency within the SLO, repair log empty            |
+| DECOMMISSIONED | a soak period in CUTOVER with no fallbacks and no repair backlog      |
+
+ROLLBACK and ABORT are emergency steps: they pass no gate but the acknowledgement rule.
+Every live instance must have acknowledged the current epoch before any step (see `phases`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.core.compare import MirrorStats, NoiseFloor
+from harness.core.phases import Phase, Published
+from harness.core.state import Checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The result of a verification diff (see `workers.verify`)."""
+
+    differences: int
+    differing_buckets: int
+    old_count: int
+    new_count: int
+    time: int
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    min_mirrored_reads: int = 200
+    recall_parity_tolerance: float = 0.02
+    slo_p99_ms: float = 50.0
+    soak_ns: int = 10_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class GateInputs:
+    now: int
+    published: Published
+    waiting_for: tuple[str, ...] = ()
+    checkpoint: Checkpoint = Checkpoint()
+    backfill_done_at: int | None = None
+    repair_backlog: int = 0
+    verification: Verification | None = None
+    mirror: MirrorStats | None = None
+    noise: NoiseFloor | None = None
+    new_p99_ms: float | None = None
+    cutover_at: int | None = None
+    fallbacks_since_cutover: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    target: Phase
+    ok: bool
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"gate to {self.target.value}: open"
+        return f"gate to {self.target.value}: held: " + "; ".join(self.reasons)
+
+
+def check(target: Phase, inputs: GateInputs, policy: GatePolicy = GatePolicy()) -> GateResult:
+    """Whether the migration may move to `target` now, and if not, every reason why not."""
+    reasons: list[str] = []
+    if inputs.waiting_for:
+        reasons.append(
+            f"{len(inputs.waiting_for)} instance(s) still run an older epoch: "
+            + ", ".join(inputs.waiting_for[:5])
+        )
+    if target is Phase.BACKFILL:
+        pass  # the acknowledgement rule above is the whole gate: everyone dual-writes
+    elif target is Phase.SHADOW:
+        _shadow_gate(inputs, reasons)
+    elif target is Phase.CUTOVER:
+        _cutover_gate(inputs, policy, reasons)
+    elif target is Phase.DECOMMISSIONED:
+        _decommission_gate(inputs, policy, reasons)
+    return GateResult(target, not reasons, tuple(reasons))
+
+
+def _shadow_gate(inputs: GateInputs, reasons: list[str]) -> None:
+    if not inputs.checkpoint.done:
+        reasons.append(
+            f"backfill not complete ({inputs.checkpoint.copied} copied, "
+            f"cursor at {inputs.checkpoint.cursor!r})"
+        )
+    if inputs.repair_backlog:
+        reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+    v = inputs.verification
+    if v is None:
+        reasons.append("no verification diff yet")
+    elif inputs.backfill_done_at is not None and v.time < inputs.backfill_done_at:
+        reasons.append("the last verification diff predates the end of the backfill")
+    elif v.differences:
+        reasons.append(
+            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
+            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued"
+        )
+
+
+def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:
+    if inputs.repair_backlog:
+        reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+    m = inputs.mirror
+    n = m.compared if m else 0
+    if n < policy.min_mirrored_reads:
+        reasons.append(f"only {n} of {policy.min_mirrored_reads} mirrored reads compared")
+    elif m is not None:
+        allowed = inputs.noise.allowed_rate(n) if inputs.noise else 0.0
+        if m.mismatch_rate > allowed:
+            reasons.append(
+                f"mismatch rate {m.mismatch_rate:.3f} exceeds the noise floor's allowance "
+                f"{allowed:.3f} over {n} mirrored reads"
+            )
+        parity = m.recall_parity
+        if parity is not None and parity < -policy.recall_parity_tolerance:
+            reasons.append(
+                f"new's recall trails old's by {-parity:.3f} (tolerance "
+                f"{policy.recall_parity_tolerance:.3f})"
+            )
+    if inputs.new_p99_ms is not None and inputs.new_p99_ms > policy.slo_p99_ms:
+        reasons.append(f"new's p99 {inputs.new_p99_ms:.1f} ms exceeds the SLO {policy.slo_p99_ms:.1f} ms")
+
+
+def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:
+    if inputs.cutover_at is None:
+        reasons.append("not in CUTOVER")
+        return
+    soaked = inputs.now - inputs.cutover_at
+    if soaked < policy.soak_ns:
+        reasons.append(f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s")
+    if inputs.fallbacks_since_cutover:
+        reasons.append(f"{inputs.fallbacks_since_cutover} read fallback(s) to old since cutover")
+    if inputs.repair_backlog:
+        reasons.append(f"repair log holds {inputs.repair_backlog} entries")

@@ -1,0 +1,407 @@
+"""The migration layer as one app instance runs it: client writes and reads in every phase.
+
+Each public method returns an `Operation` whose steps yield requests (see `requests`). The
+rules, for the safe strategy:
+
+* A write goes to the phase's primary side first. If the primary refuses (`Unavailable`,
+  `InvalidRequest`) the client gets `fail`: nothing was acknowledged. If it times out the
+  client gets `info` (it may have applied), and the secondary is queued for repair so that
+  the two sides agree on whatever happened.
+* Then the secondary, fenced. If that fails the write is still acknowledged, because a
+  durable repair entry now covers it; readers consult the repair log before trusting that
+  side for that id.
+* A read goes to the phase's read side; for an id with a pending repair it reads both sides
+  and keeps the newer version (fenced versions only grow, so the higher one is the latest).
+  When the read side cannot answer, it retries once (another replica), then falls back to
+  the other side where the phase keeps that side current.
+* Searches on a side whose writes become searchable late are corrected with the writes of
+  the visibility window (`freshness`); in SHADOW a sample of searches is mirrored to new off
+  the critical path and compared ANN-aware (`compare`).
+
+The naive strategy switches those protections off, one by one (`strategy`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.clusters.base import (
+    ClusterError,
+    Filter,
+    Hit,
+    InvalidRequest,
+    Metric,
+    Record,
+    Side,
+    Stored,
+    Timeout,
+    Tombstone,
+    Unavailable,
+    Vector,
+    distance,
+)
+from harness.core import compare as cmp
+from harness.core.freshness import correct_hits
+from harness.core.phases import ROUTES, InstanceView, Phase, Route
+from harness.core.requests import (
+    AddRepairs,
+    Delete,
+    Exact,
+    Get,
+    NoteRecent,
+    Now,
+    Operation,
+    Outcome,
+    PendingFor,
+    RecentSince,
+    Search,
+    Steps,
+    Upsert,
+)
+from harness.core.state import RecentWrite, RepairEntry
+from harness.core.strategy import SAFE, Strategy
+from harness.core.versions import HybridLogicalClock
+
+
+@dataclass(slots=True)
+class LayerConfig:
+    strategy: Strategy = SAFE
+    metric: Metric = Metric.COSINE
+    lagged_sides: frozenset[Side] = frozenset()
+    """Sides whose searches see writes only after a delay."""
+    visibility_window_ns: int = 2_000_000_000
+    """How long a write may stay unsearchable on a lagged side (refresh interval plus margin)."""
+    read_retries: int = 1
+    mirror_sample_rate: float = 0.2
+    mirror_phases: frozenset[Phase] = frozenset({Phase.SHADOW})
+
+
+@dataclass(slots=True)
+class Shared:
+    """What every instance of the layer shares: the mirrored-read figures and the noise floor."""
+
+    mirror: cmp.MirrorStats = field(default_factory=cmp.MirrorStats)
+    noise: cmp.NoiseFloor | None = None
+    fallbacks: int = 0
+
+
+class MigrationLayer:
+    """One app instance's migration layer."""
+
+    def __init__(
+        self,
+        view: InstanceView,
+        config: LayerConfig | None = None,
+        shared: Shared | None = None,
+        node: int = 0,
+    ) -> None:
+        self.view = view
+        self.config = config or LayerConfig()
+        self.shared = shared or Shared()
+        self.clock = HybridLogicalClock(node)
+        self.background: deque[Operation] = deque()
+        """Work to run off the critical path (mirrored reads); drivers drain it."""
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.config.strategy
+
+    def route(self) -> Route:
+        route = ROUTES[self.view.phase]
+        if self.view.phase is Phase.CUTOVER and not self.strategy.write_old_after_cutover:
+            return Route(reads=route.reads, primary=route.primary, secondary=None, fallback=None)
+        return route
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def upsert(self, record: Record) -> Operation:
+        return Operation(
+            "upsert", {"id": record.id, "version": record.version}, self._write(record)
+        )
+
+    def delete(self, record_id: str, version: int) -> Operation:
+        return Operation(
+            "delete", {"id": record_id, "version": version}, self._write(Tombstone(record_id, version))
+        )
+
+    def next_version(self, now: int) -> int:
+        """A version for a write whose caller supplies none (hybrid logical clock)."""
+        return self.clock.now(now)
+
+    def _write(self, item: Record | Tombstone) -> Steps:
+        value = {"id": item.id, "version": item.version}
+        refused = yield from self._refuse_if_lease_expired()
+        if refused is not None:
+            return refused
+        route = self.route()
+        fenced = self.strategy.fenced_writes
+        try:
+            yield _write_request(route.primary, item, fenced)
+        except (Unavailable, InvalidRequest) as exc:
+            return Outcome("fail", value, error=f"{route.primary.value}: {exc}")
+        except Timeout as exc:
+            if route.secondary is not None and self.strategy.repair_log:
+                yield AddRepairs((RepairEntry(item.id, route.secondary),))
+            return Outcome("info", value, error=f"{route.primary.value}: {exc}")
+        notes: dict[str, Any] = {}
+        written = [route.primary]
+        if route.secondary is not None:
+            try:
+                yield _write_request(route.secondary, item, fenced)
+                written.append(route.secondary)
+            except ClusterError as exc:
+                if self.strategy.repair_log:
+                    yield AddRepairs((RepairEntry(item.id, route.secondary),))
+                    notes["repair_queued"] = route.secondary.value
+                else:
+                    notes["secondary_lost"] = f"{route.secondary.value}: {exc}"
+        yield from self._note_recent(written, item)
+        return Outcome("ok", value, notes=notes)
+
+    def _note_recent(self, sides: Sequence[Side], item: Record | Tombstone) -> Steps:
+        lagged = [s for s in sides if s in self.config.lagged_sides]
+        if not lagged or not self.strategy.freshness_overlay:
+            return Outcome("ok")
+        now = yield Now()
+        if isinstance(item, Record):
+            write = RecentWrite(item.id, item.version, False, now, item.vector, dict(item.metadata))
+        else:
+            write = RecentWrite(item.id, item.version, True, now)
+        for side in lagged:
+            yield NoteRecent(side, (write,))
+        return Outcome("ok")
+
+    def _refuse_if_lease_expired(self) -> Steps:
+        if not self.strategy.phase_protocol:
+            return None  # type: ignore[return-value]
+        now = yield Now()
+        if self.view.may_serve(now):
+            return None  # type: ignore[return-value]
+        return Outcome(
+            "fail",
+            error=f"instance {self.view.name} has not heard from the config store in time "
+            f"(lease expired at {self.view.lease_expires}); it refuses work until it catches up",
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, record_id: str) -> Operation:
+        return Operation("get", {"id": record_id}, self._get(record_id))
+
+    def _get(self, record_id: str) -> Steps:
+        refused = yield from self._refuse_if_lease_expired()
+        if refused is not None:
+            return Outcome(refused.type, None, error=refused.error)
+        route = self.route()
+        notes: dict[str, Any] = {}
+        sides = [route.reads]
+        if self._both_written(route) and self.strategy.repair_log:
+            pending = yield PendingFor(((record_id, route.reads),))
+            if pending:
+                sides = [route.reads, route.reads.other]
+                notes["read_both"] = True
+        found: list[Stored | None] = []
+        for side in sides:
+            try:
+                got = yield from self._read(side, Get(side, (record_id,)), route, notes)
+            except ClusterError as exc:
+                return Outcome("fail", None, error=str(exc), notes=notes)
+            found.append(got.get(record_id))
+        newest = _newest(found)
+        version = None if newest is None or newest.deleted else newest.version
+        return Outcome("ok", {"id": record_id, "version": version}, notes=notes)
+
+    def search(
+        self, vector: Vector, k: int, filter: Filter | None = None, mirror_draw: float = 1.0
+    ) -> Operation:
+        """`mirror_draw` is a uniform number in [0, 1) drawn by the driver: the search is
+        mirrored when it falls below the sample rate (the core draws no random numbers)."""
+        invoke: dict[str, Any] = {"k": k}
+        if filter:
+            invoke["filter"] = dict(filter)
+        return Operation("search", invoke, self._search(vector, k, filter, mirror_draw))
+
+    def _search(self, vector: Vector, k: int, filter: Filter | None, mirror_draw: float) -> Steps:
+        refused = yield from self._refuse_if_lease_expired()
+        if refused is not None:
+            return Outcome(refused.type, None, error=refused.error)
+        route = self.route()
+        notes: dict[str, Any] = {}
+        try:
+            hits = yield from self._read(route.reads, Search(route.reads, vector, k, filter), route, notes)
+        except ClusterError as exc:
+            return Outcome("fail", None, error=str(exc), notes=notes)
+        side = notes.get("fallback_side", route.reads)
+        side = Side(side)
+        hits = yield from self._freshen(side, hits, vector, k, filter, route)
+        if (
+            self.view.phase in self.config.mirror_phases
+            and mirror_draw < self.config.mirror_sample_rate
+            and side is Side.OLD
+        ):
+            self.background.append(self.mirror(vector, k, filter, tuple(hits)))
+        value: dict[str, Any] = {"results": [[h.id, h.version, rounded(h.score)] for h in hits]}
+        exact = yield Exact(side, vector, k, filter)
+        if exact is not None:
+            value["exact"] = list(exact)
+        return Outcome("ok", value, notes=notes)
+
+    def _freshen(
+        self,
+        side: Side,
+        hits: list[Hit],
+        vector: Vector,
+        k: int,
+        filter: Filter | None,
+        route: Route,
+    ) -> Steps:
+        """Correct hits for pending repairs on `side` and for its visibility lag."""
+        if self._both_written(route) and self.strategy.repair_log and hits:
+            pending = yield PendingFor(tuple((h.id, side) for h in hits))
+            if pending:
+                ids = tuple(sorted(i for i, _ in pending))
+                try:
+                    other = yield Get(side.other, ids)
+                    mine = yield Get(side, ids)
+                except ClusterError:
+                    other, mine = {}, {}
+                hits = _replace_versions(hits, ids, mine, other, vector, self.config.metric)
+        if side in self.config.lagged_sides and self.strategy.freshness_overlay:
+            now = yield Now()
+            recent = yield RecentSince(side, now - self.config.visibility_window_ns)
+            hits = correct_hits(hits, recent, vector, k, self.config.metric, filter)
+        return hits  # type: ignore[return-value]
+
+    def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Steps:
+        """Carry out a read on `side`, retrying, then falling back where the phase allows."""
+        attempts = 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
+        last: ClusterError | None = None
+        for _ in range(attempts):
+            try:
+                result = yield request
+                return result  # type: ignore[no-any-return]
+            except InvalidRequest:
+                raise
+            except ClusterError as exc:
+                last = exc
+        fallback = route.fallback
+        if self.strategy.read_fallback and fallback is not None and fallback is not side:
+            retargeted = _retarget(request, fallback)
+            result = yield retargeted
+            notes["fallback_side"] = fallback.value
+            self.shared.fallbacks += 1
+            return result  # type: ignore[no-any-return]
+        assert last is not None
+        raise last
+
+    def _both_written(self, route: Route) -> bool:
+        return route.secondary is not None
+
+    # -- mirrored reads ------------------------------------------------------------------------
+
+    def mirror(
+        self, vector: Vector, k: int, filter: Filter | None, old_hits: tuple[Hit, ...]
+    ) -> Operation:
+        return Operation(None, None, self._mirror(vector, k, filter, old_hits), kind="mirror")
+
+    def _mirror(
+        self, vector: Vector, k: int, filter: Filter | None, old_hits: tuple[Hit, ...]
+    ) -> Steps:
+        stats = self.shared.mirror
+        route = self.route()
+        try:
+            new_hits = yield Search(Side.NEW, vector, k, filter)
+        except ClusterError as exc:
+            stats.errors += 1
+            return Outcome("fail", error=str(exc))
+        new_hits = yield from self._freshen(Side.NEW, new_hits, vector, k, filter, route)
+        comparison = cmp.compare(old_hits, new_hits, k)
+        if comparison.version_mismatches:
+            comparison = yield from self._recheck_versions(comparison)
+        exact = yield Exact(Side.OLD, vector, k, filter)
+        recalls = None
+        if exact is not None:
+            recalls = (
+                cmp.recall_against(old_hits, exact, k),
+                cmp.recall_against(new_hits, exact, k),
+            )
+        noise = self.shared.noise
+        discrepancy = (
+            noise.is_discrepancy(comparison) if noise else bool(comparison.version_mismatches)
+        )
+        query: dict[str, Any] = {"k": k, "filter": dict(filter) if filter else None}
+        line = cmp.discrepancy_line(query, old_hits, new_hits, comparison) if discrepancy else None
+        stats.add(comparison, discrepancy, line, recalls)
+        return Outcome("ok", {"discrepancy": discrepancy})
+
+    def _recheck_versions(self, comparison: cmp.Comparison) -> Steps:
+        """A version mismatch may be a write that landed between the two searches: re-read
+        old, then new, and keep only the ids on which new is still behind."""
+        ids = comparison.version_mismatches
+        try:
+            old = yield Get(Side.OLD, ids)
+            new = yield Get(Side.NEW, ids)
+        except ClusterError:
+            return comparison
+        still = tuple(
+            i
+            for i in ids
+            if (o := old.get(i)) is not None and ((n := new.get(i)) is None or n.version < o.version)
+        )
+        return cmp.Comparison(
+            comparison.k, comparison.overlap, comparison.rbo, comparison.mean_score_delta, still
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def rounded(score: float) -> float:
+    """Scores go into the history rounded, so that a replayed run writes the same bytes."""
+    return round(float(score), 6)
+
+
+def _write_request(side: Side, item: Record | Tombstone, fenced: bool) -> Upsert | Delete:
+    if isinstance(item, Record):
+        return Upsert(side, (item,), fenced)
+    return Delete(side, (item,), fenced)
+
+
+def _retarget(request: Get | Search, side: Side) -> Get | Search:
+    if isinstance(request, Get):
+        return Get(side, request.ids)
+    return Search(side, request.vector, request.k, request.filter)
+
+
+def _newest(found: Sequence[Stored | None]) -> Stored | None:
+    present = [s for s in found if s is not None]
+    if not present:
+        return None
+    return max(present, key=lambda s: s.version)
+
+
+def _replace_versions(
+    hits: list[Hit],
+    ids: Sequence[str],
+    mine: Mapping[str, Stored],
+    other: Mapping[str, Stored],
+    vector: Vector,
+    metric: Metric,
+) -> list[Hit]:
+    """Hits with each pending id replaced by the newer of the two sides' copies (or dropped)."""
+    replaced: dict[str, Hit | None] = {}
+    for record_id in ids:
+        newest = _newest([mine.get(record_id), other.get(record_id)])
+        if newest is None or newest.deleted or newest.vector is None:
+            replaced[record_id] = None
+            continue
+        query = np.asarray(vector, dtype=np.float32)
+        d = float(distance(metric, query, newest.vector[np.newaxis, :])[0])
+        replaced[record_id] = Hit(record_id, newest.version, d)
+    out = [replaced.get(h.id, h) if h.id in replaced else h for h in hits]
+    return sorted((h for h in out if h is not None), key=lambda h: (h.score, h.id))

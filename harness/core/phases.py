@@ -1,0 +1,248 @@
+"""The migration's phases, as a transition table, and the protocol that moves app instances
+through them.
+
+Theory of operation
+-------------------
+The migration walks OLD_ONLY -> DUAL_WRITE -> BACKFILL -> SHADOW -> CUTOVER -> DECOMMISSIONED.
+ROLLBACK takes CUTOVER back to SHADOW; ABORT takes DUAL_WRITE, BACKFILL or SHADOW back to
+OLD_ONLY. `TRANSITIONS` is the whole machine: a step that is not in it raises `PhaseError`
+naming the step and the phase. `ROUTES` says where each phase reads and writes.
+
+Real apps run many instances, and each learns the phase from a config store, late. As in F1's
+online schema change, at most two *adjacent* phases may be live at once: the `Coordinator`
+publishes phase N+1 (a new epoch) only after every live instance has acknowledged epoch N, or
+its lease expired. An instance holds a lease while it keeps in touch with the config store; an
+instance whose lease ran out must stop serving until it has caught up (see `InstanceView`), so
+the coordinator may count it out without breaking the rule.
+
+Time comes in as arguments (nanoseconds on the caller's clock); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from harness.clusters.base import Side
+
+
+class Phase(StrEnum):
+    OLD_ONLY = "OLD_ONLY"
+    DUAL_WRITE = "DUAL_WRITE"
+    BACKFILL = "BACKFILL"
+    SHADOW = "SHADOW"
+    CUTOVER = "CUTOVER"
+    DECOMMISSIONED = "DECOMMISSIONED"
+
+
+class Step(StrEnum):
+    ADVANCE = "advance"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+
+
+TRANSITIONS: Mapping[Phase, Mapping[Step, Phase]] = {
+    Phase.OLD_ONLY: {Step.ADVANCE: Phase.DUAL_WRITE},
+    Phase.DUAL_WRITE: {Step.ADVANCE: Phase.BACKFILL, Step.ABORT: Phase.OLD_ONLY},
+    Phase.BACKFILL: {Step.ADVANCE: Phase.SHADOW, Step.ABORT: Phase.OLD_ONLY},
+    Phase.SHADOW: {Step.ADVANCE: Phase.CUTOVER, Step.ABORT: Phase.OLD_ONLY},
+    Phase.CUTOVER: {Step.ADVANCE: Phase.DECOMMISSIONED, Step.ROLLBACK: Phase.SHADOW},
+    Phase.DECOMMISSIONED: {},
+}
+
+ORDER: tuple[Phase, ...] = tuple(Phase)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a phase sends traffic. `secondary` is None when only one side is written."""
+
+    reads: Side
+    primary: Side
+    secondary: Side | None
+    fallback: Side | None
+    """The side a read may fall back to when `reads` cannot serve it (if that side is current)."""
+
+
+ROUTES: Mapping[Phase, Route] = {
+    Phase.OLD_ONLY: Route(reads=Side.OLD, primary=Side.OLD, secondary=None, fallback=None),
+    Phase.DUAL_WRITE: Route(reads=Side.OLD, primary=Side.OLD, secondary=Side.NEW, fallback=None),
+    Phase.BACKFILL: Route(reads=Side.OLD, primary=Side.OLD, secondary=Side.NEW, fallback=None),
+    Phase.SHADOW: Route(reads=Side.OLD, primary=Side.OLD, secondary=Side.NEW, fallback=Side.NEW),
+    Phase.CUTOVER: Route(reads=Side.NEW, primary=Side.NEW, secondary=Side.OLD, fallback=Side.OLD),
+    Phase.DECOMMISSIONED: Route(reads=Side.NEW, primary=Side.NEW, secondary=None, fallback=None),
+}
+
+
+class PhaseError(Exception):
+    """A step that the transition table or the adjacent-phase protocol does not allow."""
+
+
+def next_phase(phase: Phase, step: Step) -> Phase:
+    try:
+        return TRANSITIONS[phase][step]
+    except KeyError:
+        allowed = ", ".join(f"{s.value} -> {p.value}" for s, p in TRANSITIONS[phase].items())
+        raise PhaseError(
+            f"cannot {step.value} from {phase.value}; allowed from {phase.value}: "
+            f"{allowed or 'nothing (the migration is over)'}"
+        ) from None
+
+
+def adjacent(a: Phase, b: Phase) -> bool:
+    """Whether two phases may be live at once: equal, or one step apart in either direction."""
+    if a == b:
+        return True
+    return b in TRANSITIONS[a].values() or a in TRANSITIONS[b].values()
+
+
+# ---------------------------------------------------------------------------------------------
+# The coordinator: the controller's side of the protocol.
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the config store holds: the current phase and its epoch."""
+
+    phase: Phase
+    epoch: int
+
+
+@dataclass(slots=True)
+class _Member:
+    acked_epoch: int
+    acked_phase: Phase
+    lease_expires: int
+
+
+class Coordinator:
+    """Publishes phases and tracks which epoch each app instance has acknowledged.
+
+    `publish` refuses (with the names of the instances it waits for) while some live instance
+    has not acknowledged the current epoch. An instance's acknowledgement renews its lease.
+    """
+
+    def __init__(self, phase: Phase = Phase.OLD_ONLY, epoch: int = 0, lease_ns: int = 5_000_000_000):
+        self.published = Published(phase, epoch)
+        self.lease_ns = lease_ns
+        self._members: dict[str, _Member] = {}
+        self._previous: Phase = phase
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def join(self, instance: str, now: int) -> Published:
+        """An instance starts (or restarts): it learns the current phase and holds a lease."""
+        self._members[instance] = _Member(self.published.epoch, self.published.phase, now + self.lease_ns)
+        return self.published
+
+    def ack(self, instance: str, seen: Published, now: int) -> None:
+        """An instance reports the phase it now runs, and so renews its lease."""
+        member = self._members.get(instance)
+        if member is None:
+            self._members[instance] = _Member(seen.epoch, seen.phase, now + self.lease_ns)
+            return
+        if seen.epoch >= member.acked_epoch:
+            member.acked_epoch, member.acked_phase = seen.epoch, seen.phase
+        member.lease_expires = now + self.lease_ns
+
+    def leave(self, instance: str) -> None:
+        self._members.pop(instance, None)
+
+    def live_instances(self, now: int) -> dict[str, Published]:
+        """Instances whose lease has not expired, with the phase each acknowledged."""
+        return {
+            name: Published(m.acked_phase, m.acked_epoch)
+            for name, m in self._members.items()
+            if m.lease_expires > now
+        }
+
+    def waiting_for(self, now: int) -> list[str]:
+        """Live instances that have not yet acknowledged the current epoch."""
+        return sorted(
+            name
+            for name, seen in self.live_instances(now).items()
+            if seen.epoch < self.published.epoch
+        )
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def can_publish(self, now: int) -> tuple[bool, str]:
+        waiting = self.waiting_for(now)
+        if waiting:
+            return False, (
+                f"waiting for {len(waiting)} instance(s) to acknowledge "
+                f"{self.published.phase.value} (epoch {self.published.epoch}): "
+                + ", ".join(waiting[:5])
+                + (" ..." if len(waiting) > 5 else "")
+            )
+        return True, "every live instance runs the current epoch"
+
+    def publish(self, step: Step, now: int, *, wait_for_acks: bool = True) -> Published:
+        """Move to the phase `step` leads to, as a new epoch.
+
+        With `wait_for_acks` (the safe protocol) this refuses while an instance still runs an
+        older epoch; the naive plan flips the config value without waiting.
+        """
+        target = next_phase(self.published.phase, step)
+        if wait_for_acks:
+            ok, why = self.can_publish(now)
+            if not ok:
+                raise PhaseError(f"cannot {step.value} to {target.value}: {why}")
+        self._previous = self.published.phase
+        self.published = Published(target, self.published.epoch + 1)
+        return self.published
+
+    def live_phases(self, now: int) -> set[Phase]:
+        return {seen.phase for seen in self.live_instances(now).values()} | {self.published.phase}
+
+    def adjacency_violations(self, now: int) -> list[str]:
+        """Pairs of live phases that are not adjacent: must always be empty in the safe protocol."""
+        phases = sorted(self.live_phases(now), key=ORDER.index)
+        return [
+            f"{a.value} and {b.value} are live at once"
+            for i, a in enumerate(phases)
+            for b in phases[i + 1 :]
+            if not adjacent(a, b)
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The instance's side of the protocol.
+
+
+@dataclass(slots=True)
+class InstanceView:
+    """What one app instance believes: the phase it runs and how long its lease holds.
+
+    The lease is trusted only until `lease_expires - margin_ns` on the instance's own clock,
+    so that a clock running somewhat slow does not keep serving past the coordinator's view.
+    """
+
+    name: str
+    phase: Phase
+    epoch: int
+    lease_expires: int
+    margin_ns: int = 500_000_000
+
+    def learn(self, published: Published, now: int, lease_ns: int) -> bool:
+        """Take a phase from the config store. Returns True if the phase changed."""
+        changed = published.epoch > self.epoch
+        if changed:
+            self.phase, self.epoch = published.phase, published.epoch
+        self.lease_expires = max(self.lease_expires, now + lease_ns)
+        return changed
+
+    def may_serve(self, now: int) -> bool:
+        return now < self.lease_expires - self.margin_ns
+
+    @property
+    def route(self) -> Route:
+        return ROUTES[self.phase]
+
+
+def describe_table() -> Iterable[tuple[str, str, str]]:
+    """(from, step, to) rows of the transition table, for diagrams and docs."""
+    for phase, steps in TRANSITIONS.items():
+        for step, target in steps.items():
+            yield phase.value, step.value, target.value

@@ -1,0 +1,174 @@
+"""A migration rig for the step driver: two sides, the state store, the coordinator, app
+instances, the backfill and the controller, all wired together, with a history recorder.
+
+The race tests and the Hypothesis state machine build on it; users can too, with their own
+adapters as the sides (`Rig(old=..., new=...)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from harness.catalog import Catalog
+from harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
+from harness.clusters.fake import FakeCluster
+from harness.core.controller import Controller, Plan
+from harness.core.gates import GatePolicy
+from harness.core.layer import LayerConfig, MigrationLayer, Shared
+from harness.core.phases import Coordinator, InstanceView, Published, Step
+from harness.core.requests import Operation, Outcome
+from harness.core.state import StateStore
+from harness.core.strategy import SAFE, Strategy
+from harness.core.workers import Backfill, Throttle, repair_pass, verify
+from harness.drive.step import StepDriver
+from harness.history.checker import Verdict, check
+from harness.history.ops import Recorder
+from harness.state import MemoryStore
+
+LEASE_NS = 10_000_000_000
+
+
+class Rig:
+    def __init__(
+        self,
+        strategy: Strategy = SAFE,
+        *,
+        records: int = 40,
+        dim: int = 8,
+        seed: int = 0,
+        old: ClusterPort | None = None,
+        new: ClusterPort | None = None,
+        store: StateStore | None = None,
+        lagged: frozenset[Side] = frozenset(),
+        policy: GatePolicy | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        self.strategy = strategy
+        self.catalog = Catalog.generate(records, dim, categories=4, seed=seed)
+        self.old = old if old is not None else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
+        self.new = new if new is not None else FakeCluster(dim, shards=2, replicas=2, seed=seed + 1, name="new")
+        self.sides: dict[Side, ClusterPort] = {Side.OLD: self.old, Side.NEW: self.new}
+        self.store: StateStore = store if store is not None else MemoryStore()
+        self.recorder = Recorder()
+        self.driver = StepDriver(self.sides, self.store, self.recorder, exact=self._exact)
+        self.coordinator = Coordinator(lease_ns=LEASE_NS)
+        self.shared = Shared()
+        self.config = LayerConfig(strategy=strategy, metric=self.old.metric, lagged_sides=lagged)
+        self.instances: dict[str, MigrationLayer] = {}
+        self.backfill = Backfill(strategy, Throttle(batch_size=batch_size, unthrottled=True))
+        self.controller = Controller(
+            self.coordinator, strategy, self.backfill, self.shared, policy or GatePolicy(min_mirrored_reads=0)
+        )
+        loaded = self.catalog.records()
+        self.old.upsert(loaded, fenced=False)
+        self.driver.record_load({r.id: r.version for r in loaded})
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def add_instance(self, name: str) -> MigrationLayer:
+        now = self.driver.time
+        published = self.coordinator.join(name, now)
+        view = InstanceView(name, published.phase, published.epoch, now + LEASE_NS)
+        layer = MigrationLayer(view, self.config, self.shared, node=len(self.instances) % 1024)
+        self.instances[name] = layer
+        return layer
+
+    def sync(self, name: str) -> bool:
+        """Instance `name` reads the config store now and acknowledges what it runs."""
+        layer = self.instances[name]
+        now = self.driver.time
+        changed = layer.view.learn(self.coordinator.published, now, LEASE_NS)
+        self.coordinator.ack(name, Published(layer.view.phase, layer.view.epoch), now)
+        return changed
+
+    def sync_all(self) -> None:
+        for name in self.instances:
+            self.sync(name)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def run(self, op: Operation, process: int | str | None = None) -> Outcome:
+        return self.driver.run_op(op, process)
+
+    def step_phase(self, step: Step = Step.ADVANCE) -> Outcome:
+        """One try at a phase step through its gate (see `Controller.attempt`)."""
+        return self.run(self.controller.attempt(step, Plan()))
+
+    def advance_to_shadow(self) -> None:
+        """DUAL_WRITE, BACKFILL to completion, repairs, verification, SHADOW, with every
+        instance synced in between: the happy path, for tests that start later."""
+        for _ in range(2):
+            self._must(self.step_phase(), "advance")
+            self.sync_all()
+        self.finish_backfill()
+        self.drain_repairs()
+        self._must(self.step_phase(), "advance to SHADOW")
+        self.sync_all()
+
+    def finish_backfill(self, max_batches: int = 10_000) -> None:
+        for _ in range(max_batches):
+            outcome = self.run(self.backfill.batch())
+            if outcome.type == "ok" and outcome.value["done"]:
+                return
+        raise RuntimeError("backfill did not finish")
+
+    def drain_repairs(self, max_passes: int = 100) -> None:
+        for _ in range(max_passes):
+            if not self.store.repair_backlog():
+                return
+            self.run(repair_pass())
+        raise RuntimeError(f"repair log still holds {self.store.repair_backlog()} entries")
+
+    def verify(self) -> Outcome:
+        return self.run(verify())
+
+    # -- client helpers ----------------------------------------------------------------------
+
+    def record(self, record_id: str, version: int, rng_seed: int = 0) -> Record:
+        """A version of `record_id` with a fresh vector near its category."""
+        rng = np.random.default_rng(rng_seed + version)
+        if record_id in self.catalog._category_of:
+            vector = self.catalog.reembed(record_id, rng)
+            category = self.catalog.category_of(record_id)
+        else:
+            vector = self.catalog.query_vector(rng)
+            category = 0
+        return Record(record_id, vector, {"category": category, "in_stock": True, "price": 1.0}, version)
+
+    def query(self, seed: int = 0) -> Vector:
+        return self.catalog.query_vector(np.random.default_rng(seed))
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def heal_and_finish(self) -> None:
+        """End of a run: heal faults, drain repairs, reconcile both sides, record finals."""
+        for side in (self.old, self.new):
+            heal = getattr(side, "heal_all", None)
+            if callable(heal):
+                heal()
+        if self.strategy.repair_log:
+            self.drain_repairs()
+            self.verify()
+            self.drain_repairs()
+        self.driver.record_finals()
+
+    def verdict(self) -> Verdict:
+        return check(list(self.recorder.events))
+
+    def _exact(self, side: Side, vector: Vector, k: int, filter: Filter | None) -> tuple[str, ...] | None:
+        port = self.sides[side]
+        exact = getattr(port, "exact_search", None)
+        if exact is None:
+            return None
+        return tuple(h.id for h in exact(vector, k, filter))
+
+    @staticmethod
+    def _must(outcome: Outcome, what: str) -> None:
+        if outcome.type != "ok":
+            raise RuntimeError(f"could not {what}: {outcome.value}")
+
+    def summary(self) -> Mapping[str, Any]:
+        return {"phase": self.coordinator.published.phase.value, "backlog": self.store.repair_backlog()}

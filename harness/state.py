@@ -1,0 +1,223 @@
+"""Stores for the migration's durable state: in memory (tests, the simulator) and SQLite (the
+embedded default for the live service, which must resume exactly where it was after a kill).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness.clusters.base import Side
+from harness.core.phases import Phase
+from harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
+
+
+class MemoryStore:
+    """The state in memory: survives a crash of the layer's operations, not of the process."""
+
+    def __init__(self, recent_keep_ns: int = 60_000_000_000) -> None:
+        self._phase, self._epoch = Phase.OLD_ONLY, 0
+        self._checkpoint = Checkpoint()
+        self._repairs: dict[tuple[str, Side], int] = {}
+        self._seq = 0
+        self._recent: dict[Side, deque[RecentWrite]] = {Side.OLD: deque(), Side.NEW: deque()}
+        self._recent_keep_ns = recent_keep_ns
+
+    def load(self) -> MigrationState:
+        return MigrationState(self._phase, self._epoch, self._checkpoint, len(self._repairs))
+
+    def save_phase(self, phase: Phase, epoch: int) -> None:
+        self._phase, self._epoch = phase, epoch
+
+    def load_checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._checkpoint = checkpoint
+
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
+        for entry in entries:
+            self._seq += 1
+            self._repairs.pop(entry.key, None)
+            self._repairs[entry.key] = self._seq
+
+    def next_repairs(self, limit: int) -> list[RepairEntry]:
+        out = []
+        for (record_id, side), seq in self._repairs.items():
+            if len(out) >= limit:
+                break
+            out.append(RepairEntry(record_id, side, seq))
+        return out
+
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]:
+        return frozenset(k for k in keys if k in self._repairs)
+
+    def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
+        for entry in entries:
+            if self._repairs.get(entry.key) == entry.seq:
+                del self._repairs[entry.key]
+
+    def repair_backlog(self) -> int:
+        return len(self._repairs)
+
+    def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
+        window = self._recent[side]
+        window.extend(writes)
+        if window:
+            horizon = window[-1].time - self._recent_keep_ns
+            while window and window[0].time < horizon:
+                window.popleft()
+
+    def recent_since(self, side: Side, since: int) -> tuple[RecentWrite, ...]:
+        return tuple(w for w in self._recent[side] if w.time >= since)
+
+
+class SQLiteStore:
+    """The state in one SQLite file (WAL mode). Safe to share between threads of one process."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT, epoch INTEGER);
+    CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1),
+        cursor TEXT, copied INTEGER, done INTEGER);
+    CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER, PRIMARY KEY (id, side));
+    CREATE INDEX IF NOT EXISTS repairs_seq ON repairs (seq);
+    CREATE TABLE IF NOT EXISTS recent (side TEXT, time INTEGER, id TEXT, version INTEGER,
+        deleted INTEGER, vector TEXT, metadata TEXT);
+    CREATE INDEX IF NOT EXISTS recent_time ON recent (side, time);
+    CREATE TABLE IF NOT EXISTS seq (one INTEGER PRIMARY KEY CHECK (one = 1), value INTEGER);
+    """
+
+    def __init__(self, path: str | Path, recent_keep_ns: int = 60_000_000_000) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(self.SCHEMA)
+        self._recent_keep_ns = recent_keep_ns
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def load(self) -> MigrationState:
+        with self._lock:
+            row = self._db.execute("SELECT phase, epoch FROM phase").fetchone()
+            backlog = self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
+        phase, epoch = (Phase(row[0]), int(row[1])) if row else (Phase.OLD_ONLY, 0)
+        return MigrationState(phase, epoch, self.load_checkpoint(), int(backlog))
+
+    def save_phase(self, phase: Phase, epoch: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO phase (one, phase, epoch) VALUES (1, ?, ?)",
+                (phase.value, epoch),
+            )
+
+    def load_checkpoint(self) -> Checkpoint:
+        with self._lock:
+            row = self._db.execute("SELECT cursor, copied, done FROM checkpoint").fetchone()
+        return Checkpoint(row[0], int(row[1]), bool(row[2])) if row else Checkpoint()
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO checkpoint (one, cursor, copied, done) VALUES (1, ?, ?, ?)",
+                (checkpoint.cursor, checkpoint.copied, int(checkpoint.done)),
+            )
+
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
+        if not entries:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM seq").fetchone()
+                seq = int(row[0]) if row else 0
+                rows = []
+                for entry in entries:
+                    seq += 1
+                    rows.append((entry.id, entry.side.value, seq))
+                self._db.executemany("INSERT OR REPLACE INTO repairs (id, side, seq) VALUES (?, ?, ?)", rows)
+                self._db.execute("INSERT OR REPLACE INTO seq (one, value) VALUES (1, ?)", (seq,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def next_repairs(self, limit: int) -> list[RepairEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, side, seq FROM repairs ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [RepairEntry(r[0], Side(r[1]), int(r[2])) for r in rows]
+
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]:
+        wanted = list(keys)
+        if not wanted:
+            return frozenset()
+        with self._lock:
+            found = set()
+            for record_id, side in wanted:
+                row = self._db.execute(
+                    "SELECT 1 FROM repairs WHERE id = ? AND side = ?", (record_id, side.value)
+                ).fetchone()
+                if row:
+                    found.add((record_id, side))
+        return frozenset(found)
+
+    def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM repairs WHERE id = ? AND side = ? AND seq = ?",
+                [(e.id, e.side.value, e.seq) for e in entries],
+            )
+
+    def repair_backlog(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0])
+
+    def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
+        if not writes:
+            return
+        rows = [
+            (
+                side.value,
+                w.time,
+                w.id,
+                w.version,
+                int(w.deleted),
+                None if w.vector is None else json.dumps([float(x) for x in w.vector]),
+                json.dumps(dict(w.metadata)),
+            )
+            for w in writes
+        ]
+        horizon = max(w.time for w in writes) - self._recent_keep_ns
+        with self._lock:
+            self._db.executemany("INSERT INTO recent VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("DELETE FROM recent WHERE side = ? AND time < ?", (side.value, horizon))
+
+    def recent_since(self, side: Side, since: int) -> tuple[RecentWrite, ...]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, version, deleted, time, vector, metadata FROM recent "
+                "WHERE side = ? AND time >= ? ORDER BY time",
+                (side.value, since),
+            ).fetchall()
+        return tuple(
+            RecentWrite(
+                r[0],
+                int(r[1]),
+                bool(r[2]),
+                int(r[3]),
+                None if r[4] is None else np.asarray(json.loads(r[4]), dtype=np.float32),
+                json.loads(r[5]),
+            )
+            for r in rows
+        )
