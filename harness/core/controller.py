@@ -60,14 +60,14 @@ class Controller:
         strategy: Strategy,
         backfill: Backfill,
         shared: Shared,
-        policy: gates.GatePolicy = gates.GatePolicy(),
+        policy: gates.GatePolicy | None = None,
         new_p99_ms: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.coordinator = coordinator
         self.strategy = strategy
         self.backfill = backfill
         self.shared = shared
-        self.policy = policy
+        self.policy = policy or gates.GatePolicy()
         self.new_p99_ms = new_p99_ms
         self.waits: list[GateWait] = []
         self.transitions: list[tuple[int, Phase, int]] = []

@@ -71,8 +71,9 @@ class GateResult:
         return f"gate to {self.target.value}: held: " + "; ".join(self.reasons)
 
 
-def check(target: Phase, inputs: GateInputs, policy: GatePolicy = GatePolicy()) -> GateResult:
+def check(target: Phase, inputs: GateInputs, policy: GatePolicy | None = None) -> GateResult:
     """Whether the migration may move to `target` now, and if not, every reason why not."""
+    policy = policy or GatePolicy()
     reasons: list[str] = []
     if inputs.waiting_for:
         reasons.append(

@@ -86,8 +86,8 @@ class StepDriver:
         else:
             try:
                 result = execute(request, self.sides, self.store)
-            except ClusterError:
-                self._resume(flight, lambda: flight.op.steps.throw(exc))
+            except ClusterError as exc:
+                self._resume(flight, lambda exc=exc: flight.op.steps.throw(exc))
             else:
                 self._resume(flight, lambda: flight.op.steps.send(result))
         return self.outcomes.get(handle)
