@@ -10,10 +10,11 @@ no gate and no waiting for acknowledgements, except that it lets the backfill fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.clusters.base import Vector
 from harness.core import gates
 from harness.core.layer import Shared
 from harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
@@ -29,7 +30,7 @@ from harness.core.requests import (
 )
 from harness.core.state import Checkpoint
 from harness.core.strategy import Strategy
-from harness.core.workers import Backfill, repair_pass, verify
+from harness.core.workers import Backfill, calibrate_noise_floor, repair_pass, verify
 
 MS = 1_000_000
 SECOND = 1_000_000_000
@@ -62,6 +63,8 @@ class Controller:
         shared: Shared,
         policy: gates.GatePolicy | None = None,
         new_p99_ms: Callable[[], float | None] = lambda: None,
+        calibration_queries: Sequence[Vector] = (),
+        k: int = 10,
     ) -> None:
         self.coordinator = coordinator
         self.strategy = strategy
@@ -69,6 +72,8 @@ class Controller:
         self.shared = shared
         self.policy = policy or gates.GatePolicy()
         self.new_p99_ms = new_p99_ms
+        self.calibration_queries = tuple(calibration_queries)
+        self.k = k
         self.waits: list[GateWait] = []
         self.transitions: list[tuple[int, Phase, int]] = []
         self.verification: gates.Verification | None = None
@@ -98,6 +103,9 @@ class Controller:
             else:
                 yield AnnouncePhase(published.phase, published.epoch, step.value, str(result))
                 self.transitions.append((now, published.phase, published.epoch))
+                if published.phase is Phase.SHADOW and self.calibration_queries:
+                    floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
+                    self.shared.noise = floor.value
                 if published.phase is Phase.CUTOVER:
                     self.cutover_at = now
                     self._fallbacks_at_cutover = self.shared.fallbacks
@@ -172,6 +180,8 @@ class Controller:
                 {"time": w.time, "target": w.target.value, "reasons": list(w.reasons)}
                 for w in self.waits
             ],
+            "noise_floor": None if self.shared.noise is None else self.shared.noise.to_json(),
+            "mirror": self.shared.mirror.to_json(),
             "verification": None
             if self.verification is None
             else {

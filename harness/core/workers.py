@@ -8,16 +8,18 @@ directions (the higher version wins on both sides, since versions only grow).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.clusters.base import ClusterError, Side, Stored, bucket_of
+from harness.clusters.base import ClusterError, Hit, Side, Stored, Vector, bucket_of
+from harness.core.compare import calibrate
 from harness.core.gates import Verification
 from harness.core.requests import (
     AddRepairs,
     Checksums,
     Count,
     Delete,
+    Exact,
     Get,
     LoadCheckpoint,
     NextRepairs,
@@ -27,6 +29,7 @@ from harness.core.requests import (
     RemoveRepairs,
     SaveCheckpoint,
     Scan,
+    Search,
     Steps,
     Upsert,
 )
@@ -218,3 +221,34 @@ def _recheck(candidates: list[str], chunk: int = 256) -> Steps:
             if (a and (a.version, a.deleted)) != (b and (b.version, b.deleted)):
                 persistent.append(i)
     return persistent  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise floor.
+
+
+def calibrate_noise_floor(
+    queries: Sequence[Vector], k: int, threshold: float = 0.7
+) -> Operation:
+    """Ask old each calibration query twice and the driver for the exact answer; the outcome's
+    value is the measured `NoiseFloor` (see `compare`)."""
+    return Operation(None, None, _calibrate(tuple(queries), k, threshold), kind="calibrate")
+
+
+def _calibrate(queries: tuple[Vector, ...], k: int, threshold: float) -> Steps:
+    olds: list[list[Hit]] = []
+    agains: list[list[Hit]] = []
+    exacts: list[tuple[str, ...]] = []
+    for vector in queries:
+        exact = yield Exact(Side.OLD, vector, k, None)
+        if exact is None:
+            continue
+        try:
+            first = yield Search(Side.OLD, vector, k, None)
+            second = yield Search(Side.OLD, vector, k, None)
+        except ClusterError:
+            continue
+        olds.append(first)
+        agains.append(second)
+        exacts.append(exact)
+    return Outcome("ok", calibrate(olds, exacts, agains, k, threshold))
