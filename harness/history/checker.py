@@ -369,23 +369,23 @@ class _Judge:
                 pos,
                 f'search ok value must hold "results": [[id, version, score], ...], got {value!r}',
             )
-        max_up, max_del, carried = self.max_up, self.max_del, self.carried
-        returned: list[str] = []
+        up_of, del_of, carried = self.max_up.get, self.max_del.get, self.carried
         for entry in results:
-            if not isinstance(entry, list | tuple) or len(entry) < 2:
-                raise self.bad(pos, f"a search result must be [id, version, score], got {entry!r}")
-            id_, version = entry[0], entry[1]
+            try:
+                id_, version = entry[0], entry[1]
+            except (TypeError, IndexError, KeyError):
+                id_ = version = None
             if type(id_) is not str or type(version) not in _NUMBER:
                 raise self.bad(
                     pos, f"a search result must be [id: str, version: number, score], got {entry!r}"
                 )
-            returned.append(id_)
-            up = max_up.get(id_)
-            dl = max_del.get(id_)
-            # The state only grows, so a version fresh now was fresh at the invoke.
+            # The hot path, inlined: judge against the current state first. It only grows, so
+            # a version fresh now was fresh at the invoke, and the current max_up was carried.
+            up = up_of(id_)
+            dl = del_of(id_)
             if (up is not None and up > version) or (dl is not None and dl >= version):
                 self.judge_returned(iseq, seq, id_, version)
-            elif (id_, version) not in carried:
+            elif version != up and (id_, version) not in carried:
                 self.garbage_candidates.append((id_, version, iseq, seq))
         exact = value.get("exact")
         if exact is not None:
@@ -393,22 +393,29 @@ class _Judge:
                 raise self.bad(pos, f'search "exact" must be a list of ids, got {exact!r}')
             if exact:
                 wanted = set(exact)
-                self.recall_sum += len(wanted.intersection(returned)) / len(wanted)
+                hits = wanted.intersection([entry[0] for entry in results])
+                self.recall_sum += len(hits) / len(wanted)
                 self.recall_n += 1
 
     def judge_returned(self, iseq: int, seq: int, id_: str, version: Version) -> None:
-        up, dl = self.state_at(id_, iseq)
+        """Judge one returned (id, version): stale against the state at the read's invoke,
+        garbage (later) if no write carried it."""
+        up, dl = self.max_up.get(id_), self.max_del.get(id_)
         if (up is not None and up > version) or (dl is not None and dl >= version):
-            example = self.read_example(
-                iseq,
-                seq,
-                id=id_,
-                returned=version,
-                max_up=up,
-                max_del=dl,
-                why="a newer upsert" if up is not None and up > version else "a delete",
-            )
-            self.found("stale_reads", example)
+            up, dl = self.state_at(id_, iseq)
+            if (up is not None and up > version) or (dl is not None and dl >= version):
+                example = self.read_example(
+                    iseq,
+                    seq,
+                    id=id_,
+                    returned=version,
+                    max_up=up,
+                    max_del=dl,
+                    why="a newer upsert" if up is not None and up > version else "a delete",
+                )
+                self.found("stale_reads", example)
+        elif version == up:
+            return  # fresh, and carried by the upsert that set max_up
         if (id_, version) not in self.carried:
             self.garbage_candidates.append((id_, version, iseq, seq))
 
