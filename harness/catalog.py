@@ -114,7 +114,8 @@ class Catalog:
         elif not 0 <= category < self.categories:
             raise ValueError(f"category must be in 0..{self.categories - 1}, got {category!r}")
         sub = rng.integers(self.subcenters.shape[1], size=1)
-        return self._near(rng, np.array([category]), sub)[0]
+        vector: Vector = self._near(rng, np.array([category]), sub)[0]
+        return vector
 
     def reembed(self, record_id: str, rng: np.random.Generator) -> Vector:
         """A new embedding for a product (a new model, a new photo): still in its category,
@@ -141,7 +142,8 @@ class Catalog:
 
 def _unit(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 def _prices(rng: np.random.Generator, n: int) -> list[float]:

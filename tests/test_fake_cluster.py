@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.catalog import Catalog
 from harness.clusters import _node
@@ -737,3 +739,64 @@ def test_concurrent_writers_and_readers_leave_a_consistent_cluster() -> None:
     assert errors == []
     assert set(cluster.live_versions().values()) == {29}
     assert cluster.count().live == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a model: whatever crashes and pauses (without data loss) happen, every read that is
+# answered agrees with a plain dict, and a refused call changed nothing.
+
+NODES = ["s0r0", "s0r1", "s1r0", "s1r1"]
+KEYS = [f"k{i}" for i in range(6)]
+
+operation = st.one_of(
+    st.tuples(st.just("upsert"), st.sampled_from(KEYS), st.integers(0, 6), st.booleans()),
+    st.tuples(st.just("delete"), st.sampled_from(KEYS), st.integers(0, 6), st.booleans()),
+    st.tuples(st.just("crash"), st.sampled_from(NODES)),
+    st.tuples(st.just("restart"), st.sampled_from(NODES)),
+    st.tuples(st.just("pause"), st.sampled_from(NODES)),
+    st.tuples(st.just("resume"), st.sampled_from(NODES)),
+    st.tuples(st.just("read"), st.sampled_from(KEYS)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(operation, max_size=40))
+def test_replicas_under_crashes_and_pauses_never_serve_what_a_model_would_not(
+    operations: list[tuple[Any, ...]],
+) -> None:
+    cluster = FakeCluster(4, shards=2, replicas=2, capacity=16, ef_construction=16)
+    model: dict[str, tuple[int, bool]] = {}
+    for op in operations:
+        kind = op[0]
+        try:
+            if kind in ("upsert", "delete"):
+                _, key, version, fenced = op
+                current = model.get(key)
+                expected = not fenced or current is None or version > current[0]
+                if kind == "upsert":
+                    record = Record(key, vec(version, 4), {}, version)
+                    answer = cluster.upsert([record], fenced=fenced)
+                else:
+                    answer = cluster.delete([Tombstone(key, version)], fenced=fenced)
+                assert answer == {key: expected}
+                if expected:
+                    model[key] = (version, kind == "delete")
+            elif kind == "read":
+                got = cluster.get([op[1]]).get(op[1])
+                assert (None if got is None else (got.version, got.deleted)) == model.get(op[1])
+                live = {h.id: h.version for h in cluster.search(vec(0, 4), 6)}
+                assert live == {k: v for k, (v, deleted) in model.items() if not deleted}
+            else:
+                method = {
+                    "crash": cluster.start_node_crash,
+                    "restart": cluster.stop_node_crash,
+                    "pause": cluster.start_node_pause,
+                    "resume": cluster.stop_node_pause,
+                }[kind]
+                method(op[1])
+        except (Unavailable, Timeout):
+            pass  # refused before any effect: the model is unchanged
+    for node in NODES:
+        cluster.stop_node_pause(node)
+        cluster.stop_node_crash(node)
+    assert scan_all(cluster, 4) == sorted((k, v, d) for k, (v, d) in model.items())
