@@ -48,6 +48,7 @@ def generate(n_ops: int, seed: int, n_ids: int = 100_000, n_processes: int = 256
         nonlocal version, issued
         roll = rng.random()
         id_ = ids[rng.randrange(n_ids)]
+        value: dict[str, object]
         if roll < 0.50:
             f, value = "get", {"id": id_}
         elif roll < 0.75:
