@@ -71,7 +71,13 @@ UP, CRASHED, PAUSED = "up", "crashed", "paused"
 
 
 class FakeCluster:
-    """An in-memory, sharded, replicated HNSW vector store with switchable faults."""
+    """An in-memory, sharded, replicated HNSW vector store with switchable faults.
+
+    `capacity` is each replica's initial index size (it grows by doubling); `m`,
+    `ef_construction` and `ef_search` are hnswlib's. `seed` fixes the HNSW graphs and every
+    fault's dice. Stored vectors are read-only arrays shared with readers; stored metadata
+    is a plain dict (JSON-friendly) that readers must not mutate.
+    """
 
     def __init__(
         self,
