@@ -95,6 +95,30 @@ def test_stale_get_returns_a_version_at_or_below_an_acknowledged_delete() -> Non
     assert counts(check(h.events)) == {"stale_reads": 1}
 
 
+def test_a_delete_hides_its_own_version() -> None:
+    """A tombstone of version d hides every version <= d, d itself included."""
+    h = History().load({"a": 2}).write(0, "delete", "a", 2).get(1, "a", 2).final("old", {})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+@pytest.mark.parametrize(("returned", "stale"), [(1, 1), (2, 0), (4, 0)])
+def test_a_long_read_is_judged_against_the_state_at_its_invoke(returned: int, stale: int) -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "upsert", "a", 2)
+        .invoke(1, "search", k=10)
+        .write(0, "upsert", "a", 3)
+        .write(0, "upsert", "a", 4)
+        .ok(1, "search", results=[["a", returned, 0.5]])
+        .finals({"a": 4})
+    )
+    verdict = check(h.events)
+    assert verdict.stale_reads == stale and verdict.garbage_reads == 0
+    if stale:
+        assert verdict.examples["stale_reads"][0]["max_up"] == 2
+
+
 def test_stale_search_counts_each_stale_result() -> None:
     h = (
         History()

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
-from harness.history.checker import ANOMALIES, Verdict, check_safely
+from harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
 from harness.history.ops import Event, MalformedHistory, parse_event
 
 DESCRIPTION = """\
@@ -75,7 +75,7 @@ def read_history(path: str | Path) -> tuple[list[Event], list[int]]:
     events: list[Event] = []
     lines: list[int] = []
     number = 0
-    with open(path, encoding="utf-8") as text:
+    with open(path, encoding="utf-8") as text, gc_paused():
         try:
             for number, line in enumerate(text, start=1):  # noqa: B007 - used after the loop
                 if not line.strip():
