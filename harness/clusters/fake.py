@@ -323,6 +323,22 @@ class FakeCluster:
         checked = faults.start_params(family, params)
         getattr(self, "start_" + family.replace("-", "_"))(**checked)
 
+    def heal_all(self) -> None:
+        """Stop every active fault: restart crashed nodes, resume paused ones (each catching
+        up), and switch off error rates, lost acks, lag (flushing it), rebuilds and slowness."""
+        with self._lock:
+            state = self.fault_state()
+            for node in state["crashed"]:
+                self.stop_node_crash(node)
+            for node in state["paused"]:
+                self.stop_node_pause(node)
+            for node in list(state["slow"]):
+                self.stop_slow_replica(node)
+            self.stop_error_rate()
+            self.stop_lost_ack()
+            self.stop_visibility_lag()
+            self.stop_index_rebuild()
+
     def stop_fault(self, family: str, **params: Any) -> None:
         """Stop a fault; the start's parameters may be repeated and are ignored if unneeded."""
         checked = faults.stop_params(family, params)

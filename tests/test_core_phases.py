@@ -1,0 +1,278 @@
+"""Phases, routes, the adjacent-phase protocol and the gates."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from harness.clusters.base import Side
+from harness.core import gates
+from harness.core import requests as rq
+from harness.core.compare import MirrorStats, NoiseFloor, compare
+from harness.core.gates import GateInputs, GatePolicy, Verification
+from harness.core.phases import (
+    ROUTES,
+    TRANSITIONS,
+    Coordinator,
+    InstanceView,
+    Phase,
+    PhaseError,
+    Published,
+    Step,
+    adjacent,
+    next_phase,
+)
+from harness.core.state import Checkpoint
+from harness.core.strategy import NAIVE, SAFE
+from harness.drive.rig import Rig
+
+CORE = pathlib.Path(__file__).resolve().parents[1] / "harness" / "core"
+FORBIDDEN = {"asyncio", "simpy", "time", "random", "socket", "httpx", "aiohttp", "requests",
+             "threading", "urllib", "http", "sqlite3", "subprocess", "os"}
+
+
+def test_the_core_imports_no_io_clock_or_randomness() -> None:
+    """harness/core stays sans-I/O: no event loop, simulator, clock, randomness or network."""
+    offenders = []
+    for path in sorted(CORE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness."):
+                assert node.module.startswith(("harness.core", "harness.clusters.base")), (
+                    f"{path.name} imports {node.module}: the core may only use itself and the port"
+                )
+    assert offenders == []
+
+
+# -- where traffic goes ----------------------------------------------------------------------
+
+EXPECTED_ROUTES = {
+    Phase.OLD_ONLY: (Side.OLD, Side.OLD, None),
+    Phase.DUAL_WRITE: (Side.OLD, Side.OLD, Side.NEW),
+    Phase.BACKFILL: (Side.OLD, Side.OLD, Side.NEW),
+    Phase.SHADOW: (Side.OLD, Side.OLD, Side.NEW),
+    Phase.CUTOVER: (Side.NEW, Side.NEW, Side.OLD),
+    Phase.DECOMMISSIONED: (Side.NEW, Side.NEW, None),
+}
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_each_phase_routes_reads_and_writes_as_the_design_table_says(phase: Phase) -> None:
+    route = ROUTES[phase]
+    assert (route.reads, route.primary, route.secondary) == EXPECTED_ROUTES[phase]
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_the_layer_sends_writes_and_reads_where_its_phase_routes_them(phase: Phase) -> None:
+    rig = Rig(SAFE)
+    layer = rig.add_instance("app")
+    layer.view.phase = phase
+    reads, primary, secondary = EXPECTED_ROUTES[phase]
+    write = rig.driver.start(layer.upsert(rig.record("p000001", 2)))
+    sides = []
+    while write in rig.driver.in_flight:
+        request = rig.driver.pending(write)
+        if isinstance(request, rq.Upsert):
+            sides.append(request.side)
+        rig.driver.step(write)
+    assert sides == [s for s in (primary, secondary) if s is not None]
+    read = rig.driver.start(layer.get("p000001"))
+    first_read = rig.driver.run_until(read, lambda r: isinstance(r, rq.Get))
+    assert first_read == rq.Get(reads, ("p000001",))
+
+
+def test_naive_cutover_writes_new_only() -> None:
+    rig = Rig(NAIVE)
+    layer = rig.add_instance("app")
+    layer.view.phase = Phase.CUTOVER
+    assert layer.route().secondary is None
+
+
+# -- transitions -----------------------------------------------------------------------------
+
+
+def test_the_transition_table_has_rollback_and_abort_where_the_design_says() -> None:
+    assert next_phase(Phase.CUTOVER, Step.ROLLBACK) is Phase.SHADOW
+    for phase in (Phase.DUAL_WRITE, Phase.BACKFILL, Phase.SHADOW):
+        assert next_phase(phase, Step.ABORT) is Phase.OLD_ONLY
+    assert TRANSITIONS[Phase.DECOMMISSIONED] == {}
+
+
+def test_a_step_the_table_lacks_names_the_phase_and_what_is_allowed() -> None:
+    with pytest.raises(PhaseError, match="cannot rollback from BACKFILL; allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY"):
+        next_phase(Phase.BACKFILL, Step.ROLLBACK)
+    with pytest.raises(PhaseError, match="the migration is over"):
+        next_phase(Phase.DECOMMISSIONED, Step.ADVANCE)
+
+
+def test_adjacency() -> None:
+    assert adjacent(Phase.DUAL_WRITE, Phase.BACKFILL)
+    assert adjacent(Phase.SHADOW, Phase.CUTOVER)
+    assert adjacent(Phase.OLD_ONLY, Phase.BACKFILL)  # through ABORT
+    assert adjacent(Phase.OLD_ONLY, Phase.SHADOW)  # through ABORT
+    assert not adjacent(Phase.DUAL_WRITE, Phase.SHADOW)
+    assert not adjacent(Phase.DUAL_WRITE, Phase.CUTOVER)
+
+
+def test_the_coordinator_publishes_only_after_every_live_instance_acknowledged() -> None:
+    coordinator = Coordinator(lease_ns=100)
+    coordinator.join("a", 0)
+    coordinator.join("b", 0)
+    first = coordinator.publish(Step.ADVANCE, 1)
+    assert first == Published(Phase.DUAL_WRITE, 1)
+    coordinator.ack("a", first, 2)
+    with pytest.raises(PhaseError, match="waiting for 1 instance.*: b"):
+        coordinator.publish(Step.ADVANCE, 3)
+    assert coordinator.adjacency_violations(3) == []
+    coordinator.ack("b", first, 4)
+    assert coordinator.publish(Step.ADVANCE, 5).phase is Phase.BACKFILL
+
+
+def test_an_instance_whose_lease_expired_is_not_waited_for_and_stops_serving() -> None:
+    coordinator = Coordinator(lease_ns=100)
+    coordinator.join("a", 0)
+    coordinator.join("gone", 0)
+    published = coordinator.publish(Step.ADVANCE, 1)
+    coordinator.ack("a", published, 150)
+    assert coordinator.waiting_for(99) == ["gone"]
+    assert coordinator.waiting_for(101) == []
+    view = InstanceView("gone", Phase.OLD_ONLY, 0, lease_expires=100, margin_ns=10)
+    assert view.may_serve(89)
+    assert not view.may_serve(90)
+
+
+def test_the_naive_plan_flips_phases_without_waiting() -> None:
+    coordinator = Coordinator()
+    coordinator.join("a", 0)
+    coordinator.publish(Step.ADVANCE, 1, wait_for_acks=False)
+    coordinator.publish(Step.ADVANCE, 2, wait_for_acks=False)
+    assert coordinator.adjacency_violations(3) == [
+        "a runs OLD_ONLY (epoch 0) while BACKFILL (epoch 2) is published"
+    ]
+
+
+# -- gates -----------------------------------------------------------------------------------
+
+NOW = 10_000_000_000
+PUBLISHED = Published(Phase.BACKFILL, 2)
+
+
+def shadow_inputs(**changes: object) -> GateInputs:
+    base = dict(
+        now=NOW,
+        published=PUBLISHED,
+        checkpoint=Checkpoint("p9", 10, True),
+        backfill_done_at=NOW - 10,
+        repair_backlog=0,
+        verification=Verification(0, 0, 10, 10, NOW - 5),
+    )
+    base.update(changes)
+    return GateInputs(**base)  # type: ignore[arg-type]
+
+
+def test_backfill_gate_waits_for_every_instance_on_dual_write() -> None:
+    held = gates.check(Phase.BACKFILL, GateInputs(NOW, PUBLISHED, waiting_for=("late",)))
+    assert not held.ok and "late" in held.reasons[0]
+    assert gates.check(Phase.BACKFILL, GateInputs(NOW, PUBLISHED)).ok
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"checkpoint": Checkpoint("p5", 5, False)}, "backfill not complete"),
+        ({"repair_backlog": 3}, "repair log holds 3 entries"),
+        ({"verification": None}, "no verification diff yet"),
+        ({"verification": Verification(0, 0, 10, 10, NOW - 20)}, "predates the end of the backfill"),
+        ({"verification": Verification(2, 1, 10, 9, NOW, ("p1", "p2"))}, "verification found 2 differing id(s)"),
+    ],
+)
+def test_shadow_gate_refuses_with_its_reason(changes: dict[str, object], reason: str) -> None:
+    result = gates.check(Phase.SHADOW, shadow_inputs(**changes))
+    assert not result.ok
+    assert any(reason in r for r in result.reasons), result.reasons
+
+
+def test_shadow_gate_passes_when_backfilled_repaired_and_verified() -> None:
+    assert gates.check(Phase.SHADOW, shadow_inputs()).ok
+
+
+def mirror(compared: int, discrepancies: int) -> MirrorStats:
+    stats = MirrorStats()
+    same = compare([], [], 10)
+    for i in range(compared):
+        stats.add(same, i < discrepancies)
+    return stats
+
+
+POLICY = GatePolicy(min_mirrored_reads=100, slo_p99_ms=20.0)
+NOISE = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"mirror": mirror(50, 0)}, "only 50 of 100 mirrored reads"),
+        ({"mirror": mirror(400, 100)}, "exceeds the noise floor"),
+        ({"new_p99_ms": 45.0}, "exceeds the SLO"),
+        ({"repair_backlog": 1}, "repair log holds 1 entries"),
+    ],
+)
+def test_cutover_gate_refuses_with_its_reason(changes: dict[str, object], reason: str) -> None:
+    inputs = dict(now=NOW, published=Published(Phase.SHADOW, 3), mirror=mirror(400, 4), noise=NOISE, new_p99_ms=10.0)
+    inputs.update(changes)
+    result = gates.check(Phase.CUTOVER, GateInputs(**inputs), POLICY)  # type: ignore[arg-type]
+    assert not result.ok
+    assert any(reason in r for r in result.reasons), result.reasons
+
+
+def test_cutover_gate_passes_within_the_noise_floor() -> None:
+    inputs = GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=mirror(400, 8), noise=NOISE, new_p99_ms=10.0)
+    assert gates.check(Phase.CUTOVER, inputs, POLICY).ok
+
+
+def test_cutover_gate_refuses_when_new_recall_trails() -> None:
+    stats = mirror(400, 0)
+    stats.old_recall_sum, stats.new_recall_sum, stats.recall_samples = 99.0, 90.0, 100
+    result = gates.check(Phase.CUTOVER, GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE), POLICY)
+    assert not result.ok and "recall trails" in result.reasons[0]
+
+
+def test_decommission_gate_needs_a_clean_soak() -> None:
+    policy = GatePolicy(soak_ns=1_000)
+    published = Published(Phase.CUTOVER, 4)
+    early = gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 10), policy)
+    assert not early.ok and "soaked" in early.reasons[0]
+    fell_back = gates.check(
+        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000, fallbacks_since_cutover=2), policy
+    )
+    assert not fell_back.ok and "2 read fallback(s)" in fell_back.reasons[0]
+    assert gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000), policy).ok
+
+
+def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver() -> None:
+    from harness.core.controller import Plan
+
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    rig.controller.policy = GatePolicy(min_mirrored_reads=0, soak_ns=0)
+    run = rig.driver.start(rig.controller.run(Plan()))
+    for _ in range(2_000):
+        if run not in rig.driver.in_flight:
+            break
+        rig.sync_all()
+        if rig.coordinator.published.phase is Phase.BACKFILL and not rig.store.load_checkpoint().done:
+            rig.run(rig.backfill.batch())
+        rig.driver.step(run)
+    assert rig.coordinator.published.phase is Phase.DECOMMISSIONED
+    assert [p.value for _, p, _ in rig.controller.transitions] == [
+        "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER", "DECOMMISSIONED"
+    ]
+    assert rig.controller.waits, "the SHADOW gate should have held while the backfill ran"
+    assert rig.run(app.get("p000001")).value == {"id": "p000001", "version": 1}
