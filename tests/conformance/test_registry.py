@@ -45,3 +45,17 @@ def test_unknown_scheme_names_the_valid_ones(url: str) -> None:
 def test_bad_parameters_are_named(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         open_cluster(url, 8, Metric.COSINE)
+
+
+@pytest.mark.slow
+def test_milvus_lite_url_opens_milvus(tmp_path) -> None:
+    side = open_cluster(f"milvus+lite://{tmp_path}/m.db?collection=items", 8, Metric.L2)
+    assert type(side).__name__ == "MilvusCluster" and side.health().ok
+
+
+@pytest.mark.slow
+def test_pgvector_url_opens_pgvector(postgres_dsn: str) -> None:
+    url = postgres_dsn.replace("postgresql://", "pgvector://") + "?table=registry_side"
+    side = open_cluster(url, 8, Metric.INNER_PRODUCT)
+    assert type(side).__name__ == "PgVectorCluster" and side.health().ok
+    side.drop()  # type: ignore[attr-defined]
