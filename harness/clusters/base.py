@@ -272,6 +272,32 @@ def validate_vector(vector: object, dim: int) -> Vector:
     return array
 
 
+def validate_vectors(vectors: Sequence[object], dim: int, ids: Sequence[str] | None = None) -> npt.NDArray[np.float32]:
+    """A batch of vectors as one float32 matrix of shape (n, dim), checked in one pass; the
+    error names the first bad row (by id when given)."""
+    if len(vectors) == 0:
+        return np.empty((0, dim), dtype=np.float32)
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        matrix = None
+    if matrix is None or matrix.ndim != 2 or matrix.shape[1] != dim:
+        for i, vector in enumerate(vectors):
+            try:
+                validate_vector(vector, dim)
+            except InvalidRequest as exc:
+                where = ids[i] if ids is not None else f"row {i}"
+                raise InvalidRequest(f"{where}: {exc}") from None
+        raise InvalidRequest(f"vectors must form an (n, {dim}) array")
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        where = ids[i] if ids is not None else f"row {i}"
+        bad = int(np.flatnonzero(~np.isfinite(matrix[i]))[0])
+        raise InvalidRequest(f"{where}: vector has a non-finite value {matrix[i][bad]!r} at position {bad}")
+    return matrix
+
+
 def validate_k(k: object, max_k: int = 1000) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise InvalidRequest(f"k must be an integer from 1 to {max_k}, got {k!r}")

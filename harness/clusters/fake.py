@@ -55,8 +55,8 @@ from .base import (
     matches,
     validate_id,
     validate_k,
-    validate_record,
     validate_vector,
+    validate_vectors,
     validate_version,
 )
 from .faults import CLUSTER_FAULT_FAMILIES, ActiveFaults, Dice
@@ -135,12 +135,22 @@ class FakeCluster:
     def upsert(self, records: Sequence[Record], *, fenced: bool = True) -> dict[str, bool]:
         """Write records; per id, whether applied. Later duplicates of an id in one batch are
         applied after earlier ones and their answer wins."""
-        items = []
-        for record in _batch(records, Record, "upsert"):
-            checked = validate_record(record, self._dim)
-            vector = np.array(checked.vector, dtype=np.float32)
-            vector.flags.writeable = False  # shared with every replica and every reader
-            items.append(Stored(checked.id, checked.version, False, vector, dict(checked.metadata)))
+        batch = _batch(records, Record, "upsert")
+        for record in batch:
+            validate_id(record.id)
+            validate_version(record.version)
+            if not isinstance(record.metadata, Mapping):
+                raise InvalidRequest(f"metadata of {record.id!r} must be a mapping")
+        # One copy of the whole batch, checked at once; its rows are shared (read-only) with
+        # every replica and every reader.
+        matrix = np.array(
+            validate_vectors([r.vector for r in batch], self._dim, [r.id for r in batch]),
+            dtype=np.float32,
+        )
+        matrix.flags.writeable = False
+        items = [
+            Stored(r.id, r.version, False, matrix[i], dict(r.metadata)) for i, r in enumerate(batch)
+        ]
         with self._lock:
             return self._write(items, fenced)
 
