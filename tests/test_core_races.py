@@ -240,3 +240,23 @@ def test_a_read_during_a_pending_repair_takes_the_newer_side() -> None:
     rig.sync_all()
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_an_abort_then_a_fresh_attempt_copies_and_verifies_again() -> None:
+    """After ABORT, new missed every later write; a second attempt must backfill from the
+    start and pass verification again, never trusting the first attempt's checkpoint."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    to_backfill(rig)
+    rig.finish_backfill()
+    assert rig.step_phase(Step.ABORT).type == "ok"
+    rig.sync_all()
+    assert rig.store.load_checkpoint().done is False
+    assert rig.run(app.upsert(rig.record("p000011", 2))).type == "ok"  # old only now
+    assert rig.run(app.delete("p000012", 2)).type == "ok"
+    to_backfill(rig)
+    to_cutover(rig)
+    assert rig.run(app.get("p000011")).value == {"id": "p000011", "version": 2}
+    assert rig.run(app.get("p000012")).value == {"id": "p000012", "version": None}
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()

@@ -25,6 +25,7 @@ from harness.core.requests import (
     Operation,
     Outcome,
     RepairBacklog,
+    SaveCheckpoint,
     Sleep,
     Steps,
 )
@@ -103,6 +104,13 @@ class Controller:
             else:
                 yield AnnouncePhase(published.phase, published.epoch, step.value, str(result))
                 self.transitions.append((now, published.phase, published.epoch))
+                if step is Step.ABORT:
+                    # new is abandoned: a later attempt must copy again from the start, and
+                    # be verified again, since new missed every write made after the abort.
+                    yield SaveCheckpoint(Checkpoint())
+                    self.backfill.reset()
+                    self.backfill_done_at = None
+                    self.verification = None
                 if published.phase is Phase.SHADOW and self.calibration_queries:
                     floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
                     self.shared.noise = floor.value

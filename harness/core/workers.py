@@ -87,6 +87,10 @@ class Backfill:
         """The last checkpoint this worker reached (the durable one may be further along)."""
         return self._memory
 
+    def reset(self) -> None:
+        """Forget this worker's progress (after an ABORT the copy starts over)."""
+        self._memory = Checkpoint()
+
     def batch(self) -> Operation:
         return Operation(None, None, self._batch(), kind="backfill")
 
