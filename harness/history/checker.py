@@ -163,6 +163,8 @@ class _Judge:
         self.max_del: dict[str, Version] = {}
         # id -> [(seq, max_up, max_del) after each change], in seq order.
         self.changes: dict[str, list[tuple[int, Version | None, Version | None]]] = {}
+        # id -> max_up while it is newer than max_del: the version a fresh read returns.
+        self.live: dict[str, Version] = {}
         self.del_invoked: dict[str, Version] = {}
         self.del_indeterminate: dict[str, Version] = {}
         self.carried: set[tuple[str, Version]] = set()
@@ -221,16 +223,15 @@ class _Judge:
         if order is not None:
             self.order = order
             self.notes.append("events were not in (time, index) order; the checker sorted them")
-        history = self.history
+        history, invoke, complete, other = self.history, self.invoke, self.complete, self.other
         for seq, pos in enumerate(self.order):
             event = history[pos]
-            if event.f in CLIENT_FS:
-                if event.type == "invoke":
-                    self.invoke(seq, pos, event)
-                else:
-                    self.complete(seq, pos, event)
+            if event.f not in CLIENT_FS:
+                other(seq, pos, event)
+            elif event.type == "invoke":
+                invoke(seq, pos, event)
             else:
-                self.other(seq, pos, event)
+                complete(seq, pos, event)
         self.finish()
 
     def invoke(self, seq: int, pos: int, event: Event) -> None:
@@ -262,10 +263,10 @@ class _Judge:
                 if invoked is None or version > invoked:
                     self.del_invoked[id_] = version
         elif f == "get":
-            if not isinstance(value, Mapping) or type(value.get("id")) is not str:
+            if not isinstance(value, dict) or type(value.get("id")) is not str:
                 raise self.bad(pos, f'get invoke value must be {{"id": str}}, got {value!r}')
             id_ = value["id"]
-        elif not isinstance(value, Mapping) or "k" not in value:
+        elif not isinstance(value, dict) or "k" not in value:
             raise self.bad(
                 pos, f'search invoke value must hold "k" (and maybe "filter"), got {value!r}'
             )
@@ -273,7 +274,7 @@ class _Judge:
 
     def id_version(self, pos: int, event: Event) -> tuple[str, Version]:
         value = event.value
-        if not isinstance(value, Mapping) or "id" not in value or "version" not in value:
+        if not isinstance(value, dict) or "id" not in value or "version" not in value:
             raise self.bad(
                 pos, f'{event.f} invoke value must be {{"id", "version"}}, got {value!r}'
             )
@@ -336,7 +337,12 @@ class _Judge:
         if known is not None and version <= known:
             return
         newest[id_] = version
-        entry = (seq, self.max_up.get(id_), self.max_del.get(id_))
+        up, dl = self.max_up.get(id_), self.max_del.get(id_)
+        if up is not None and (dl is None or up > dl):
+            self.live[id_] = up
+        else:
+            self.live.pop(id_, None)
+        entry = (seq, up, dl)
         log = self.changes.get(id_)
         if log is None:
             self.changes[id_] = [entry]
@@ -355,7 +361,7 @@ class _Judge:
 
     def judge_get(self, iseq: int, seq: int, pos: int, id_: str | None, value: Any) -> None:
         assert id_ is not None
-        if not isinstance(value, Mapping) or "version" not in value:
+        if not isinstance(value, dict) or "version" not in value:
             raise self.bad(pos, f'get ok value must be {{"id", "version"}}, got {value!r}')
         if "id" in value and value["id"] != id_:
             raise self.bad(
@@ -379,13 +385,14 @@ class _Judge:
         self.judge_returned(iseq, seq, id_, version)
 
     def judge_search(self, iseq: int, seq: int, pos: int, value: Any) -> None:
-        results = value.get("results") if isinstance(value, Mapping) else None
+        results = value.get("results") if isinstance(value, dict) else None
         if not isinstance(results, list):
             raise self.bad(
                 pos,
                 f'search ok value must hold "results": [[id, version, score], ...], got {value!r}',
             )
-        up_of, del_of, carried = self.max_up.get, self.max_del.get, self.carried
+        live_of, up_of, del_of = self.live.get, self.max_up.get, self.max_del.get
+        carried = self.carried
         for entry in results:
             try:
                 id_, version = entry[0], entry[1]
@@ -397,6 +404,8 @@ class _Judge:
                 )
             # The hot path, inlined: judge against the current state first. It only grows, so
             # a version fresh now was fresh at the invoke, and the current max_up was carried.
+            if live_of(id_) == version:
+                continue
             up = up_of(id_)
             dl = del_of(id_)
             if (up is not None and up > version) or (dl is not None and dl >= version):
@@ -416,6 +425,8 @@ class _Judge:
     def judge_returned(self, iseq: int, seq: int, id_: str, version: Version) -> None:
         """Judge one returned (id, version): stale against the state at the read's invoke,
         garbage (later) if no write carried it."""
+        if self.live.get(id_) == version:
+            return
         up, dl = self.max_up.get(id_), self.max_del.get(id_)
         if (up is not None and up > version) or (dl is not None and dl >= version):
             up, dl = self.state_at(id_, iseq)
@@ -447,13 +458,13 @@ class _Judge:
                 self.carried.add((id_, version))
                 self.acknowledge(seq, id_, version, True)
         elif f == "phase":
-            name = value.get("phase") if isinstance(value, Mapping) else None
+            name = value.get("phase") if isinstance(value, dict) else None
             if name not in PHASES:
                 raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
             self.phase = name
         elif f == "fault":
             if (
-                not isinstance(value, Mapping)
+                not isinstance(value, dict)
                 or type(value.get("family")) is not str
                 or value.get("action") not in ("start", "stop")
             ):
@@ -466,7 +477,7 @@ class _Judge:
                 1 if value["action"] == "start" else -1
             )
         else:  # final
-            side = value.get("side") if isinstance(value, Mapping) else None
+            side = value.get("side") if isinstance(value, dict) else None
             if side not in SIDES:
                 raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
             if side in self.finals:
@@ -475,8 +486,8 @@ class _Judge:
 
     def records(self, pos: int, event: Event) -> Mapping[str, Version]:
         value = event.value
-        records = value.get("records") if isinstance(value, Mapping) else None
-        if not isinstance(records, Mapping):
+        records = value.get("records") if isinstance(value, dict) else None
+        if not isinstance(records, dict):
             raise self.bad(
                 pos, f'a {event.f} value holds "records": {{id: version}}, got {value!r}'
             )
