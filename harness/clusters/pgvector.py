@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -198,7 +199,8 @@ class PgVectorCluster:
         query = sql.SQL(
             "SELECT count(*) FILTER (WHERE NOT deleted), count(*) FILTER (WHERE deleted) FROM {}"
         ).format(self._t)
-        live, tombstones = self._call(lambda c: c.execute(query).fetchone())
+        row = self._call(lambda c: c.execute(query).fetchone())
+        live, tombstones = row if row is not None else (0, 0)
         return Counts(live=int(live), tombstones=int(tombstones))
 
     def checksums(self, buckets: int) -> list[RangeChecksum]:
@@ -248,7 +250,7 @@ class PgVectorCluster:
         # ON CONFLICT cannot touch one row twice in a statement: a batch naming an id more
         # than once goes in rounds, in order, each with distinct ids
         for batch in _rounds(rows):
-            applied = self._call(lambda c, b=batch: self._insert(c, b, fenced), write=True)
+            applied = self._call(partial(self._insert, rows=batch, fenced=fenced), write=True)
             for row in batch:
                 result[row[0]] = row[0] in applied
         return result

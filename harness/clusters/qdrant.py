@@ -37,6 +37,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -271,7 +272,7 @@ class QdrantCluster:
             "version": version,
             "deleted": rec is None,
         }
-        vectors: dict[str, list[float]] = {}
+        vectors: dict[str, Any] = {}
         if rec is not None:
             payload["metadata"] = dict(rec.metadata)
             vectors[SEARCH_VECTOR] = rec.vector.tolist()
@@ -297,10 +298,11 @@ class QdrantCluster:
         offset: Any = None
         while True:
             points, offset = self._call(
-                lambda o=offset: self._client.scroll(
+                partial(
+                    self._client.scroll,
                     self._collection,
                     limit=SCROLL_PAGE,
-                    offset=o,
+                    offset=offset,
                     with_payload=["record_id", "version", "deleted"],
                     with_vectors=False,
                 )
@@ -383,8 +385,7 @@ class QdrantCluster:
         except (ValueError, KeyError) as exc:  # local mode reports bad requests this way
             raise InvalidRequest(f"Qdrant rejected the request: {exc}") from exc
         except Exception as exc:  # grpc and anything else unforeseen: effect unknown
-            code = getattr(exc, "code", lambda: None)()
-            name = getattr(code, "name", "")
+            name = getattr(getattr(exc, "code", lambda: None)(), "name", "")
             if name == "UNAVAILABLE":
                 raise Unavailable(f"Qdrant is unavailable: {exc}") from exc
             if name == "INVALID_ARGUMENT":

@@ -38,13 +38,11 @@ def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> Cl
     if scheme == "fake":
         from .fake import FakeCluster
 
-        ints = {
-            key: _int(url, key, query.pop(key))
-            for key in ("shards", "replicas", "seed")
-            if key in query
-        }
+        shards = _int(url, "shards", query.pop("shards", "2"))
+        replicas = _int(url, "replicas", query.pop("replicas", "2"))
+        seed = _int(url, "seed", query.pop("seed", "0"))
         _no_more(url, query)
-        return FakeCluster(dim, metric, **ints)
+        return FakeCluster(dim, metric, shards=shards, replicas=replicas, seed=seed)
     if scheme == "pgvector":
         from .pgvector import PgVectorCluster
 

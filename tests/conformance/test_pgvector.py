@@ -55,6 +55,7 @@ def test_fencing_holds_across_two_writers_on_one_table(
     """Fencing is the engine's own: a second process (here a second connection) writing an
     older version after a newer one is refused by PostgreSQL, not by this process's lock."""
     first = pg_side(16, Metric.COSINE)
+    assert isinstance(first, PgVectorCluster)
     second = PgVectorCluster(postgres_dsn, 16, Metric.COSINE, table=first._table)
     try:
         assert first.upsert([record("a", 9, category=1)]) == {"a": True}

@@ -22,11 +22,6 @@ def test_qdrant_memory_and_local_path_urls_open_qdrant(tmp_path) -> None:
     assert local.health().ok
 
 
-def test_http_url_is_not_yet_supported() -> None:
-    with pytest.raises(ValueError, match="not yet supported"):
-        open_cluster("http://127.0.0.1:8100", 8, Metric.COSINE)
-
-
 @pytest.mark.parametrize("url", ["redis://localhost", "nonsense"])
 def test_unknown_scheme_names_the_valid_ones(url: str) -> None:
     with pytest.raises(ValueError, match=r"fake://.*pgvector://.*qdrant://.*milvus\+lite://"):
