@@ -260,3 +260,30 @@ def test_an_abort_then_a_fresh_attempt_copies_and_verifies_again() -> None:
     assert rig.run(app.get("p000012")).value == {"id": "p000012", "version": None}
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_a_repair_to_a_lagging_side_is_corrected_in_searches() -> None:
+    """A repair applied to a side whose searches lag is not searchable yet when its entry is
+    removed: it must enter the visibility window like a client write, or the superseded
+    version would be served once reads move to that side."""
+    lagged = frozenset({Side.NEW})
+    rig = Rig(SAFE, lagged=lagged)
+    app = rig.add_instance("app")
+    to_backfill(rig)
+    rig.finish_backfill()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    rig.new.start_fault("visibility-lag")
+    write = rig.driver.start(app.upsert(rig.record("p000006", 2)))
+    rig.driver.run_until(write, is_upsert_to_new)
+    rig.driver.step(write, error=Unavailable("new: injected"))
+    assert rig.driver.run(write).type == "ok"
+    rig.run(repair_pass(lagged=lagged))
+    assert rig.store.repair_backlog() == 0
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    assert rig.coordinator.published.phase is Phase.CUTOVER
+    found = rig.run(app.search(rig.catalog.records()[6].vector, 10)).value["results"]
+    assert [v for i, v, _ in found if i == "p000006"] == [2]
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.clusters.base import Vector
+from harness.clusters.base import Side, Vector
 from harness.core import gates
 from harness.core.layer import Shared
 from harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
@@ -66,6 +66,7 @@ class Controller:
         new_p99_ms: Callable[[], float | None] = lambda: None,
         calibration_queries: Sequence[Vector] = (),
         k: int = 10,
+        lagged_sides: frozenset[Side] = frozenset(),
     ) -> None:
         self.coordinator = coordinator
         self.strategy = strategy
@@ -75,6 +76,7 @@ class Controller:
         self.new_p99_ms = new_p99_ms
         self.calibration_queries = tuple(calibration_queries)
         self.k = k
+        self.lagged_sides = lagged_sides
         self.waits: list[GateWait] = []
         self.transitions: list[tuple[int, Phase, int]] = []
         self.verification: gates.Verification | None = None
@@ -152,7 +154,7 @@ class Controller:
             if outcome.type == "ok":
                 self.verification = outcome.value
             if self.verification and self.verification.differences:
-                yield from repair_pass(1024).steps
+                yield from repair_pass(1024, self.lagged_sides).steps
             backlog = yield RepairBacklog()
         inputs = gates.GateInputs(
             now=now,
@@ -226,13 +228,16 @@ def _backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int)
             return Outcome("ok", {"done": backfill.checkpoint.done})
 
 
-def repair_worker(interval_ns: int = 200 * MS, limit: int = 256) -> Operation:
-    """Drains the repair log forever; the driver stops it when the run ends."""
-    return Operation(None, None, _repair_worker(interval_ns, limit), kind="repair")
+def repair_worker(
+    interval_ns: int = 200 * MS, limit: int = 256, lagged: frozenset[Side] = frozenset()
+) -> Operation:
+    """Drains the repair log forever; the driver stops it when the run ends. Pass the
+    layer's lagged sides, so that repairs there are noted in the visibility window."""
+    return Operation(None, None, _repair_worker(interval_ns, limit, lagged), kind="repair")
 
 
-def _repair_worker(interval_ns: int, limit: int) -> Steps:
+def _repair_worker(interval_ns: int, limit: int, lagged: frozenset[Side]) -> Steps:
     while True:
-        outcome = yield from repair_pass(limit).steps
+        outcome = yield from repair_pass(limit, lagged).steps
         if not outcome.value or not outcome.value.get("repaired"):
             yield Sleep(interval_ns)

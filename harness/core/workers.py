@@ -23,6 +23,7 @@ from harness.core.requests import (
     Get,
     LoadCheckpoint,
     NextRepairs,
+    NoteRecent,
     Now,
     Operation,
     Outcome,
@@ -33,7 +34,7 @@ from harness.core.requests import (
     Steps,
     Upsert,
 )
-from harness.core.state import Checkpoint, RepairEntry
+from harness.core.state import Checkpoint, RecentWrite, RepairEntry
 from harness.core.strategy import Strategy
 
 # ---------------------------------------------------------------------------------------------
@@ -126,12 +127,15 @@ class Backfill:
 # The repair worker.
 
 
-def repair_pass(limit: int = 256) -> Operation:
-    """Re-apply, fenced, the latest state of every queued id to the side that may miss it."""
-    return Operation(None, None, _repair_pass(limit), kind="repair")
+def repair_pass(limit: int = 256, lagged: frozenset[Side] = frozenset()) -> Operation:
+    """Re-apply, fenced, the latest state of every queued id to the side that may miss it.
+
+    A repair written to a side in `lagged` (one whose searches see writes late) is noted in
+    the visibility window too, as a client write would be, before its entry is removed."""
+    return Operation(None, None, _repair_pass(limit, lagged), kind="repair")
 
 
-def _repair_pass(limit: int) -> Steps:
+def _repair_pass(limit: int, lagged: frozenset[Side]) -> Steps:
     entries: list[RepairEntry] = yield NextRepairs(limit)
     done: list[RepairEntry] = []
     failed = 0
@@ -141,6 +145,9 @@ def _repair_pass(limit: int) -> Steps:
             stored = got.get(entry.id)
             if stored is not None:
                 yield _copy(stored, entry.side)
+                if entry.side in lagged:
+                    now = yield Now()
+                    yield NoteRecent(entry.side, (_recent(stored, now),))
         except ClusterError:
             failed += 1
             continue
@@ -148,6 +155,12 @@ def _repair_pass(limit: int) -> Steps:
     if done:
         yield RemoveRepairs(tuple(done))
     return Outcome("ok", {"repaired": len(done), "failed": failed})
+
+
+def _recent(stored: Stored, now: int) -> RecentWrite:
+    if stored.deleted:
+        return RecentWrite(stored.id, stored.version, True, now)
+    return RecentWrite(stored.id, stored.version, False, now, stored.vector, dict(stored.metadata))
 
 
 def _copy(stored: Stored, side: Side) -> Upsert | Delete:

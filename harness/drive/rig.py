@@ -60,7 +60,12 @@ class Rig:
         self.instances: dict[str, MigrationLayer] = {}
         self.backfill = Backfill(strategy, Throttle(batch_size=batch_size, unthrottled=True))
         self.controller = Controller(
-            self.coordinator, strategy, self.backfill, self.shared, policy or GatePolicy(min_mirrored_reads=0)
+            self.coordinator,
+            strategy,
+            self.backfill,
+            self.shared,
+            policy or GatePolicy(min_mirrored_reads=0),
+            lagged_sides=lagged,
         )
         loaded = self.catalog.records()
         self.old.upsert(loaded, fenced=False)
@@ -119,7 +124,7 @@ class Rig:
         for _ in range(max_passes):
             if not self.store.repair_backlog():
                 return
-            self.run(repair_pass())
+            self.run(repair_pass(lagged=self.config.lagged_sides))
         raise RuntimeError(f"repair log still holds {self.store.repair_backlog()} entries")
 
     def verify(self) -> Outcome:
