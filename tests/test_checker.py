@@ -198,6 +198,26 @@ def test_divergence_between_finals_in_shadow() -> None:
     assert counts(check(h.events)) == {"divergence": 3}
 
 
+def test_an_indeterminate_delete_does_not_explain_an_older_version_in_the_final() -> None:
+    """A newer delete may explain a missing id, never an id held at an older version."""
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "upsert", "a", 2)
+        .invoke(1, "delete", id="a", version=3)
+        .complete(1, "info", "delete", error="timeout")
+        .final("old", {"a": 1})
+    )
+    assert counts(check(h.events)) == {"lost_writes": 1}
+
+
+def test_divergence_is_not_judged_before_shadow() -> None:
+    h = History().load({"a": 1}).phase("BACKFILL").final("old", {"a": 1}).final("new", {})
+    verdict = check(h.events)
+    assert verdict.valid
+    assert any("divergence not judged" in note for note in verdict.notes)
+
+
 def test_missing_final_of_the_serving_side_is_unknown_not_valid() -> None:
     h = History().load({"a": 1}).phase("CUTOVER").final("old", {"a": 1})
     verdict = check(h.events)
@@ -246,6 +266,18 @@ def test_an_info_upsert_may_take_effect_later_or_never(final: dict[str, int]) ->
         .get(1, "a", 2)
         .get(1, "a", final["a"])
         .final("old", final)
+    )
+    assert check(h.events).valid
+
+
+def test_a_newer_indeterminate_upsert_after_a_delete_is_no_resurrection() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "delete", "a", 2)
+        .invoke(1, "upsert", id="a", version=3)
+        .complete(1, "info", "upsert", error="timeout")
+        .final("old", {"a": 3})
     )
     assert check(h.events).valid
 
@@ -468,6 +500,22 @@ def test_malformed_ops_are_rejected(build: Any, problem: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # `vecmig check` end to end.
+
+
+def test_check_safely_still_reports_malformed_input() -> None:
+    with pytest.raises(MalformedHistory):
+        check_safely(History().invoke(0, "upsert", id="a").events)
+
+
+def test_check_help_teaches_the_anomalies_and_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = capsys.readouterr().out
+    for phrase in ("stale reads", "garbage reads", "lost writes", "resurrected deletes"):
+        assert phrase in text
+    assert "exit codes" in text and "vecmig check" in text
 
 
 def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:

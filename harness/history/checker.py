@@ -186,8 +186,7 @@ class _Judge:
     # -- errors and examples -----------------------------------------------------------------
 
     def bad(self, pos: int, problem: str) -> MalformedHistory:
-        line = self.lines[pos] if self.lines is not None else pos + 1
-        return MalformedHistory(line, problem, self.source)
+        return MalformedHistory(self.line(pos), problem, self.source)
 
     def line(self, pos: int) -> int:
         return self.lines[pos] if self.lines is not None else pos + 1
@@ -285,7 +284,7 @@ class _Judge:
                 f"{event.f} id must be a string (records maps key ids as JSON strings), "
                 f"got {id_!r}",
             )
-        if type(version) not in _NUMBER:
+        if type(version) not in _NUMBER or version != version:
             raise self.bad(pos, f"{event.f} version must be a number, got {version!r}")
         return id_, version
 
@@ -322,7 +321,8 @@ class _Judge:
                     self.del_indeterminate[id_] = version
             return
         if type_ != "ok":
-            example = self.read_example(iseq, seq, id=id_, type=type_, error=event.value)
+            where = {"id": id_} if f == "get" else {}
+            example = self.read_example(iseq, seq, **where, type=type_, error=event.value)
             self.found("failed_reads", example)
             return
         value = event.value
@@ -492,7 +492,7 @@ class _Judge:
                 pos, f'a {event.f} value holds "records": {{id: version}}, got {value!r}'
             )
         for id_, version in records.items():
-            if type(id_) is not str or type(version) not in _NUMBER:
+            if type(id_) is not str or type(version) not in _NUMBER or version != version:
                 raise self.bad(
                     pos,
                     f"{event.f} records map string ids to numeric versions, got {id_!r}: {version!r}",
