@@ -553,17 +553,24 @@ class _Judge:
                     maybe = self.del_indeterminate.get(id_)
                     if maybe is not None and maybe > up:
                         continue  # an indeterminate newer delete may have taken effect
-                self.found(
-                    "lost_writes",
-                    {"id": id_, "acknowledged_upsert": up, "final": held, "side": side},
-                    live=False,
-                )
+                example = {"id": id_, "acknowledged_upsert": up, "final": held, "side": side}
+                self.found("lost_writes", self.with_ack("lost_writes", example, id_, 1), live=False)
             elif held is not None and held <= dl:
-                self.found(
-                    "resurrected_deletes",
-                    {"id": id_, "acknowledged_delete": dl, "final": held, "side": side},
-                    live=False,
-                )
+                example = {"id": id_, "acknowledged_delete": dl, "final": held, "side": side}
+                kind = "resurrected_deletes"
+                self.found(kind, self.with_ack(kind, example, id_, 2), live=False)
+
+    def with_ack(self, kind: str, example: dict[str, Any], id_: str, field: int) -> dict[str, Any]:
+        """Name the event that acknowledged the newest op (`field` 1 of the change log for an
+        upsert, 2 for a delete); only for the examples kept, since it walks the id's log."""
+        if len(self.examples.get(kind, ())) >= MAX_EXAMPLES:
+            return example
+        log = self.changes[id_]
+        newest = log[-1][field]
+        seq = next(entry[0] for entry in log if entry[field] == newest)
+        event = self.history[self.order[seq]]
+        example.update(acked_by=event.f, process=event.process, index=event.index, time=event.time)
+        return example
 
     def judge_divergence(self) -> None:
         old, new = self.finals["old"], self.finals["new"]
