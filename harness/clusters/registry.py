@@ -6,7 +6,7 @@
     qdrant://host:6333?collection=items            a Qdrant server (add &https=1, &api_key=...)
     qdrant+local:///path/to/dir?collection=items   Qdrant local mode persisted in a directory
     milvus+lite:///path/to/file.db?collection=items  Milvus Lite, embedded, in one file
-    http://host:port                               a remote fake cluster server (not yet supported)
+    http://host:port?timeout=5                     a cluster server (`vecmig cluster serve`)
 
 Engine client packages are imported only when their scheme is used (`pip install
 'vecmig[engines]'` brings them all).
@@ -67,10 +67,18 @@ def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> Cl
 
         return MilvusCluster.lite(path, dim, metric, collection=collection)
     if scheme in ("http", "https"):
-        raise ValueError(
-            f"{url!r}: remote fake cluster servers (http://host:port) are not yet supported by "
-            "open_cluster"
-        )
+        from .remote import RemoteCluster
+
+        timeout = float(query.pop("timeout", "5"))
+        _no_more(url, query)
+        base = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+        side = RemoteCluster(base, timeout_s=timeout)
+        if (side.dim, side.metric) != (dim, metric):
+            raise ValueError(
+                f"{url!r} serves {side.dim}-dimensional {side.metric.value} vectors; "
+                f"expected {dim}-dimensional {metric.value}"
+            )
+        return side
     raise ValueError(f"{url!r} has unknown scheme {scheme!r}; valid schemes: {_valid()}")
 
 
