@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.history.command",
     "harness.service.command",
     "loadtests.command",
+    "sim.command",
 )
 
 DESCRIPTION = """\

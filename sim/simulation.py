@@ -1,0 +1,383 @@
+"""One simulated migration: two fake clusters, N app instances, traffic, the controller and its
+workers, and the nemesis, wired together in a SimPy environment; then the end of the run
+(heal, drain, verify, final scans) and the checker's verdict.
+
+`Simulation(scenario, strategy, seed).run()` returns a `RunResult`; nothing here prints or
+writes files (that is `sim.report` and `sim.command`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from harness.catalog import Catalog
+from harness.clusters.base import Side
+from harness.clusters.fake import FakeCluster
+from harness.core.controller import Controller, Plan, backfill_worker, repair_worker
+from harness.core.gates import GatePolicy
+from harness.core.layer import LayerConfig, Shared
+from harness.core.phases import Coordinator, Phase, Published, Step
+from harness.core.requests import Operation, Outcome
+from harness.core.strategy import Strategy, strategy_named
+from harness.core.workers import Backfill, Throttle, repair_pass, verify
+from harness.drive.step import live_versions
+from harness.history.checker import Verdict, check
+from harness.history.ops import CHECKER, LOADER, Event, Recorder
+from harness.state import MemoryStore
+from sim.driver import Draws, Flight, SimDriver
+from sim.faults import FaultSpec, swarm_schedule
+from sim.fleet import Fleet
+from sim.nemesis import Nemesis
+from sim.scenario import MS, SECOND, Scenario
+from sim.traffic import Traffic
+
+STREAMS = ("traffic", "content", "latency", "instances", "faults", "exact", "calibration", "swarm")
+DRAIN_LIMIT_NS = 600 * SECOND
+"""How long the end of a run may take to drain in-flight work and the repair log."""
+
+
+class PacedThrottle(Throttle):
+    """The core's throttle under an operator's rate cap (records per second): the pause
+    between batches never drops below what the cap asks for."""
+
+    __slots__ = ("rate",)
+
+    def observe(self, live_p99_ms: float | None, error: bool = False) -> None:
+        super().observe(live_p99_ms, error)
+        rate = getattr(self, "rate", 0.0)
+        if rate:
+            self.pause_ns = max(self.pause_ns, int(self.batch_size / rate * SECOND))
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    strategy: str
+    seed: int
+    swarm: bool
+    events: list[Event]
+    verdict: Verdict
+    schedule: list[FaultSpec]
+    faults: list[dict[str, Any]]
+    phases: list[dict[str, Any]]
+    controller: dict[str, Any]
+    completed: list[Any]
+    backfill: dict[str, Any]
+    series: dict[str, list[Any]]
+    end_phase: str
+    sim_end_ns: int
+    bugs: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(
+        self,
+        scenario: Scenario,
+        strategy: str | Strategy = "safe",
+        seed: int | None = None,
+        swarm: bool | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.strategy = strategy if isinstance(strategy, Strategy) else strategy_named(strategy)
+        self.seed = scenario.seed if seed is None else seed
+        self.swarm = scenario.swarm.enabled if swarm is None else swarm
+        rngs = dict(
+            zip(
+                STREAMS,
+                (np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(len(STREAMS))),
+                strict=True,
+            )
+        )
+        s = scenario
+        self.env = simpy.Environment()
+        self.recorder = Recorder()
+        self.catalog = Catalog.generate(s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed)
+        capacity = max(1024, 2 * s.catalog.products // s.clusters.shards)
+        self.clusters = {
+            side: FakeCluster(
+                s.catalog.dim,
+                shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+                seed=self.seed * 2 + offset,
+                capacity=capacity,
+                ef_search=s.clusters.ef_search,
+                name=side.value,
+            )
+            for offset, side in enumerate((Side.OLD, Side.NEW))
+        }
+        self.store = MemoryStore()
+        self.coordinator = Coordinator(lease_ns=int(s.instances.lease_ms * MS))
+        self.shared = Shared()
+        lagged = frozenset(Side(x) for x in s.migration.lagged_sides)
+        self.layer_config = LayerConfig(
+            strategy=self.strategy,
+            metric=self.clusters[Side.OLD].metric,
+            lagged_sides=lagged,
+            visibility_window_ns=int(s.migration.visibility_window_ms * MS),
+            mirror_sample_rate=s.migration.mirror_sample_rate,
+        )
+        self.driver = SimDriver(
+            self.env,
+            self.clusters,
+            self.store,
+            self.recorder,
+            s.latency,
+            s.clusters.concurrency_per_node * s.clusters.shards * s.clusters.replicas,
+            Draws(rngs["latency"]),
+            Draws(rngs["exact"]),
+            s.traffic.exact_sample_rate,
+            size_hint=lambda: s.catalog.products,
+            phase_now=lambda: self.coordinator.published.phase.value,
+            on_phase=self._on_phase,
+        )
+        self.fleet = Fleet(
+            self.env,
+            self.driver,
+            self.coordinator,
+            s.instances,
+            self.layer_config,
+            self.shared,
+            Draws(rngs["instances"]),
+        )
+        self.throttle = PacedThrottle(
+            slo_p99_ms=s.migration.slo_p99_ms,
+            batch_size=s.migration.batch_size,
+            max_batch=max(s.migration.batch_size, 2048 if not s.migration.backfill_rate else s.migration.batch_size),
+        )
+        self.throttle.rate = s.migration.backfill_rate
+        self.throttle.observe(None)
+        self.backfill = Backfill(self.strategy, self.throttle)
+        calibration = [self.catalog.query_vector(rngs["calibration"]) for _ in range(s.migration.calibration_queries)]
+        self.controller = Controller(
+            self.coordinator,
+            self.strategy,
+            self.backfill,
+            self.shared,
+            GatePolicy(
+                min_mirrored_reads=s.migration.min_mirrored_reads,
+                recall_parity_tolerance=s.migration.recall_parity_tolerance,
+                slo_p99_ms=s.migration.slo_p99_ms,
+                soak_ns=int(s.migration.soak_s * SECOND),
+            ),
+            new_p99_ms=lambda: self.driver.side_p99_ms(Side.NEW),
+            calibration_queries=calibration,
+        )
+        self.traffic = Traffic(
+            self.env,
+            self.fleet,
+            self.catalog,
+            s.traffic,
+            int(s.duration_s * SECOND),
+            rngs["traffic"],
+            rngs["content"],
+        )
+        self.schedule = self._schedule(rngs["swarm"])
+        self.nemesis = Nemesis(
+            self.env,
+            self.schedule,
+            self.clusters,
+            self.driver,
+            self.fleet,
+            self.recorder,
+            rngs["faults"],
+            self._crash_backfill_worker,
+            self._start_backfill_worker,
+        )
+        self.phases: list[dict[str, Any]] = []
+        self.series: dict[str, list[Any]] = {"time": [], "backfill_copied": [], "mismatch_rate": [], "repair_backlog": [], "batch_size": []}
+        self._backfill_flight: Flight | None = None
+        self._repair_flight: Flight | None = None
+        self._controller_flight: Flight | None = None
+        self.backfill_started: int | None = None
+        self.backfill_finished: int | None = None
+
+    def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
+        s = self.scenario
+        specs = list(s.faults)
+        if self.swarm:
+            specs += swarm_schedule(
+                s.swarm, rng, duration_s=s.duration_s, lagged_sides=s.migration.lagged_sides, shards=s.clusters.shards
+            )
+        filled = []
+        for spec in specs:
+            if spec.duration_s is None and spec.family == "app-instance-crash":
+                spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
+            if spec.duration_s is None and spec.family == "backfill-worker-crash":
+                spec = dataclasses.replace(spec, duration_s=1.0)
+            filled.append(spec)
+        return filled
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> RunResult:
+        s = self.scenario
+        env = self.env
+        loaded = self.catalog.records()
+        self.clusters[Side.OLD].upsert(loaded, fenced=False)
+        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in loaded}}, 0)
+        self.phases.append({"phase": Phase.OLD_ONLY.value, "time": 0, "epoch": 0})
+        for side in self.layer_config.lagged_sides:
+            self.clusters[side].start_fault("visibility-lag")
+            env.process(self._refresher(side))
+        traffic = env.process(self.traffic.run())
+        env.process(self._controller(int(s.migration.start_s * SECOND)))
+        self._start_backfill_worker()
+        self._repair_flight = self.driver.start(repair_worker(int(s.migration.repair_interval_ms * MS)))
+        env.process(self._sampler())
+        end = int(s.duration_s * SECOND)
+        step = max(SECOND, end // 200)
+        t = 0
+        while t < end:
+            t = min(end, t + step)
+            env.run(until=t)
+            if progress is not None:
+                progress(t, end)
+        if traffic.is_alive:
+            env.run(until=traffic)
+        self._finish()
+        verdict = check(self.recorder.events)
+        return self._result(verdict)
+
+    def _controller(self, start_ns: int):  # type: ignore[no-untyped-def]
+        yield self.env.timeout(start_ns)
+        m = self.scenario.migration
+        plan = Plan(
+            steps=tuple(Step(x) for x in m.steps),
+            hold_ns={Phase(k): int(v * SECOND) for k, v in m.hold_s.items()},
+            retry_ns=int(m.retry_ms * MS),
+        )
+        self._controller_flight = self.driver.start(self.controller.run(plan))
+
+    def _on_phase(self, published: Published, step: str) -> None:
+        now = int(self.env.now)
+        self.phases.append({"phase": published.phase.value, "time": now, "epoch": published.epoch, "step": step})
+        if published.phase is Phase.BACKFILL and self.backfill_started is None:
+            self.backfill_started = now
+        self.fleet.on_publish(published)
+        self.nemesis.on_phase(published.phase)
+
+    def _start_backfill_worker(self) -> None:
+        def done(flight: Flight, outcome: Outcome) -> None:
+            if not flight.crashed and outcome.type == "ok" and self.backfill_finished is None:
+                if self.backfill.checkpoint.done:
+                    self.backfill_finished = int(self.env.now)
+
+        poll = 100 * MS
+        self._backfill_flight = self.driver.start(backfill_worker(self.backfill, self.coordinator, poll), on_done=done)
+
+    def _crash_backfill_worker(self) -> None:
+        flight = self._backfill_flight
+        if flight is not None and not flight.finished:
+            self.driver.crash(flight)
+            self._backfill_flight = None
+        # The naive backfill keeps its cursor only in the worker's memory: a new worker
+        # starts from the beginning. The safe one reloads its durable checkpoint.
+        self.backfill = Backfill(self.strategy, self.throttle)
+        self.controller.backfill = self.backfill
+
+    def _refresher(self, side: Side):  # type: ignore[no-untyped-def]
+        interval = int(self.scenario.migration.refresh_interval_ms * MS)
+        while True:
+            yield self.env.timeout(interval)
+            self.clusters[side].refresh()
+
+    def _sampler(self):  # type: ignore[no-untyped-def]
+        """Once a second: feed the backfill throttle and take the series the plots show."""
+        while True:
+            yield self.env.timeout(SECOND)
+            self.throttle.observe(self.driver.client_p99_ms())
+            self.series["time"].append(int(self.env.now))
+            self.series["backfill_copied"].append(self.backfill.checkpoint.copied if self.strategy.checkpointed_backfill is False else self.store.load_checkpoint().copied)
+            self.series["mismatch_rate"].append(self.shared.mirror.mismatch_rate if self.shared.mirror.compared else None)
+            self.series["repair_backlog"].append(self.store.repair_backlog())
+            self.series["batch_size"].append(self.throttle.batch_size)
+
+    # -- the end of the run ------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Heal every fault, let work in flight land, drain the repair log, verify and drain
+        again (safe strategy), then record both sides' final scans."""
+        env = self.env
+        deadline = int(env.now) + DRAIN_LIMIT_NS
+        self._wait(lambda: self.traffic.active == 0, deadline)
+        for flight in (self._controller_flight, self._backfill_flight, self._repair_flight):
+            if flight is not None and not flight.finished:
+                self.driver.crash(flight)
+        self.nemesis.heal_all()
+        for side in self.layer_config.lagged_sides:
+            self.clusters[side].stop_fault("visibility-lag")
+        self._wait(lambda: self.driver.requests_in_flight() == 0 and self.driver.active == 0, deadline)
+        if self.strategy.repair_log:
+            self._drain(deadline)
+            self._run_to_end(verify(), deadline)
+            self._drain(deadline)
+        self._wait(lambda: self.driver.requests_in_flight() == 0, deadline)
+        for side in (Side.OLD, Side.NEW):
+            self.clusters[side].refresh()
+            self.recorder.ok(CHECKER, "final", {"side": side.value, "records": live_versions(self.clusters[side])}, int(env.now))
+
+    def _wait(self, done: Callable[[], bool], deadline: int) -> None:
+        while not done() and self.env.now < deadline:
+            self.env.run(until=int(self.env.now) + 10 * MS)
+
+    def _run_to_end(self, op: Operation, deadline: int) -> Outcome | None:
+        result: list[Outcome] = []
+        self.driver.start(op, on_done=lambda flight, outcome: result.append(outcome))
+        self._wait(lambda: bool(result), deadline)
+        return result[0] if result else None
+
+    def _drain(self, deadline: int) -> None:
+        while self.store.repair_backlog() and self.env.now < deadline:
+            self._run_to_end(repair_pass(1024), deadline)
+
+    # -- the result ----------------------------------------------------------------------------
+
+    def _result(self, verdict: Verdict) -> RunResult:
+        faults = [
+            {
+                "family": f.spec.family,
+                **f.detail,
+                "start": f.started,
+                "stop": f.stopped,
+            }
+            for f in self.nemesis.log
+        ]
+        checkpoint = self.store.load_checkpoint() if self.strategy.checkpointed_backfill else self.backfill.checkpoint
+        backfill = {
+            "started": self.backfill_started,
+            "finished": self.backfill_finished,
+            "duration_s": None
+            if self.backfill_started is None or self.backfill_finished is None
+            else (self.backfill_finished - self.backfill_started) / SECOND,
+            "copied": checkpoint.copied,
+            "done": checkpoint.done,
+        }
+        notes = []
+        if self.traffic.dropped:
+            notes.append(f"{self.traffic.dropped} session(s) found no live app instance")
+        return RunResult(
+            scenario=self.scenario,
+            strategy=self.strategy.name,
+            seed=self.seed,
+            swarm=self.swarm,
+            events=list(self.recorder.events),
+            verdict=verdict,
+            schedule=self.schedule,
+            faults=faults,
+            phases=self.phases,
+            controller=self.controller.report(),
+            completed=self.driver.completed,
+            backfill=backfill,
+            series=self.series,
+            end_phase=self.coordinator.published.phase.value,
+            sim_end_ns=int(self.env.now),
+            bugs=list(self.driver.bugs),
+            notes=notes,
+        )

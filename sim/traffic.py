@@ -1,0 +1,233 @@
+"""E-commerce traffic: shoppers who view a product and look for similar ones, merchants who
+change prices and stock, add, re-embed and delist products, and an optional bulk
+re-embedding job, arriving on a diurnal curve with flash-sale spikes.
+
+Clients supply the version of every write (as an app passes a product's `updated_at`): the
+generator keeps a counter per id, so versions strictly increase per id whatever the
+interleaving. All randomness comes from the `numpy.random.Generator` streams it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from harness.catalog import Catalog, product_id
+from harness.clusters.base import Record, Vector
+from harness.core.requests import Operation, Outcome
+from sim.driver import Draws, Flight
+from sim.fleet import AppInstance, Fleet
+from sim.scenario import SECOND, TrafficConfig
+
+SESSION_KINDS = ("shopper",) + ("price", "stock", "add", "reembed", "delist")
+
+
+@dataclass
+class Product:
+    """What the merchants believe a product is: its last written vector and metadata."""
+
+    vector: Vector
+    metadata: dict[str, object]
+    listed: bool = True
+
+
+class Traffic:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        fleet: Fleet,
+        catalog: Catalog,
+        config: TrafficConfig,
+        duration_ns: int,
+        rng: np.random.Generator,
+        content_rng: np.random.Generator,
+    ) -> None:
+        self.env = env
+        self.fleet = fleet
+        self.catalog = catalog
+        self.config = config
+        self.duration_ns = duration_ns
+        self.rng = rng
+        self.draws = Draws(rng)
+        self.content = content_rng
+        """Vectors and prices: a separate stream, so the schedule of arrivals does not depend
+        on the sizes of the things drawn."""
+        self.products: dict[str, Product] = {}
+        self.ids: list[str] = []
+        for record in catalog.records():
+            self.products[record.id] = Product(record.vector, dict(record.metadata))
+            self.ids.append(record.id)
+        self.versions: dict[str, int] = {i: 1 for i in self.ids}
+        self._next_product = len(self.ids)
+        weights = [config.merchant.get(a, 0.0) for a in SESSION_KINDS[1:]]
+        total = sum(weights) or 1.0
+        self._merchant_cdf = np.cumsum([w / total for w in weights]).tolist()
+        self.sessions = 0
+        self.dropped = 0
+        """Sessions that found no live instance to serve them."""
+        self.active = 0
+
+    # -- the arrival process ---------------------------------------------------------------------
+
+    def rate(self, t_ns: int) -> float:
+        """Sessions per second at simulated time t: the diurnal curve times any spike."""
+        c = self.config
+        t = t_ns / SECOND
+        rate = c.rate * (1.0 + c.diurnal_amplitude * math.sin(2 * math.pi * t / c.diurnal_period_s - math.pi / 2))
+        for spike in c.spikes:
+            if spike.start_s <= t < spike.start_s + spike.duration_s:
+                rate *= spike.factor
+        return max(rate, 0.0)
+
+    def run(self):  # type: ignore[no-untyped-def]
+        """The arrivals (a SimPy process): ends when the traffic's duration is over."""
+        env = self.env
+        if self.config.bulk_reembed is not None and self.config.bulk_reembed.count:
+            env.process(self._bulk_reembed())
+        while True:
+            rate = self.rate(int(env.now))
+            # Thinned Poisson arrivals: at most one second between re-reads of the rate.
+            gap = -math.log1p(-self.draws.uniform()) / rate if rate > 0 else 1.0
+            if gap > 1.0:
+                yield env.timeout(SECOND)
+            else:
+                yield env.timeout(max(1, int(gap * SECOND)))
+                if int(env.now) >= self.duration_ns:
+                    return
+                self._arrive()
+            if int(env.now) >= self.duration_ns:
+                return
+
+    def _arrive(self) -> None:
+        instance = self.fleet.pick(self.draws.uniform())
+        kind_draw = self.draws.uniform()
+        if instance is None:
+            self.dropped += 1
+            return
+        self.sessions += 1
+        if kind_draw < self.config.shopper_share:
+            self._shopper(instance)
+        else:
+            self._merchant(instance)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def _shopper(self, instance: AppInstance) -> None:
+        """View a product, then ask for similar ones (k=10, sometimes filtered)."""
+        record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+        product = self.products[record_id]
+        filter_draw = self.draws.uniform()
+        mirror_draw = self.draws.uniform()
+        if filter_draw < self.config.filtered_share / 2:
+            flt: dict[str, object] | None = {"category": product.metadata.get("category", 0)}
+        elif filter_draw < self.config.filtered_share:
+            flt = {"in_stock": True}
+        else:
+            flt = None
+
+        def then_search(flight: Flight, outcome: Outcome) -> None:
+            if not instance.alive or flight.crashed:
+                self.active -= 1
+                return
+            search = instance.layer.search(product.vector, self.config.k, flt, mirror_draw=mirror_draw)
+            self._run(instance, search, last=True)
+
+        self.active += 1
+        self.fleet.run(instance, instance.layer.get(record_id), then_search)
+
+    def _merchant(self, instance: AppInstance) -> None:
+        draw = self.draws.uniform()
+        action = SESSION_KINDS[1 + next(i for i, c in enumerate(self._merchant_cdf) if draw <= c or i == len(self._merchant_cdf) - 1)]
+        op = self.write(instance, action)
+        if op is not None:
+            self.active += 1
+            self._run(instance, op, last=True)
+
+    def write(self, instance: AppInstance, action: str) -> Operation | None:
+        """The op for one merchant action, with the next version of its product."""
+        if action == "add":
+            record_id = product_id(self._next_product)
+            self._next_product += 1
+            record = self.catalog.new_product(self.content, record_id)
+            self.products[record_id] = Product(record.vector, dict(record.metadata))
+            self.ids.append(record_id)
+            self.versions[record_id] = 1
+            return instance.layer.upsert(record)
+        record_id = self._listed_id()
+        if record_id is None:
+            return None
+        product = self.products[record_id]
+        version = self.versions[record_id] + 1
+        self.versions[record_id] = version
+        if action == "delist":
+            product.listed = False
+            return instance.layer.delete(record_id, version)
+        metadata = dict(product.metadata)
+        if action == "price":
+            metadata["price"] = round(float(metadata.get("price", 10.0)) * float(self.content.uniform(0.8, 1.2)), 2)  # type: ignore[arg-type]
+        elif action == "stock":
+            metadata["in_stock"] = not metadata.get("in_stock", True)
+        vector = product.vector
+        if action == "reembed":
+            vector = self.catalog.reembed(record_id, self.content)
+        product.vector, product.metadata = vector, metadata
+        return instance.layer.upsert(Record(record_id, vector, metadata, version))
+
+    def _listed_id(self) -> str | None:
+        for _ in range(8):
+            record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+            if self.products[record_id].listed:
+                return record_id
+        return None
+
+    def _run(self, instance: AppInstance, op: Operation, last: bool) -> None:
+        def done(flight: Flight, outcome: Outcome) -> None:
+            if last:
+                self.active -= 1
+
+        self.fleet.run(instance, op, done)
+
+    # -- the bulk job ------------------------------------------------------------------------------
+
+    def _bulk_reembed(self):  # type: ignore[no-untyped-def]
+        """Re-embed products in id order at a steady rate (a new embedding model rolls out)."""
+        job = self.config.bulk_reembed
+        assert job is not None
+        env = self.env
+        yield env.timeout(int(job.start_s * SECOND))
+        gap = int(SECOND / job.rate) if job.rate > 0 else SECOND
+        done = 0
+        position = 0
+        while done < job.count and int(env.now) < self.duration_ns and position < len(self.ids):
+            record_id = self.ids[position]
+            position += 1
+            if not self.products[record_id].listed:
+                continue
+            instance = self.fleet.pick(self.draws.uniform())
+            if instance is not None:
+                op = self._reembed(instance, record_id)
+                self.active += 1
+                finished = env.event()
+
+                def done_cb(flight: Flight, outcome: Outcome, finished: simpy.Event = finished) -> None:
+                    self.active -= 1
+                    finished.succeed()
+
+                self.fleet.run(instance, op, done_cb)
+                yield finished
+                done += 1
+            yield env.timeout(gap)
+
+    def _reembed(self, instance: AppInstance, record_id: str) -> Operation:
+        product = self.products[record_id]
+        version = self.versions[record_id] + 1
+        self.versions[record_id] = version
+        product.vector = self.catalog.reembed(record_id, self.content)
+        return instance.layer.upsert(Record(record_id, product.vector, dict(product.metadata), version))
+
+
+Callback = Callable[[Flight, Outcome], None]
