@@ -48,7 +48,7 @@ class MemoryStore:
             self._repairs[entry.key] = self._seq
 
     def next_repairs(self, limit: int) -> list[RepairEntry]:
-        out = []
+        out: list[RepairEntry] = []
         for (record_id, side), seq in self._repairs.items():
             if len(out) >= limit:
                 break

@@ -324,10 +324,13 @@ def distance(metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]) ->
     """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is closer)."""
     if metric is Metric.L2:
         diff = vectors - query
-        return np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+        squared: npt.NDArray[np.float32] = np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+        return squared
     if metric is Metric.INNER_PRODUCT:
-        return (1.0 - vectors @ query).astype(np.float32)
+        similarity: npt.NDArray[np.float32] = (1.0 - vectors @ query).astype(np.float32)
+        return similarity
     qn = query / max(float(np.linalg.norm(query)), 1e-12)
     norms = np.linalg.norm(vectors, axis=1)
     norms[norms < 1e-12] = 1e-12
-    return (1.0 - (vectors @ qn) / norms).astype(np.float32)
+    cosine: npt.NDArray[np.float32] = (1.0 - (vectors @ qn) / norms).astype(np.float32)
+    return cosine

@@ -28,6 +28,7 @@ from harness.core.requests import (
     SaveCheckpoint,
     Sleep,
     Steps,
+    Sub,
 )
 from harness.core.state import Checkpoint
 from harness.core.strategy import Strategy
@@ -139,7 +140,7 @@ class Controller:
                 yield Sleep(plan.retry_ns)
         return Outcome("ok", {"phase": self.coordinator.published.phase.value})
 
-    def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Steps:
+    def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Sub[gates.GateResult]:
         if not self.strategy.phase_protocol:
             return (yield from self._naive_gate(target))
         if step is not Step.ADVANCE:
@@ -172,7 +173,7 @@ class Controller:
         )
         return gates.check(target, inputs, self.policy)
 
-    def _naive_gate(self, target: Phase) -> Steps:
+    def _naive_gate(self, target: Phase) -> Sub[gates.GateResult]:
         if target is Phase.SHADOW and not self.backfill.checkpoint.done:
             return gates.GateResult(target, False, ("backfill still copying",))
         return gates.GateResult(target, True)

@@ -61,6 +61,7 @@ from harness.core.requests import (
     RecentSince,
     Search,
     Steps,
+    Sub,
     Upsert,
 )
 from harness.core.state import RecentWrite, RepairEntry
@@ -163,10 +164,10 @@ class MigrationLayer:
         yield from self._note_recent(written, item)
         return Outcome("ok", value, notes=notes)
 
-    def _note_recent(self, sides: Sequence[Side], item: Record | Tombstone) -> Steps:
+    def _note_recent(self, sides: Sequence[Side], item: Record | Tombstone) -> Sub[None]:
         lagged = [s for s in sides if s in self.config.lagged_sides]
         if not lagged or not self.strategy.freshness_overlay:
-            return Outcome("ok")
+            return
         now = yield Now()
         if isinstance(item, Record):
             write = RecentWrite(item.id, item.version, False, now, item.vector, dict(item.metadata))
@@ -174,14 +175,13 @@ class MigrationLayer:
             write = RecentWrite(item.id, item.version, True, now)
         for side in lagged:
             yield NoteRecent(side, (write,))
-        return Outcome("ok")
 
-    def _refuse_if_lease_expired(self) -> Steps:
+    def _refuse_if_lease_expired(self) -> Sub[Outcome | None]:
         if not self.strategy.phase_protocol:
-            return None  # type: ignore[return-value]
+            return None
         now = yield Now()
         if self.view.may_serve(now):
-            return None  # type: ignore[return-value]
+            return None
         return Outcome(
             "fail",
             error=f"instance {self.view.name} has not heard from the config store in time "
@@ -259,7 +259,7 @@ class MigrationLayer:
         k: int,
         filter: Filter | None,
         route: Route,
-    ) -> Steps:
+    ) -> Sub[list[Hit]]:
         """Correct hits for pending repairs on `side` and for its visibility lag."""
         if self._both_written(route) and self.strategy.repair_log and hits:
             pending = yield PendingFor(tuple((h.id, side) for h in hits))
@@ -275,16 +275,16 @@ class MigrationLayer:
             now = yield Now()
             recent = yield RecentSince(side, now - self.config.visibility_window_ns)
             hits = correct_hits(hits, recent, vector, k, self.config.metric, filter)
-        return hits  # type: ignore[return-value]
+        return hits
 
-    def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Steps:
+    def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Sub[Any]:
         """Carry out a read on `side`, retrying, then falling back where the phase allows."""
         attempts = 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
         last: ClusterError | None = None
         for _ in range(attempts):
             try:
                 result = yield request
-                return result  # type: ignore[no-any-return]
+                return result
             except InvalidRequest:
                 raise
             except ClusterError as exc:
@@ -295,7 +295,7 @@ class MigrationLayer:
             result = yield retargeted
             notes["fallback_side"] = fallback.value
             self.shared.fallbacks += 1
-            return result  # type: ignore[no-any-return]
+            return result
         assert last is not None
         raise last
 
@@ -339,7 +339,7 @@ class MigrationLayer:
         stats.add(comparison, discrepancy, line, recalls)
         return Outcome("ok", {"discrepancy": discrepancy})
 
-    def _recheck_versions(self, comparison: cmp.Comparison) -> Steps:
+    def _recheck_versions(self, comparison: cmp.Comparison) -> Sub[cmp.Comparison]:
         """A version mismatch may be a write that landed between the two searches: re-read
         old, then new, and keep only the ids on which new is still behind."""
         ids = comparison.version_mismatches

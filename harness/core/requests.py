@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from harness.clusters.base import Filter, Record, Side, Tombstone, Vector
 from harness.core.phases import Phase
@@ -197,7 +197,10 @@ class Outcome:
     """Side facts a driver may count (e.g. {"fallback": "old"}, {"repairs_queued": 1})."""
 
 
-Steps = Generator[Request, Any, Outcome]
+T = TypeVar("T")
+Sub = Generator[Request, Any, T]
+"""A piece of an operation, used with `yield from`, that returns a T."""
+Steps = Sub[Outcome]
 
 
 @dataclass(slots=True)

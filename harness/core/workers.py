@@ -32,6 +32,7 @@ from harness.core.requests import (
     Scan,
     Search,
     Steps,
+    Sub,
     Upsert,
 )
 from harness.core.state import Checkpoint, RecentWrite, RepairEntry
@@ -213,7 +214,7 @@ def _verify(buckets: int, page: int, queue_repairs: bool) -> Steps:
     return Outcome("ok", result)
 
 
-def _scan_buckets(side: Side, wanted: set[int], buckets: int, page: int) -> Steps:
+def _scan_buckets(side: Side, wanted: set[int], buckets: int, page: int) -> Sub[dict[str, tuple[int, bool]]]:
     found: dict[str, tuple[int, bool]] = {}
     cursor: str | None = None
     while True:
@@ -222,11 +223,11 @@ def _scan_buckets(side: Side, wanted: set[int], buckets: int, page: int) -> Step
             if bucket_of(item.id, buckets) in wanted:
                 found[item.id] = (item.version, item.deleted)
         if result.next_cursor is None:
-            return found  # type: ignore[return-value]
+            return found
         cursor = result.next_cursor
 
 
-def _recheck(candidates: list[str], chunk: int = 256) -> Steps:
+def _recheck(candidates: list[str], chunk: int = 256) -> Sub[list[str]]:
     """Re-read old, then new: an id is still different only if the two copies disagree now."""
     persistent: list[str] = []
     for start in range(0, len(candidates), chunk):
@@ -237,7 +238,7 @@ def _recheck(candidates: list[str], chunk: int = 256) -> Steps:
             a, b = old.get(i), new.get(i)
             if (a and (a.version, a.deleted)) != (b and (b.version, b.deleted)):
                 persistent.append(i)
-    return persistent  # type: ignore[return-value]
+    return persistent
 
 
 # ---------------------------------------------------------------------------------------------

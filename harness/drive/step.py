@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from harness.clusters.base import ClusterError, ClusterPort, Side
@@ -87,7 +88,7 @@ class StepDriver:
             try:
                 result = execute(request, self.sides, self.store)
             except ClusterError as exc:
-                self._resume(flight, lambda exc=exc: flight.op.steps.throw(exc))
+                self._resume(flight, partial(flight.op.steps.throw, exc))
             else:
                 self._resume(flight, lambda: flight.op.steps.send(result))
         return self.outcomes.get(handle)
@@ -158,7 +159,7 @@ class StepDriver:
             if not immediate:
                 flight.pending = request
                 return
-            advance = lambda value=value: flight.op.steps.send(value)  # noqa: E731
+            advance = partial(flight.op.steps.send, value)
 
     def _immediate(self, request: Any) -> tuple[bool, Any]:
         """Requests that are no interleaving point: the driver answers them at once."""
