@@ -91,6 +91,7 @@ class MilvusCluster:
         self._ef = ef
         self._lock = threading.RLock()
         self._placeholder = [1.0] + [0.0] * (dim - 1)
+        self._owns_client = False
         self._call(self._ensure_collection, write=True)
 
     @classmethod
@@ -102,7 +103,9 @@ class MilvusCluster:
             client = MilvusClient(path)
         except MilvusException as exc:
             raise Unavailable(f"cannot open Milvus Lite at {path!r}: {exc}") from exc
-        return cls(client, dim, metric, collection)
+        side = cls(client, dim, metric, collection)
+        side._owns_client = True
+        return side
 
     # -- the port -------------------------------------------------------------------------------
 
@@ -215,6 +218,12 @@ class MilvusCluster:
 
     def drop(self) -> None:
         self._call(lambda: self._client.drop_collection(self._collection), write=True)
+
+    def close(self) -> None:
+        """Close the client if this side opened it (`lite`); a shared client stays open."""
+        if self._owns_client:
+            with self._lock:
+                self._client.close()
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -68,5 +68,11 @@ def test_a_second_open_of_the_same_file_sees_the_records(tmp_path) -> None:
     from harness.clusters.milvus import MilvusCluster
 
     path = str(tmp_path / "m.db")
-    MilvusCluster.lite(path, 16, Metric.COSINE, collection="c").upsert([record("a", 3)])
-    assert MilvusCluster.lite(path, 16, Metric.COSINE, collection="c").get(["a"])["a"].version == 3
+    first = MilvusCluster.lite(path, 16, Metric.COSINE, collection="c")
+    first.upsert([record("a", 3)])
+    first.close()
+    again = MilvusCluster.lite(path, 16, Metric.COSINE, collection="c")
+    try:
+        assert again.get(["a"])["a"].version == 3
+    finally:
+        again.close()

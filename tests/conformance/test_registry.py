@@ -46,6 +46,7 @@ def test_bad_parameters_are_named(url: str, problem: str) -> None:
 def test_milvus_lite_url_opens_milvus(tmp_path) -> None:
     side = open_cluster(f"milvus+lite://{tmp_path}/m.db?collection=items", 8, Metric.L2)
     assert type(side).__name__ == "MilvusCluster" and side.health().ok
+    side.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
