@@ -14,7 +14,7 @@ from rich.table import Table
 
 from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
 from harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
-from harness.history.ops import Event, MalformedHistory, parse_event
+from harness.history.ops import Event, MalformedHistory, iter_numbered
 
 DESCRIPTION = """\
 Judge a history (JSON lines, one event per line, written by the simulator, the live service or
@@ -71,23 +71,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def read_history(path: str | Path) -> tuple[list[Event], list[int]]:
     """The events of a history file and the line each came from (blank lines are skipped)."""
-    source = str(path)
     events: list[Event] = []
     lines: list[int] = []
-    number = 0
-    with open(path, encoding="utf-8") as text, gc_paused():
-        try:
-            for number, line in enumerate(text, start=1):  # noqa: B007 - used after the loop
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise MalformedHistory(number, f"not valid JSON ({exc.msg})", source) from None
-                events.append(parse_event(data, number, source))
-                lines.append(number)
-        except UnicodeDecodeError:
-            raise MalformedHistory(number + 1, "not UTF-8 text", source) from None
+    with gc_paused():
+        for number, event in iter_numbered(path):
+            events.append(event)
+            lines.append(number)
     return events, lines
 
 

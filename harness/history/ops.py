@@ -149,18 +149,28 @@ def parse_event(data: Mapping[str, Any], line: int, source: str = "history") -> 
     return Event(index, process, type_, f, data["value"], time)
 
 
+def iter_numbered(path: str | Path) -> Iterator[tuple[int, Event]]:
+    """(line number, event) of a history file, validated line by line; blank lines skipped."""
+    source = str(path)
+    number = 0
+    with open(path, encoding="utf-8") as lines:
+        try:
+            for number, text in enumerate(lines, start=1):  # noqa: B007 - used after the loop
+                if not text.strip():
+                    continue
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise MalformedHistory(number, f"not valid JSON ({exc.msg})", source) from None
+                yield number, parse_event(data, number, source)
+        except UnicodeDecodeError:
+            raise MalformedHistory(number + 1, "not UTF-8 text", source) from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[Event]:
     """Events of a history file, validated line by line (blank lines are skipped)."""
-    source = str(path)
-    with open(path, encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise MalformedHistory(number, f"not valid JSON ({exc.msg})", source) from None
-            yield parse_event(data, number, source)
+    for _, event in iter_numbered(path):
+        yield event
 
 
 def read_jsonl(path: str | Path) -> list[Event]:
