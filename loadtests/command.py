@@ -1,9 +1,368 @@
-"""`vecmig loadtest`: placeholder until the orchestrator lands."""
+"""`vecmig loadtest`: two cluster servers, the migration service and Locust with the chaos
+controller, all on 127.0.0.1, bounded in time, cleaned up on exit, judged by the checker."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
+from harness.history.checker import ANOMALIES
+
+from .chaos import RunPlan
+
+DESCRIPTION = """\
+Load-test a live migration end to end: start two fake cluster servers (old, new), the migration
+service in front of them, and Locust (headless) with shoppers and merchants; a chaos controller
+walks the phases through their gates (OLD_ONLY -> DUAL_WRITE -> BACKFILL -> SHADOW -> CUTOVER),
+injects faults into the clusters and the layer, and kills the service with SIGKILL mid-backfill
+and restarts it (it must resume from its SQLite state). At the end every fault is healed, the
+repair log drains, both sides are scanned, and the checker judges the merged history.
+
+writes DIR/history.jsonl, DIR/report.json (the verdict, ops, phases, faults), DIR/locust_*.csv,
+DIR/locust.html and DIR/logs/.
+"""
+
+EPILOG = """\
+exit codes: 0 valid, 1 anomalies found (or the verdict is unknown), 2 bad input, 3 internal error.
+
+examples:
+  vecmig loadtest --duration 60 --users 12 --out out/lt
+  vecmig loadtest --duration 60 --strategy naive --out out/lt-naive   # must find anomalies
+"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="run the service under Locust load and chaos against two cluster servers, and judge it",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=float, default=60.0, metavar="S", help="Locust run time (s)"
+    )
+    parser.add_argument(
+        "--users", type=int, default=12, metavar="N", help="Locust users (3 shoppers : 1 merchant)"
+    )
+    parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
+    parser.add_argument("--strategy", default="safe", choices=("safe", "naive"))
+    parser.add_argument("--seed", type=int, default=0, help="catalog and cluster seed")
+    parser.add_argument("--catalog", type=int, default=3000, help="products loaded into old")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--no-chaos", action="store_true", help="no phases, no faults: plain load")
+    parser.set_defaults(handler=run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Children started in their own process groups, killed as groups on exit."""
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+        self.pid_files: list[Path] = []
+
+    def start(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        out = open(log, "ab")
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        out.close()
+        self.groups.append(process.pid)
+        return process
+
+    def kill_all(self) -> None:
+        groups = list(self.groups)
+        for path in self.pid_files:  # a service the chaos controller restarted
+            try:
+                groups.append(int(path.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for group in groups:
+                try:
+                    os.killpg(group, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if sig == signal.SIGTERM:
+                time.sleep(0.5)
+
+
+def wait_healthy(url: str, deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer {url} within {deadline_s:.0f}s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.duration < 20 or args.users < 2 or args.catalog < 100:
+        print(
+            "vecmig loadtest: needs --duration >= 20, --users >= 2 and --catalog >= 100",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    out = Path(args.out or f"out/loadtest-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if (out / "report.json").exists() or (out / "history").exists():
+        print(f"vecmig loadtest: {out} holds an earlier run; pick another --out", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = Processes()
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return _run(args, out, logs, processes)
+    except KeyboardInterrupt:
+        print("vecmig loadtest: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"vecmig loadtest: {exc} (see {logs})", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        processes.kill_all()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) -> int:
+    python = sys.executable
+    ports = {name: free_port() for name in ("old", "new", "service")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    for offset, name in enumerate(("old", "new")):
+        processes.start(
+            [
+                python,
+                "-m",
+                "harness",
+                "cluster",
+                "serve",
+                "--dim",
+                str(args.dim),
+                "--port",
+                str(ports[name]),
+                "--name",
+                name,
+                "--seed",
+                str(args.seed + offset),
+                "--latency-ms",
+                "1",
+            ],
+            logs / f"{name}.log",
+        )
+    for name in ("old", "new"):
+        wait_healthy(urls[name] + "/v1/health", 30, f"cluster server {name}")
+    token = secrets.token_urlsafe(16)
+    env = {**os.environ, "VECMIG_ADMIN_TOKEN": token}
+    pid_file = out / "service.pid"
+    processes.pid_files.append(pid_file)
+    # Pace the backfill to last about a third of the run, so that chaos can kill it midway.
+    batch = 50
+    pause = max(0.02, batch * 0.3 * args.duration / args.catalog)
+    service_argv = [
+        python,
+        "-m",
+        "harness",
+        "serve",
+        "--old",
+        urls["old"],
+        "--new",
+        urls["new"],
+        "--dim",
+        str(args.dim),
+        "--state",
+        str(out / "state.sqlite"),
+        "--strategy",
+        args.strategy,
+        "--port",
+        str(ports["service"]),
+        "--pid-file",
+        str(pid_file),
+        "--backfill-batch",
+        str(batch),
+        "--backfill-pause-s",
+        f"{pause:.3f}",
+        "--backfill-slo-ms",
+        "250",
+        "--min-mirrored-reads",
+        "40",
+        "--slo-p99-ms",
+        "1000",
+        "--soak-s",
+        "5",
+        "--lagged",
+        "old",
+        "--visibility-window-s",
+        "10",
+        "--log-level",
+        "warning",
+    ]
+    processes.start(service_argv, logs / "service.log", env=env)
+    wait_healthy(urls["service"] + "/health", 30, "the migration service")
+    plan = RunPlan(
+        service=urls["service"],
+        admin_token=token,
+        old=urls["old"],
+        new=urls["new"],
+        dim=args.dim,
+        seed=args.seed,
+        catalog=args.catalog,
+        history_dir=str(out / "history"),
+        out_dir=str(out),
+        duration_s=args.duration,
+        chaos=not args.no_chaos,
+        restart_argv=service_argv,
+        service_pid_file=str(pid_file),
+        service_log=str(logs / "service.log"),
+        lagged=["old"],
+    )
+    plan_path = out / "run.json"
+    plan.save(plan_path)
+    plan_path.chmod(0o600)  # it holds the admin token
+    locustfile = Path(__file__).with_name("locustfile.py")
+    locust_argv = [
+        python,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--headless",
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.users),
+        "-t",
+        f"{int(args.duration)}s",
+        "--host",
+        urls["service"],
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "locust.html"),
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+        "--vecmig-run",
+        str(plan_path),
+    ]
+    print(
+        f"vecmig loadtest: {args.strategy} strategy, {args.users} users for {args.duration:.0f}s, "
+        f"catalog {args.catalog}; old {urls['old']}, new {urls['new']}, service {urls['service']}; "
+        f"output in {out}",
+        flush=True,
+    )
+    locust = processes.start(locust_argv, logs / "locust.log", env=env)
+    stop = threading.Event()
+    threading.Thread(target=_echo, args=(logs / "locust.log", stop), daemon=True).start()
+    threading.Thread(target=_progress, args=(plan, stop, time.monotonic()), daemon=True).start()
+    try:
+        code = locust.wait(timeout=args.duration + 180)
+    except subprocess.TimeoutExpired:
+        locust.kill()
+        raise RuntimeError("Locust did not finish in time") from None
+    finally:
+        time.sleep(0.3)
+        stop.set()
+    report_path = out / "report.json"
+    if not report_path.exists():
+        raise RuntimeError(f"Locust exited {code} without a verdict")
+    report = json.loads(report_path.read_text())
+    _summary(report, out)
+    if report["valid"]:
+        return EXIT_VALID
+    replay = [
+        "vecmig",
+        "loadtest",
+        "--duration",
+        f"{args.duration:g}",
+        "--users",
+        str(args.users),
+        "--strategy",
+        args.strategy,
+        "--seed",
+        str(args.seed),
+        "--catalog",
+        str(args.catalog),
+        "--dim",
+        str(args.dim),
+        "--out",
+        str(out) + "-again",
+    ]
+    print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
+    print(f"run it again:           {shlex.join(replay)}")
+    return EXIT_ANOMALIES
+
+
+def _echo(log: Path, stop: threading.Event) -> None:
+    """Show the chaos controller's lines from Locust's log as they come."""
+    with open(log, encoding="utf-8", errors="replace") as lines:
+        while not stop.is_set():
+            line = lines.readline()
+            if not line:
+                time.sleep(0.1)
+                continue
+            if "[vecmig]" in line:
+                print("  " + line.split("[vecmig]", 1)[1].strip(), flush=True)
+            elif line.startswith("Traceback") or "Error:" in line:
+                print("  locust: " + line.rstrip(), flush=True)
+
+
+def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
+    client = httpx.Client(headers={"Authorization": f"Bearer {plan.admin_token}"}, timeout=2.0)
+    while not stop.wait(5.0):
+        elapsed = time.monotonic() - started
+        try:
+            s = client.get(plan.service + "/admin/status").json()
+        except (httpx.HTTPError, ValueError):
+            print(f"  t={elapsed:4.0f}s service unreachable", flush=True)
+            continue
+        print(
+            f"  t={elapsed:4.0f}s {s['phase']:<14} backfill {s['backfill']['copied']:>5}"
+            f"{' done' if s['backfill']['done'] else ''}  repair log {s['repair_backlog']:>4}  "
+            f"mirrored {s['mirror']['compared']:>4}  fallbacks {s['fallbacks']}",
+            flush=True,
+        )
+    client.close()
+
+
+def _summary(report: dict[str, Any], out: Path) -> None:
+    ops = ", ".join(f"{f} {n}" for f, n in sorted(report.get("ops", {}).items()))
+    phases = " -> ".join(p["phase"] for p in report.get("phases", [])) or "OLD_ONLY"
+    print(f"phases: {phases}")
+    print(f"ops: {ops}; faults: {len(report.get('faults', []))} events")
+    for kind in ANOMALIES:
+        print(f"  {kind.replace('_', ' '):<20} {report[kind]}")
+    for kind, examples in report.get("examples", {}).items():
+        if examples:
+            print(f"  first {kind.replace('_', ' ')}: {json.dumps(examples[0])[:300]}")
+    verdict = "valid" if report["valid"] else ("unknown" if report.get("unknown") else "ANOMALIES")
+    print(f"verdict: {verdict}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")

@@ -1,0 +1,403 @@
+"""The chaos controller of a load test: it loads the catalog, walks the migration through its
+phases over the admin API (retrying while a gate holds), injects faults into the cluster
+servers and the layer -- including a SIGKILL of the migration service mid-backfill and a
+restart that must resume from SQLite -- and at the end heals everything, lets the repair log
+drain, and records the final state of both sides.
+
+The schedule is data (`default_schedule`), apart from the code that applies it (`Chaos`).
+Every fault is a history `fault` event and every phase a `phase` event, recorded here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.catalog import Catalog
+from harness.clusters.base import ClusterError, ClusterPort
+from harness.clusters.registry import open_cluster
+from harness.drive.step import live_versions
+from harness.history.checker import PHASES
+from harness.history.ops import CHECKER, CONTROLLER, LOADER, NEMESIS, Recorder
+
+from .history import now
+
+# ---------------------------------------------------------------------------------------------
+# The run plan: everything the Locust processes and the chaos controller share.
+
+
+@dataclass
+class RunPlan:
+    service: str
+    admin_token: str
+    old: str
+    new: str
+    dim: int = 32
+    categories: int = 8
+    seed: int = 0
+    catalog: int = 3000
+    history_dir: str = "history"
+    out_dir: str = "."
+    duration_s: float = 60.0
+    chaos: bool = True
+    restart_argv: list[str] = field(default_factory=list)
+    """How to start the service again after killing it; empty: no kill."""
+    service_pid_file: str = ""
+    service_log: str = ""
+    lagged: list[str] = field(default_factory=list)
+    """Sides whose searches the service corrects for visibility lag: only those get that fault."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunPlan:
+        data = json.loads(Path(path).read_text())
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown run plan key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def catalog_records(self) -> Catalog:
+        return Catalog.generate(self.catalog, self.dim, self.categories, self.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule: a list of steps, run in order. Waits are in seconds; `advance` retries while
+# the gate holds; `backfill` waits until that share of the catalog is copied.
+
+Step = tuple[Any, ...]
+
+
+def default_schedule(
+    duration_s: float, lagged: Sequence[str] = (), can_restart: bool = True
+) -> list[Step]:
+    """Faults chosen so that the safe strategy must absorb each one and the naive plan cannot:
+    secondary writes fail during dual-write, backfill and shadow (naive forgets them), the
+    service dies mid-backfill (naive copies again from the start, unfenced), and the cutover
+    stops writing old in the naive plan (divergence)."""
+    d = duration_s
+    steps: list[Step] = [
+        ("wait", 0.05 * d),
+        ("advance", "DUAL_WRITE"),
+        ("start", "new", "error-rate", {"rate": 0.3}),
+        ("start", "layer", "partition", {"side": "new"}),
+        ("wait", 0.03 * d),
+        ("stop", "layer", "partition", {"side": "new"}),
+    ]
+    if "old" in lagged:
+        steps += [
+            ("start", "old", "visibility-lag", {}),
+            ("wait", 0.03 * d),
+            ("stop", "old", "visibility-lag", {}),
+        ]
+    else:
+        steps += [("wait", 0.03 * d)]
+    steps += [
+        ("stop", "new", "error-rate", {}),
+        ("advance", "BACKFILL"),
+        ("start", "old", "node-crash", {"node": "s1r1", "lose_data": True}),
+        ("backfill", 0.3),
+        ("start", "new", "error-rate", {"rate": 0.15}),
+    ]
+    if can_restart:
+        steps += [("kill-service",), ("wait", 1.0), ("restart-service",)]
+    steps += [
+        ("stop", "old", "node-crash", {"node": "s1r1"}),
+        ("start", "layer", "latency", {"side": "old", "ms": 20}),
+        ("wait", 0.05 * d),
+        ("stop", "layer", "latency", {"side": "old"}),
+        ("stop", "new", "error-rate", {}),
+        ("advance", "SHADOW"),
+        ("start", "new", "error-rate", {"rate": 0.3}),
+        ("wait", 0.06 * d),
+        ("stop", "new", "error-rate", {}),
+        ("advance", "CUTOVER"),
+        ("start", "new", "node-pause", {"node": "s0r1"}),
+        ("wait", 0.03 * d),
+        ("stop", "new", "node-pause", {"node": "s0r1"}),
+        ("start", "layer", "partition", {"side": "old"}),
+        ("wait", 0.03 * d),
+        ("stop", "layer", "partition", {"side": "old"}),
+        ("drained",),
+        ("start", "new", "error-rate", {"rate": 0.2}),
+        ("wait", 0.03 * d),
+        ("stop", "new", "error-rate", {}),
+    ]
+    return steps
+
+
+class Chaos:
+    """Runs a schedule against one service and its two sides, recording what it does."""
+
+    def __init__(
+        self, plan: RunPlan, recorder: Recorder, say: Callable[[str], None] = print
+    ) -> None:
+        self.plan = plan
+        self.recorder = recorder
+        self.say = say
+        self.admin = httpx.Client(
+            base_url=plan.service.rstrip("/"),
+            headers={"Authorization": f"Bearer {plan.admin_token}"},
+            timeout=httpx.Timeout(30.0, connect=2.0),
+        )
+        self._sides: dict[str, ClusterPort] = {}
+        self.started = time.monotonic()
+        self.completed_steps = 0
+        self.active: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """Faults started and not stopped yet: (target, family, node) -> the start's params."""
+        self.active: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """Faults started and not stopped yet: (target, family, node) -> the start's params."""
+
+    # -- the sides ---------------------------------------------------------------------------
+
+    def side(self, name: str) -> ClusterPort:
+        if name not in self._sides:
+            url = self.plan.old if name == "old" else self.plan.new
+            self._sides[name] = open_cluster(url, self.plan.dim)
+        return self._sides[name]
+
+    def load(self) -> None:
+        """Load the generated catalog into old (unfenced, as an initial import) and record it."""
+        records = self.plan.catalog_records().records()
+        old = self.side("old")
+        for start in range(0, len(records), 500):
+            old.upsert(records[start : start + 500], fenced=False)
+        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in records}}, now())
+        self.say(f"loaded {len(records)} products into old")
+
+    # -- the schedule --------------------------------------------------------------------------
+
+    def run(self, schedule: Sequence[Step], deadline: float) -> None:
+        """Carry out `schedule` until it ends or the monotonic `deadline` passes."""
+        for step in schedule:
+            if time.monotonic() >= deadline:
+                self.say(f"chaos: out of time before {step!r}; the rest of the schedule is skipped")
+                return
+            try:
+                self._step(step, deadline)
+            except Exception as exc:  # noqa: BLE001 - chaos goes on; the failure is reported
+                self.say(f"chaos: step {step!r} failed: {type(exc).__name__}: {exc}")
+            self.completed_steps += 1
+
+    def _step(self, step: Step, deadline: float) -> None:
+        kind = step[0]
+        if kind == "wait":
+            _sleep_until(min(deadline, time.monotonic() + step[1]))
+        elif kind == "advance":
+            self.advance(step[1], deadline)
+        elif kind in ("start", "stop"):
+            self.fault(kind, step[1], step[2], step[3])
+        elif kind == "backfill":
+            self.wait_backfill(step[1], deadline)
+        elif kind == "drained":
+            self.wait_drained(deadline)
+        elif kind == "kill-service":
+            self.kill_service()
+        elif kind == "restart-service":
+            self.restart_service(deadline + 30)
+        else:
+            raise ValueError(f"unknown chaos step {kind!r}")
+
+    def status(self) -> dict[str, Any]:
+        response = self.admin.get("/admin/status")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def advance(self, target: str, deadline: float, retry_s: float = 0.5) -> bool:
+        """Step forward until the phase is `target`, retrying while the gate holds."""
+        reasons: list[str] = []
+        quiet_until = 0.0
+        while time.monotonic() < deadline:
+            try:
+                phase = self.status()["phase"]
+                if PHASES.index(phase) >= PHASES.index(target):
+                    return phase == target
+                response = self.admin.post("/admin/advance")
+                body = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                reasons = [f"service unreachable: {exc}"]
+                _sleep_until(min(deadline, time.monotonic() + retry_s))
+                continue
+            if body.get("ok"):
+                self.recorder.info(
+                    CONTROLLER,
+                    "phase",
+                    {"phase": body["phase"], "epoch": body["epoch"], "step": "advance"},
+                    now(),
+                )
+                self.say(f"phase {body['phase']} (epoch {body['epoch']}) at {self.elapsed():.1f}s")
+                if body["phase"] == target:
+                    return True
+                continue
+            reasons = body.get("reasons", [])
+            if time.monotonic() >= quiet_until:
+                self.say(f"gate to {target} holds: {'; '.join(reasons)}")
+                quiet_until = time.monotonic() + 3.0
+            _sleep_until(min(deadline, time.monotonic() + retry_s))
+        self.say(f"chaos: {target} not reached in time (last reasons: {'; '.join(reasons)})")
+        return False
+
+    def fault(self, action: str, target: str, family: str, params: dict[str, Any]) -> None:
+        if target == "layer":
+            body = {"action": action, "family": family, **params}
+            response = self.admin.post("/admin/faults", json=body)
+            response.raise_for_status()
+        else:
+            side = self.side(target)
+            call = getattr(side, f"{action}_fault", None)
+            if call is None:
+                self.say(
+                    f"chaos: {target} ({type(side).__name__}) takes no injected faults; skipped {family}"
+                )
+                return
+            call(family, **params)
+        key = (target, family, str(params.get("node", params.get("side", ""))))
+        if action == "start":
+            self.active[key] = params
+        else:
+            self.active.pop(key, None)
+        self.recorder.info(
+            NEMESIS,
+            "fault",
+            {"family": family, "action": action, "target": target, **params},
+            now(),
+        )
+        self.say(f"fault {action} {family} on {target} {params or ''} at {self.elapsed():.1f}s")
+
+    def wait_backfill(self, share: float, deadline: float) -> None:
+        wanted = int(share * self.plan.catalog)
+        while time.monotonic() < deadline:
+            try:
+                backfill = self.status()["backfill"]
+            except (httpx.HTTPError, ValueError):
+                backfill = {"copied": 0, "done": False}
+            if backfill["done"] or backfill["copied"] >= wanted:
+                self.say(f"backfill at {backfill['copied']} copied ({self.elapsed():.1f}s)")
+                return
+            _sleep_until(min(deadline, time.monotonic() + 0.2))
+
+    def wait_drained(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            try:
+                if self.status()["repair_backlog"] == 0:
+                    return True
+            except (httpx.HTTPError, ValueError):
+                pass
+            _sleep_until(min(deadline, time.monotonic() + 0.2))
+        return False
+
+    # -- killing and restarting the service ------------------------------------------------------
+
+    def kill_service(self) -> None:
+        pid = int(Path(self.plan.service_pid_file).read_text().strip())
+        status = self.status()
+        os.kill(pid, signal.SIGKILL)
+        self.recorder.info(
+            NEMESIS,
+            "fault",
+            {"family": "service-crash", "action": "start", "target": "layer", "pid": pid},
+            now(),
+        )
+        self.say(
+            f"SIGKILL service pid {pid} in {status['phase']} with the backfill at "
+            f"{status['backfill']['copied']} copied ({self.elapsed():.1f}s)"
+        )
+
+    def restart_service(self, deadline: float) -> None:
+        log = open(self.plan.service_log or os.devnull, "ab")
+        subprocess.Popen(
+            self.plan.restart_argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        while time.monotonic() < deadline:
+            try:
+                status = self.status()
+            except (httpx.HTTPError, ValueError):
+                _sleep_until(time.monotonic() + 0.1)
+                continue
+            self.recorder.info(
+                NEMESIS,
+                "fault",
+                {"family": "service-crash", "action": "stop", "target": "layer"},
+                now(),
+            )
+            self.say(
+                f"service restarted: resumed at {status['resumed_from']['phase']} (epoch "
+                f"{status['resumed_from']['epoch']}), backfill checkpoint "
+                f"{status['resumed_from']['checkpoint']['copied']} copied, repair log "
+                f"{status['resumed_from']['repair_backlog']} ({self.elapsed():.1f}s)"
+            )
+            return
+        raise RuntimeError("the restarted service did not come up in time")
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def finish(self, drain_s: float = 30.0) -> dict[str, Any]:
+        """Heal every fault, let the repair log drain, reconcile (safe strategy), and record
+        the final state of both sides. Returns the service's last status."""
+        for target in ("old", "new"):
+            heal = getattr(self.side(target), "heal_all", None)
+            if heal is not None:
+                heal()
+        self.admin.post("/admin/faults/heal").raise_for_status()
+        for (target, family, _), params in sorted(self.active.items()):
+            value = {"family": family, "action": "stop", "target": target, **params}
+            self.recorder.info(NEMESIS, "fault", value, now())
+        self.active.clear()
+        status = self.status()
+        deadline = time.monotonic() + drain_s
+        if status["strategy"] == "safe":
+            self.wait_drained(deadline)
+            for _ in range(3):
+                result = self.admin.post("/admin/verify").json()
+                self.wait_drained(deadline)
+                if result.get("ok") and not result.get("differences"):
+                    break
+                self.say(f"verification found {result.get('differences')} difference(s); repairing")
+        status = self.status()
+        for name in ("old", "new"):
+            records = self._scan(name)
+            self.recorder.ok(CHECKER, "final", {"side": name, "records": records}, now())
+        self.say(
+            f"final: phase {status['phase']}, repair log {status['repair_backlog']}, "
+            f"fallbacks {status['fallbacks']}, mirrored reads {status['mirror']['compared']}"
+        )
+        return status
+
+    def _scan(self, name: str, attempts: int = 20) -> dict[str, int]:
+        for attempt in range(attempts):
+            try:
+                return live_versions(self.side(name))
+            except ClusterError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _sleep_until(deadline: float) -> None:
+    # Under Locust, time.sleep is gevent's (monkey-patched): other greenlets keep running.
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)

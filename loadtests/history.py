@@ -1,0 +1,100 @@
+"""The load test's history: one file per Locust process (and one for the chaos controller),
+merged by time at the end, judged by the same checker as every other engine.
+
+Every simulated user is a history process; a process whose op ended indeterminate (`info`)
+never invokes again, so its user takes a new process number. Process numbers are unique
+across the Locust processes of one machine (pid-based), and `time` is `time.monotonic_ns()`,
+the clock every process of the machine shares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from harness.history.checker import Verdict, check_safely
+from harness.history.ops import Event, MalformedHistory, Recorder, iter_jsonl, merge, write_jsonl
+
+PART_GLOB = "part-*.jsonl"
+
+
+class ProcessHistory:
+    """This Locust process's part of the history, streamed line by line to `dir`."""
+
+    def __init__(self, directory: str | Path, name: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name or f"{os.getpid()}"
+        self.path = self.directory / f"part-{self.name}.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self.recorder = Recorder(self._file, keep=False)
+        base = (os.getpid() % 20_000) * 100_000
+        self._numbers = itertools.count(base)
+        self._lock = threading.Lock()
+
+    def new_process(self) -> int:
+        with self._lock:
+            return next(self._numbers)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class VersionClock:
+    """Versions for one Locust process: wall-clock microseconds with the process's slot in the
+    last three digits, strictly increasing here, and distinct from every other process's, so
+    a write's version is known at invoke and later writes carry higher ones (as updated_at)."""
+
+    def __init__(self, slot: int | None = None) -> None:
+        self.slot = (os.getpid() if slot is None else slot) % 1000
+        self._last = 0
+
+    def next(self) -> int:
+        version = (time.time_ns() // 1000) * 1000 + self.slot
+        if version <= self._last:
+            version = self._last + 1000
+        self._last = version
+        return version
+
+
+def now() -> int:
+    return time.monotonic_ns()
+
+
+def collect(directory: str | Path) -> list[Event]:
+    """Every part in `directory`, merged by time and renumbered."""
+    parts = sorted(Path(directory).glob(PART_GLOB))
+    return merge(list(iter_jsonl(p)) for p in parts)
+
+
+def phases_and_faults(events: Iterable[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    phases = [{"time": e.time, **e.value} for e in events if e.f == "phase"]
+    faults = [{"time": e.time, **e.value} for e in events if e.f == "fault"]
+    return phases, faults
+
+
+def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, Any]]:
+    """Merge the parts, write `out`/history.jsonl and `out`/report.json, return the verdict."""
+    events = collect(directory)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(events, out / "history.jsonl")
+    try:
+        verdict = check_safely(events, source=str(out / "history.jsonl"))
+    except MalformedHistory as exc:  # our own recording is wrong: say so, never "valid"
+        verdict = Verdict(valid=False, unknown=True, notes=[f"the history is malformed: {exc}"])
+    phases, faults = phases_and_faults(events)
+    report = {
+        **verdict.to_json(),
+        "phases": phases,
+        "faults": faults,
+        "events": len(events),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return verdict, report
