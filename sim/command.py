@@ -162,6 +162,7 @@ def _sweep_one(given: str, duration: float | None, strategy: str, seed: int, swa
         "counts": result.verdict.counts(),
         "end_phase": result.end_phase,
         "families": sorted({f["family"] for f in result.faults}),
+        "faults": len(result.faults),
         "wall_s": wall,
         "replay": rep.replay_command(
             result, scenario_arg(given, scenario) + ("" if duration is None else f" --duration {duration:g}")
@@ -206,7 +207,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     table.add_column("verdict")
     table.add_column("anomalies", overflow="fold")
     table.add_column("ended in")
-    table.add_column("fault families", overflow="fold")
+    table.add_column("faults", justify="right")
     table.add_column("wall s", justify="right")
     for r in rows:
         anomalies = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["counts"].items() if n)
@@ -215,7 +216,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]",
             anomalies,
             r["end_phase"],
-            ", ".join(r["families"]),
+            str(r["faults"]),
             f"{r['wall_s']:.1f}",
         )
     console.print(table)
@@ -226,6 +227,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     )
     for r in failing:
         console.print(f"replay seed {r['seed']}: {r['replay']}", highlight=False, markup=False)
+        console.print(f"  fault families: {', '.join(r['families'])}", highlight=False, markup=False)
     return EXIT_ANOMALIES if failing else EXIT_VALID
 
 

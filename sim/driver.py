@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -206,7 +206,11 @@ class Flight:
     finished: bool = False
     crashed: bool = False
     phase: str = ""
-    notes: dict[str, Any] = field(default_factory=dict)
+    owner: Any = None
+    """The app instance running the op (None for workers)."""
+    reissue: Callable[[Any], Operation] | None = None
+    """For reads: the same read on another instance, which the load balancer retries on when
+    the op's instance dies (reads are idempotent; writes are not retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,7 @@ class SimDriver:
         self.side_reads = {side: LatencyWindow(10_000 * MS) for side in ports}
         self.client_reads = LatencyWindow(5_000 * MS)
         self.bugs: list[str] = []
+        self.reroutes = 0
         self.active = 0
         self._free: list[int] = []
         self._next_process = 0
@@ -286,6 +291,18 @@ class SimDriver:
         else:
             self._end_crashed(flight)
 
+    def reroute(self, flight: Flight, op: Operation, clock: Clock) -> None:
+        """Carry on with `op` (the same read, on another instance) in place of the flight's
+        op, whose instance died: one client op in the history, answered by the retry."""
+        if flight.finished or flight.crashed:
+            return
+        if flight.started and flight.proc is not None and flight.proc.is_alive:
+            flight.proc.interrupt(("reroute", op, clock))
+        else:
+            flight.op.steps.close()
+            flight.op, flight.clock = op, clock
+        self.reroutes += 1
+
     # -- running -------------------------------------------------------------------------------
 
     def _run(self, flight: Flight) -> Any:
@@ -295,8 +312,8 @@ class SimDriver:
         op = flight.op
         env = self.env
         advance: Callable[[], Any] = op.steps.__next__
-        try:
-            while True:
+        while True:
+            try:
                 try:
                     request = advance()
                 except StopIteration as stop:
@@ -321,11 +338,20 @@ class SimDriver:
                 else:
                     yield env.timeout(self.store_latency())
                     advance = _sender(op, execute(request, self.ports, self.store))  # type: ignore[arg-type]
-        except simpy.Interrupt:
-            self._end_crashed(flight)
-        except Exception as exc:  # noqa: BLE001 - a bug in an operation must not vanish
-            self.bugs.append(f"{op.kind} raised {type(exc).__name__}: {exc}")
-            self._finish(flight, Outcome("info", error=f"{type(exc).__name__}: {exc}"))
+            except simpy.Interrupt as interrupt:
+                cause = interrupt.cause
+                if isinstance(cause, tuple) and cause[0] == "reroute":
+                    op.steps.close()
+                    op = flight.op = cause[1]
+                    flight.clock = cause[2]
+                    advance = op.steps.__next__
+                    continue
+                self._end_crashed(flight)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug in an operation must not vanish
+                self.bugs.append(f"{op.kind} raised {type(exc).__name__}: {exc}")
+                self._finish(flight, Outcome("info", error=f"{type(exc).__name__}: {exc}"))
+                return
 
     def _side_call(self, request: Any) -> Any:
         env = self.env

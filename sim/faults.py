@@ -177,7 +177,12 @@ SWARM_FAMILIES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class SwarmConfig:
+    """Swarm mode: a random subset of `families` per seed, with random timings, instead of the
+    scenario's own [[faults]] (or besides them, with `keep_scenario_faults`: then make sure
+    the two never leave both sides unable to serve a read at once)."""
+
     enabled: bool = False
+    keep_scenario_faults: bool = False
     families: list[str] = field(default_factory=lambda: list(SWARM_FAMILIES))
     min_families: int = 2
     max_families: int = 6
@@ -195,9 +200,10 @@ def swarm_schedule(
 ) -> list[FaultSpec]:
     """Random faults that a correct migration layer must survive without an anomaly.
 
-    Node faults all hit the same replica number, so every shard keeps a serving copy; the
-    serving side is only made unreachable or erroneous where the phase lets reads fall back
-    (see the module docstring for lost-ack).
+    Node faults all hit the same replica number, so every shard keeps a serving copy. A side
+    is made unreachable, erroneous or unsearchable only while it serves no reads (new before
+    CUTOVER, old in CUTOVER), so at any moment one side can answer every read (see the
+    module docstring for lost-ack).
     """
     families = [f for f in config.families if f in SWARM_FAMILIES]
     if "visibility-lag" in config.families and "new" in lagged_sides:
@@ -232,8 +238,7 @@ def swarm_schedule(
         elif family == "slow-replica":
             out.append(FaultSpec(family, side=_side(rng), node=node, factor=round(float(rng.uniform(2, 10)), 2), at_s=at(), duration_s=lasting(2, 20)))
         elif family == "error-rate":
-            # Before CUTOVER only new (not serving reads); in CUTOVER only old (reads fall back to it...
-            # and new answers them); never the serving side without a fallback.
+            # New before CUTOVER (it serves no reads yet), old during CUTOVER (new serves).
             if rng.random() < 0.5:
                 out.append(FaultSpec(family, side="new", rate=round(float(rng.uniform(0.01, 0.2)), 3), phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), after_s=lasting(0, 5), duration_s=lasting(2, 20), until_phase="CUTOVER"))
             else:
@@ -241,7 +246,12 @@ def swarm_schedule(
         elif family == "lost-ack":
             out.append(FaultSpec(family, side="new", rate=round(float(rng.uniform(0.01, 0.1)), 3), phase="DUAL_WRITE", after_s=lasting(0, 2), duration_s=lasting(1, 10), until_phase="BACKFILL"))
         elif family == "index-rebuild":
-            out.append(FaultSpec(family, side="new", phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")), after_s=lasting(0, 5), duration_s=lasting(1, 8), until_phase="DECOMMISSIONED"))
+            # Searches fail on the rebuilding side: new before CUTOVER (it serves no reads
+            # yet), or old during CUTOVER (new serves); never both, so a fallback exists.
+            if rng.random() < 0.5:
+                out.append(FaultSpec(family, side="new", phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), after_s=lasting(0, 5), duration_s=lasting(1, 8), until_phase="CUTOVER"))
+            else:
+                out.append(FaultSpec(family, side="old", phase="CUTOVER", after_s=lasting(0, 5), duration_s=lasting(1, 8)))
         elif family == "latency-spike":
             out.append(FaultSpec(family, side=_side(rng), factor=round(float(rng.uniform(2, 8)), 2), at_s=at(), duration_s=lasting(1, 10)))
         elif family == "partition":

@@ -4,8 +4,11 @@ Each instance is a `MigrationLayer` with its own `InstanceView`. A published pha
 instance through the config store after a propagation delay drawn per instance and per
 publish (the late-config fault adds a long one); on learning, the instance acknowledges to the
 coordinator. Every `poll_interval` it re-reads what the config store has delivered to it and
-acknowledges again, which renews its lease. A crashed instance stops polling, every operation
-it had in flight ends `info`, and after a while it restarts, re-joins and serves again.
+acknowledges again, which renews its lease. A crashed instance stops polling; every write it
+had in flight ends `info` (its generator is closed wherever it was, between the primary and
+the secondary write perhaps), while a read in flight is retried by the load balancer on the
+next live instance, as gateways retry idempotent requests; after a while the instance
+restarts, re-joins and serves again.
 """
 
 from __future__ import annotations
@@ -116,34 +119,33 @@ class Fleet:
         instance: AppInstance,
         op: Operation,
         on_done: Callable[[Flight, Outcome], None] | None = None,
+        reissue: Callable[[AppInstance], Operation] | None = None,
     ) -> Flight:
-        """Run a client op on an instance; its mirrored reads follow off the critical path."""
+        """Run a client op on an instance; its mirrored reads follow off the critical path.
+        `reissue` makes the same read on another instance, should this one die."""
 
         def done(flight: Flight, outcome: Outcome) -> None:
-            instance.flights.pop(id(flight), None)
-            if not flight.crashed and instance.alive:
-                background = instance.layer.background
+            owner: AppInstance = flight.owner
+            owner.flights.pop(id(flight), None)
+            if not flight.crashed and owner.alive:
+                background = owner.layer.background
                 while background:
-                    self._start(instance, background.popleft(), None)
+                    self._start(owner, background.popleft())
             if on_done is not None:
                 on_done(flight, outcome)
 
-        return self._start(instance, op, done)
+        flight = self.driver.start(op, clock=instance.clock, on_done=done)
+        flight.owner, flight.reissue = instance, reissue
+        instance.flights[id(flight)] = flight
+        return flight
 
-    def _start(
-        self,
-        instance: AppInstance,
-        op: Operation,
-        on_done: Callable[[Flight, Outcome], None] | None,
-    ) -> Flight:
-        if on_done is None:
+    def _start(self, instance: AppInstance, op: Operation) -> Flight:
+        def done(flight: Flight, outcome: Outcome) -> None:
+            instance.flights.pop(id(flight), None)
 
-            def on_done(flight: Flight, outcome: Outcome) -> None:
-                instance.flights.pop(id(flight), None)
-
-        flight = self.driver.start(op, clock=instance.clock, on_done=on_done)
-        if not flight.finished:
-            instance.flights[id(flight)] = flight
+        flight = self.driver.start(op, clock=instance.clock, on_done=done)
+        flight.owner = instance
+        instance.flights[id(flight)] = flight
         return flight
 
     # -- faults ----------------------------------------------------------------------------------
@@ -153,10 +155,26 @@ class Fleet:
             return
         instance.alive = False
         instance.crashes += 1
-        for flight in list(instance.flights.values()):
-            self.driver.crash(flight)
+        flights = list(instance.flights.values())
         instance.flights.clear()
+        for flight in flights:
+            other = self._next_alive(instance)
+            if flight.reissue is not None and other is not None:
+                # The load balancer retries an idempotent read on another instance.
+                self.driver.reroute(flight, flight.reissue(other), other.clock)
+                flight.owner = other
+                other.flights[id(flight)] = flight
+            else:
+                self.driver.crash(flight)
         instance.layer.background.clear()
+
+    def _next_alive(self, instance: AppInstance) -> AppInstance | None:
+        n = len(self.instances)
+        for step in range(1, n):
+            other = self.instances[(instance.index + step) % n]
+            if other.alive:
+                return other
+        return None
 
     def restart(self, instance: AppInstance) -> None:
         if instance.alive:

@@ -200,7 +200,7 @@ class Simulation:
 
     def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
         s = self.scenario
-        specs = list(s.faults)
+        specs = list(s.faults) if not self.swarm or s.swarm.keep_scenario_faults else []
         if self.swarm:
             specs += swarm_schedule(
                 s.swarm, rng, duration_s=s.duration_s, lagged_sides=s.migration.lagged_sides, shards=s.clusters.shards

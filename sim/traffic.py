@@ -130,14 +130,21 @@ class Traffic:
             flt = None
 
         def then_search(flight: Flight, outcome: Outcome) -> None:
-            if not instance.alive or flight.crashed:
+            owner: AppInstance = flight.owner
+            if flight.crashed or not owner.alive:
                 self.active -= 1
                 return
-            search = instance.layer.search(product.vector, self.config.k, flt, mirror_draw=mirror_draw)
-            self._run(instance, search, last=True)
+
+            def search(on: AppInstance) -> Operation:
+                return on.layer.search(product.vector, self.config.k, flt, mirror_draw=mirror_draw)
+
+            self._run(owner, search(owner), last=True, reissue=search)
+
+        def get(on: AppInstance) -> Operation:
+            return on.layer.get(record_id)
 
         self.active += 1
-        self.fleet.run(instance, instance.layer.get(record_id), then_search)
+        self.fleet.run(instance, get(instance), then_search, reissue=get)
 
     def _merchant(self, instance: AppInstance) -> None:
         draw = self.draws.uniform()
@@ -184,12 +191,18 @@ class Traffic:
                 return record_id
         return None
 
-    def _run(self, instance: AppInstance, op: Operation, last: bool) -> None:
+    def _run(
+        self,
+        instance: AppInstance,
+        op: Operation,
+        last: bool,
+        reissue: Callable[[AppInstance], Operation] | None = None,
+    ) -> None:
         def done(flight: Flight, outcome: Outcome) -> None:
             if last:
                 self.active -= 1
 
-        self.fleet.run(instance, op, done)
+        self.fleet.run(instance, op, done, reissue)
 
     # -- the bulk job ------------------------------------------------------------------------------
 
@@ -229,5 +242,3 @@ class Traffic:
         product.vector = self.catalog.reembed(record_id, self.content)
         return instance.layer.upsert(Record(record_id, product.vector, dict(product.metadata), version))
 
-
-Callback = Callable[[Flight, Outcome], None]
