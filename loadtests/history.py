@@ -23,6 +23,9 @@ from harness.history.ops import Event, MalformedHistory, Recorder, iter_jsonl, m
 
 PART_GLOB = "part-*.jsonl"
 
+_NUMBERS = itertools.count((os.getpid() % 20_000) * 100_000)
+_NUMBERS_LOCK = threading.Lock()
+
 
 class ProcessHistory:
     """This Locust process's part of the history, streamed line by line to `dir`."""
@@ -34,13 +37,13 @@ class ProcessHistory:
         self.path = self.directory / f"part-{self.name}.jsonl"
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self.recorder = Recorder(self._file, keep=False)
-        base = (os.getpid() % 20_000) * 100_000
-        self._numbers = itertools.count(base)
-        self._lock = threading.Lock()
 
-    def new_process(self) -> int:
-        with self._lock:
-            return next(self._numbers)
+    @staticmethod
+    def new_process() -> int:
+        """A process number no other user on this machine holds (pid-based, one counter per
+        Locust process, whichever part records it)."""
+        with _NUMBERS_LOCK:
+            return next(_NUMBERS)
 
     def close(self) -> None:
         self._file.close()

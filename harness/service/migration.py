@@ -132,6 +132,7 @@ class Migration:
                 max_batch=config.backfill_batch,
             ),
         )
+        self.backfill.throttle.pause_ns = int(config.backfill_pause_s * SECOND)
         self.controller = Controller(
             self.coordinator,
             config.strategy,
