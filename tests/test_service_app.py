@@ -298,7 +298,7 @@ def advance_when_acknowledged(
         body = client.post("/admin/advance", headers=ADMIN).json()
         if body["ok"] or time.monotonic() > deadline:
             assert body["phase"] == target, body
-            wait_for(client, lambda s: s["instance"]["epoch"] == body["epoch"])
+            wait_for(client, lambda s, epoch=body["epoch"]: s["instance"]["epoch"] == epoch)
             return dict(body)
         time.sleep(0.05)
 

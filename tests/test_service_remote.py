@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conformance.suite import ClusterConformance, MakeCluster
 from starlette.testclient import TestClient
 
 from harness.clusters.base import (
@@ -23,8 +24,6 @@ from harness.clusters.base import (
 from harness.clusters.fake import FakeCluster
 from harness.clusters.remote import RemoteCluster
 from harness.service.cluster_server import ClusterServer
-
-from conformance.suite import ClusterConformance, MakeCluster
 
 
 def remote(cluster: FakeCluster) -> RemoteCluster:
