@@ -108,7 +108,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         scenario = _load(args.scenario, args.duration)
     except ScenarioError as exc:
-        err.print(f"vecmig simulate: {exc}", highlight=False, markup=False)
+        print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     sim = Simulation(scenario, args.strategy, args.seed, swarm=args.swarm or None)
     name = scenario_arg(args.scenario, scenario)
@@ -139,10 +139,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         f"{report['simulated_s']:.0f} simulated s in {wall:.1f} s; wrote {out}/ "
         f"(history.jsonl sha256 {report['history_sha256'][:16]}...)",
         highlight=False,
+        soft_wrap=True,
     )
     if not valid:
-        console.print(f"replay: {report['replay']}", highlight=False, markup=False)
-        console.print(f"judge again: vecmig check {out / 'history.jsonl'}", highlight=False, markup=False)
+        print(f"replay: {report['replay']}")
+        print(f"judge again: vecmig check {out / 'history.jsonl'}")
     return EXIT_VALID if valid else EXIT_ANOMALIES
 
 
@@ -177,10 +178,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         _load(args.scenario, args.duration)
     except ScenarioError as exc:
-        err.print(f"vecmig sweep: {exc}", highlight=False, markup=False)
+        print(f"vecmig sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.seeds < 1 or args.jobs < 1:
-        err.print("vecmig sweep: --seeds and --jobs must be at least 1", highlight=False)
+        print("vecmig sweep: --seeds and --jobs must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     rows: list[dict[str, Any]] = []
@@ -226,8 +227,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         highlight=False,
     )
     for r in failing:
-        console.print(f"replay seed {r['seed']}: {r['replay']}", highlight=False, markup=False)
-        console.print(f"  fault families: {', '.join(r['families'])}", highlight=False, markup=False)
+        print(f"replay seed {r['seed']}: {r['replay']}")
+        print(f"  fault families: {', '.join(r['families'])}")
     return EXIT_ANOMALIES if failing else EXIT_VALID
 
 

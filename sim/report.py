@@ -237,7 +237,8 @@ def write_plots(result: RunResult, out: Path) -> list[str]:
     ax.set_xlabel("simulated time (s)")
     shade(ax)
     ax.set_xlim(0, end_s)
-    ax.legend(loc="upper right", fontsize=8)
+    if pts or noise:
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "mismatch.png", dpi=90)
     plt.close(fig)

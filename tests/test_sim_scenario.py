@@ -1,0 +1,143 @@
+"""Scenario files are checked at load time: an unknown key, a bad value or an unknown fault
+family fails before anything runs, with a message that names the key and the valid values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from sim.faults import FAULT_FAMILIES, SWARM_FAMILIES, SwarmConfig, swarm_schedule
+from sim.scenario import SCENARIO_DIR, ScenarioError, from_dict, load, scenario_names
+
+
+def _error(data: dict[str, Any]) -> str:
+    with pytest.raises(ScenarioError) as info:
+        from_dict(data)
+    return str(info.value)
+
+
+def test_every_scenario_file_loads() -> None:
+    names = scenario_names()
+    for required in ("default", "black-friday", "eventually-consistent", "late-config", "node-lost-cutover"):
+        assert required in names
+    for name in names:
+        scenario = load(name)
+        assert scenario.name == name
+        assert scenario.source == str(SCENARIO_DIR / f"{name}.toml")
+
+
+def test_a_scenario_loads_by_path_as_well_as_by_name() -> None:
+    assert load(str(SCENARIO_DIR / "default.toml")) == load("default")
+
+
+def test_an_unknown_top_level_key_is_named_with_the_valid_ones() -> None:
+    message = _error({"durtion_s": 10})
+    assert "durtion_s" in message
+    assert "duration_s" in message and "migration" in message
+
+
+def test_an_unknown_nested_key_is_named_by_its_path() -> None:
+    message = _error({"migration": {"hold": {}}})
+    assert "migration.hold" in message
+    assert "hold_s" in message
+
+
+def test_an_unknown_phase_in_a_table_of_phases_names_the_phases() -> None:
+    message = _error({"migration": {"hold_s": {"SHADOWING": 3}}})
+    assert "migration.hold_s.SHADOWING" in message
+    assert "SHADOW" in message and "CUTOVER" in message
+
+
+def test_a_value_of_the_wrong_type_names_the_key() -> None:
+    message = _error({"traffic": {"rate": "fast"}})
+    assert "traffic.rate must be a number" in message
+
+
+def test_a_value_out_of_range_names_the_bounds() -> None:
+    message = _error({"traffic": {"shopper_share": 1.5}})
+    assert "traffic.shopper_share" in message and "from 0.0 to 1.0" in message
+
+
+def test_a_bad_choice_names_the_valid_values() -> None:
+    message = _error({"migration": {"lagged_sides": ["middle"]}})
+    assert "migration.lagged_sides[0]" in message
+    assert "old, new" in message
+
+
+def test_a_bad_distribution_names_the_distributions() -> None:
+    message = _error({"latency": {"network": {"dist": "pareto"}}})
+    assert "latency.network.dist" in message
+    assert "lognormal" in message and "exponential" in message
+
+
+def test_an_unknown_fault_family_names_every_valid_family() -> None:
+    message = _error({"faults": [{"family": "meteor-strike", "at_s": 3}]})
+    assert "meteor-strike" in message
+    for family in FAULT_FAMILIES:
+        assert family in message
+
+
+def test_a_fault_parameter_its_family_does_not_take_is_refused() -> None:
+    message = _error({"faults": [{"family": "lost-ack", "side": "new", "rate": 0.1, "node": "s0r0", "at_s": 1}]})
+    assert "faults[0].node" in message
+    assert "'lost-ack' does not take 'node'" in message
+
+
+def test_a_fault_needs_a_start() -> None:
+    message = _error({"faults": [{"family": "index-rebuild", "side": "new"}]})
+    assert "exactly one of at_s or phase" in message
+
+
+def test_a_fault_on_a_node_that_does_not_exist_is_refused() -> None:
+    message = _error({"faults": [{"family": "node-crash", "side": "old", "node": "s9r0", "at_s": 1}]})
+    assert "s9r0" in message and "does not exist" in message
+
+
+def test_a_fault_on_a_missing_side_names_the_sides() -> None:
+    message = _error({"faults": [{"family": "node-pause", "side": "both", "at_s": 1}]})
+    assert "old or new" in message
+
+
+def test_the_visibility_window_must_outlast_the_refresh_interval() -> None:
+    message = _error({"migration": {"lagged_sides": ["new"], "visibility_window_ms": 500, "refresh_interval_ms": 1000}})
+    assert "visibility_window_ms" in message
+
+
+def test_simulate_exits_2_on_a_malformed_scenario_and_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[traffic]\nrate = 10\nflash = true\n')
+    assert main(["simulate", str(bad), "--quiet", "--out", str(tmp_path / "out")]) == 2
+    assert "traffic.flash" in capsys.readouterr().err
+
+
+def test_simulate_exits_2_on_an_unknown_scenario_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "no-such-scenario", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-scenario" in err and "default" in err
+
+
+def test_simulate_exits_2_on_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[traffic\n")
+    assert main(["simulate", str(bad), "--quiet"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_swarm_schedules_are_valid_deterministic_and_keep_a_replica_of_every_shard() -> None:
+    config = SwarmConfig(enabled=True)
+    for seed in range(30):
+        schedule = swarm_schedule(config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2)
+        again = swarm_schedule(config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2)
+        assert schedule == again
+        assert {spec.family for spec in schedule} <= set(SWARM_FAMILIES)
+        replicas = {spec.node[-1] for spec in schedule if spec.node}
+        assert len(replicas) <= 1, "node faults must all hit the same replica number"
+        for spec in schedule:
+            if spec.family == "lost-ack":
+                assert spec.side == "new" and spec.until_phase == "BACKFILL"
