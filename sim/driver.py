@@ -16,6 +16,7 @@ and records `info`, and its process number is never used again.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ _OP_NAME: Mapping[type, str] = {
 _READS = (rq.Get, rq.Search)
 _SIDE_REQUESTS = tuple(_OP_NAME)
 _HANG = ("hang", None)
+_TIMED_OUT = ("timeout", None)
 
 
 class Draws:
@@ -84,10 +86,10 @@ class Sampler:
             self._draw: Callable[[], float] = lambda: fixed
         elif kind == "lognormal":
             median, sigma = dist.median_ms * MS, dist.sigma
-            self._draw = lambda: median * float(np.exp(sigma * draws.normal()))
+            self._draw = lambda: median * math.exp(sigma * draws.normal())
         elif kind == "exponential":
             mean = dist.mean_ms * MS
-            self._draw = lambda: -mean * float(np.log1p(-draws.uniform()))
+            self._draw = lambda: -mean * math.log1p(-draws.uniform())
         else:
             low, span = dist.low_ms * MS, (dist.high_ms - dist.low_ms) * MS
             self._draw = lambda: low + span * draws.uniform()
@@ -164,30 +166,55 @@ class SideModel:
             n = 1
         return sampler(n * self.port.latency_multiplier(op) * self.spike)
 
-    def serve(self, request: Any) -> Any:
-        """A SimPy process: carry out one request; its value is (status, result)."""
+    def serve(self, request: Any, reply: simpy.Event, deadline: int) -> Any:
+        """A SimPy process: carry out one request and answer `reply` with (status, result),
+        or with a timeout at `deadline` if the answer is not back by then. The request goes
+        on regardless, and may take effect after the caller gave up.
+
+        The deadline's timer is armed only when a wait would cross it (a full queue, a long
+        service, a dropped answer): most requests need no timer event at all."""
         env = self.env
         self.in_flight += 1
+        armed = False
+
+        def arm() -> None:
+            nonlocal armed
+            if not armed and not reply.triggered:
+                armed = True
+                timer = env.timeout(max(0, deadline - int(env.now)))
+                timer.callbacks.append(lambda _: reply.triggered or reply.succeed(_TIMED_OUT))
+
+        def wait(ns: int) -> simpy.Timeout:
+            if int(env.now) + ns > deadline:
+                arm()
+            return env.timeout(ns)
+
         try:
-            yield env.timeout(self.network(self.spike))
+            yield wait(self.network(self.spike))
             if self.partition == "unavailable":
-                return ("err", Unavailable(f"{self.side.value}: partitioned from the layer"))
-            if self.partition == "timeout":
-                return _HANG
-            op = _OP_NAME[type(request)]
-            with self.resource.request() as slot:
-                yield slot
-                yield env.timeout(self.service_ns(request, op))
-                try:
-                    result: tuple[str, Any] = ("ok", execute(request, self.ports, None))  # type: ignore[arg-type]
-                except Timeout:
-                    result = _HANG
-                except ClusterError as exc:
-                    result = ("err", exc)
-            yield env.timeout(self.network(self.spike))
-            if self.partition == "timeout":
-                return _HANG  # the answer is lost on the way back
-            return result
+                result: tuple[str, Any] = ("err", Unavailable(f"{self.side.value}: partitioned from the layer"))
+            elif self.partition == "timeout":
+                result = _HANG
+            else:
+                op = _OP_NAME[type(request)]
+                with self.resource.request() as slot:
+                    if not slot.triggered:
+                        arm()  # queued: how long for is unknown
+                    yield slot
+                    yield wait(self.service_ns(request, op))
+                    try:
+                        result = ("ok", execute(request, self.ports, None))  # type: ignore[arg-type]
+                    except Timeout:
+                        result = _HANG
+                    except ClusterError as exc:
+                        result = ("err", exc)
+                yield wait(self.network(self.spike))
+                if self.partition == "timeout":
+                    result = _HANG  # the answer is lost on the way back
+            if result is _HANG:
+                arm()
+            elif not reply.triggered:
+                reply.succeed(result)
         finally:
             self.in_flight -= 1
 
@@ -355,22 +382,15 @@ class SimDriver:
 
     def _side_call(self, request: Any) -> Any:
         env = self.env
-        model = self.sides[request.side]
         started = int(env.now)
-        call = env.process(model.serve(request))
-        timer = env.timeout(self.timeout_ns)
-        fired = yield call | timer
-        if call in fired:
-            status, value = call.value
-            if status == "hang":
-                yield timer
-                return "err", Timeout(f"{request.side.value}: no answer in {self.timeout_ns // MS} ms")
-            if isinstance(request, _READS):
-                self.side_reads[request.side].add(int(env.now), (int(env.now) - started) / MS)
-            return status, value
+        reply = env.event()
+        env.process(self.sides[request.side].serve(request, reply, started + self.timeout_ns))
+        status, value = yield reply
         if isinstance(request, _READS):
-            self.side_reads[request.side].add(int(env.now), self.timeout_ns / MS)
-        return "err", Timeout(f"{request.side.value}: no answer in {self.timeout_ns // MS} ms")
+            self.side_reads[request.side].add(int(env.now), (int(env.now) - started) / MS)
+        if status == "timeout":
+            return "err", Timeout(f"{request.side.value}: no answer in {self.timeout_ns // MS} ms")
+        return status, value
 
     def _exact(self, request: rq.Exact, kind: str) -> tuple[str, ...] | None:
         # Brute force costs a millisecond of wall time: client searches get it on a sample;
