@@ -212,6 +212,19 @@ class MigrationLayer:
             except ClusterError as exc:
                 return Outcome("fail", None, error=str(exc), notes=notes)
             found.append(got.get(record_id))
+        fallback = notes.get("fallback_side")
+        if fallback is not None and len(sides) == 1 and self.strategy.repair_log:
+            # The answer came from the fallback side: it is current only if no repair of this
+            # id is pending there (a failed secondary write); otherwise it may be stale.
+            behind = yield PendingFor(((record_id, Side(fallback)),))
+            if behind:
+                return Outcome(
+                    "fail",
+                    None,
+                    error=f"{route.reads.value} cannot answer and {fallback} may miss the latest "
+                    f"write of {record_id!r} (a repair is pending there)",
+                    notes=notes,
+                )
         newest = _newest(found)
         version = None if newest is None or newest.deleted else newest.version
         return Outcome("ok", {"id": record_id, "version": version}, notes=notes)
