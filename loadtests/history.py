@@ -101,3 +101,21 @@ def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, An
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return verdict, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m loadtests.history PARTS_DIR [OUT_DIR]`: judge parts gathered by hand (e.g.
+    from several Locust worker machines, see docs/loadtest.md)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or len(args) > 2:
+        print("usage: python -m loadtests.history PARTS_DIR [OUT_DIR]", file=sys.stderr)
+        return 2
+    verdict, report = judge(args[0], args[1] if len(args) == 2 else args[0])
+    print(json.dumps({k: report[k] for k in ("valid", *verdict.counts(), "ops")}, indent=2))
+    return 0 if verdict.valid else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -101,6 +101,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--op-log", default=None, metavar="PATH", help="server-side op log (history format)"
     )
     serve.add_argument("--pid-file", default=None, metavar="PATH")
+    serve.add_argument("--side-threads", type=int, default=16, help="threads for side requests")
+    serve.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=1.0,
+        help="the GIL switch interval: short, so side threads and the event loop take turns often",
+    )
     serve.add_argument(
         "--connect-wait-s", type=float, default=10.0, help="how long to wait for the sides"
     )
@@ -197,7 +204,9 @@ def run_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         exact_searches=args.exact_searches,
         op_log=args.op_log,
+        side_threads=args.side_threads,
     )
+    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     migration = Migration(config, sides, SQLiteStore(args.state))
     status = migration.status()
     logging.getLogger("vecmig.service").info(

@@ -66,6 +66,8 @@ class ServiceConfig:
     """Ask the side for the exact top-k of every client search (recall in the history);
     doubles a search's cost, so off by default. Mirrored reads always ask when they can."""
     op_log: str | None = None
+    side_threads: int = 16
+    """Threads carrying out side requests (the ports are synchronous)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,9 @@ class Migration:
         self.sides = dict(sides)
         self.store = store
         self.metrics = ServiceMetrics()
-        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="vecmig-side")
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.side_threads, thread_name_prefix="vecmig-side"
+        )
         self.faults = LayerFaults()
         self.driver = LiveDriver(
             self.sides,
