@@ -18,6 +18,8 @@ from harness.clusters.base import Side
 from harness.clusters.fake import FakeCluster
 from harness.core.gates import GatePolicy
 from harness.core.strategy import SAFE
+from harness.history.checker import check
+from harness.history.ops import Event, read_jsonl
 from harness.service.app import create_app
 from harness.service.migration import Migration, ServiceConfig
 from harness.state import SQLiteStore
@@ -358,3 +360,29 @@ def test_a_restarted_service_resumes_phase_epoch_checkpoint_and_repair_log(
         assert resumed["checkpoint"]["copied"] >= before["backfill"]["copied"]
         wait_for(third, lambda s: s["backfill"]["done"])
     assert new.count().live == old.count().live
+
+
+def test_the_optional_op_log_records_the_servers_view_as_a_history(
+    tmp_path: Path, sides: tuple[FakeCluster, FakeCluster]
+) -> None:
+    log = tmp_path / "ops.jsonl"
+    for _ in range(2):  # a restarted service appends, with fresh process numbers
+        with build(tmp_path / "state.sqlite", *sides, op_log=str(log)) as client:
+            assert upsert(client, "p000001", 50).status_code == 200
+            client.post("/v1/get", json={"id": "p000001"})
+            client.post("/v1/get", json={"id": ""})  # refused before it runs: not an op
+        time.sleep(1.01)
+    events = read_jsonl(log)
+    assert [(e.type, e.f) for e in events[:4]] == [
+        ("invoke", "upsert"),
+        ("ok", "upsert"),
+        ("invoke", "get"),
+        ("ok", "get"),
+    ]
+    assert events[3].value == {"id": "p000001", "version": 50}
+    assert len(events) == 8 and len({e.process for e in events}) == 4
+    verdict = check(
+        events
+        + [Event(99, "checker", "ok", "final", {"side": "old", "records": {"p000001": 50}}, 2**62)]
+    )
+    assert verdict.garbage_reads == 0 and verdict.stale_reads == 0

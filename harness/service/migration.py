@@ -152,12 +152,11 @@ class Migration:
         self.in_flight: dict[int, int] = {}
         """epoch -> client operations started under it and not yet finished."""
         self.live_latency: deque[tuple[int, float]] = deque(maxlen=8192)
-        self.oplog = (
-            Recorder(open(config.op_log, "a", encoding="utf-8"), keep=False)
-            if config.op_log
-            else None
-        )
-        self._op_process = 0
+        self._oplog_file = open(config.op_log, "a", encoding="utf-8") if config.op_log else None
+        self.oplog = Recorder(self._oplog_file, keep=False) if self._oplog_file else None
+        # Op-log process numbers start from this process's start second, so that a restarted
+        # service appending to the same log never reuses one (an op cut off by a kill stays open).
+        self._op_process = time.time_ns() // SECOND * 1_000_000
         self._tasks: list[asyncio.Task[None]] = []
         self._mirrors_in_flight = 0
         self._backfill_rate = 0.0
@@ -183,8 +182,8 @@ class Migration:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.oplog is not None and self.oplog._sink is not None:
-            self.oplog._sink.close()
+        if self._oplog_file is not None:
+            self._oplog_file.close()
 
     # -- client operations ---------------------------------------------------------------------
 
