@@ -182,7 +182,11 @@ class SideModel:
             if not armed and not reply.triggered:
                 armed = True
                 timer = env.timeout(max(0, deadline - int(env.now)))
-                timer.callbacks.append(lambda _: reply.triggered or reply.succeed(_TIMED_OUT))
+                timer.callbacks.append(time_out)
+
+        def time_out(_: simpy.Event) -> None:
+            if not reply.triggered:
+                reply.succeed(_TIMED_OUT)
 
         def wait(ns: int) -> simpy.Timeout:
             if int(env.now) + ns > deadline:
@@ -424,10 +428,9 @@ class SimDriver:
             )
             if op.f in ("get", "search"):
                 self.client_reads.add(now, (now - flight.invoked) / MS)
-            if outcome.type == "info":
-                pass  # the process number retires with the indeterminate op
-            else:
-                heapq.heappush(self._free, flight.process)  # type: ignore[arg-type]
+            # A process whose op ended indeterminate never invokes again: its number retires.
+            if outcome.type != "info" and isinstance(flight.process, int):
+                heapq.heappush(self._free, flight.process)
         if flight.on_done is not None:
             flight.on_done(flight, outcome)
 

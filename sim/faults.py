@@ -94,7 +94,7 @@ class FaultSpec:
     def check_raw(cls, raw: Mapping[str, Any], path: str) -> None:
         """Refuse keys the family does not take (before defaults hide what was written)."""
         family = raw.get("family")
-        if family not in FAMILY_KEYS:
+        if not isinstance(family, str) or family not in FAMILY_KEYS:
             raise ValueError(unknown_family(family, path))
         allowed = set(TIMING_KEYS) | set(FAMILY_KEYS[family])
         valid = [f.name for f in fields(cls)]

@@ -24,6 +24,7 @@ from harness.core.gates import GatePolicy
 from harness.core.layer import LayerConfig, Shared
 from harness.core.phases import Coordinator, Phase, Published, Step
 from harness.core.requests import Operation, Outcome
+from harness.core.state import Checkpoint
 from harness.core.strategy import Strategy, strategy_named
 from harness.core.workers import Backfill, Throttle, repair_pass, verify
 from harness.drive.step import live_versions
@@ -47,6 +48,7 @@ class PacedThrottle(Throttle):
     between batches never drops below what the cap asks for."""
 
     __slots__ = ("rate",)
+    rate: float
 
     def observe(self, live_p99_ms: float | None, error: bool = False) -> None:
         super().observe(live_p99_ms, error)
@@ -294,10 +296,16 @@ class Simulation:
             yield self.env.timeout(SECOND)
             self.throttle.observe(self.driver.client_p99_ms())
             self.series["time"].append(int(self.env.now))
-            self.series["backfill_copied"].append(self.backfill.checkpoint.copied if self.strategy.checkpointed_backfill is False else self.store.load_checkpoint().copied)
+            self.series["backfill_copied"].append(self._checkpoint().copied)
             self.series["mismatch_rate"].append(self.shared.mirror.mismatch_rate if self.shared.mirror.compared else None)
             self.series["repair_backlog"].append(self.store.repair_backlog())
             self.series["batch_size"].append(self.throttle.batch_size)
+
+    def _checkpoint(self) -> Checkpoint:
+        """How far the backfill got: the durable checkpoint, or the naive worker's memory."""
+        if self.strategy.checkpointed_backfill:
+            return self.store.load_checkpoint()
+        return self.backfill.checkpoint
 
     # -- the end of the run ------------------------------------------------------------------
 
@@ -349,7 +357,7 @@ class Simulation:
             }
             for f in self.nemesis.log
         ]
-        checkpoint = self.store.load_checkpoint() if self.strategy.checkpointed_backfill else self.backfill.checkpoint
+        checkpoint = self._checkpoint()
         backfill = {
             "started": self.backfill_started,
             "finished": self.backfill_finished,

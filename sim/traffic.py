@@ -164,9 +164,10 @@ class Traffic:
             self.ids.append(record_id)
             self.versions[record_id] = 1
             return instance.layer.upsert(record)
-        record_id = self._listed_id()
-        if record_id is None:
+        listed = self._listed_id()
+        if listed is None:
             return None
+        record_id = listed
         product = self.products[record_id]
         version = self.versions[record_id] + 1
         self.versions[record_id] = version
