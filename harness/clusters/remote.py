@@ -237,9 +237,12 @@ class RemoteCluster:
             data = response.json()
         except ValueError:
             data = {}
-        message = f"{self.base_url}{path}: {data.get('error') or response.text[:200] or response.reason_phrase}"
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind in ERROR_KINDS:
+        if not isinstance(data, dict):
+            data = {}
+        detail = data.get("error") or response.text[:200] or response.reason_phrase
+        message = f"{self.base_url}{path}: {detail}"
+        kind = data.get("kind")
+        if isinstance(kind, str) and kind in ERROR_KINDS:
             raise ERROR_KINDS[kind][0](message)
         if 400 <= response.status_code < 500:
             raise InvalidRequest(f"{message} (HTTP {response.status_code})")

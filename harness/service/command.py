@@ -135,7 +135,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cserve.add_argument("--port", type=int, default=8101)
     cserve.add_argument("--pid-file", default=None, metavar="PATH")
     cserve.set_defaults(handler=run_cluster_serve)
-    cluster.set_defaults(handler=lambda args: (cluster.print_help(), EXIT_BAD_INPUT)[1])
+
+    def cluster_help(_: argparse.Namespace) -> int:
+        cluster.print_help()
+        return EXIT_BAD_INPUT
+
+    cluster.set_defaults(handler=cluster_help)
 
 
 def run_serve(args: argparse.Namespace) -> int:
