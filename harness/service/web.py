@@ -61,7 +61,9 @@ async def read_json(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> Any:
     if not body:
         raise BadInput("the request needs a JSON body")
     try:
-        return json.loads(bytes(body).decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(
+            bytes(body).decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError:
         raise BadInput("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
