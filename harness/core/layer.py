@@ -273,7 +273,16 @@ class MigrationLayer:
         filter: Filter | None,
         route: Route,
     ) -> Sub[list[Hit]]:
-        """Correct hits for pending repairs on `side` and for its visibility lag."""
+        """Correct hits for `side`'s visibility lag, then for its pending repairs.
+
+        In that order: the visibility window holds only the writes that reached `side`, so a
+        write whose copy to `side` failed (a delete, say) is not in it, and the window may merge
+        back the version that write superseded. The pending-repair check then replaces every
+        such id, the merged ones included, with the newer of the two sides' copies."""
+        if side in self.config.lagged_sides and self.strategy.freshness_overlay:
+            now = yield Now()
+            recent = yield RecentSince(side, now - self.config.visibility_window_ns)
+            hits = correct_hits(hits, recent, vector, k, self.config.metric, filter)
         if self._both_written(route) and self.strategy.repair_log and hits:
             pending = yield PendingFor(tuple((h.id, side) for h in hits))
             if pending:
@@ -284,10 +293,6 @@ class MigrationLayer:
                 except ClusterError:
                     other, mine = {}, {}
                 hits = _replace_versions(hits, ids, mine, other, vector, self.config.metric)
-        if side in self.config.lagged_sides and self.strategy.freshness_overlay:
-            now = yield Now()
-            recent = yield RecentSince(side, now - self.config.visibility_window_ns)
-            hits = correct_hits(hits, recent, vector, k, self.config.metric, filter)
         return hits
 
     def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Sub[Any]:
