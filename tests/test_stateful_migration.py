@@ -698,6 +698,26 @@ def test_replay_a_delete_whose_copy_failed_is_not_merged_back_from_the_visibilit
     state.teardown()
 
 
+def test_replay_a_slow_write_noted_late_does_not_outlive_a_newer_delete_in_the_window() -> None:
+    """An upsert landed on old (lagging), then stalled on its copy to new; a newer delete
+    completed and its note aged out of the visibility window; then the upsert finished and was
+    noted only now, so the window held the older upsert alone and merged it into a search: a
+    stale read. The layer now notes a write with the time it landed, and only if the side
+    applied it (not if fencing refused it)."""
+    state = MigrationMachine()
+    state.start_in(start="DUAL_WRITE", batches=0)
+    ops_0 = state.upsert(fail=None, instance="a", interleaved=True, record_id="p000099")
+    state.advance(op=ops_0)
+    state.side_fault(fault="visibility-lag", side="old")
+    state.delete(fail=None, instance="a", interleaved=False, record_id="p000099")
+    state.let_time_pass(ms=11_000)
+    state.finish(op=ops_0)
+    state.search(
+        category=0, fail=None, instance="b", interleaved=False, mirrored=False, near="p000099"
+    )
+    state.teardown()
+
+
 # ---------------------------------------------------------------------------------------------
 # Proof of teeth: the same machine on the naive plan finds a counterexample, shrunk.
 

@@ -141,39 +141,57 @@ class MigrationLayer:
             return refused
         route = self.route()
         fenced = self.strategy.fenced_writes
+        landed: list[tuple[Side, int]] = []
         try:
-            yield _write_request(route.primary, item, fenced)
+            applied = yield _write_request(route.primary, item, fenced)
         except (Unavailable, InvalidRequest) as exc:
             return Outcome("fail", value, error=f"{route.primary.value}: {exc}")
         except Timeout as exc:
             if route.secondary is not None and self.strategy.repair_log:
                 yield AddRepairs((RepairEntry(item.id, route.secondary),))
             return Outcome("info", value, error=f"{route.primary.value}: {exc}")
+        yield from self._landed(route.primary, item, applied, landed)
         notes: dict[str, Any] = {}
-        written = [route.primary]
         if route.secondary is not None:
             try:
-                yield _write_request(route.secondary, item, fenced)
-                written.append(route.secondary)
+                applied = yield _write_request(route.secondary, item, fenced)
             except ClusterError as exc:
                 if self.strategy.repair_log:
                     yield AddRepairs((RepairEntry(item.id, route.secondary),))
                     notes["repair_queued"] = route.secondary.value
                 else:
                     notes["secondary_lost"] = f"{route.secondary.value}: {exc}"
-        yield from self._note_recent(written, item)
+            else:
+                yield from self._landed(route.secondary, item, applied, landed)
+        yield from self._note_recent(landed, item)
         return Outcome("ok", value, notes=notes)
 
-    def _note_recent(self, sides: Sequence[Side], item: Record | Tombstone) -> Sub[None]:
-        lagged = [s for s in sides if s in self.config.lagged_sides]
-        if not lagged or not self.strategy.freshness_overlay:
+    def _landed(
+        self,
+        side: Side,
+        item: Record | Tombstone,
+        applied: Any,
+        landed: list[tuple[Side, int]],
+    ) -> Sub[None]:
+        """Remember when a write landed on a side whose searches lag, to note it in the window.
+
+        The time is taken as the write returns, not when it is noted (after the other side's
+        write, which may be slow): noted later, it would outlive a newer write to the same id
+        in the window and be merged back over it. A write the side fenced out (it holds a newer
+        version) is not noted at all."""
+        if side not in self.config.lagged_sides or not self.strategy.freshness_overlay:
+            return
+        if isinstance(applied, Mapping) and not applied.get(item.id, True):
             return
         now = yield Now()
-        if isinstance(item, Record):
-            write = RecentWrite(item.id, item.version, False, now, item.vector, dict(item.metadata))
-        else:
-            write = RecentWrite(item.id, item.version, True, now)
-        for side in lagged:
+        landed.append((side, now))
+
+    def _note_recent(self, landed: Sequence[tuple[Side, int]], item: Record | Tombstone) -> Sub[None]:
+        for side, time in landed:
+            if isinstance(item, Record):
+                write = RecentWrite(item.id, item.version, False, time, item.vector, dict(item.metadata))
+            else:
+                write = RecentWrite(item.id, item.version, True, time)
             yield NoteRecent(side, (write,))
 
     def _refuse_if_lease_expired(self) -> Sub[Outcome | None]:
