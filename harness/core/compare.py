@@ -64,10 +64,11 @@ def compare(a: Sequence[Hit], b: Sequence[Hit], k: int) -> Comparison:
     common = [h for h in a[:k] if h.id in by_id_b]
     deltas = [abs(h.score - by_id_b[h.id].score) for h in common]
     mismatched = tuple(sorted(h.id for h in common if h.version != by_id_b[h.id].version))
-    denominator = max(1, min(k, max(len(ids_a), len(ids_b))))
+    denominator = min(k, max(len(ids_a), len(ids_b)))
     return Comparison(
         k=k,
-        overlap=len(common) / denominator,
+        # Two empty answers (a filter that matches nothing on both sides) agree completely.
+        overlap=len(common) / denominator if denominator else 1.0,
         rbo=rank_biased_overlap(ids_a, ids_b),
         mean_score_delta=float(sum(deltas) / len(deltas)) if deltas else 0.0,
         version_mismatches=mismatched,
