@@ -2,15 +2,17 @@
 
 Each request an operation yields to a side becomes a small SimPy process: network latency
 out, a place in the side's queue (a `simpy.Resource` whose capacity is nodes x concurrency),
-service time (scaled by the cluster's `latency_multiplier` and any latency spike), the call
-itself, network latency back. The operation waits for it at most the op timeout; past that a
+service time (scaled by the cluster's `latency_multiplier`), the call itself, network
+latency back. A latency spike multiplies the network legs (a slow cluster is the cluster's
+own slow-replica fault). The operation waits for it at most the op timeout; past that a
 `Timeout` is thrown into the operation while the request carries on and may still take
 effect later, exactly the indeterminacy a real client sees. Partitions fail a request fast
 (`Unavailable`) or drop it (`Timeout`). Requests to the durable state store take a fixed
 small time; time, sleeps, ground truth and phase announcements are answered by the driver.
 
-Every client operation is recorded in the history; a crash of its app instance interrupts it
-and records `info`, and its process number is never used again.
+Every client operation is recorded in the history. When its app instance crashes, a write
+ends `info` and its process number is never used again; a read moves to another instance
+(see `sim.fleet`).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class SideModel:
         }
         self.size_hint = size_hint
         self.spike = 1.0
-        """Latency-spike fault: a factor on network and service time."""
+        """Latency-spike fault: a factor on the network legs between the layer and the side."""
         self.partition: str | None = None
         """Partition fault: None, "unavailable" (fail fast) or "timeout" (dropped)."""
         self.in_flight = 0
@@ -164,7 +166,7 @@ class SideModel:
             n = self.size_hint()
         else:
             n = 1
-        return sampler(n * self.port.latency_multiplier(op) * self.spike)
+        return sampler(n * self.port.latency_multiplier(op))
 
     def serve(self, request: Any, reply: simpy.Event, deadline: int) -> Any:
         """A SimPy process: carry out one request and answer `reply` with (status, result),
