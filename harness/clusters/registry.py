@@ -8,6 +8,9 @@
     milvus+lite:///path/to/file.db?collection=items  Milvus Lite, embedded, in one file
     http://host:port?timeout=5                     a cluster server (`vecmig cluster serve`)
 
+`pgvector://auto`, `qdrant+local://auto` and `milvus+lite://auto` are for `vecmig loadtest`,
+which starts such a side itself and passes the real URL on; here they are refused.
+
 Engine client packages are imported only when their scheme is used (`pip install
 'vecmig[engines]'` brings them all).
 """
@@ -21,6 +24,8 @@ from .base import ClusterPort, Metric
 __all__ = ["SCHEMES", "open_cluster"]
 
 SCHEMES = ("fake", "pgvector", "qdrant", "qdrant+local", "milvus+lite", "http")
+AUTO_SCHEMES = ("pgvector", "qdrant+local", "milvus+lite")
+"""Schemes whose `scheme://auto` means "a throwaway side that `vecmig loadtest` starts"."""
 
 
 def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> ClusterPort:
@@ -30,6 +35,11 @@ def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> Cl
     if not rest and "://" not in url:
         raise ValueError(f"{url!r} is not a cluster URL; it should start with one of {_valid()}")
     scheme = scheme.lower()
+    if rest.split("?")[0] == "auto" and scheme in AUTO_SCHEMES:
+        raise ValueError(
+            f"{url!r}: 'auto' asks `vecmig loadtest` to start a throwaway {scheme} side; "
+            "only it does that. Elsewhere give the side's real address"
+        )
     if scheme == "qdrant" and rest.split("?")[0] == ":memory:":
         query = _query(url, rest.partition("?")[2])
         return _qdrant(dim, metric, query, location=":memory:")
