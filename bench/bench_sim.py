@@ -28,7 +28,9 @@ from sim.scenario import load
 from sim.simulation import Simulation
 
 
-def simulate(scenario_name: str, seed: int, strategy: str) -> tuple[float, float, Counter[str], int]:
+def simulate(
+    scenario_name: str, seed: int, strategy: str
+) -> tuple[float, float, Counter[str], int]:
     scenario = load(scenario_name)
     started, cpu = time.perf_counter(), time.process_time()
     result = Simulation(scenario, strategy, seed).run()
@@ -55,7 +57,9 @@ def _plan(mix: Counter[str], filtered: int, seed: int) -> list[str]:
 def bare_hnswlib(catalog: Catalog, plan: list[str], seed: int) -> tuple[float, float]:
     records = catalog.records()
     index = hnswlib.Index(space="cosine", dim=catalog.dim)
-    index.init_index(max_elements=len(records) + len(plan) + 16, M=16, ef_construction=100, random_seed=seed)
+    index.init_index(
+        max_elements=len(records) + len(plan) + 16, M=16, ef_construction=100, random_seed=seed
+    )
     index.set_ef(64)
     index.set_num_threads(1)
     index.add_items(np.stack([r.vector for r in records]), np.arange(len(records)), num_threads=1)
@@ -76,7 +80,9 @@ def bare_hnswlib(catalog: Catalog, plan: list[str], seed: int) -> tuple[float, f
             if op == "search":
                 index.knn_query(q, k=10, num_threads=1)
             elif op == "filtered":
-                index.knn_query(q, k=10, num_threads=1, filter=lambda label: bool(meta[label].get("in_stock")))
+                index.knn_query(
+                    q, k=10, num_threads=1, filter=lambda label: bool(meta[label].get("in_stock"))
+                )
             elif op == "get":
                 label_of.get(record_id)
             elif op == "upsert":
@@ -134,7 +140,9 @@ def bare_fake(catalog: Catalog, plan: list[str], seed: int) -> tuple[float, floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scenario", nargs="?", default="default")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--strategy", default="safe")
