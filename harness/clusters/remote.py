@@ -6,12 +6,24 @@ call never left), a read that timed out or a connection cut mid-answer is `Timeo
 may have taken effect), a 4xx is `InvalidRequest`. The server names the error kind it raised
 (`unavailable`, `timeout`, `invalid`) in its JSON body, so a fault inside the cluster arrives
 as the same exception it was on the other side of the wire.
+
+The HTTP client is the standard library's `http.client`, over a small pool of keep-alive
+connections: the service makes one or two of these calls per client request, and a
+general-purpose client (httpx) cost ten times the CPU per call for features a JSON call to one
+known server does not use. An `httpx.Client` can still be handed in (the tests pass Starlette's
+TestClient, which needs no socket).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import select
+import socket
+from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -101,11 +113,13 @@ def hits_from_wire(rows: Sequence[Sequence[Any]]) -> list[Hit]:
 
 
 class RemoteCluster:
-    """`ClusterPort` over HTTP. Thread-safe (httpx's client pools connections across threads).
+    """`ClusterPort` over HTTP. Thread-safe: each call takes a keep-alive connection from a
+    shared pool and gives it back once the answer is read.
 
     `dim` and `metric` are asked of the server when not given; a mismatch with what the caller
     expects is refused at open time rather than discovered at the first write. Pass `client`
-    to reuse a configured `httpx.Client` (tests pass Starlette's TestClient, no socket needed).
+    to send through a configured `httpx.Client` instead (tests pass Starlette's TestClient, no
+    socket needed).
     """
 
     def __init__(
@@ -119,17 +133,17 @@ class RemoteCluster:
         client: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        self._wire: _Wire = (
+            _HttpxWire(client, self.base_url)
+            if client is not None
+            else _KeepAlivePool(self.base_url, timeout_s, connect_timeout_s)
         )
         info = self.info() if dim is None or metric is None else None
         self._dim = dim if dim is not None else int(info["dim"])  # type: ignore[index]
         self._metric = Metric(metric if metric is not None else info["metric"])  # type: ignore[index]
 
     def close(self) -> None:
-        self._client.close()
+        self._wire.close()
 
     def __repr__(self) -> str:
         return f"RemoteCluster({self.base_url!r}, dim={self._dim}, metric={self._metric.value!r})"
@@ -218,37 +232,150 @@ class RemoteCluster:
     # -- the boundary ------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        status, reason, data = self._wire.exchange(method, path, content)
+        if status == 200:
+            return json.loads(data)
         try:
-            response = self._client.request(method, path, json=body)
+            answer = json.loads(data)
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        text = data[:200].decode("utf-8", "replace")
+        detail = answer.get("error") or text or reason
+        message = f"{self.base_url}{path}: {detail}"
+        kind = answer.get("kind")
+        if isinstance(kind, str) and kind in ERROR_KINDS:
+            raise ERROR_KINDS[kind][0](message)
+        if 400 <= status < 500:
+            raise InvalidRequest(f"{message} (HTTP {status})")
+        if status == 504:
+            raise Timeout(f"{message} (HTTP 504)")
+        raise Unavailable(f"{message} (HTTP {status})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The wire: one HTTP exchange, with the transport's own errors translated to the port's.
+
+
+class _Wire(Protocol):
+    def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
+        """(status, reason, body) of one request; raises `Unavailable` when no connection
+        could be made and `Timeout` when the request may have gone out but no whole answer
+        came back."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class _KeepAlivePool:
+    """Keep-alive `http.client` connections to one server, shared by threads. A call takes an
+    idle connection (or opens one) and gives it back after reading the answer whole; a
+    connection that failed mid-call is closed, never reused. Taking and giving back are
+    single deque operations, atomic under the GIL, so the pool needs no lock."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float, connect_timeout_s: float, max_idle: int = 64
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{base_url!r} is not an http:// or https:// URL with a host")
+        self._connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._where = base_url
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._max_idle = max_idle
+        self._idle: deque[http.client.HTTPConnection] = deque()
+
+    def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
+        connection = self._take(path)
+        try:
+            connection.request(method, self._prefix + path, body=body, headers=_HEADERS)
+            response = connection.getresponse()
+            data = response.read()
+        except TimeoutError as exc:
+            connection.close()
+            raise Timeout(
+                f"{self._where}{path}: no answer in time ({exc or 'timed out'})"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # The connection broke after the request went out: it may have taken effect.
+            connection.close()
+            raise Timeout(
+                f"{self._where}{path}: connection lost ({type(exc).__name__}: {exc})"
+            ) from None
+        if response.will_close or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
+        return response.status, response.reason, data
+
+    def _take(self, path: str) -> http.client.HTTPConnection:
+        while True:
+            try:
+                connection = self._idle.pop()
+            except IndexError:
+                break
+            if connection.sock is not None and not _readable(connection.sock):
+                return connection
+            # The server closed it while it was idle (keep-alive timeout): open another.
+            connection.close()
+        connection = self._connection_class(self._host, self._port, timeout=self._connect_timeout_s)
+        try:
+            connection.connect()
+        except OSError as exc:  # refused, unreachable, no such host, connect timeout, TLS
+            connection.close()
+            raise Unavailable(f"{self._where}{path}: cannot connect ({exc})") from None
+        connection.sock.settimeout(self._timeout_s)
+        return connection
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive connection has something to read: the server's close (or
+    bytes it should not have sent), so it must not carry another request."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _HttpxWire:
+    """The same exchange through a caller's `httpx.Client` (tests hand in a TestClient)."""
+
+    def __init__(self, client: httpx.Client, where: str) -> None:
+        self._client = client
+        self._where = where
+
+    def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
+        try:
+            response = self._client.request(method, path, content=body, headers=_HEADERS)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise Unavailable(f"{self.base_url}{path}: cannot connect ({exc})") from None
+            raise Unavailable(f"{self._where}{path}: cannot connect ({exc})") from None
         except httpx.TimeoutException as exc:
             raise Timeout(
-                f"{self.base_url}{path}: no answer in time ({type(exc).__name__})"
+                f"{self._where}{path}: no answer in time ({type(exc).__name__})"
             ) from None
         except httpx.TransportError as exc:
             # The connection broke after the request went out: it may have taken effect.
             raise Timeout(
-                f"{self.base_url}{path}: connection lost ({type(exc).__name__}: {exc})"
+                f"{self._where}{path}: connection lost ({type(exc).__name__}: {exc})"
             ) from None
-        if response.status_code == 200:
-            return response.json()
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        detail = data.get("error") or response.text[:200] or response.reason_phrase
-        message = f"{self.base_url}{path}: {detail}"
-        kind = data.get("kind")
-        if isinstance(kind, str) and kind in ERROR_KINDS:
-            raise ERROR_KINDS[kind][0](message)
-        if 400 <= response.status_code < 500:
-            raise InvalidRequest(f"{message} (HTTP {response.status_code})")
-        if response.status_code == 504:
-            raise Timeout(f"{message} (HTTP 504)")
-        raise Unavailable(f"{message} (HTTP {response.status_code})")
+        return response.status_code, response.reason_phrase, response.content
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _vector_arg(vector: object) -> Any:
