@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import orjson
 
 from .base import (
     ClusterError,
@@ -62,6 +63,29 @@ def error_kind(exc: ClusterError) -> str:
     if isinstance(exc, InvalidRequest):
         return "invalid"
     return "unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSON: orjson (a tenth of the CPU) wherever it reads the text exactly as the standard
+# library does. It does not for an integer outside [-2**63, 2**64), which it reads as a float:
+# such an integer has 20 digits or more, or is negative with 19, and with every digit mapped
+# to "9" a plain substring search finds them (and, harmlessly, long runs of float digits).
+# What orjson refuses (NaN, 1e999, malformed text) goes to the standard library too, which
+# decides with the caller's hooks and names the problem.
+
+_DIGITS = bytes.maketrans(b"0123456789", b"9999999999")
+_LONG_POSITIVE, _LONG_NEGATIVE = b"9" * 20, b"-" + b"9" * 19
+
+
+def json_loads(data: bytes, **stdlib: Any) -> Any:
+    """`json.loads(data.decode("utf-8"), **stdlib)`, faster on the common case."""
+    digits = data.translate(_DIGITS)
+    if _LONG_POSITIVE not in digits and _LONG_NEGATIVE not in digits:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data.decode("utf-8"), **stdlib)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +259,9 @@ class RemoteCluster:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         status, reason, data = self._wire.exchange(method, path, content)
         if status == 200:
-            return json.loads(data)
+            return json_loads(data)
         try:
-            answer = json.loads(data)
+            answer = json_loads(data)
         except ValueError:
             answer = {}
         if not isinstance(answer, dict):

@@ -11,6 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from harness.clusters.remote import json_loads
+
 DEFAULT_BODY_LIMIT = 1 << 20
 
 
@@ -60,10 +62,13 @@ async def read_json(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> Any:
             raise BadInput(f"body exceeds the limit of {limit} bytes", status=413)
     if not body:
         raise BadInput("the request needs a JSON body")
+    return parse_json(bytes(body))
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and numbers too large for a float are refused."""
     try:
-        return json.loads(
-            bytes(body).decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
-        )
+        return json_loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise BadInput("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
