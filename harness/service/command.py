@@ -112,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--connect-wait-s", type=float, default=10.0, help="how long to wait for the sides"
     )
     serve.add_argument("--log-level", default="info")
+    _server_arguments(serve)
     serve.set_defaults(handler=run_serve)
 
     cluster = subparsers.add_parser(
@@ -134,6 +135,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cserve.add_argument("--host", default="127.0.0.1")
     cserve.add_argument("--port", type=int, default=8101)
     cserve.add_argument("--pid-file", default=None, metavar="PATH")
+    _server_arguments(cserve)
     cserve.set_defaults(handler=run_cluster_serve)
 
     def cluster_help(_: argparse.Namespace) -> int:
@@ -141,6 +143,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return EXIT_BAD_INPUT
 
     cluster.set_defaults(handler=cluster_help)
+
+
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--http",
+        default="auto",
+        choices=("auto", "httptools", "h11"),
+        help="uvicorn's HTTP parser (auto: httptools when installed)",
+    )
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "uvloop", "asyncio"),
+        help="the event loop (auto: uvloop when installed)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -223,7 +240,15 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     _write_pid(args.pid_file)
     app = create_app(migration, token, body_limit=args.body_limit)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=args.http,
+        loop=args.loop,
+    )
     return EXIT_VALID
 
 
@@ -244,7 +269,15 @@ def run_cluster_serve(args: argparse.Namespace) -> int:
     )
     _write_pid(args.pid_file)
     app = ClusterServer(cluster, latency_ms=args.latency_ms).app()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=args.http,
+        loop=args.loop,
+    )
     return EXIT_VALID
 
 
