@@ -158,19 +158,32 @@ class SQLiteStore:
             ).fetchall()
         return [RepairEntry(r[0], Side(r[1]), int(r[2])) for r in rows]
 
+    # SQLite allows 999 host parameters in older builds; two per key.
+    _KEYS_PER_QUERY = 400
+
     def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]:
-        wanted = list(keys)
+        """The keys among `keys` with a pending repair: one query per 400 keys (a search's ten
+        hits are one query, not ten)."""
+        wanted = list(dict.fromkeys(keys))
         if not wanted:
             return frozenset()
+        found: set[tuple[str, Side]] = set()
         with self._lock:
-            found = set()
-            for record_id, side in wanted:
-                row = self._db.execute(
-                    "SELECT 1 FROM repairs WHERE id = ? AND side = ?", (record_id, side.value)
-                ).fetchone()
-                if row:
-                    found.add((record_id, side))
+            for start in range(0, len(wanted), self._KEYS_PER_QUERY):
+                chunk = wanted[start : start + self._KEYS_PER_QUERY]
+                pairs = " OR ".join(["(id = ? AND side = ?)"] * len(chunk))
+                params = [v for record_id, side in chunk for v in (record_id, side.value)]
+                rows = self._db.execute(
+                    f"SELECT id, side FROM repairs WHERE {pairs}", params
+                ).fetchall()
+                found.update((r[0], Side(r[1])) for r in rows)
         return frozenset(found)
+
+    def pending_keys(self) -> frozenset[tuple[str, Side]]:
+        """Every (id, side) with a pending repair (to load a cache of the log)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, side FROM repairs").fetchall()
+        return frozenset((r[0], Side(r[1])) for r in rows)
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         with self._lock:

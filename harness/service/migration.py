@@ -38,6 +38,7 @@ from harness.state import SQLiteStore
 
 from .driver import LayerFaults, LiveDriver
 from .metrics import ServiceMetrics
+from .repairs import CachedRepairLog
 
 log = logging.getLogger("vecmig.service")
 
@@ -84,7 +85,7 @@ class Migration:
     ) -> None:
         self.config = config
         self.sides = dict(sides)
-        self.store = store
+        self.store = CachedRepairLog(store)
         self.metrics = ServiceMetrics()
         self.executor = ThreadPoolExecutor(
             max_workers=config.side_threads, thread_name_prefix="vecmig-side"
@@ -92,7 +93,7 @@ class Migration:
         self.faults = LayerFaults()
         self.driver = LiveDriver(
             self.sides,
-            store,
+            self.store,
             self.executor,
             faults=self.faults,
             exact=self._exact,
