@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("--mirror-rate", type=float, default=0.2)
     serve.add_argument(
+        "--mirror-exact-rate",
+        type=float,
+        default=1.0,
+        help="share of mirrored reads that also ask old for the exact top-k (recall)",
+    )
+    serve.add_argument(
         "--lagged", default="", help="sides whose searches lag, e.g. 'new' or 'old,new'"
     )
     serve.add_argument("--visibility-window-s", type=float, default=2.0)
@@ -216,6 +222,7 @@ def run_serve(args: argparse.Namespace) -> int:
         backfill_slo_ms=args.backfill_slo_ms,
         backfill_pause_s=args.backfill_pause_s,
         mirror_rate=args.mirror_rate,
+        mirror_exact_rate=args.mirror_exact_rate,
         lagged=lagged,
         visibility_window_s=args.visibility_window_s,
         policy=GatePolicy(

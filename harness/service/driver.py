@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -94,6 +95,7 @@ class LiveDriver:
         faults: LayerFaults | None = None,
         exact: ExactFn | None = None,
         exact_kinds: frozenset[str] = frozenset({"mirror", "calibrate"}),
+        exact_rate: Mapping[str, float] | None = None,
         on_phase: Callable[[Published, rq.AnnouncePhase], None] | None = None,
     ) -> None:
         self.sides = sides
@@ -102,6 +104,9 @@ class LiveDriver:
         self.faults = faults if faults is not None else LayerFaults()
         self.exact = exact
         self.exact_kinds = exact_kinds
+        self.exact_rate = dict(exact_rate or {})
+        """kind -> the share of its `Exact` requests answered (ground truth costs an exact
+        search on the side; recall is an average, so a sample of them estimates it)."""
         self.on_phase = on_phase
         self.read_latency = SideLatency()
         self.crashes = 0
@@ -143,6 +148,8 @@ class LiveDriver:
             return await self._side_call(side, request)
         if isinstance(request, rq.Exact):
             if self.exact is None or kind not in self.exact_kinds:
+                return None
+            if random.random() >= self.exact_rate.get(kind, 1.0):
                 return None
             fn = self.exact
             try:

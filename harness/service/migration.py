@@ -59,6 +59,9 @@ class ServiceConfig:
     """A floor for the pause between backfill batches (staging: spread the copy out)."""
     mirror_rate: float = 0.2
     mirror_concurrency: int = 4
+    mirror_exact_rate: float = 1.0
+    """The share of mirrored reads that also ask old for the exact top-k (recall figures);
+    each costs an exact search on old."""
     lagged: frozenset[Side] = frozenset()
     visibility_window_s: float = 2.0
     policy: gates.GatePolicy = field(default_factory=gates.GatePolicy)
@@ -100,6 +103,7 @@ class Migration:
             exact_kinds=frozenset(
                 {"mirror", "calibrate"} | ({"search"} if config.exact_searches else set())
             ),
+            exact_rate={"mirror": config.mirror_exact_rate},
             on_phase=self._on_phase,
         )
         self.lease_ns = int(config.lease_s * SECOND)
