@@ -1,6 +1,8 @@
 """Throughput and latency through the migration service, against a direct pass-through.
 
     python bench/bench_service.py [--seconds 20] [--users 16] [--catalog 5000] [--dim 32]
+    python bench/bench_service.py --pin --rounds 2 \
+        --variant before=/tmp/vecmig-before:no-uvloop --variant after=.
 
 Starts two cluster servers and the service on 127.0.0.1, loads a catalog into old, and runs
 Locust (headless, fixed users, no think time) with one mix of requests -- 50% get, 30% search
@@ -8,6 +10,16 @@ Locust (headless, fixed users, no think time) with one mix of requests -- 50% ge
 in OLD_ONLY, SHADOW and CUTOVER. At half of OLD_ONLY's throughput (constant pacing) it measures
 p99 in OLD_ONLY and in SHADOW, where writes go to both sides and 20% of searches are mirrored.
 Prints a table and writes bench/results/service.json.
+
+Every run also records the CPU time each process spent per request (service, cluster servers,
+Locust): unlike req/s, that figure does not move when something else shares the machine.
+
+Side by side: each `--variant NAME=DIR` runs the servers from another checkout DIR (the same
+Locust users hit them); `:no-uvloop` hides uvloop and httptools from its servers, as on a
+machine without them. With `--rounds N` the variants take turns N times, so that a change in
+the machine's load hits them alike; the summary gives each figure's median.
+`--pin` runs Locust on CPU 0 and all servers on CPU 1, in the direct runs and the service runs
+alike (on two cores: Locust cannot take CPU from the servers, nor they from it).
 
 This file is also the locustfile the runs use (Locust imports it; BENCH_* variables say what
 to hit), so that the request mix is written once.
@@ -100,6 +112,34 @@ def wait_healthy(url: str, seconds: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+SHIM = Path(tempfile.gettempdir()) / "vecmig-bench-no-uvloop"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def no_uvloop_shim() -> Path:
+    """A directory whose uvloop and httptools fail to import, so that uvicorn's auto choice
+    falls back to asyncio and h11 (put first on PYTHONPATH)."""
+    SHIM.mkdir(parents=True, exist_ok=True)
+    for name in ("uvloop", "httptools"):
+        (SHIM / f"{name}.py").write_text(
+            f'raise ImportError("{name} hidden by bench_service.py --variant ...:no-uvloop")\n'
+        )
+    return SHIM
+
+
 def locust(
     host: str,
     target: str,
@@ -109,10 +149,14 @@ def locust(
     workdir: Path,
     env: dict[str, str],
     name: str,
+    cwd: Path,
+    pin: list[str],
+    servers: dict[str, int],
 ) -> dict[str, Any]:
     prefix = workdir / name
     run_env = {**env, "BENCH_TARGET": target, "BENCH_RATE": str(rate)}
     argv = [
+        *pin,
         sys.executable,
         "-m",
         "locust",
@@ -133,25 +177,33 @@ def locust(
         "--stop-timeout",
         "2",
     ]
+    before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    locust_before = children_cpu_seconds()
     subprocess.run(
         argv,
         env=run_env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / f"{name}.log", "w"),
         check=False,
         timeout=seconds + 60,
     )
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in servers.items()}
+    cpu["locust"] = children_cpu_seconds() - locust_before
     import csv
 
     with open(f"{prefix}_stats.csv") as stats:
         rows = {row["Name"]: row for row in csv.DictReader(stats)}
     total = rows["Aggregated"]
+    requests = max(int(total["Request Count"]), 1)
     return {
         "rps": round(float(total["Requests/s"]), 1),
         "p50_ms": float(total["50%"]),
         "p99_ms": float(total["99%"]),
         "failures": int(total["Failure Count"]),
         "requests": int(total["Request Count"]),
+        # Locust's own CPU includes its start-up and catalog generation (~1 s): an upper bound.
+        "cpu_ms_per_request": {k: round(v * 1000 / requests, 3) for k, v in cpu.items()},
         "per_op": {
             op: {
                 "rps": round(float(rows[op]["Requests/s"]), 1),
@@ -164,27 +216,17 @@ def locust(
     }
 
 
-def main(argv: list[str]) -> int:
-    import argparse
+RUNS = ("direct", "OLD_ONLY", "OLD_ONLY_half", "SHADOW", "SHADOW_half", "CUTOVER")
 
+
+def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str, Any]:
+    """Every run of the benchmark against servers started from checkout `code`."""
     import httpx
 
     from harness.catalog import Catalog
     from harness.clusters.remote import RemoteCluster
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--users", type=int, default=16)
-    parser.add_argument("--catalog", type=int, default=5000)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--service-args", default="", help="extra `vecmig serve` arguments")
-    parser.add_argument("--quick", action="store_true", help="only direct and OLD_ONLY")
-    parser.add_argument("--out", default=str(HERE.parent / "results" / "service.json"))
-    args = parser.parse_args(argv)
-
-    workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-service-{label}-"))
     python = sys.executable
     ports = {name: free_port() for name in ("old", "new", "service")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -195,21 +237,32 @@ def main(argv: list[str]) -> int:
         "BENCH_DIM": str(args.dim),
         "BENCH_CATALOG": str(args.catalog),
     }
+    server_env = dict(env)
+    if hide_uvloop:
+        server_env["PYTHONPATH"] = os.pathsep.join(
+            [str(no_uvloop_shim()), str(code), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+    pin_locust = ["taskset", "-c", "0"] if args.pin else []
+    pin_servers = ["taskset", "-c", "1"] if args.pin else []
     groups: list[int] = []
+    servers: dict[str, int] = {}
 
-    def start(argv: list[str], log: str) -> None:
+    def start(name: str, argv: list[str]) -> None:
         process = subprocess.Popen(
-            argv,
-            stdout=open(workdir / log, "w"),
+            [*pin_servers, *argv],
+            stdout=open(workdir / f"{name}.log", "w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=env,
+            env=server_env,
+            cwd=code,
         )
         groups.append(process.pid)
+        servers[name] = process.pid
 
     try:
         for name in ("old", "new"):
             start(
+                name,
                 [
                     python,
                     "-m",
@@ -223,14 +276,15 @@ def main(argv: list[str]) -> int:
                     "--name",
                     name,
                 ],
-                f"{name}.log",
             )
             wait_healthy(url[name] + "/v1/health")
         records = Catalog.generate(args.catalog, args.dim, categories=8, seed=0).records()
         old = RemoteCluster(url["old"])
         for i in range(0, len(records), 500):
             old.upsert(records[i : i + 500], fenced=False)
+        old.close()
         start(
+            "service",
             [
                 python,
                 "-m",
@@ -256,7 +310,6 @@ def main(argv: list[str]) -> int:
                 "warning",
                 *args.service_args.split(),
             ],
-            "service.log",
         )
         wait_healthy(url["service"] + "/health")
         admin = httpx.Client(
@@ -273,26 +326,34 @@ def main(argv: list[str]) -> int:
                 admin.post("/admin/advance")
                 time.sleep(0.3)
 
-        results: dict[str, Any] = {
-            "users": args.users,
-            "seconds": args.seconds,
-            "catalog": args.catalog,
-            "dim": args.dim,
-        }
+        results: dict[str, Any] = {"code": str(code), "hide_uvloop": hide_uvloop}
 
         def run(name: str, host: str, target: str, rate: float = 0.0) -> None:
-            print(f"  {name} ...", flush=True)
-            results[name] = locust(host, target, args.users, args.seconds, rate, workdir, env, name)
-            r = results[name]
+            watched = {k: v for k, v in servers.items() if target == "service" or k == "old"}
+            results[name] = r = locust(
+                host,
+                target,
+                args.users,
+                args.seconds,
+                rate,
+                workdir,
+                env,
+                name,
+                code,
+                pin_locust,
+                watched,
+            )
+            cpu = "  ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_per_request"].items())
             print(
-                f"  {name:<18} {r['rps']:>8.1f} req/s  p50 {r['p50_ms']:>6.1f} ms  p99 {r['p99_ms']:>6.1f} ms  failures {r['failures']}",
+                f"  {label:<10} {name:<14} {r['rps']:>7.1f} req/s  p50 {r['p50_ms']:>5.1f} ms  "
+                f"p99 {r['p99_ms']:>5.1f} ms  fail {r['failures']}  CPU ms/req: {cpu}",
                 flush=True,
             )
 
         run("direct", url["old"], "direct")
         run("OLD_ONLY", url["service"], "service")
         if args.quick:
-            return 0
+            return results
         half = results["OLD_ONLY"]["rps"] / 2 / args.users
         run("OLD_ONLY_half", url["service"], "service", half)
         advance_to("DUAL_WRITE")
@@ -302,25 +363,109 @@ def main(argv: list[str]) -> int:
         run("SHADOW_half", url["service"], "service", half)
         advance_to("CUTOVER")
         run("CUTOVER", url["service"], "service")
-        direct = results["direct"]["rps"]
-        results["ratios"] = {
-            "OLD_ONLY_vs_direct_rps": round(results["OLD_ONLY"]["rps"] / direct, 3),
-            "CUTOVER_vs_direct_rps": round(results["CUTOVER"]["rps"] / direct, 3),
-            "SHADOW_vs_OLD_ONLY_p99_at_half_load": round(
-                results["SHADOW_half"]["p99_ms"] / max(results["OLD_ONLY_half"]["p99_ms"], 1e-9), 3
-            ),
-        }
-        print(json.dumps(results["ratios"], indent=2))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}; logs in {workdir}")
-        return 0
+        results["ratios"] = ratios(results)
+        print(f"  {label:<10} {json.dumps(results['ratios'])}", flush=True)
+        return results
     finally:
         for group in groups:
             try:
                 os.killpg(group, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    direct = r["direct"]["rps"]
+    return {
+        "OLD_ONLY_vs_direct_rps": round(r["OLD_ONLY"]["rps"] / direct, 3),
+        "CUTOVER_vs_direct_rps": round(r["CUTOVER"]["rps"] / direct, 3),
+        "SHADOW_vs_OLD_ONLY_p99_at_half_load": round(
+            r["SHADOW_half"]["p99_ms"] / max(r["OLD_ONLY_half"]["p99_ms"], 1e-9), 3
+        ),
+    }
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds."""
+    from statistics import median
+
+    out: dict[str, Any] = {}
+    for run in RUNS:
+        if run not in rounds[0]:
+            continue
+        out[run] = {key: median(r[run][key] for r in rounds) for key in ("rps", "p50_ms", "p99_ms")}
+        out[run]["cpu_ms_per_request"] = {
+            proc: round(median(r[run]["cpu_ms_per_request"][proc] for r in rounds), 3)
+            for proc in rounds[0][run]["cpu_ms_per_request"]
+        }
+    if "ratios" in rounds[0]:
+        out["ratios"] = {
+            key: median(r["ratios"][key] for r in rounds) for key in rounds[0]["ratios"]
+        }
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--catalog", type=int, default=5000)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--service-args", default="", help="extra `vecmig serve` arguments")
+    parser.add_argument("--quick", action="store_true", help="only direct and OLD_ONLY")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[:no-uvloop]",
+        help="servers from checkout DIR (repeat to compare; default: this checkout)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="turns each variant takes")
+    parser.add_argument("--pin", action="store_true", help="Locust on CPU 0, every server on CPU 1")
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "service.json"))
+    args = parser.parse_args(argv)
+
+    variants: list[tuple[str, Path, bool]] = []
+    for spec in args.variant or [f"this={HERE.parent.parent}"]:
+        name, _, rest = spec.partition("=")
+        path, _, flag = rest.partition(":")
+        if not name or not path or flag not in ("", "no-uvloop"):
+            parser.error(f"--variant takes NAME=DIR or NAME=DIR:no-uvloop, got {spec!r}")
+        variants.append((name, Path(path).resolve(), flag == "no-uvloop"))
+
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    for round_number in range(args.rounds):
+        print(f"round {round_number + 1} of {args.rounds}", flush=True)
+        for name, code, hide in variants:
+            rounds[name].append(run_suite(args, code, hide, name))
+    results: dict[str, Any] = {
+        "users": args.users,
+        "seconds": args.seconds,
+        "catalog": args.catalog,
+        "dim": args.dim,
+        "pin": args.pin,
+        "service_args": args.service_args,
+        "variants": {
+            name: {
+                "code": str(code),
+                "hide_uvloop": hide,
+                "median": summary(rounds[name]),
+                "rounds": rounds[name],
+            }
+            for name, code, hide in variants
+        },
+    }
+    if not args.quick:
+        for name in rounds:
+            print(f"{name}: {json.dumps(results['variants'][name]['median']['ratios'])}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
