@@ -96,7 +96,8 @@ class Fleet:
         now = int(self.env.now)
         view = instance.layer.view
         view.learn(instance.known, instance.clock(now), self.lease_ns)
-        self.coordinator.ack(instance.name, Published(view.phase, view.epoch), now)
+        # The oldest epoch it still runs an operation under, not necessarily the one it learned.
+        self.coordinator.ack(instance.name, instance.layer.acknowledgement(), now)
 
     def _poll(self, instance: AppInstance, incarnation: int):  # type: ignore[no-untyped-def]
         # Instances start their polling at different offsets, as real ones do.

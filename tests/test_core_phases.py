@@ -212,6 +212,7 @@ def mirror(compared: int, discrepancies: int) -> MirrorStats:
 
 
 POLICY = GatePolicy(min_mirrored_reads=100, slo_p99_ms=20.0)
+VERIFIED = Verification(0, 0, 10, 10, NOW - 10)
 NOISE = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
 
 
@@ -222,10 +223,21 @@ NOISE = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
         ({"mirror": mirror(400, 100)}, "exceeds the noise floor"),
         ({"new_p99_ms": 45.0}, "exceeds the SLO"),
         ({"repair_backlog": 1}, "repair log holds 1 entries"),
+        ({"verification": None}, "no verification diff since SHADOW began"),
+        ({"verification": Verification(0, 0, 10, 10, NOW - 200)}, "no verification diff since SHADOW began"),
+        ({"verification": Verification(1, 1, 10, 10, NOW, ("p3",))}, "verification found 1 differing id(s)"),
     ],
 )
 def test_cutover_gate_refuses_with_its_reason(changes: dict[str, object], reason: str) -> None:
-    inputs = dict(now=NOW, published=Published(Phase.SHADOW, 3), mirror=mirror(400, 4), noise=NOISE, new_p99_ms=10.0)
+    inputs = dict(
+        now=NOW,
+        published=Published(Phase.SHADOW, 3),
+        mirror=mirror(400, 4),
+        noise=NOISE,
+        new_p99_ms=10.0,
+        verification=VERIFIED,
+        phase_since=NOW - 100,
+    )
     inputs.update(changes)
     result = gates.check(Phase.CUTOVER, GateInputs(**inputs), POLICY)  # type: ignore[arg-type]
     assert not result.ok
@@ -233,15 +245,19 @@ def test_cutover_gate_refuses_with_its_reason(changes: dict[str, object], reason
 
 
 def test_cutover_gate_passes_within_the_noise_floor() -> None:
-    inputs = GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=mirror(400, 8), noise=NOISE, new_p99_ms=10.0)
+    inputs = GateInputs(
+        NOW, Published(Phase.SHADOW, 3), mirror=mirror(400, 8), noise=NOISE, new_p99_ms=10.0,
+        verification=VERIFIED, phase_since=NOW - 100,
+    )
     assert gates.check(Phase.CUTOVER, inputs, POLICY).ok
 
 
 def test_cutover_gate_refuses_when_new_recall_trails() -> None:
     stats = mirror(400, 0)
     stats.old_recall_sum, stats.new_recall_sum, stats.recall_samples = 99.0, 90.0, 100
-    result = gates.check(Phase.CUTOVER, GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE), POLICY)
-    assert not result.ok and "recall trails" in result.reasons[0]
+    inputs = GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE, verification=VERIFIED)
+    result = gates.check(Phase.CUTOVER, inputs, POLICY)
+    assert not result.ok and result.reasons == ("new's recall trails old's by 0.090 (tolerance 0.020)",)
 
 
 def test_decommission_gate_needs_a_clean_soak() -> None:
@@ -250,9 +266,12 @@ def test_decommission_gate_needs_a_clean_soak() -> None:
     early = gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 10), policy)
     assert not early.ok and "soaked" in early.reasons[0]
     fell_back = gates.check(
-        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000, fallbacks_since_cutover=2), policy
+        Phase.DECOMMISSIONED,
+        GateInputs(NOW, published, cutover_at=NOW - 5_000, last_fallback_to_old=NOW - 500),
+        policy,
     )
-    assert not fell_back.ok and "2 read fallback(s)" in fell_back.reasons[0]
+    assert not fell_back.ok
+    assert fell_back.reasons == ("soaked 0.0 s of 0.0 s since the last read fallback to old",)
     assert gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000), policy).ok
 
 

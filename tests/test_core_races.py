@@ -287,3 +287,76 @@ def test_a_repair_to_a_lagging_side_is_corrected_in_searches() -> None:
     assert [v for i, v, _ in found if i == "p000006"] == [2]
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_an_instance_acknowledges_only_the_oldest_phase_it_still_runs_an_operation_under() -> None:
+    """An upsert started in OLD_ONLY keeps its route (old only) while in flight. Its instance
+    must not acknowledge DUAL_WRITE until it finishes, or the backfill could start, pass the
+    id, and the upsert land on old alone."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    write = rig.driver.start(app.upsert(rig.record("p000000", 2)))
+    assert rig.step_phase().type == "ok"
+    rig.sync("app")
+    assert app.view.phase is Phase.DUAL_WRITE
+    assert app.acknowledgement().phase is Phase.OLD_ONLY
+    held = rig.step_phase()
+    assert held.type == "fail" and "app" in str(held.value)
+    assert rig.driver.run(write).type == "ok"
+    rig.sync("app")
+    to_backfill_from_dual_write = rig.step_phase()
+    assert to_backfill_from_dual_write.type == "ok"
+    rig.sync_all()
+    to_cutover(rig)
+    assert rig.run(app.get("p000000")).value == {"id": "p000000", "version": 2}
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_a_request_outliving_its_instance_lease_times_out_instead_of_landing() -> None:
+    """Leases assume bounded delay: with every request bounded below the lease margin, an
+    upsert issued under OLD_ONLY by an instance that then loses touch cannot land on old
+    alone after the coordinator counted the instance out and the migration moved on."""
+    from harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS
+
+    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
+    lost = rig.add_instance("lost")
+    other = rig.add_instance("other")
+    write = rig.driver.start(lost.upsert(rig.record("p000000", 2)))
+    rig.driver.advance_time(LEASE_NS + 1)
+    rig.sync("other")
+    for _ in range(2):
+        assert rig.step_phase().type == "ok"
+        rig.sync("other")
+    rig.finish_backfill()
+    for _ in range(2):
+        assert rig.step_phase().type == "ok"
+        rig.sync("other")
+    assert rig.coordinator.published.phase is Phase.CUTOVER
+    outcome = rig.driver.run(write)
+    assert outcome.type == "info"
+    rig.run(other.get("p000000"))
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_a_write_new_lost_in_shadow_is_found_before_cutover() -> None:
+    """new acknowledges writes during SHADOW and silently drops some (lost-ack): the CUTOVER
+    gate verifies again, repairs, and only then moves reads to new."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    to_backfill(rig)
+    rig.finish_backfill()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    rig.new.start_fault("lost-ack", rate=1.0)
+    assert rig.run(app.upsert(rig.record("p000008", 2))).type == "ok"
+    rig.new.stop_fault("lost-ack")
+    first = rig.step_phase()
+    assert first.type == "fail", "the gate must see the lost write"
+    assert "verification found 1 differing id(s)" in str(first.value)
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    assert rig.run(app.get("p000008")).value == {"id": "p000008", "version": 2}
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()

@@ -83,7 +83,8 @@ class Controller:
         self.verification: gates.Verification | None = None
         self.backfill_done_at: int | None = None
         self.cutover_at: int | None = None
-        self._fallbacks_at_cutover = 0
+        self.phase_since: int | None = None
+        """When the published phase began, as far as this controller knows."""
 
     def run(self, plan: Plan) -> Operation:
         return Operation(None, None, self._run(plan), kind="controller")
@@ -107,6 +108,7 @@ class Controller:
             else:
                 yield AnnouncePhase(published.phase, published.epoch, step.value, str(result))
                 self.transitions.append((now, published.phase, published.epoch))
+                self.phase_since = now
                 if step is Step.ABORT:
                     # new is abandoned: a later attempt must copy again from the start, and
                     # be verified again, since new missed every write made after the abort.
@@ -119,7 +121,6 @@ class Controller:
                     self.shared.noise = floor.value
                 if published.phase is Phase.CUTOVER:
                     self.cutover_at = now
-                    self._fallbacks_at_cutover = self.shared.fallbacks
                 return Outcome("ok", result)
         self.waits.append(GateWait(now, target, result.reasons))
         return Outcome("fail", result)
@@ -151,12 +152,18 @@ class Controller:
             self.backfill_done_at = now
         backlog: int = yield RepairBacklog()
         if target is Phase.SHADOW and checkpoint.done and not backlog and self.strategy.verify_before_shadow:
-            outcome = yield from verify(plan.verify_buckets).steps
-            if outcome.type == "ok":
-                self.verification = outcome.value
-            if self.verification and self.verification.differences:
-                yield from repair_pass(1024, self.lagged_sides).steps
+            yield from self._verify_and_repair(plan)
             backlog = yield RepairBacklog()
+        if target is Phase.CUTOVER and not backlog and self.strategy.verify_before_shadow:
+            # Verify again before reads move to new: a write new acknowledged and lost while
+            # in SHADOW (or a repair that never landed) shows up only here.
+            yield from self._verify_and_repair(plan)
+            backlog = yield RepairBacklog()
+        if self.phase_since is None:
+            self.phase_since = now  # a controller restarted mid-phase: count from now
+        if self.coordinator.published.phase is Phase.CUTOVER and self.cutover_at is None:
+            # A controller restarted in CUTOVER lost when it began: the soak starts again now.
+            self.cutover_at = now
         inputs = gates.GateInputs(
             now=now,
             published=self.coordinator.published,
@@ -169,9 +176,17 @@ class Controller:
             noise=self.shared.noise,
             new_p99_ms=self.new_p99_ms(),
             cutover_at=self.cutover_at,
-            fallbacks_since_cutover=self.shared.fallbacks - self._fallbacks_at_cutover,
+            last_fallback_to_old=self.shared.last_fallback_to_old,
+            phase_since=self.phase_since,
         )
         return gates.check(target, inputs, self.policy)
+
+    def _verify_and_repair(self, plan: Plan) -> Sub[None]:
+        outcome = yield from verify(plan.verify_buckets).steps
+        if outcome.type == "ok":
+            self.verification = outcome.value
+        if self.verification and self.verification.differences:
+            yield from repair_pass(1024, self.lagged_sides).steps
 
     def _naive_gate(self, target: Phase) -> Sub[gates.GateResult]:
         if target is Phase.SHADOW and not self.backfill.checkpoint.done:

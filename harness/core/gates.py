@@ -7,8 +7,10 @@
 | SHADOW         | backfill complete, repair log empty, a verification diff with no      |
 |                | differences taken after the backfill completed                        |
 | CUTOVER        | enough mirrored reads, mismatch rate within the noise floor, recall   |
-|                | parity, new's p99 latency within the SLO, repair log empty            |
-| DECOMMISSIONED | a soak period in CUTOVER with no fallbacks and no repair backlog      |
+|                | parity, new's p99 latency within the SLO, repair log empty, and a     |
+|                | fresh verification diff with no differences                           |
+| DECOMMISSIONED | a soak period in CUTOVER with no read fallback to old, and no repair  |
+|                | backlog (a fallback starts the soak again)                            |
 
 ROLLBACK and ABORT are emergency steps: they pass no gate but the acknowledgement rule.
 Every live instance must have acknowledged the current epoch before any step (see `phases`).
@@ -56,7 +58,9 @@ class GateInputs:
     noise: NoiseFloor | None = None
     new_p99_ms: float | None = None
     cutover_at: int | None = None
-    fallbacks_since_cutover: int = 0
+    last_fallback_to_old: int | None = None
+    phase_since: int | None = None
+    """When the published phase began (the CUTOVER gate wants a verification from SHADOW)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,14 @@ def _shadow_gate(inputs: GateInputs, reasons: list[str]) -> None:
 def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:
     if inputs.repair_backlog:
         reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+    v = inputs.verification
+    if v is None or (inputs.phase_since is not None and v.time < inputs.phase_since):
+        reasons.append("no verification diff since SHADOW began")
+    elif v.differences:
+        reasons.append(
+            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
+            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued"
+        )
     m = inputs.mirror
     n = m.compared if m else 0
     if n < policy.min_mirrored_reads:
@@ -139,10 +151,12 @@ def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str
     if inputs.cutover_at is None:
         reasons.append("not in CUTOVER")
         return
-    soaked = inputs.now - inputs.cutover_at
+    since, what = inputs.cutover_at, "since cutover"
+    fell_back = inputs.last_fallback_to_old
+    if fell_back is not None and fell_back > since:
+        since, what = fell_back, "since the last read fallback to old"
+    soaked = inputs.now - since
     if soaked < policy.soak_ns:
-        reasons.append(f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s")
-    if inputs.fallbacks_since_cutover:
-        reasons.append(f"{inputs.fallbacks_since_cutover} read fallback(s) to old since cutover")
+        reasons.append(f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s {what}")
     if inputs.repair_backlog:
         reasons.append(f"repair log holds {inputs.repair_backlog} entries")

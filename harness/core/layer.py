@@ -47,7 +47,7 @@ from harness.clusters.base import (
 )
 from harness.core import compare as cmp
 from harness.core.freshness import correct_hits
-from harness.core.phases import ROUTES, InstanceView, Phase, Route
+from harness.core.phases import ROUTES, InstanceView, Phase, Published, Route
 from harness.core.requests import (
     AddRepairs,
     Delete,
@@ -89,6 +89,8 @@ class Shared:
     mirror: cmp.MirrorStats = field(default_factory=cmp.MirrorStats)
     noise: cmp.NoiseFloor | None = None
     fallbacks: int = 0
+    last_fallback_to_old: int | None = None
+    """When a read last fell back from new to old: the DECOMMISSIONED gate's soak restarts."""
 
 
 class MigrationLayer:
@@ -107,6 +109,31 @@ class MigrationLayer:
         self.clock = HybridLogicalClock(node)
         self.background: deque[Operation] = deque()
         """Work to run off the critical path (mirrored reads); drivers drain it."""
+        self._in_flight: dict[int, list[Any]] = {}
+        """epoch -> [phase, number of client operations started under it still running]."""
+
+    def acknowledgement(self) -> Published:
+        """The phase this instance may acknowledge to the coordinator: the oldest one it still
+        runs an operation under. An operation keeps the route of the phase it started in, so
+        acknowledging a newer phase while it is in flight would let the migration step past
+        it (an upsert routed to old only could land after the backfill copied its id)."""
+        current = Published(self.view.phase, self.view.epoch)
+        if not self._in_flight:
+            return current
+        oldest = min(self._in_flight)
+        return Published(self._in_flight[oldest][0], oldest) if oldest < current.epoch else current
+
+    def _tracked(self, steps: Steps) -> Steps:
+        """Run a client operation, counted under the epoch whose route it takes."""
+        epoch = self.view.epoch
+        entry = self._in_flight.setdefault(epoch, [self.view.phase, 0])
+        entry[1] += 1
+        try:
+            return (yield from steps)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._in_flight.get(epoch) is entry:
+                del self._in_flight[epoch]
 
     @property
     def strategy(self) -> Strategy:
@@ -122,12 +149,14 @@ class MigrationLayer:
 
     def upsert(self, record: Record) -> Operation:
         return Operation(
-            "upsert", {"id": record.id, "version": record.version}, self._write(record)
+            "upsert", {"id": record.id, "version": record.version}, self._tracked(self._write(record))
         )
 
     def delete(self, record_id: str, version: int) -> Operation:
         return Operation(
-            "delete", {"id": record_id, "version": version}, self._write(Tombstone(record_id, version))
+            "delete",
+            {"id": record_id, "version": version},
+            self._tracked(self._write(Tombstone(record_id, version))),
         )
 
     def next_version(self, now: int) -> int:
@@ -209,7 +238,7 @@ class MigrationLayer:
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, record_id: str) -> Operation:
-        return Operation("get", {"id": record_id}, self._get(record_id))
+        return Operation("get", {"id": record_id}, self._tracked(self._get(record_id)))
 
     def _get(self, record_id: str) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
@@ -255,7 +284,7 @@ class MigrationLayer:
         invoke: dict[str, Any] = {"k": k}
         if filter:
             invoke["filter"] = dict(filter)
-        return Operation("search", invoke, self._search(vector, k, filter, mirror_draw))
+        return Operation("search", invoke, self._tracked(self._search(vector, k, filter, mirror_draw)))
 
     def _search(self, vector: Vector, k: int, filter: Filter | None, mirror_draw: float) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
@@ -316,24 +345,20 @@ class MigrationLayer:
     def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Sub[Any]:
         """Carry out a read on `side`, retrying, then falling back where the phase allows."""
         attempts = 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
-        last: ClusterError | None = None
-        for _ in range(attempts):
-            try:
-                result = yield request
-                return result
-            except InvalidRequest:
+        try:
+            return (yield from _attempt(request, attempts))
+        except InvalidRequest:
+            raise
+        except ClusterError:
+            fallback = route.fallback
+            if not (self.strategy.read_fallback and fallback is not None and fallback is not side):
                 raise
-            except ClusterError as exc:
-                last = exc
-        fallback = route.fallback
-        if self.strategy.read_fallback and fallback is not None and fallback is not side:
-            retargeted = _retarget(request, fallback)
-            result = yield retargeted
-            notes["fallback_side"] = fallback.value
-            self.shared.fallbacks += 1
-            return result
-        assert last is not None
-        raise last
+        result = yield from _attempt(_retarget(request, fallback), attempts)
+        notes["fallback_side"] = fallback.value
+        self.shared.fallbacks += 1
+        if fallback is Side.OLD:
+            self.shared.last_fallback_to_old = yield Now()
+        return result
 
     def _both_written(self, route: Route) -> bool:
         return route.secondary is not None
@@ -365,6 +390,16 @@ class MigrationLayer:
             recalls = (
                 cmp.recall_against(old_hits, exact, k),
                 cmp.recall_against(new_hits, exact, k),
+            )
+        if comparison.version_mismatches and self.strategy.repair_log:
+            # new is behind old on these ids after a re-read: not ANN noise but a lost or
+            # missed write. Repair it both ways (the higher version wins on each side).
+            yield AddRepairs(
+                tuple(
+                    RepairEntry(i, side)
+                    for i in comparison.version_mismatches
+                    for side in (Side.NEW, Side.OLD)
+                )
             )
         noise = self.shared.noise
         discrepancy = (
@@ -400,6 +435,20 @@ class MigrationLayer:
 def rounded(score: float) -> float:
     """Scores go into the history rounded, so that a replayed run writes the same bytes."""
     return round(float(score), 6)
+
+
+def _attempt(request: Get | Search, attempts: int) -> Sub[Any]:
+    """Carry out a read, trying again on a side error (the next try lands on another replica);
+    the last error propagates."""
+    for attempt in range(attempts):
+        try:
+            return (yield request)
+        except InvalidRequest:
+            raise
+        except ClusterError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("attempts must be at least 1")
 
 
 def _write_request(side: Side, item: Record | Tombstone, fenced: bool) -> Upsert | Delete:

@@ -18,7 +18,7 @@ from harness.clusters.fake import FakeCluster
 from harness.core.controller import Controller, Plan
 from harness.core.gates import GatePolicy
 from harness.core.layer import LayerConfig, MigrationLayer, Shared
-from harness.core.phases import Coordinator, InstanceView, Published, Step
+from harness.core.phases import Coordinator, InstanceView, Step
 from harness.core.requests import Operation, Outcome
 from harness.core.state import StateStore
 from harness.core.strategy import SAFE, Strategy
@@ -29,6 +29,10 @@ from harness.history.ops import Recorder
 from harness.state import MemoryStore
 
 LEASE_NS = 10_000_000_000
+REQUEST_TIMEOUT_NS = 400_000_000
+"""Below the instances' lease margin (0.5 s): a request still unanswered when a lease may have
+run out has timed out, so no write routed by a forgotten phase lands after the coordinator
+counted its instance out."""
 
 
 class Rig:
@@ -45,7 +49,11 @@ class Rig:
         lagged: frozenset[Side] = frozenset(),
         policy: GatePolicy | None = None,
         batch_size: int = 16,
+        request_timeout_ns: int | None = None,
     ) -> None:
+        """`request_timeout_ns`: a side request pending longer than this times out instead of
+        being carried out (see `StepDriver`); give one below the lease margin (e.g.
+        `REQUEST_TIMEOUT_NS`) to model the bounded delay that leases rely on."""
         self.strategy = strategy
         self.catalog = Catalog.generate(records, dim, categories=4, seed=seed)
         self.old = old if old is not None else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
@@ -53,7 +61,9 @@ class Rig:
         self.sides: dict[Side, ClusterPort] = {Side.OLD: self.old, Side.NEW: self.new}
         self.store: StateStore = store if store is not None else MemoryStore()
         self.recorder = Recorder()
-        self.driver = StepDriver(self.sides, self.store, self.recorder, exact=self._exact)
+        self.driver = StepDriver(
+            self.sides, self.store, self.recorder, exact=self._exact, request_timeout_ns=request_timeout_ns
+        )
         self.coordinator = Coordinator(lease_ns=LEASE_NS)
         self.shared = Shared()
         self.config = LayerConfig(strategy=strategy, metric=self.old.metric, lagged_sides=lagged)
@@ -86,7 +96,7 @@ class Rig:
         layer = self.instances[name]
         now = self.driver.time
         changed = layer.view.learn(self.coordinator.published, now, LEASE_NS)
-        self.coordinator.ack(name, Published(layer.view.phase, layer.view.epoch), now)
+        self.coordinator.ack(name, layer.acknowledgement(), now)
         return changed
 
     def sync_all(self) -> None:

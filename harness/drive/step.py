@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from harness.clusters.base import ClusterError, ClusterPort, Side
+from harness.clusters.base import ClusterError, ClusterPort, Side, Timeout
 from harness.core import requests as rq
 from harness.core.phases import Published
 from harness.core.requests import Operation, Outcome
@@ -29,6 +29,8 @@ class InFlight:
     process: int | str
     pending: Any
     """The request the operation waits on: carried out by the next `step`."""
+    since: int = 0
+    """When `pending` was issued."""
 
 
 class StepDriver:
@@ -40,6 +42,7 @@ class StepDriver:
         tick_ns: int = 1_000,
         exact: ExactFn | None = None,
         on_phase: Callable[[Published], None] | None = None,
+        request_timeout_ns: int | None = None,
     ) -> None:
         self.sides = sides
         self.store = store
@@ -48,6 +51,9 @@ class StepDriver:
         self.tick_ns = tick_ns
         self.exact = exact
         self.on_phase = on_phase
+        self.request_timeout_ns = request_timeout_ns
+        """A side request still pending after this long times out instead of being carried out
+        (it never reached the side): drivers bound every request, and leases rely on it."""
         self.in_flight: dict[int, InFlight] = {}
         self.outcomes: dict[int, Outcome] = {}
         self._next_handle = 0
@@ -80,6 +86,13 @@ class StepDriver:
         flight = self.in_flight[handle]
         self._tick()
         request = flight.pending
+        if (
+            error is None
+            and self.request_timeout_ns is not None
+            and rq.is_side_request(request)
+            and self.time - flight.since > self.request_timeout_ns
+        ):
+            error = Timeout(f"no answer in {self.request_timeout_ns // 1_000_000} ms")
         if error is not None:
             self._resume(flight, lambda: flight.op.steps.throw(error))
         elif isinstance(request, rq.Sleep):
@@ -158,6 +171,7 @@ class StepDriver:
             immediate, value = self._immediate(request)
             if not immediate:
                 flight.pending = request
+                flight.since = self.time
                 return
             advance = partial(flight.op.steps.send, value)
 
