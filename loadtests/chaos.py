@@ -1,11 +1,12 @@
 """The chaos controller of a load test: it loads the catalog, walks the migration through its
-phases over the admin API (retrying while a gate holds), injects faults into the cluster
-servers and the layer -- including a SIGKILL of the migration service mid-backfill and a
-restart that must resume from SQLite -- and at the end heals everything, lets the repair log
-drain, and records the final state of both sides.
+phases over the admin API (retrying while a gate holds), injects faults into the sides and
+the layer -- including a SIGKILL of the migration service mid-backfill and a restart that must
+resume from SQLite -- and at the end heals everything, lets the repair log drain, and records
+the final state of both sides.
 
-The schedule is data (`default_schedule`), apart from the code that applies it (`Chaos`).
-Every fault is a history `fault` event and every phase a `phase` event, recorded here.
+The schedules are data (`default_schedule` for fake cluster servers, `real_engine_schedule`
+for real engines), apart from the code that applies them (`Chaos`). Every fault is a history
+`fault` event and every phase a `phase` event, recorded here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,13 +25,13 @@ from typing import Any
 import httpx
 
 from harness.catalog import Catalog
-from harness.clusters.base import ClusterError, ClusterPort
+from harness.clusters.base import ClusterPort
 from harness.clusters.registry import open_cluster
-from harness.drive.step import live_versions
 from harness.history.checker import PHASES
-from harness.history.ops import CHECKER, CONTROLLER, LOADER, NEMESIS, Recorder
+from harness.history.ops import CONTROLLER, LOADER, NEMESIS, Recorder
 
 from .history import now
+from .sides import POSTGRES_NODE, PostgresNemesis, is_cluster_server, is_in_process
 
 # ---------------------------------------------------------------------------------------------
 # The run plan: everything the Locust processes and the chaos controller share.
@@ -55,18 +57,27 @@ class RunPlan:
     service_log: str = ""
     lagged: list[str] = field(default_factory=list)
     """Sides whose searches the service corrects for visibility lag: only those get that fault."""
+    servers: dict[str, str] = field(default_factory=dict)
+    """Sides whose PostgreSQL this run started (side -> its directory): crashed and restarted."""
+    catalog_loaded: bool = False
+    """The catalog is in old already (`vecmig loadtest` loads it before the service starts)."""
 
     @classmethod
     def load(cls, path: str | Path) -> RunPlan:
-        data = json.loads(Path(path).read_text())
+        """The plan in file `path` ("-": standard input)."""
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
+        data = json.loads(text)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown run plan key(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        Path(path).write_text(self.to_json())
 
     def catalog_records(self) -> Catalog:
         return Catalog.generate(self.catalog, self.dim, self.categories, self.seed)
@@ -137,6 +148,68 @@ def default_schedule(
     return steps
 
 
+def real_engine_schedule(
+    duration_s: float, can_restart: bool = True, restartable: Sequence[str] = ()
+) -> list[Step]:
+    """The default schedule's shape for real engines, which have no fault endpoints. Where the
+    fake cluster fails or stalls calls (error rate, a paused replica), the layer is partitioned
+    from the side or slowed down at its client instead. A PostgreSQL this run started
+    (`restartable`) is crashed and restarted while it is the secondary side -- new before
+    CUTOVER, old in CUTOVER -- which the safe strategy must absorb (while it serves reads no
+    strategy could). The service's SIGKILL mid-backfill is also how an in-process engine (Qdrant
+    local mode, Milvus Lite) is crashed."""
+    d = duration_s
+
+    def crash(side: str) -> list[Step]:
+        node = {"node": POSTGRES_NODE}
+        return [
+            ("start", side, "node-crash", node),
+            ("wait", 0.04 * d),
+            ("stop", side, "node-crash", node),
+        ]
+
+    def layer(family: str, side: str, share: float, **params: Any) -> list[Step]:
+        return [
+            ("start", "layer", family, {"side": side, **params}),
+            ("wait", share * d),
+            ("stop", "layer", family, {"side": side}),
+        ]
+
+    steps: list[Step] = [("wait", 0.05 * d), ("advance", "DUAL_WRITE")]
+    steps += layer("partition", "new", 0.04) + layer("latency", "new", 0.03, ms=20)
+    if "new" in restartable:
+        steps += crash("new")
+    steps += [("advance", "BACKFILL"), ("backfill", 0.3)]
+    steps += layer("partition", "new", 0.03)
+    if can_restart:
+        steps += [("kill-service",), ("wait", 1.0), ("restart-service",)]
+    steps += layer("latency", "old", 0.05, ms=20)
+    steps += [("advance", "SHADOW")] + layer("partition", "new", 0.04)
+    steps += [("advance", "CUTOVER")]
+    if "old" in restartable:  # first: the gates leave CUTOVER the least time of the run
+        steps += crash("old")
+    steps += layer("latency", "new", 0.03, ms=20) + layer("partition", "old", 0.03)
+    steps += [("drained",)]
+    return steps
+
+
+def schedule_for(plan: RunPlan, duration_s: float) -> list[Step]:
+    """The fake-cluster schedule when both sides are fake cluster servers, else the real one."""
+    can_restart = bool(plan.restart_argv)
+    if is_cluster_server(plan.old) and is_cluster_server(plan.new):
+        return default_schedule(duration_s, plan.lagged, can_restart)
+    return real_engine_schedule(duration_s, can_restart, sorted(plan.servers))
+
+
+def load_catalog(old: ClusterPort, plan: RunPlan, recorder: Recorder) -> int:
+    """Load the generated catalog into `old` (unfenced, as an initial import) and record it."""
+    records = plan.catalog_records().records()
+    for start in range(0, len(records), 500):
+        old.upsert(records[start : start + 500], fenced=False)
+    recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in records}}, now())
+    return len(records)
+
+
 class Chaos:
     """Runs a schedule against one service and its two sides, recording what it does."""
 
@@ -152,29 +225,40 @@ class Chaos:
             timeout=httpx.Timeout(30.0, connect=2.0),
         )
         self._sides: dict[str, ClusterPort] = {}
+        self._nemeses: dict[str, Any] = {}
         self.started = time.monotonic()
         self.completed_steps = 0
-        self.active: dict[tuple[str, str, str], dict[str, Any]] = {}
-        """Faults started and not stopped yet: (target, family, node) -> the start's params."""
         self.active: dict[tuple[str, str, str], dict[str, Any]] = {}
         """Faults started and not stopped yet: (target, family, node) -> the start's params."""
 
     # -- the sides ---------------------------------------------------------------------------
 
+    def url(self, name: str) -> str:
+        return self.plan.old if name == "old" else self.plan.new
+
     def side(self, name: str) -> ClusterPort:
+        """The side itself. An in-process engine can be opened only once the service let go."""
         if name not in self._sides:
-            url = self.plan.old if name == "old" else self.plan.new
-            self._sides[name] = open_cluster(url, self.plan.dim)
+            self._sides[name] = open_cluster(self.url(name), self.plan.dim)
         return self._sides[name]
+
+    def nemesis(self, name: str) -> Any:
+        """What injects faults into side `name` (`start_fault`, `stop_fault`, `heal_all`): a fake
+        cluster server itself, a `PostgresNemesis` for a PostgreSQL this run started; else None.
+        Never opens a real engine: an in-process one is held by the service."""
+        if name not in self._nemeses:
+            if is_cluster_server(self.url(name)):
+                self._nemeses[name] = self.side(name)
+            elif name in self.plan.servers:
+                self._nemeses[name] = PostgresNemesis(self.plan.servers[name])
+            else:
+                self._nemeses[name] = None
+        return self._nemeses[name]
 
     def load(self) -> None:
         """Load the generated catalog into old (unfenced, as an initial import) and record it."""
-        records = self.plan.catalog_records().records()
-        old = self.side("old")
-        for start in range(0, len(records), 500):
-            old.upsert(records[start : start + 500], fenced=False)
-        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in records}}, now())
-        self.say(f"loaded {len(records)} products into old")
+        count = load_catalog(self.side("old"), self.plan, self.recorder)
+        self.say(f"loaded {count} products into old")
 
     # -- the schedule --------------------------------------------------------------------------
 
@@ -220,7 +304,7 @@ class Chaos:
         quiet_until = 0.0
         while time.monotonic() < deadline:
             try:
-                phase = self.status()["phase"]
+                phase = str(self.status()["phase"])
                 if PHASES.index(phase) >= PHASES.index(target):
                     return phase == target
                 response = self.admin.post("/admin/advance")
@@ -254,14 +338,14 @@ class Chaos:
             response = self.admin.post("/admin/faults", json=body)
             response.raise_for_status()
         else:
-            side = self.side(target)
-            call = getattr(side, f"{action}_fault", None)
-            if call is None:
+            nemesis = self.nemesis(target)
+            if nemesis is None:
                 self.say(
-                    f"chaos: {target} ({type(side).__name__}) takes no injected faults; skipped {family}"
+                    f"chaos: {target} ({self.url(target).partition('://')[0]}) takes no injected "
+                    f"faults; skipped {family}"
                 )
                 return
-            call(family, **params)
+            getattr(nemesis, f"{action}_fault")(family, **params)
         key = (target, family, str(params.get("node", params.get("side", ""))))
         if action == "start":
             self.active[key] = params
@@ -351,7 +435,7 @@ class Chaos:
         """Heal every fault, let the repair log drain, reconcile (safe strategy), and record
         the final state of both sides. Returns the service's last status."""
         for target in ("old", "new"):
-            heal = getattr(self.side(target), "heal_all", None)
+            heal = getattr(self.nemesis(target), "heal_all", None)
             if heal is not None:
                 heal()
         self.admin.post("/admin/faults/heal").raise_for_status()
@@ -368,32 +452,82 @@ class Chaos:
                 self.wait_drained(deadline)
                 if result.get("ok") and not result.get("differences"):
                     break
-                self.say(f"verification found {result.get('differences')} difference(s); repairing")
+                if result.get("ok"):
+                    self.say(f"verification found {result['differences']} difference(s); repairing")
+                else:
+                    self.say(f"verification failed: {result.get('error')}")
         status = self.status()
-        for name in ("old", "new"):
-            records = self._scan(name)
-            self.recorder.ok(CHECKER, "final", {"side": name, "records": records}, now())
+        in_process = [n for n in ("old", "new") if is_in_process(self.url(n))]
+        if in_process:
+            started = time.monotonic()
+            how = self.stop_service()
+            self.say(
+                f"service stopped ({how} in {time.monotonic() - started:.1f}s), so that "
+                f"{' and '.join(in_process)} can be scanned"
+            )
+        self.scan_sides()
         self.say(
             f"final: phase {status['phase']}, repair log {status['repair_backlog']}, "
             f"fallbacks {status['fallbacks']}, mirrored reads {status['mirror']['compared']}"
         )
         return status
 
-    def _scan(self, name: str, attempts: int = 20) -> dict[str, int]:
-        for attempt in range(attempts):
-            try:
-                return live_versions(self.side(name))
-            except ClusterError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.25)
-        raise AssertionError("unreachable")
+    def stop_service(self, grace_s: float = 10.0) -> str:
+        """Stop the service for good (SIGTERM, SIGKILL after `grace_s`), so that an in-process
+        engine it holds can be opened by another process. Not a fault: the run is over. Says
+        how it stopped."""
+        if not self.plan.service_pid_file:
+            raise RuntimeError(
+                "an in-process side (qdrant+local, milvus+lite) can be scanned only after the "
+                "service stops, and the run plan names no service_pid_file to stop it by"
+            )
+        pid = int(Path(self.plan.service_pid_file).read_text().strip())
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return "it had already exited"
+        deadline = time.monotonic() + grace_s
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                return f"SIGKILL after SIGTERM went unanswered for {grace_s:.0f}s"
+            time.sleep(0.1)
+        return "SIGTERM"
+
+    def scan_sides(self, timeout_s: float = 180.0) -> None:
+        """Scan both sides for the history's `final` events, from a process of its own, as the
+        loader: an engine's client may not run under Locust's gevent (Milvus Lite's gRPC
+        server hangs there), and a new process opens an in-process engine cleanly."""
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtests.sides", "final", "-"],
+            input=self.plan.to_json(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the final scan failed:\n{(done.stdout + done.stderr)[-2000:]}")
+        for line in done.stdout.splitlines():
+            self.say(line)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def close(self) -> None:
         self.admin.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie does not: it has let go of its files and locks)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _sleep_until(deadline: float) -> None:

@@ -1,5 +1,6 @@
-"""`vecmig loadtest`: two cluster servers, the migration service and Locust with the chaos
-controller, all on 127.0.0.1, bounded in time, cleaned up on exit, judged by the checker."""
+"""`vecmig loadtest`: two sides (fake cluster servers or real engines), the migration service and
+Locust with the chaos controller, all on 127.0.0.1, bounded in time, cleaned up on exit, judged
+by the checker."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,24 @@ from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALI
 from harness.history.checker import ANOMALIES
 
 from .chaos import RunPlan
+from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
 
 DESCRIPTION = """\
-Load-test a live migration end to end: start two fake cluster servers (old, new), the migration
-service in front of them, and Locust (headless) with shoppers and merchants; a chaos controller
-walks the phases through their gates (OLD_ONLY -> DUAL_WRITE -> BACKFILL -> SHADOW -> CUTOVER),
-injects faults into the clusters and the layer, and kills the service with SIGKILL mid-backfill
-and restarts it (it must resume from its SQLite state). At the end every fault is healed, the
-repair log drains, both sides are scanned, and the checker judges the merged history.
+Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
+--old/--new name real engines), the migration service in front of them, and Locust (headless)
+with shoppers and merchants; a chaos controller walks the phases through their gates (OLD_ONLY
+-> DUAL_WRITE -> BACKFILL -> SHADOW -> CUTOVER), injects faults into the sides and the layer,
+and kills the service with SIGKILL mid-backfill and restarts it (it must resume from its SQLite
+state). At the end every fault is healed, the repair log drains, both sides are scanned, and
+the checker judges the merged history.
+
+real engines (--old/--new take any `vecmig serve` URL, and these, which the run starts itself):
+  pgvector://auto       a throwaway PostgreSQL with pgvector, crashed and restarted mid-run
+                        while it is the secondary side
+  qdrant+local://auto   Qdrant local mode on disk (tmpfs), in the service: killed with it
+  milvus+lite://auto    Milvus Lite, in the service: killed with it
+Real engines get layer faults (latency, partition) instead of the fake cluster's error rates
+and paused replicas; see docs/loadtest.md.
 
 writes DIR/history.jsonl, DIR/report.json (the verdict, ops, phases, faults), DIR/locust_*.csv,
 DIR/locust.html and DIR/logs/.
@@ -42,6 +54,8 @@ exit codes: 0 valid, 1 anomalies found (or the verdict is unknown), 2 bad input,
 examples:
   vecmig loadtest --duration 60 --users 12 --out out/lt
   vecmig loadtest --duration 60 --strategy naive --out out/lt-naive   # must find anomalies
+  vecmig loadtest --old pgvector://auto --new qdrant+local://auto --duration 45 --users 8 \
+      --catalog 1000 --out out/lt-pg-qdrant                            # a real migration
 """
 
 
@@ -65,6 +79,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--catalog", type=int, default=3000, help="products loaded into old")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--no-chaos", action="store_true", help="no phases, no faults: plain load")
+    for name in ("old", "new"):
+        parser.add_argument(
+            f"--{name}",
+            default=None,
+            metavar="URL",
+            help=f"the {name} side: pgvector://auto, qdrant+local://auto, milvus+lite://auto or "
+            "any `vecmig serve` URL (default: a fake cluster server)",
+        )
     parser.set_defaults(handler=run)
 
 
@@ -137,31 +159,50 @@ def run(args: argparse.Namespace) -> int:
     if (out / "report.json").exists() or (out / "history").exists():
         print(f"vecmig loadtest: {out} holds an earlier run; pick another --out", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for given in (args.old, args.new):
+        problem = given is not None and refusal(given)
+        if problem:
+            print(f"vecmig loadtest: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = Processes()
+    engines = ExitStack()  # servers and directories the run started, removed after the processes
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return _run(args, out, logs, processes)
+        return _run(args, out, logs, processes, engines)
     except KeyboardInterrupt:
         print("vecmig loadtest: interrupted; stopping everything", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
+    except (RuntimeError, LookupError) as exc:
         print(f"vecmig loadtest: {exc} (see {logs})", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
         processes.kill_all()
+        engines.close()
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) -> int:
-    python = sys.executable
-    ports = {name: free_port() for name in ("old", "new", "service")}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+def _start_sides(
+    args: argparse.Namespace, logs: Path, processes: Processes, engines: ExitStack
+) -> dict[str, RunSide]:
+    sides: dict[str, RunSide] = {}
     for offset, name in enumerate(("old", "new")):
+        given = getattr(args, name)
+        if given is not None:
+            try:
+                sides[name] = start_side(name, given, engines)
+            except LookupError as exc:
+                from harness.clusters.pgserver import INSTALL_HINT
+
+                raise LookupError(f"{name} {given}: {exc}; {INSTALL_HINT}") from None
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name} {given}: {exc}") from None
+            continue
+        port = free_port()
         processes.start(
             [
-                python,
+                sys.executable,
                 "-m",
                 "harness",
                 "cluster",
@@ -169,7 +210,7 @@ def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) 
                 "--dim",
                 str(args.dim),
                 "--port",
-                str(ports[name]),
+                str(port),
                 "--name",
                 name,
                 "--seed",
@@ -179,8 +220,45 @@ def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) 
             ],
             logs / f"{name}.log",
         )
-    for name in ("old", "new"):
-        wait_healthy(urls[name] + "/v1/health", 30, f"cluster server {name}")
+        sides[name] = RunSide(name, f"http://127.0.0.1:{port}")
+    for name, side in sides.items():
+        if is_cluster_server(side.url) and not side.given:
+            wait_healthy(side.url + "/v1/health", 30, f"cluster server {name}")
+    return sides
+
+
+def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
+    """Load the catalog into old, each step in a process of its own, which lets go of an
+    in-process engine (Qdrant local mode, Milvus Lite) when it exits, before the service opens
+    it; then check from another process that such a side serves once reopened, as it must
+    after the service's restart."""
+    steps = ["load"] + (["reopen"] if any(is_in_process(s.url) for s in sides.values()) else [])
+    log = logs / "loader.log"
+    for step in steps:
+        with open(log, "ab") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "loadtests.sides", step, str(plan_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=300,
+            )
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"preparing the sides failed at {step!r}:\n{tail}")
+
+
+def _run(
+    args: argparse.Namespace, out: Path, logs: Path, processes: Processes, engines: ExitStack
+) -> int:
+    python = sys.executable
+    sides = _start_sides(args, logs, processes, engines)
+    ports = {"service": free_port()}
+    urls = {"service": f"http://127.0.0.1:{ports['service']}"}
+    urls.update({name: side.url for name, side in sides.items()})
+    # Only a fake cluster server takes the visibility-lag fault; pgvector and Qdrant answer
+    # their own writes at once, and Milvus Lite sides are created with Strong consistency.
+    lagged = ["old"] if is_cluster_server(urls["old"]) else []
     token = secrets.token_urlsafe(16)
     env = {**os.environ, "VECMIG_ADMIN_TOKEN": token}
     pid_file = out / "service.pid"
@@ -220,14 +298,12 @@ def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) 
         "--soak-s",
         "5",
         "--lagged",
-        "old",
+        ",".join(lagged),
         "--visibility-window-s",
         "10",
         "--log-level",
         "warning",
     ]
-    processes.start(service_argv, logs / "service.log", env=env)
-    wait_healthy(urls["service"] + "/health", 30, "the migration service")
     plan = RunPlan(
         service=urls["service"],
         admin_token=token,
@@ -243,11 +319,18 @@ def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) 
         restart_argv=service_argv,
         service_pid_file=str(pid_file),
         service_log=str(logs / "service.log"),
-        lagged=["old"],
+        lagged=lagged,
+        servers={name: side.server for name, side in sides.items() if side.server},
+        catalog_loaded=True,
     )
     plan_path = out / "run.json"
     plan.save(plan_path)
     plan_path.chmod(0o600)  # it holds the admin token
+    for name, side in sides.items():
+        print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
+    _prepare(plan_path, logs, sides)
+    processes.start(service_argv, logs / "service.log", env=env)
+    wait_healthy(urls["service"] + "/health", 60, "the migration service")
     locustfile = Path(__file__).with_name("locustfile.py")
     locust_argv = [
         python,
@@ -314,6 +397,12 @@ def _run(args: argparse.Namespace, out: Path, logs: Path, processes: Processes) 
         str(args.catalog),
         "--dim",
         str(args.dim),
+        *(
+            arg
+            for name in ("old", "new")
+            if sides[name].given
+            for arg in (f"--{name}", sides[name].given)
+        ),
         "--out",
         str(out) + "-again",
     ]

@@ -32,7 +32,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from harness.catalog import product_id
-from loadtests.chaos import Chaos, RunPlan, default_schedule
+from loadtests.chaos import Chaos, RunPlan, schedule_for
 from loadtests.history import ProcessHistory, VersionClock, judge, now
 
 # httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
@@ -102,12 +102,12 @@ def _test_start(environment: Environment, **_: Any) -> None:
         return
     P.chaos_history = ProcessHistory(P.plan.history_dir, name="chaos")
     P.chaos = Chaos(P.plan, P.chaos_history.recorder, say=_say)
-    if P.plan.catalog:
+    if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
     if P.plan.chaos and not environment.parsed_options.vecmig_no_chaos:
         run_time = environment.parsed_options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
-        schedule = default_schedule(run_time, P.plan.lagged, can_restart=bool(P.plan.restart_argv))
+        schedule = schedule_for(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
 
 
@@ -171,7 +171,9 @@ class MigrationUser(FastHttpUser):
             # that (an open read is not a failed read; an open write may or may not land).
             raise
         except Exception as exc:
-            recorder.info(self.process, f, {**invoke, "error": repr(exc)} if f in READS else invoke, now())
+            recorder.info(
+                self.process, f, {**invoke, "error": repr(exc)} if f in READS else invoke, now()
+            )
             self.process = P.history.new_process()
             raise
         recorder.complete(self.process, outcome, f, value, now())
