@@ -54,8 +54,8 @@ exit codes: 0 valid, 1 anomalies found (or the verdict is unknown), 2 bad input,
 examples:
   vecmig loadtest --duration 60 --users 12 --out out/lt
   vecmig loadtest --duration 60 --strategy naive --out out/lt-naive   # must find anomalies
-  vecmig loadtest --old pgvector://auto --new qdrant+local://auto --duration 45 --users 8 \
-      --catalog 1000 --out out/lt-pg-qdrant                            # a real migration
+  vecmig loadtest --old pgvector://auto --new qdrant+local://auto \\
+      --duration 45 --users 8 --catalog 1000 --out out/lt-pg-qdrant   # a real migration
 """
 
 
