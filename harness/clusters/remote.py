@@ -20,6 +20,7 @@ import http.client
 import json
 import select
 import socket
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -300,10 +301,21 @@ class _KeepAlivePool:
     """Keep-alive `http.client` connections to one server, shared by threads. A call takes an
     idle connection (or opens one) and gives it back after reading the answer whole; a
     connection that failed mid-call is closed, never reused. Taking and giving back are
-    single deque operations, atomic under the GIL, so the pool needs no lock."""
+    single deque operations, atomic under the GIL, so the pool needs no lock.
+
+    A connection idle for `max_idle_s` is not reused: a server closes idle connections on its
+    own (uvicorn after 5 s), and a request sent just as it does so fails as "connection lost",
+    which is indeterminate (`Timeout`) for a write that in fact never arrived. The readability
+    check before reuse catches a close that already happened; the age limit stays clear of the
+    one about to happen."""
 
     def __init__(
-        self, base_url: str, timeout_s: float, connect_timeout_s: float, max_idle: int = 64
+        self,
+        base_url: str,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_idle: int = 64,
+        max_idle_s: float = 2.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -318,7 +330,8 @@ class _KeepAlivePool:
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
-        self._idle: deque[http.client.HTTPConnection] = deque()
+        self._max_idle_s = max_idle_s
+        self._idle: deque[tuple[http.client.HTTPConnection, float]] = deque()
 
     def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
         connection = self._take(path)
@@ -340,18 +353,22 @@ class _KeepAlivePool:
         if response.will_close or len(self._idle) >= self._max_idle:
             connection.close()
         else:
-            self._idle.append(connection)
+            self._idle.append((connection, time.monotonic()))
         return response.status, response.reason, data
 
     def _take(self, path: str) -> http.client.HTTPConnection:
         while True:
             try:
-                connection = self._idle.pop()
+                connection, since = self._idle.pop()
             except IndexError:
                 break
-            if connection.sock is not None and not _readable(connection.sock):
+            if (
+                connection.sock is not None
+                and time.monotonic() - since < self._max_idle_s
+                and not _readable(connection.sock)
+            ):
                 return connection
-            # The server closed it while it was idle (keep-alive timeout): open another.
+            # Idle too long, or the server closed it meanwhile: open another.
             connection.close()
         connection = self._connection_class(self._host, self._port, timeout=self._connect_timeout_s)
         try:
@@ -364,7 +381,7 @@ class _KeepAlivePool:
 
     def close(self) -> None:
         while self._idle:
-            self._idle.pop().close()
+            self._idle.pop()[0].close()
 
 
 def _readable(sock: socket.socket) -> bool:
