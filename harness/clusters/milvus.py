@@ -306,6 +306,9 @@ class MilvusCluster:
     def _ensure_collection(self) -> None:
         if self._client.has_collection(self._collection):
             self._check_existing()
+            # A collection another process created (or this one before a restart) starts out
+            # released: searches and queries fail until it is loaded again.
+            self._client.load_collection(self._collection)
             return
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         # max_length counts bytes: an id of MAX_ID_LENGTH characters may take 4 bytes each

@@ -76,3 +76,31 @@ def test_a_second_open_of_the_same_file_sees_the_records(tmp_path) -> None:
         assert again.get(["a"])["a"].version == 3
     finally:
         again.close()
+
+
+def test_a_collection_reopened_by_a_new_process_serves_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A side reopened after a restart (a new process on the same Milvus Lite file) must load
+    its collection, or every read of the restarted layer fails."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from harness.clusters.milvus import MilvusCluster
+
+    path = str(tmp_path / "reopen.db")
+    writer = (
+        "import numpy as np\n"
+        "from harness.clusters.base import Record\n"
+        "from harness.clusters.milvus import MilvusCluster\n"
+        f"side = MilvusCluster.lite({path!r}, dim=4)\n"
+        "side.upsert([Record('a', np.ones(4, dtype=np.float32), {}, 1)])\n"
+        "side.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
+    again = MilvusCluster.lite(path, dim=4)
+    try:
+        assert again.get(["a"])["a"].version == 1
+        assert [h.id for h in again.search(np.ones(4, dtype=np.float32), 1)] == ["a"]
+    finally:
+        again.close()
