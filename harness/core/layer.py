@@ -247,10 +247,9 @@ class MigrationLayer:
         route = self.route()
         notes: dict[str, Any] = {}
         sides = [route.reads]
-        pending: frozenset[tuple[str, Side]] = frozenset()
         if self._both_written(route) and self.strategy.repair_log:
-            pending = yield PendingFor(((record_id, route.reads), (record_id, route.reads.other)))
-            if (record_id, route.reads) in pending:
+            pending = yield PendingFor(((record_id, route.reads),))
+            if pending:
                 sides = [route.reads, route.reads.other]
                 notes["read_both"] = True
         found: list[Stored | None] = []
@@ -258,11 +257,6 @@ class MigrationLayer:
             try:
                 got = yield from self._read(side, Get(side, (record_id,)), route, notes)
             except ClusterError as exc:
-                # Only the side with the pending repair may be behind: if it is the one that
-                # cannot answer, the other side's copy is the latest.
-                behind_only = len(sides) == 2 and (record_id, side.other) not in pending
-                if behind_only and (record_id, side) in pending:
-                    continue
                 return Outcome("fail", None, error=str(exc), notes=notes)
             found.append(got.get(record_id))
         fallback = notes.get("fallback_side")
