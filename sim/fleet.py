@@ -94,10 +94,9 @@ class Fleet:
 
     def _sync(self, instance: AppInstance) -> None:
         now = int(self.env.now)
-        view = instance.layer.view
-        view.learn(instance.known, instance.clock(now), self.lease_ns)
+        instance.layer.learn(instance.known, instance.clock(now), self.lease_ns)
         # The oldest epoch it still runs an operation under, not necessarily the one it learned.
-        self.coordinator.ack(instance.name, instance.layer.acknowledgement(), now)
+        self.coordinator.ack(instance.name, instance.layer.acknowledgement(instance.clock(now)), now)
 
     def _poll(self, instance: AppInstance, incarnation: int):  # type: ignore[no-untyped-def]
         # Instances start their polling at different offsets, as real ones do.

@@ -836,17 +836,13 @@ def test_replay_an_upsert_does_not_outlive_its_instance_lease() -> None:
 # (strict xfail) until it is fixed; then drop the mark and it guards the fix.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: an operation started before an instance's lease ran out still counts "
-    "in its acknowledgement after it catches up, so it acknowledges an epoch two behind",
-)
-def test_known_gap_an_operation_from_before_a_lapsed_lease_holds_the_acknowledgement_back() -> None:
+def test_an_operation_from_before_a_lapsed_lease_no_longer_holds_the_acknowledgement_back() -> None:
     """Instance a stops hearing from the config store with a search in flight (OLD_ONLY,
     epoch 0). Its lease runs out, the coordinator counts it out and publishes DUAL_WRITE and
-    BACKFILL. When a catches up, `acknowledgement()` still names epoch 0 for that search, which
-    can never land (its request is older than the request timeout), so the coordinator sees a
-    live instance two epochs behind: an adjacency violation, and the controller waits on it."""
+    BACKFILL. When a catches up, `acknowledgement()` used to name epoch 0 for that search, which
+    can never land (its request is older than the request timeout), so the coordinator saw a
+    live instance two epochs behind: an adjacency violation, and the controller waited on it.
+    Operations started before a lapsed lease now stop counting once that lease expired."""
     state = MigrationMachine()
     state.start_in(start="OLD_ONLY", batches=0)
     state.lag(instance="a")

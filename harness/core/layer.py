@@ -109,31 +109,56 @@ class MigrationLayer:
         self.clock = HybridLogicalClock(node)
         self.background: deque[Operation] = deque()
         """Work to run off the critical path (mirrored reads); drivers drain it."""
-        self._in_flight: dict[int, list[Any]] = {}
-        """epoch -> [phase, number of client operations started under it still running]."""
+        self._in_flight: dict[int, tuple[int, Phase, int]] = {}
+        """op token -> (epoch, phase, start time) of each client operation still running."""
+        self._next_token = 0
+        self._lapsed_until: int | None = None
+        """The lease expiry this instance let lapse last (it missed the config store)."""
 
-    def acknowledgement(self) -> Published:
+    def learn(self, published: Published, now: int, lease_ns: int) -> bool:
+        """Take a phase from the config store (see `InstanceView.learn`), noting whether the
+        lease had lapsed meanwhile. Returns True if the phase changed."""
+        if not self.view.may_serve(now):
+            self._lapsed_until = self.view.lease_expires
+        return self.view.learn(published, now, lease_ns)
+
+    def acknowledgement(self, now: int | None = None) -> Published:
         """The phase this instance may acknowledge to the coordinator: the oldest one it still
         runs an operation under. An operation keeps the route of the phase it started in, so
         acknowledging a newer phase while it is in flight would let the migration step past
-        it (an upsert routed to old only could land after the backfill copied its id)."""
+        it (an upsert routed to old only could land after the backfill copied its id).
+
+        Operations started before the lease last lapsed stop counting once that lease has
+        expired (`now`): the only request that takes their route, their first write, was
+        issued while the lease held and, as every request is bounded below the lease margin,
+        has been answered or timed out by then."""
         current = Published(self.view.phase, self.view.epoch)
-        if not self._in_flight:
+        lapsed = self._lapsed_until
+        counted = [
+            (epoch, phase)
+            for epoch, phase, started in self._in_flight.values()
+            if not (
+                lapsed is not None
+                and now is not None
+                and now >= lapsed
+                and started < lapsed - self.view.margin_ns
+            )
+        ]
+        if not counted:
             return current
-        oldest = min(self._in_flight)
-        return Published(self._in_flight[oldest][0], oldest) if oldest < current.epoch else current
+        epoch, phase = min(counted)
+        return Published(phase, epoch) if epoch < current.epoch else current
 
     def _tracked(self, steps: Steps) -> Steps:
         """Run a client operation, counted under the epoch whose route it takes."""
-        epoch = self.view.epoch
-        entry = self._in_flight.setdefault(epoch, [self.view.phase, 0])
-        entry[1] += 1
+        token = self._next_token
+        self._next_token += 1
+        started: int = yield Now()
+        self._in_flight[token] = (self.view.epoch, self.view.phase, started)
         try:
             return (yield from steps)
         finally:
-            entry[1] -= 1
-            if entry[1] == 0 and self._in_flight.get(epoch) is entry:
-                del self._in_flight[epoch]
+            self._in_flight.pop(token, None)
 
     @property
     def strategy(self) -> Strategy:

@@ -95,8 +95,8 @@ class Rig:
         """Instance `name` reads the config store now and acknowledges what it runs."""
         layer = self.instances[name]
         now = self.driver.time
-        changed = layer.view.learn(self.coordinator.published, now, LEASE_NS)
-        self.coordinator.ack(name, layer.acknowledgement(), now)
+        changed = layer.learn(self.coordinator.published, now, LEASE_NS)
+        self.coordinator.ack(name, layer.acknowledgement(now), now)
         return changed
 
     def sync_all(self) -> None:
