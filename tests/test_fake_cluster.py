@@ -22,10 +22,13 @@ from harness.clusters.base import (
     InvalidRequest,
     Metric,
     Record,
+    Stored,
     Timeout,
     Tombstone,
     Unavailable,
     checksums_of,
+    distance,
+    matches,
 )
 from harness.clusters.fake import CLUSTER_FAULT_FAMILIES, FakeCluster
 
@@ -800,3 +803,294 @@ def test_replicas_under_crashes_and_pauses_never_serve_what_a_model_would_not(
         cluster.stop_node_pause(node)
         cluster.stop_node_crash(node)
     assert scan_all(cluster, 4) == sorted((k, v, d) for k, (v, d) in model.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Filtered and exact search against brute force over a model. The replicas answer filters from
+# numpy columns kept up to date on every write, publish, compaction and catch-up copy; these
+# tests hold them to `base.matches` and `base.distance` over a plain dict.
+
+NAN = float("nan")
+CATEGORIES: list[Any] = [0, 1, 2, 1.0, True, False, None, "1", [1], NAN, np.int64(1), 2**53 + 1]
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"category": 1},
+    {"category": 0},
+    {"category": 2, "in_stock": True},
+    {"in_stock": True},
+    {"in_stock": False},
+    {"in_stock": None},  # matches records without the key
+    {"category": "1"},
+    {"category": [1]},  # unhashable: compared with == record by record
+    {"category": NAN},  # never equal, not even to itself
+    {"category": 2.0**53},  # equal to no int 2**53 + 1
+    {"color": "red", "category": 1},
+]
+
+
+class SearchModel:
+    """What search and exact_search must answer: brute force with `matches` and `distance`
+    over what a dict says is visible (search) and live (exact_search)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.live: dict[str, Record] = {}
+        self.visible: dict[str, Record] = {}
+        self.lagging = False
+
+    def wrote(self, record: Record | None, record_id: str) -> None:
+        if record is None:
+            self.live.pop(record_id, None)
+        else:
+            self.live[record_id] = record
+        if not self.lagging:
+            self.refreshed()
+
+    def refreshed(self) -> None:
+        self.visible = dict(self.live)
+
+    def top(
+        self, shown: dict[str, Record], query: np.ndarray, k: int, flt: dict[str, Any]
+    ) -> list[tuple[str, int, float]]:
+        chosen = [r for r in shown.values() if matches(r.metadata, flt)]
+        if not chosen:
+            return []
+        dists = distance(self.metric, query, np.stack([r.vector for r in chosen]))
+        ranked = sorted(zip(dists.tolist(), (r.id for r in chosen), strict=True))[:k]
+        return [(record_id, shown[record_id].version, score) for score, record_id in ranked]
+
+
+def hits(found: list[Any]) -> list[tuple[str, int, float]]:
+    return [(h.id, h.version, h.score) for h in found]
+
+
+def assert_same_hits(
+    got: list[tuple[str, int, float]], want: list[tuple[str, int, float]], exact_scores: bool
+) -> None:
+    assert [(i, v) for i, v, _ in got] == [(i, v) for i, v, _ in want]
+    if exact_scores:
+        assert [s for *_, s in got] == [s for *_, s in want]
+    else:
+        assert [s for *_, s in got] == pytest.approx([s for *_, s in want], abs=1e-5)
+
+
+search_step = st.one_of(
+    st.tuples(
+        st.just("upsert"),
+        st.integers(0, 29),  # id
+        st.integers(0, 10**6),  # vector seed
+        st.sampled_from(CATEGORIES),
+        st.sampled_from([True, False, "missing"]),
+        st.booleans(),  # keep the stored vector (a metadata-only update)
+    ),
+    st.tuples(st.just("delete"), st.integers(0, 29)),
+    st.tuples(st.just("crash"), st.sampled_from(["s0r1", "s1r1"]), st.booleans()),
+    st.tuples(st.just("restart"), st.sampled_from(["s0r1", "s1r1"])),
+    st.tuples(st.just("lag"), st.booleans()),
+    st.tuples(st.just("refresh")),
+    st.tuples(
+        st.just("search"), st.integers(0, 10**6), st.integers(1, 12), st.sampled_from(FILTERS)
+    ),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(search_step, max_size=60), st.sampled_from([8, 2048]))
+def test_filtered_and_exact_search_equal_brute_force_through_updates_compaction_and_copies(
+    steps: list[tuple[Any, ...]], compact_after: int
+) -> None:
+    """Brute force answers filters exactly: the same hits, in the same order, with the same
+    scores (L2, whose distances do not depend on how rows are stacked) as the model's, after
+    metadata-only and vector updates, deletes, lagging refreshes, index compactions (every 8
+    deleted labels) and catch-up copies to replicas that crashed, with or without their data.
+    Replicas 0 always keep the data, so nothing is lost for good."""
+    saved = _node.COMPACT_MIN_DELETED
+    _node.COMPACT_MIN_DELETED = compact_after
+    try:
+        cluster = FakeCluster(DIM, Metric.L2, shards=2, replicas=2, capacity=16, ef_construction=16)
+        model = SearchModel(Metric.L2)
+        versions: dict[str, int] = {}
+        for step in steps:
+            kind = step[0]
+            if kind == "upsert":
+                _, number, seed, category, in_stock, keep = step
+                record_id = f"p{number}"
+                current = model.live.get(record_id)
+                vector = current.vector if keep and current is not None else vec(seed)
+                metadata: dict[str, Any] = {"category": category}
+                if in_stock != "missing":
+                    metadata["in_stock"] = in_stock
+                if seed % 3 == 0:
+                    metadata["color"] = "red"
+                versions[record_id] = versions.get(record_id, 0) + 1
+                record = Record(record_id, vector, metadata, versions[record_id])
+                assert cluster.upsert([record]) == {record_id: True}
+                model.wrote(record, record_id)
+            elif kind == "delete":
+                record_id = f"p{step[1]}"
+                versions[record_id] = versions.get(record_id, 0) + 1
+                cluster.delete([Tombstone(record_id, versions[record_id])])
+                model.wrote(None, record_id)
+            elif kind == "crash":
+                cluster.start_node_crash(step[1], lose_data=step[2])
+            elif kind == "restart":
+                cluster.stop_node_crash(step[1])
+            elif kind == "lag":
+                model.lagging = step[1]
+                if step[1]:
+                    cluster.start_visibility_lag()
+                else:
+                    cluster.stop_visibility_lag()
+                    model.refreshed()
+            elif kind == "refresh":
+                cluster.refresh()
+                model.refreshed()
+            else:
+                _, seed, k, flt = step
+                query = vec(seed)
+                want = model.top(model.live, query, k, flt)
+                assert_same_hits(hits(cluster.exact_search(query, k, flt)), want, True)
+                if flt:
+                    want = model.top(model.visible, query, k, flt)
+                    for _ in range(2):  # round-robin: each replica of a shard answers once
+                        assert_same_hits(hits(cluster.search(query, k, flt)), want, True)
+    finally:
+        _node.COMPACT_MIN_DELETED = saved
+
+
+@pytest.mark.parametrize("metric", [Metric.COSINE, Metric.INNER_PRODUCT])
+def test_filtered_brute_force_equals_the_model_under_every_metric(metric: Metric) -> None:
+    """Cosine and inner product go through a matrix product whose last bits depend on how the
+    rows are stacked, hence scores compared to 1e-5; the hits and their order are the same."""
+    rng = np.random.default_rng(11)
+    cluster = FakeCluster(DIM, metric, shards=2, replicas=2, capacity=16)
+    model = SearchModel(metric)
+    for round_ in range(1, 6):
+        batch = [
+            Record(
+                f"p{i}",
+                vec(1000 * round_ + i),
+                {"category": int(rng.integers(4)), "in_stock": bool(rng.random() < 0.5)},
+                2 * round_,
+            )
+            for i in range(300)
+            if rng.random() < 0.7
+        ]
+        cluster.upsert(batch)
+        for record in batch:
+            model.wrote(record, record.id)
+        gone = [f"p{i}" for i in rng.choice(300, size=20, replace=False)]
+        cluster.delete([Tombstone(record_id, 2 * round_ + 1) for record_id in gone])
+        for record_id in gone:
+            model.wrote(None, record_id)
+        for flt in ({"category": 2}, {"in_stock": True}, {"category": 1, "in_stock": False}):
+            query = vec(int(rng.integers(10**6)))
+            for found in (cluster.search(query, 10, flt), cluster.exact_search(query, 10, flt)):
+                assert_same_hits(hits(found), model.top(model.live, query, 10, flt), False)
+
+
+def test_filtered_hnsw_search_returns_k_visible_matching_records_at_their_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the brute-force limit the filter is an hnswlib callback over the matching labels:
+    every hit matches, is visible at its visible version, and there are k of them."""
+    monkeypatch.setattr(_node, "EXACT_FILTER_LIMIT", 0)
+    cluster = FakeCluster(DIM, shards=2, replicas=2, capacity=16)
+    cluster.upsert([rec(f"p{i}", 1, seed=i, category=i % 3) for i in range(200)])
+    cluster.start_visibility_lag()
+    cluster.upsert([rec(f"p{i}", 2, seed=i, category=0) for i in range(0, 200, 2)])
+    for flt in ({"category": 0}, {"category": 1}, {"category": 2}):
+        for seed in range(5):
+            found = cluster.search(vec(seed), 10, flt)
+            assert len(found) == 10
+            for hit in found:
+                number = int(hit.id[1:])
+                assert hit.version == 1 and number % 3 == flt["category"]
+    cluster.stop_visibility_lag()
+    found = cluster.search(vec(7), 10, {"category": 0})
+    assert len(found) == 10 and all(int(h.id[1:]) % 6 in (0, 2, 3, 4) for h in found)
+    assert all(h.version == (2 if int(h.id[1:]) % 2 == 0 else 1) for h in found)
+
+
+def test_filters_select_exactly_what_matches_selects_whatever_the_metadata_values() -> None:
+    """1, 1.0, True and np.int64(1) are equal, "1" is not, [1] equals only [1], NaN equals
+    nothing, a missing key reads as None: search and exact_search follow `matches` on every
+    pair of stored value and filter, also once a column exists, after a catch-up copy and
+    after an index compaction."""
+    cluster = FakeCluster(DIM, shards=2, replicas=2, capacity=16)
+    records = [
+        Record(f"p{i}-{j}", vec(100 * i + j), metadata, 1)
+        for i, category in enumerate(CATEGORIES)
+        for j, metadata in enumerate(
+            [
+                {"category": category, "in_stock": True},
+                {"category": category, "in_stock": False, "color": "red"},
+                {"category": category},
+            ]
+        )
+    ]
+    cluster.upsert(records)
+
+    def check() -> None:
+        for flt in FILTERS:
+            want = {r.id for r in records if matches(r.metadata, flt)}
+            for _ in range(2):
+                assert {h.id for h in cluster.search(vec(0), 1000, flt)} == want, flt
+            assert {h.id for h in cluster.exact_search(vec(0), 1000, flt)} == want, flt
+
+    check()
+    cluster.start_node_crash("s0r1", lose_data=True)
+    records = [Record(r.id, r.vector, {**r.metadata, "category": 1}, 2) for r in records[:9]] + [
+        *records[9:]
+    ]
+    cluster.upsert(records[:9])
+    cluster.stop_node_crash("s0r1")
+    check()
+    saved = _node.COMPACT_MIN_DELETED
+    try:
+        _node.COMPACT_MIN_DELETED = 4
+        for version in (3, 4):  # two new vectors each: deleted labels outnumber live ones
+            records = [
+                Record(r.id, vec(99 * version + n), r.metadata, version)
+                for n, r in enumerate(records)
+            ]
+            cluster.upsert(records)
+        # Without a compaction, each record would have used 3 labels.
+        assert all(r._next_label < 3 * r.live_count for shard in cluster._replicas for r in shard)
+    finally:
+        _node.COMPACT_MIN_DELETED = saved
+    check()
+
+
+def test_a_copy_of_columns_is_independent_of_its_source() -> None:
+    """A catch-up copy shares no mutable column with the replica it copied."""
+    columns = _node.Columns(DIM, 4)
+    for row in range(3):
+        columns.put(row, Stored(f"a{row}", 1, False, vec(row), {"category": row % 2}))
+    assert columns.matching({"category": 1}).tolist() == [1]  # builds the column
+    twin = columns.copy()
+    columns.put(0, Stored("a0", 2, False, vec(9), {"category": 1}))
+    columns.put(5, Stored("a5", 1, False, vec(5), {"category": 1}))  # grows the source
+    columns.drop(1)
+    assert twin.matching({"category": 1}).tolist() == [1]
+    assert np.array_equal(twin.vectors[0], vec(0)) and twin.count == 3
+    assert columns.matching({"category": 1}).tolist() == [0, 5]
+
+
+def test_exact_search_breaks_distance_ties_by_id_and_keeps_k() -> None:
+    """Equal distances at the k-th place: the lower ids win, as a sort of every record does."""
+    cluster = FakeCluster(DIM, Metric.L2, shards=2, replicas=2)
+    same = np.ones(DIM, np.float32)
+    cluster.upsert([Record(f"t{i:02d}", same, {"category": 1}, 1) for i in range(30)])
+    cluster.upsert([Record("far", same * 3, {"category": 1}, 1)])
+    for flt in (None, {"category": 1}):
+        found = cluster.exact_search(same, 5, flt)
+        assert [h.id for h in found] == [f"t{i:02d}" for i in range(5)]
+        # Brute force per shard keeps the lowest labels among equals: the first written.
+        assert [h.id for h in cluster.search(same, 5, {"category": 1})] == [
+            f"t{i:02d}" for i in range(5)
+        ]
+        assert {h.id for h in cluster.search(same, 31, {"category": 1})} == {
+            *(f"t{i:02d}" for i in range(30)),
+            "far",
+        }

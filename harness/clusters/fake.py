@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import faults
 from ._node import Replica, node_id, parse_node_id
@@ -52,7 +53,6 @@ from .base import (
     bucket_of,
     checksums_of,
     distance,
-    matches,
     validate_id,
     validate_k,
     validate_vector,
@@ -266,20 +266,18 @@ class FakeCluster:
         validate_k(k)
         _check_filter(filter)
         with self._lock:
-            live = [
-                s
-                for r in self._authoritative()
-                for s in r.records.values()
-                if not s.deleted and matches(s.metadata, filter)
-            ]
-        if not live:
-            return []
-        dists = distance(
-            self._metric, query, np.stack([s.vector for s in live if s.vector is not None])
-        )
-        ranked = sorted(
-            zip(dists.tolist(), (s.id for s in live), (s.version for s in live), strict=True)
-        )
+            replicas = self._authoritative()
+            parts = [replica.live_matching(filter) for replica in replicas]
+            slots = np.concatenate([slots for _, slots in parts])
+            if not len(slots):
+                return []
+            owner = np.repeat(np.arange(len(parts)), [len(slots) for _, slots in parts])
+            dists = distance(self._metric, query, np.concatenate([vectors for vectors, _ in parts]))
+            # Only distances up to the k-th smallest can rank in the top k; ties there are all
+            # kept, so that the sort below breaks them by id as a sort of everything would.
+            near = range(len(slots)) if k >= len(slots) else _up_to_kth(dists, k)
+            live = [(float(dists[i]), replicas[owner[i]].held(int(slots[i]))) for i in near]
+        ranked = sorted((score, stored.id, stored.version) for score, stored in live)
         return [Hit(record_id, version, score) for score, record_id, version in ranked[:k]]
 
     def live_versions(self) -> dict[str, int]:
@@ -542,6 +540,15 @@ def _batch(items: object, kind: type, call: str) -> list[Any]:
                 f"{call} item {position} is a {type(item).__name__}, expected {kind.__name__}"
             )
     return list(items)
+
+
+def _up_to_kth(dists: npt.NDArray[np.float32], k: int) -> list[int]:
+    """Positions whose distance is at most the k-th smallest (every position if that is NaN)."""
+    kth = np.partition(dists, k - 1)[k - 1]
+    if np.isnan(kth):
+        return list(range(len(dists)))
+    found: list[int] = np.flatnonzero(dists <= kth).tolist()
+    return found
 
 
 def _check_filter(filter: object) -> None:
