@@ -831,12 +831,7 @@ def test_replay_an_upsert_does_not_outlive_its_instance_lease() -> None:
     state.teardown()
 
 
-# ---------------------------------------------------------------------------------------------
-# Known gaps: failures the machine found that the core does not handle yet. Each fails
-# (strict xfail) until it is fixed; then drop the mark and it guards the fix.
-
-
-def test_an_operation_from_before_a_lapsed_lease_no_longer_holds_the_acknowledgement_back() -> None:
+def test_replay_an_operation_from_before_a_lapsed_lease_no_longer_holds_back_the_ack() -> None:
     """Instance a stops hearing from the config store with a search in flight (OLD_ONLY,
     epoch 0). Its lease runs out, the coordinator counts it out and publishes DUAL_WRITE and
     BACKFILL. When a catches up, `acknowledgement()` used to name epoch 0 for that search, which
@@ -853,6 +848,11 @@ def test_an_operation_from_before_a_lapsed_lease_no_longer_holds_the_acknowledge
     state.progress(phases=2)
     state.sync(instance="a")
     state.teardown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Known gaps: failures the machine found that the core does not handle yet. Each fails
+# (strict xfail) until it is fixed; then drop the mark and it guards the fix.
 
 
 @pytest.mark.xfail(
