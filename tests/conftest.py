@@ -2,7 +2,7 @@
 
 * `ci` (the default): reproducible (`derandomize`: the same examples on every run), no example
   database, a failure prints its `@reproduce_failure` blob. tests/test_stateful_migration.py
-  takes about a minute and a half on two cores.
+  takes about 25 s on an idle two-core box.
 * `deep`: random, ten times the examples and 2.5 times the steps per stateful run, for a long
   local soak; failures are remembered in `.hypothesis/` (git-ignored) and replayed first.
 
