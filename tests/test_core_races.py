@@ -360,3 +360,28 @@ def test_a_write_new_lost_in_shadow_is_found_before_cutover() -> None:
     assert rig.run(app.get("p000008")).value == {"id": "p000008", "version": 2}
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_abort_holds_while_a_repair_toward_old_cannot_be_applied() -> None:
+    """ABORT makes old the only side: a write that reached new but not old must be repaired
+    onto old first. While old refuses the repair, the step holds and says why."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    to_backfill(rig)
+    to_cutover(rig)
+    write = rig.driver.start(app.delete("p000001", 3))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.Delete) and r.side is Side.OLD)
+    rig.driver.step(write, error=Unavailable("old: injected"))
+    assert rig.driver.run(write).type == "ok"
+    assert rig.step_phase(Step.ROLLBACK).type == "ok"
+    rig.sync_all()
+    rig.old.start_fault("error-rate", rate=1.0)
+    held = rig.step_phase(Step.ABORT)
+    assert held.type == "fail"
+    assert "1 repair(s) toward old still pending" in str(held.value)
+    rig.old.stop_fault("error-rate")
+    assert rig.step_phase(Step.ABORT).type == "ok"
+    rig.sync_all()
+    assert rig.run(app.get("p000001")).value == {"id": "p000001", "version": None}
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()

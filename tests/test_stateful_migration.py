@@ -855,16 +855,12 @@ def test_replay_an_operation_from_before_a_lapsed_lease_no_longer_holds_back_the
 # (strict xfail) until it is fixed; then drop the mark and it guards the fix.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: ABORT publishes OLD_ONLY while repairs toward old are pending, and reads "
-    "in OLD_ONLY do not consult the repair log",
-)
-def test_known_gap_abort_with_a_repair_toward_old_pending_serves_the_older_version() -> None:
+def test_abort_applies_the_repairs_toward_old_before_old_is_the_only_side() -> None:
     """In CUTOVER (new is primary) a delete reaches new but not old: acknowledged, with a repair
     of old queued. ROLLBACK to SHADOW is fine (SHADOW reads check pending repairs), but ABORT to
-    OLD_ONLY makes old the only side before the repair ran, and an OLD_ONLY read (which has no
-    secondary, so it skips the repair-log check) returns the deleted record."""
+    OLD_ONLY made old the only side before the repair ran, and an OLD_ONLY read (which has no
+    secondary, so it skips the repair-log check) returned the deleted record. The ABORT step
+    now applies the repairs toward old first, and holds while any stays pending."""
     state = MigrationMachine()
     state.start_in(start="CUTOVER", batches=0)
     state.delete(fail=(2, "unavailable"), instance="a", interleaved=False, record_id="p000001")

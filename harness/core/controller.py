@@ -21,6 +21,7 @@ from harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
 from harness.core.requests import (
     AnnouncePhase,
     LoadCheckpoint,
+    NextRepairs,
     Now,
     Operation,
     Outcome,
@@ -30,7 +31,7 @@ from harness.core.requests import (
     Steps,
     Sub,
 )
-from harness.core.state import Checkpoint
+from harness.core.state import Checkpoint, RepairEntry
 from harness.core.strategy import Strategy
 from harness.core.workers import Backfill, calibrate_noise_floor, repair_pass, verify
 
@@ -146,7 +147,21 @@ class Controller:
             return (yield from self._naive_gate(target))
         if step is not Step.ADVANCE:
             ok, why = self.coordinator.can_publish(now)
-            return gates.GateResult(target, ok, () if ok else (why,))
+            reasons = [] if ok else [why]
+            if step is Step.ABORT and self.strategy.repair_log:
+                # After ABORT old is the only side, and OLD_ONLY reads trust it: a write that
+                # reached new but not old (in CUTOVER, new is primary) must be on old first.
+                # Only repairs toward old count, so a new that is down cannot block the abort.
+                behind = yield from self._repairs_toward(Side.OLD)
+                if behind:
+                    yield from repair_pass(1024, self.lagged_sides).steps
+                    behind = yield from self._repairs_toward(Side.OLD)
+                if behind:
+                    reasons.append(
+                        f"{behind} repair(s) toward old still pending: old would serve older "
+                        "versions as the only side"
+                    )
+            return gates.GateResult(target, not reasons, tuple(reasons))
         checkpoint: Checkpoint = yield LoadCheckpoint()
         if checkpoint.done and self.backfill_done_at is None:
             self.backfill_done_at = now
@@ -180,6 +195,10 @@ class Controller:
             phase_since=self.phase_since,
         )
         return gates.check(target, inputs, self.policy)
+
+    def _repairs_toward(self, side: Side) -> Sub[int]:
+        entries: list[RepairEntry] = yield NextRepairs(1 << 30)
+        return sum(1 for e in entries if e.side is side)
 
     def _verify_and_repair(self, plan: Plan) -> Sub[None]:
         outcome = yield from verify(plan.verify_buckets).steps
