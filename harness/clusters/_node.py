@@ -440,11 +440,10 @@ class Replica:
         finally:
             if ef != self._ef_search:
                 self._index.set_ef(self._ef_search)
-        stored = self._shown.stored
-        return sorted(
-            (dist, stored[label].id, stored[label].version)
-            for label, dist in zip(labels[0].tolist(), dists[0].tolist(), strict=True)
-        )
+        stored = [self._shown.stored[label] for label in labels[0].tolist()]
+        hits = [(dist, s.id, s.version) for dist, s in zip(dists[0].tolist(), stored, strict=True)]
+        hits.sort()
+        return hits
 
     def _exact(
         self, query: Vector, k: int, labels: npt.NDArray[np.intp]

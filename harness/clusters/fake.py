@@ -117,6 +117,7 @@ class FakeCluster:
             ]
             for shard in range(shards)
         ]
+        self._node_ids = [[node_id(s, r) for r in range(replicas)] for s in range(shards)]
         self._status: dict[str, str] = {node: UP for node in self._node_names()}
         self._shard_seq = [0] * shards
         self._next_read = [0] * shards
@@ -170,11 +171,11 @@ class FakeCluster:
             validate_id(record_id)
         with self._lock:
             self._roll_error()
-            shards = sorted({self._shard_of(record_id) for record_id in ids})
-            serving = {shard: self._pick_replica(shard) for shard in shards}
+            placed = [(record_id, self._shard_of(record_id)) for record_id in ids]
+            serving = {shard: self._pick_replica(shard) for shard in sorted({s for _, s in placed})}
             found = {}
-            for record_id in ids:
-                stored = serving[self._shard_of(record_id)].records.get(record_id)
+            for record_id, shard in placed:
+                stored = serving[shard].records.get(record_id)
                 if stored is not None:
                     found[record_id] = stored
             return found
@@ -188,9 +189,10 @@ class FakeCluster:
             if self._active.index_rebuild:
                 raise Unavailable(f"{self.name}: the index is being rebuilt; search is unavailable")
             serving = [self._pick_replica(shard) for shard in range(self._shards)]
-            per_shard = [replica.search(query, k, filter) for replica in serving]
-            best = itertools.islice(heapq.merge(*per_shard), k)
-            return [Hit(record_id, version, score) for score, record_id, version in best]
+            # Every shard's top k, sorted together: ids live in one shard, so no two hits tie.
+            found = [hit for replica in serving for hit in replica.search(query, k, filter)]
+            found.sort()
+            return [Hit(record_id, version, score) for score, record_id, version in found[:k]]
 
     def scan(self, cursor: str | None, limit: int) -> ScanPage:
         if cursor is not None:
@@ -428,13 +430,13 @@ class FakeCluster:
 
     def _write(self, items: list[Stored], fenced: bool) -> dict[str, bool]:
         self._roll_error()
-        shards = sorted({self._shard_of(item.id) for item in items})
+        placed = [(item, self._shard_of(item.id)) for item in items]
         # Every shard must be writable before anything is applied: Unavailable promises
         # the call had no effect.
-        targets = {shard: self._writable(shard) for shard in shards}
+        targets = {shard: self._writable(shard) for shard in sorted({s for _, s in placed})}
         applied: dict[str, bool] = {}
-        for item in items:
-            replicas = targets[self._shard_of(item.id)]
+        for item, shard in placed:
+            replicas = targets[shard]
             if not replicas[0].would_apply(item, fenced):
                 applied[item.id] = False
             elif self._dice.write_lost(self._active.lost_ack_rate):
@@ -466,11 +468,11 @@ class FakeCluster:
         return replica
 
     def _serving(self, shard: int) -> list[Replica]:
+        seq, status = self._shard_seq[shard], self._status
         return [
             replica
-            for index, replica in enumerate(self._replicas[shard])
-            if self._status[node_id(shard, index)] == UP
-            and replica.applied_seq == self._shard_seq[shard]
+            for node, replica in zip(self._node_ids[shard], self._replicas[shard], strict=True)
+            if status[node] == UP and replica.applied_seq == seq
         ]
 
     def _raise_unreachable(self, shard: int) -> None:
