@@ -38,7 +38,9 @@ def raw_hnswlib(vectors: np.ndarray, m: int, ef_construction: int) -> float:
 def backfill(catalog: Catalog, shards: int, replicas: int, batch: int) -> float:
     old = FakeCluster(catalog.dim, shards=1, replicas=1, capacity=len(catalog), name="old")
     old.upsert(catalog.records(), fenced=False)
-    new = FakeCluster(catalog.dim, shards=shards, replicas=replicas, capacity=len(catalog), name="new")
+    new = FakeCluster(
+        catalog.dim, shards=shards, replicas=replicas, capacity=len(catalog), name="new"
+    )
     driver = StepDriver({Side.OLD: old, Side.NEW: new}, MemoryStore())
     worker = Backfill(SAFE, Throttle(batch_size=batch, max_batch=batch, unthrottled=True))
     start = time.perf_counter()
@@ -50,7 +52,9 @@ def backfill(catalog: Catalog, shards: int, replicas: int, batch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1000)
@@ -69,7 +73,9 @@ def main() -> None:
     print(f"records={n} dim={args.dim} batch={args.batch} (best of {args.repeat})")
     print(f"raw hnswlib add_items      {n / raw:10.0f} records/s")
     print(f"safe backfill -> 1x1 fake  {n / one:10.0f} records/s   ratio {raw / one:.2f}x raw")
-    print(f"safe backfill -> 2x2 fake  {n / four:10.0f} records/s   ratio {raw / four:.2f}x raw (4 graphs)")
+    print(
+        f"safe backfill -> 2x2 fake  {n / four:10.0f} records/s   ratio {raw / four:.2f}x raw (4 graphs)"
+    )
 
 
 if __name__ == "__main__":
