@@ -239,6 +239,19 @@ def checksums_of(items: Iterable[tuple[str, int, bool]], buckets: int) -> list[R
     return [RangeChecksum(b, counts[b], sums[b]) for b in range(buckets)]
 
 
+def validate_batch(items: object, kind: type, call: str) -> list[Any]:
+    """A write batch as a list, refused whole (nothing applied) if it is not a sequence of
+    `kind`. Every adapter checks batches this one way, so errors read the same everywhere."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidRequest(f"{call} takes a sequence of {kind.__name__}, got {type(items).__name__}")
+    for position, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise InvalidRequest(
+                f"{call} item {position} is a {type(item).__name__}, expected {kind.__name__}"
+            )
+    return list(items)
+
+
 def validate_id(record_id: object) -> str:
     if not isinstance(record_id, str) or not record_id or len(record_id) > MAX_ID_LENGTH:
         raise InvalidRequest(

@@ -53,6 +53,7 @@ from .base import (
     bucket_of,
     checksums_of,
     distance,
+    validate_batch,
     validate_id,
     validate_k,
     validate_vector,
@@ -136,7 +137,7 @@ class FakeCluster:
     def upsert(self, records: Sequence[Record], *, fenced: bool = True) -> dict[str, bool]:
         """Write records; per id, whether applied. Later duplicates of an id in one batch are
         applied after earlier ones and their answer wins."""
-        batch = _batch(records, Record, "upsert")
+        batch = validate_batch(records, Record, "upsert")
         for record in batch:
             validate_id(record.id)
             validate_version(record.version)
@@ -157,7 +158,7 @@ class FakeCluster:
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
         items = []
-        for tombstone in _batch(tombstones, Tombstone, "delete"):
+        for tombstone in validate_batch(tombstones, Tombstone, "delete"):
             validate_id(tombstone.id)
             validate_version(tombstone.version)
             items.append(Stored(tombstone.id, tombstone.version, True))
@@ -529,19 +530,6 @@ class FakeCluster:
         behind = self._replicas[shard][replica].applied_seq != self._shard_seq[shard]
         return f"{status} (catching up)" if status == UP and behind else status
 
-
-def _batch(items: object, kind: type, call: str) -> list[Any]:
-    """The batch as a list, refused whole if any element is of the wrong type."""
-    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise InvalidRequest(
-            f"{call} takes a sequence of {kind.__name__}, got {type(items).__name__}"
-        )
-    for position, item in enumerate(items):
-        if not isinstance(item, kind):
-            raise InvalidRequest(
-                f"{call} item {position} is a {type(item).__name__}, expected {kind.__name__}"
-            )
-    return list(items)
 
 
 def _up_to_kth(dists: npt.NDArray[np.float32], k: int) -> list[int]:

@@ -62,6 +62,7 @@ from .base import (
     Unavailable,
     Vector,
     checksums_of,
+    validate_batch,
     validate_id,
     validate_k,
     validate_record,
@@ -126,11 +127,11 @@ class QdrantCluster:
         return self._metric
 
     def upsert(self, records: Sequence[Record], *, fenced: bool = True) -> dict[str, bool]:
-        checked = [validate_record(r, self._dim) for r in _batch(records, Record, "upsert")]
+        checked = [validate_record(r, self._dim) for r in validate_batch(records, Record, "upsert")]
         return self._write([(r.id, r.version, r) for r in checked], fenced)
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = _batch(tombstones, Tombstone, "delete")
+        items = validate_batch(tombstones, Tombstone, "delete")
         for t in items:
             validate_id(t.id)
             validate_version(t.version)
@@ -402,14 +403,6 @@ def _transport_error(exc: BaseException, write: bool) -> ClusterError:
         return Timeout(f"Qdrant call failed mid-way; it may have taken effect: {exc!r}")
     return Unavailable(f"Qdrant call failed: {exc!r}")
 
-
-def _batch(items: object, kind: type, call: str) -> list[Any]:
-    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise InvalidRequest(f"{call} takes a sequence of {kind.__name__}, got {items!r}")
-    bad = [x for x in items if not isinstance(x, kind)]
-    if bad:
-        raise InvalidRequest(f"{call} takes {kind.__name__} items, got {bad[0]!r}")
-    return list(items)
 
 
 def _filter_conditions(flt: Filter | None) -> list[models.Condition]:

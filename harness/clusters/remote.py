@@ -46,6 +46,7 @@ from .base import (
     Tombstone,
     Unavailable,
     Vector,
+    validate_batch,
 )
 
 __all__ = ["RemoteCluster", "ERROR_KINDS"]
@@ -185,13 +186,13 @@ class RemoteCluster:
 
     def upsert(self, records: Sequence[Record], *, fenced: bool = True) -> dict[str, bool]:
         body = {
-            "records": [record_to_wire(r) for r in _batch(records, Record, "upsert")],
+            "records": [record_to_wire(r) for r in validate_batch(records, Record, "upsert")],
             "fenced": fenced,
         }
         return dict(self._call("POST", "/v1/upsert", body)["applied"])
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = _batch(tombstones, Tombstone, "delete")
+        items = validate_batch(tombstones, Tombstone, "delete")
         body = {"tombstones": [{"id": t.id, "version": t.version} for t in items], "fenced": fenced}
         return dict(self._call("POST", "/v1/delete", body)["applied"])
 
@@ -430,16 +431,3 @@ def _vector_arg(vector: object) -> Any:
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
         raise InvalidRequest(f"vector has a non-finite value {array[bad]!r} at position {bad}")
     return array.tolist()
-
-
-def _batch(items: object, kind: type, call: str) -> list[Any]:
-    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise InvalidRequest(
-            f"{call} takes a sequence of {kind.__name__}, got {type(items).__name__}"
-        )
-    for position, item in enumerate(items):
-        if not isinstance(item, kind):
-            raise InvalidRequest(
-                f"{call} item {position} is a {type(item).__name__}, expected {kind.__name__}"
-            )
-    return list(items)
