@@ -34,6 +34,7 @@ Filter = Mapping[str, Any]
 """A metadata filter: every key must equal the given value (e.g. {"category": 3, "in_stock": True})."""
 
 MAX_ID_LENGTH = 128
+MAX_SCAN_LIMIT = 100_000
 
 
 class Side(StrEnum):
@@ -250,6 +251,27 @@ def validate_batch(items: object, kind: type, call: str) -> list[Any]:
                 f"{call} item {position} is a {type(item).__name__}, expected {kind.__name__}"
             )
     return list(items)
+
+
+def validate_tombstones(tombstones: object) -> list[Tombstone]:
+    """A delete batch, every id and version checked before anything is applied."""
+    items: list[Tombstone] = validate_batch(tombstones, Tombstone, "delete")
+    for tombstone in items:
+        validate_id(tombstone.id)
+        validate_version(tombstone.version)
+    return items
+
+
+def validate_scan_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT:
+        raise InvalidRequest(f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}")
+    return limit
+
+
+def validate_buckets(buckets: object) -> int:
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+    return buckets
 
 
 def validate_id(record_id: object) -> str:

@@ -54,8 +54,11 @@ from .base import (
     checksums_of,
     distance,
     validate_batch,
+    validate_buckets,
     validate_id,
     validate_k,
+    validate_scan_limit,
+    validate_tombstones,
     validate_vector,
     validate_vectors,
     validate_version,
@@ -66,7 +69,6 @@ __all__ = ["CLUSTER_FAULT_FAMILIES", "FakeCluster"]
 
 READ_OPS = ("get", "search", "scan", "count", "checksums")
 WRITE_OPS = ("upsert", "delete")
-MAX_SCAN_LIMIT = 100_000
 
 UP, CRASHED, PAUSED = "up", "crashed", "paused"
 
@@ -157,11 +159,7 @@ class FakeCluster:
             return self._write(items, fenced)
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = []
-        for tombstone in validate_batch(tombstones, Tombstone, "delete"):
-            validate_id(tombstone.id)
-            validate_version(tombstone.version)
-            items.append(Stored(tombstone.id, tombstone.version, True))
+        items = [Stored(t.id, t.version, True) for t in validate_tombstones(tombstones)]
         with self._lock:
             return self._write(items, fenced)
 
@@ -198,14 +196,7 @@ class FakeCluster:
     def scan(self, cursor: str | None, limit: int) -> ScanPage:
         if cursor is not None:
             validate_id(cursor)
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCAN_LIMIT
-        ):
-            raise InvalidRequest(
-                f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
-            )
+        validate_scan_limit(limit)
         with self._lock:
             self._roll_error()
             serving = [self._pick_replica(shard) for shard in range(self._shards)]
@@ -225,8 +216,7 @@ class FakeCluster:
             return Counts(sum(r.live_count for r in serving), sum(r.tombstones for r in serving))
 
     def checksums(self, buckets: int) -> list[RangeChecksum]:
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+        validate_buckets(buckets)
         with self._lock:
             self._roll_error()
             serving = [self._pick_replica(shard) for shard in range(self._shards)]

@@ -56,11 +56,13 @@ from .base import (
     Vector,
     checksums_of,
     validate_batch,
+    validate_buckets,
     validate_id,
     validate_k,
     validate_record,
+    validate_scan_limit,
+    validate_tombstones,
     validate_vector,
-    validate_version,
 )
 
 __all__ = ["MilvusCluster"]
@@ -68,7 +70,6 @@ __all__ = ["MilvusCluster"]
 METRICS = {Metric.COSINE: "COSINE", Metric.L2: "L2", Metric.INNER_PRODUCT: "IP"}
 FIELDS = ["pk", "version", "deleted", "vec", "metadata"]
 ITERATOR_BATCH = 1000
-MAX_SCAN_LIMIT = 100_000
 
 T = TypeVar("T")
 
@@ -123,10 +124,7 @@ class MilvusCluster:
         return self._write([(r.id, r.version, r) for r in checked], fenced)
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = validate_batch(tombstones, Tombstone, "delete")
-        for t in items:
-            validate_id(t.id)
-            validate_version(t.version)
+        items = validate_tombstones(tombstones)
         return self._write([(t.id, t.version, None) for t in items], fenced)
 
     def get(self, ids: Sequence[str]) -> dict[str, Stored]:
@@ -170,14 +168,7 @@ class MilvusCluster:
         return hits[:k]
 
     def scan(self, cursor: str | None, limit: int) -> ScanPage:
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCAN_LIMIT
-        ):
-            raise InvalidRequest(
-                f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
-            )
+        validate_scan_limit(limit)
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidRequest(f"scan cursor must be a record id or None, got {cursor!r}")
         with self._lock:
@@ -199,8 +190,7 @@ class MilvusCluster:
         return self._call(lambda: Counts(live=counted(False), tombstones=counted(True)))
 
     def checksums(self, buckets: int) -> list[RangeChecksum]:
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+        validate_buckets(buckets)
         with self._lock:
             return checksums_of(self._triples(), buckets)
 

@@ -57,11 +57,13 @@ from .base import (
     Vector,
     checksums_of,
     validate_batch,
+    validate_buckets,
     validate_id,
     validate_k,
     validate_record,
+    validate_scan_limit,
+    validate_tombstones,
     validate_vector,
-    validate_version,
 )
 
 __all__ = ["PgVectorCluster"]
@@ -72,7 +74,6 @@ OPCLASS = {
     Metric.INNER_PRODUCT: ("vector_ip_ops", "<#>"),
 }
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
-MAX_SCAN_LIMIT = 100_000
 
 T = TypeVar("T")
 
@@ -129,10 +130,7 @@ class PgVectorCluster:
         )
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = validate_batch(tombstones, Tombstone, "delete")
-        for t in items:
-            validate_id(t.id)
-            validate_version(t.version)
+        items = validate_tombstones(tombstones)
         return self._write([(t.id, t.version, True, None, Jsonb({})) for t in items], fenced)
 
     def get(self, ids: Sequence[str]) -> dict[str, Stored]:
@@ -175,14 +173,7 @@ class PgVectorCluster:
         return [Hit(row[0], int(row[1]), self._score(float(row[2]))) for row in rows]
 
     def scan(self, cursor: str | None, limit: int) -> ScanPage:
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCAN_LIMIT
-        ):
-            raise InvalidRequest(
-                f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
-            )
+        validate_scan_limit(limit)
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidRequest(f"scan cursor must be a record id or None, got {cursor!r}")
         after = sql.SQL("") if cursor is None else sql.SQL("WHERE id > %(cursor)s")
@@ -205,8 +196,7 @@ class PgVectorCluster:
         return Counts(live=int(live), tombstones=int(tombstones))
 
     def checksums(self, buckets: int) -> list[RangeChecksum]:
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+        validate_buckets(buckets)
         query = sql.SQL("SELECT id, version, deleted FROM {}").format(self._t)
 
         def run(c: psycopg.Connection[Any]) -> list[RangeChecksum]:

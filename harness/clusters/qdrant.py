@@ -63,11 +63,13 @@ from .base import (
     Vector,
     checksums_of,
     validate_batch,
+    validate_buckets,
     validate_id,
     validate_k,
     validate_record,
+    validate_scan_limit,
+    validate_tombstones,
     validate_vector,
-    validate_version,
 )
 
 __all__ = ["QdrantCluster", "point_id"]
@@ -77,7 +79,6 @@ NAMESPACE = uuid.UUID("6f0c1c52-51b6-4d41-9a51-8f5ed3f0a7c1")
 SEARCH_VECTOR = "v"
 RAW_VECTOR = "raw"
 SCROLL_PAGE = 1024
-MAX_SCAN_LIMIT = 100_000
 
 DISTANCES = {
     Metric.COSINE: models.Distance.COSINE,
@@ -131,10 +132,7 @@ class QdrantCluster:
         return self._write([(r.id, r.version, r) for r in checked], fenced)
 
     def delete(self, tombstones: Sequence[Tombstone], *, fenced: bool = True) -> dict[str, bool]:
-        items = validate_batch(tombstones, Tombstone, "delete")
-        for t in items:
-            validate_id(t.id)
-            validate_version(t.version)
+        items = validate_tombstones(tombstones)
         return self._write([(t.id, t.version, None) for t in items], fenced)
 
     def get(self, ids: Sequence[str]) -> dict[str, Stored]:
@@ -186,14 +184,7 @@ class QdrantCluster:
         return hits[:k]
 
     def scan(self, cursor: str | None, limit: int) -> ScanPage:
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCAN_LIMIT
-        ):
-            raise InvalidRequest(
-                f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
-            )
+        validate_scan_limit(limit)
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidRequest(f"scan cursor must be a record id or None, got {cursor!r}")
         with self._read_lock:
@@ -216,8 +207,7 @@ class QdrantCluster:
             return self._call(lambda: Counts(live=counted(False), tombstones=counted(True)))
 
     def checksums(self, buckets: int) -> list[RangeChecksum]:
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+        validate_buckets(buckets)
         with self._read_lock:
             return checksums_of(self._triples(), buckets)
 
