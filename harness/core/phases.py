@@ -20,7 +20,7 @@ Time comes in as arguments (nanoseconds on the caller's clock); nothing here rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -193,9 +193,6 @@ class Coordinator:
         self.published = Published(target, self.published.epoch + 1)
         return self.published
 
-    def live_phases(self, now: int) -> set[Phase]:
-        return {seen.phase for seen in self.live_instances(now).values()} | {self.published.phase}
-
     def adjacency_violations(self, now: int) -> list[str]:
         """Live instances more than one step behind the published phase: always empty under
         the safe protocol, since each step waits for every acknowledgement of the last one.
@@ -242,10 +239,3 @@ class InstanceView:
     @property
     def route(self) -> Route:
         return ROUTES[self.phase]
-
-
-def describe_table() -> Iterable[tuple[str, str, str]]:
-    """(from, step, to) rows of the transition table, for diagrams and docs."""
-    for phase, steps in TRANSITIONS.items():
-        for step, target in steps.items():
-            yield phase.value, step.value, target.value

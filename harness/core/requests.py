@@ -10,7 +10,7 @@ operations interleave. Nothing in the core performs the request itself.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -227,7 +227,3 @@ def is_side_request(request: object) -> bool:
 
 def side_of(request: object) -> Side | None:
     return getattr(request, "side", None) if is_side_request(request) else None
-
-
-def as_tuple(items: Sequence[Any]) -> tuple[Any, ...]:
-    return items if isinstance(items, tuple) else tuple(items)

@@ -7,9 +7,6 @@ adapters as the sides (`Rig(old=..., new=...)`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from harness.catalog import Catalog
@@ -184,6 +181,3 @@ class Rig:
     def _must(outcome: Outcome, what: str) -> None:
         if outcome.type != "ok":
             raise RuntimeError(f"could not {what}: {outcome.value}")
-
-    def summary(self) -> Mapping[str, Any]:
-        return {"phase": self.coordinator.published.phase.value, "backlog": self.store.repair_backlog()}
