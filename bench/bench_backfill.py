@@ -17,13 +17,13 @@ import time
 import hnswlib
 import numpy as np
 
-from harness.catalog import Catalog
-from harness.clusters.base import Side
-from harness.clusters.fake import FakeCluster
-from harness.core.strategy import SAFE
-from harness.core.workers import Backfill, Throttle
-from harness.drive.step import StepDriver
-from harness.state import MemoryStore
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core.strategy import SAFE
+from vecmig.harness.core.workers import Backfill, Throttle
+from vecmig.harness.drive.step import StepDriver
+from vecmig.harness.state import MemoryStore
 
 
 def raw_hnswlib(vectors: np.ndarray, m: int, ef_construction: int) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.history import ops  # noqa: E402
-from harness.history.checker import check  # noqa: E402
-from harness.history.command import read_history  # noqa: E402
-from harness.history.ops import Event, Recorder  # noqa: E402
+from vecmig.harness.history import ops  # noqa: E402
+from vecmig.harness.history.checker import check  # noqa: E402
+from vecmig.harness.history.command import read_history  # noqa: E402
+from vecmig.harness.history.ops import Event, Recorder  # noqa: E402
 
 PHASES = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")
 

@@ -47,7 +47,7 @@ if __name__ != "__main__":  # imported by Locust: the users
     import numpy as np
     from locust import FastHttpUser, constant, constant_throughput, task
 
-    from harness.catalog import Catalog, product_id
+    from vecmig.harness.catalog import Catalog, product_id
 
     TARGET = os.environ.get("BENCH_TARGET", "service")
     DIM = int(os.environ.get("BENCH_DIM", "32"))
@@ -223,8 +223,8 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
     """Every run of the benchmark against servers started from checkout `code`."""
     import httpx
 
-    from harness.catalog import Catalog
-    from harness.clusters.remote import RemoteCluster
+    from vecmig.harness.catalog import Catalog
+    from vecmig.harness.clusters.remote import RemoteCluster
 
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-service-{label}-"))
     python = sys.executable
@@ -266,7 +266,7 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
                 [
                     python,
                     "-m",
-                    "harness",
+                    "vecmig",
                     "cluster",
                     "serve",
                     "--dim",
@@ -288,7 +288,7 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
             [
                 python,
                 "-m",
-                "harness",
+                "vecmig",
                 "serve",
                 "--old",
                 url["old"],

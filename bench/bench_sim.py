@@ -21,11 +21,11 @@ import hnswlib
 import numpy as np
 import simpy
 
-from harness.catalog import Catalog
-from harness.clusters.base import Record, Tombstone
-from harness.clusters.fake import FakeCluster
-from sim.scenario import load
-from sim.simulation import Simulation
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Record, Tombstone
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.sim.scenario import load
+from vecmig.sim.simulation import Simulation
 
 
 def simulate(

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from harness.catalog import Catalog
-from harness.clusters.base import Record
-from harness.clusters.fake import FakeCluster
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Record
+from vecmig.harness.clusters.fake import FakeCluster
 
 
 def measure(records: int, dim: int, reps: int = 2000) -> dict[str, float]:

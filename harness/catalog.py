@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from harness.clusters.base import Record, Vector
+from vecmig.harness.clusters.base import Record, Vector
 
 DEFAULT_SPREAD = 0.5
 """Noise around a sub-centre, as a fraction of the unit radius: products of one sub-centre

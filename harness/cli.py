@@ -16,10 +16,10 @@ EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Modules that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "harness.history.command",
-    "harness.service.command",
-    "loadtests.command",
-    "sim.command",
+    "vecmig.harness.history.command",
+    "vecmig.harness.service.command",
+    "vecmig.loadtests.command",
+    "vecmig.sim.command",
 )
 
 DESCRIPTION = """\

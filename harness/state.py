@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.clusters.base import Side
-from harness.core.phases import Phase
-from harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.core.phases import Phase
+from vecmig.harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
 
 
 class MemoryStore:

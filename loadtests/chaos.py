@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
-from harness.catalog import Catalog
-from harness.clusters.base import ClusterPort
-from harness.clusters.registry import open_cluster
-from harness.history.checker import PHASES
-from harness.history.ops import CONTROLLER, LOADER, NEMESIS, Recorder
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import ClusterPort
+from vecmig.harness.clusters.registry import open_cluster
+from vecmig.harness.history.checker import PHASES
+from vecmig.harness.history.ops import CONTROLLER, LOADER, NEMESIS, Recorder
 
 from .history import now
 from .sides import POSTGRES_NODE, PostgresNemesis, is_cluster_server, is_in_process
@@ -499,7 +499,7 @@ class Chaos:
         loader: an engine's client may not run under Locust's gevent (Milvus Lite's gRPC
         server hangs there), and a new process opens an in-process engine cleanly."""
         done = subprocess.run(
-            [sys.executable, "-m", "loadtests.sides", "final", "-"],
+            [sys.executable, "-m", "vecmig.loadtests.sides", "final", "-"],
             input=self.plan.to_json(),
             capture_output=True,
             text=True,

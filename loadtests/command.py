@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
-from harness.history.checker import ANOMALIES
+from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
+from vecmig.harness.history.checker import ANOMALIES
 
 from .chaos import RunPlan
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
@@ -193,7 +193,7 @@ def _start_sides(
             try:
                 sides[name] = start_side(name, given, engines)
             except LookupError as exc:
-                from harness.clusters.pgserver import INSTALL_HINT
+                from vecmig.harness.clusters.pgserver import INSTALL_HINT
 
                 raise LookupError(f"{name} {given}: {exc}; {INSTALL_HINT}") from None
             except RuntimeError as exc:
@@ -204,7 +204,7 @@ def _start_sides(
             [
                 sys.executable,
                 "-m",
-                "harness",
+                "vecmig",
                 "cluster",
                 "serve",
                 "--dim",
@@ -237,7 +237,7 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
     for step in steps:
         with open(log, "ab") as out:
             done = subprocess.run(
-                [sys.executable, "-m", "loadtests.sides", step, str(plan_path)],
+                [sys.executable, "-m", "vecmig.loadtests.sides", step, str(plan_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -269,7 +269,7 @@ def _run(
     service_argv = [
         python,
         "-m",
-        "harness",
+        "vecmig",
         "serve",
         "--old",
         urls["old"],

@@ -18,8 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from harness.history.checker import Verdict, check_safely
-from harness.history.ops import Event, MalformedHistory, Recorder, iter_jsonl, merge, write_jsonl
+from vecmig.harness.history.checker import Verdict, check_safely
+from vecmig.harness.history.ops import (
+    Event,
+    MalformedHistory,
+    Recorder,
+    iter_jsonl,
+    merge,
+    write_jsonl,
+)
 
 PART_GLOB = "part-*.jsonl"
 
@@ -104,13 +111,13 @@ def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m loadtests.history PARTS_DIR [OUT_DIR]`: judge parts gathered by hand (e.g.
+    """`python -m vecmig.loadtests.history PARTS_DIR [OUT_DIR]`: judge parts gathered by hand (e.g.
     from several Locust worker machines, see docs/loadtest.md)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     if not args or len(args) > 2:
-        print("usage: python -m loadtests.history PARTS_DIR [OUT_DIR]", file=sys.stderr)
+        print("usage: python -m vecmig.loadtests.history PARTS_DIR [OUT_DIR]", file=sys.stderr)
         return 2
     verdict, report = judge(args[0], args[1] if len(args) == 2 else args[0])
     print(json.dumps({k: report[k] for k in ("valid", *verdict.counts(), "ops")}, indent=2))

@@ -5,7 +5,7 @@ faults from the master (or the only) Locust process, and the same checker judges
 
     locust -f loadtests/locustfile.py --headless -u 12 -r 12 -t 60s --vecmig-run run.json
 
-The run plan (`loadtests.chaos.RunPlan`, JSON) names the service, its admin token, the two
+The run plan (`vecmig.loadtests.chaos.RunPlan`, JSON) names the service, its admin token, the two
 sides, the catalog and where histories and the verdict go; `vecmig loadtest` writes one and
 starts everything. The process exits 1 when the checker finds any anomaly (or cannot judge).
 
@@ -31,9 +31,9 @@ from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from harness.catalog import product_id
-from loadtests.chaos import Chaos, RunPlan, schedule_for
-from loadtests.history import ProcessHistory, VersionClock, judge, now
+from vecmig.harness.catalog import product_id
+from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
+from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
 # httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
 # gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather

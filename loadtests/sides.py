@@ -13,7 +13,7 @@ Qdrant local mode and Milvus Lite run inside the service process and lock their 
 against every other process. So they crash when the service is SIGKILLed and come back when it
 restarts (that kill is how these engines are crashed), the catalog goes in before the service
 starts, and the chaos controller stops the service before the final scans. Loading and the
-final scans run in processes of their own (`python -m loadtests.sides load|reopen|final`),
+final scans run in processes of their own (`python -m vecmig.loadtests.sides load|reopen|final`),
 which let go of an in-process engine when they exit and run no gevent.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from harness.clusters.registry import AUTO_SCHEMES, SCHEMES
+from vecmig.harness.clusters.registry import AUTO_SCHEMES, SCHEMES
 
 IN_PROCESS_SCHEMES = ("qdrant+local", "milvus+lite")
 CLUSTER_SERVER_SCHEMES = ("http", "https")
@@ -113,7 +113,7 @@ def start_side(name: str, given: str, stack: ExitStack) -> RunSide:
     if location != "auto":
         return RunSide(name, given, given)
     if scheme == "pgvector":
-        from harness.clusters.pgserver import CRASH_SAFE_SETTINGS, PostgresServer
+        from vecmig.harness.clusters.pgserver import CRASH_SAFE_SETTINGS, PostgresServer
 
         server = PostgresServer.create(CRASH_SAFE_SETTINGS, prefix=f"vecmig-pg-{name}-")
         stack.callback(server.remove)
@@ -144,7 +144,7 @@ class PostgresNemesis:
     FAMILIES = ("node-crash",)
 
     def __init__(self, root: str | Path) -> None:
-        from harness.clusters.pgserver import PostgresServer
+        from vecmig.harness.clusters.pgserver import PostgresServer
 
         self.server = PostgresServer.attach(root)
 
@@ -173,7 +173,7 @@ class PostgresNemesis:
             )
 
 
-USAGE = "usage: python -m loadtests.sides load|reopen|final RUN.json   (RUN.json '-': stdin)"
+USAGE = "usage: python -m vecmig.loadtests.sides load|reopen|final RUN.json   (RUN.json '-': stdin)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,18 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] not in steps:
         print(USAGE, file=sys.stderr)
         return 2
-    from harness.clusters.base import ClusterError
+    from vecmig.harness.clusters.base import ClusterError
 
     try:
         steps[args[0]](RunPlan.load(args[1]))
     except (ClusterError, RuntimeError) as exc:
-        print(f"loadtests.sides {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"vecmig.loadtests.sides {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def _load(plan: Any) -> None:
-    from harness.clusters.registry import open_cluster
+    from vecmig.harness.clusters.registry import open_cluster
 
     from .chaos import load_catalog
     from .history import ProcessHistory
@@ -226,8 +226,8 @@ def _reopen(plan: Any) -> None:
     """An in-process side is reopened by every restart of the service, by a new process: check
     before the run, from a process other than the loader, that a reopened side serves what it
     holds, rather than learn it from a run of failed reads."""
-    from harness.clusters.base import ClusterError
-    from harness.clusters.registry import open_cluster
+    from vecmig.harness.clusters.base import ClusterError
+    from vecmig.harness.clusters.registry import open_cluster
 
     sample = {r.id: r.version for r in plan.catalog_records().records()[:20]}
     for name, url in (("old", plan.old), ("new", plan.new)):
@@ -251,10 +251,10 @@ def _reopen(plan: Any) -> None:
 
 
 def _final(plan: Any, wait_s: float = 30.0) -> None:
-    from harness.clusters.base import ClusterError
-    from harness.clusters.registry import open_cluster
-    from harness.drive.step import live_versions
-    from harness.history.ops import CHECKER
+    from vecmig.harness.clusters.base import ClusterError
+    from vecmig.harness.clusters.registry import open_cluster
+    from vecmig.harness.drive.step import live_versions
+    from vecmig.harness.history.ops import CHECKER
 
     from .history import ProcessHistory, now
 

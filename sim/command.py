@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
-from harness.core.strategy import STRATEGIES
-from sim import report as rep
-from sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
+from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.core.strategy import STRATEGIES
+from vecmig.sim import report as rep
+from vecmig.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
 
 SIMULATE_DESCRIPTION = """\
 Simulate a live migration (old -> new) under e-commerce traffic and faults, in SimPy time
@@ -101,7 +101,7 @@ def _load(given: str, duration: float | None) -> Scenario:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from sim.simulation import Simulation
+    from vecmig.sim.simulation import Simulation
 
     console = Console()
     err = Console(stderr=True)
@@ -151,7 +151,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def _sweep_one(given: str, duration: float | None, strategy: str, seed: int, swarm: bool) -> dict[str, Any]:
-    from sim.simulation import Simulation
+    from vecmig.sim.simulation import Simulation
 
     scenario = _load(given, duration)
     started = time.perf_counter()
@@ -233,6 +233,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from harness.cli import main
+    from vecmig.harness.cli import main
 
     sys.exit(main(["simulate", *sys.argv[1:]]))

@@ -12,7 +12,7 @@ small time; time, sleeps, ground truth and phase announcements are answered by t
 
 Every client operation is recorded in the history. When its app instance crashes, a write
 ends `info` and its process number is never used again; a read moves to another instance
-(see `sim.fleet`).
+(see `vecmig.sim.fleet`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 import simpy
 
-from harness.clusters.base import ClusterError, Side, Timeout, Unavailable
-from harness.clusters.fake import FakeCluster
-from harness.core import requests as rq
-from harness.core.phases import Published
-from harness.core.requests import Operation, Outcome
-from harness.core.state import StateStore
-from harness.drive.execute import execute
-from harness.history.ops import CONTROLLER, Recorder
-from sim.scenario import MS, Distribution, LatencyConfig
+from vecmig.harness.clusters.base import ClusterError, Side, Timeout, Unavailable
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Published
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import StateStore
+from vecmig.harness.drive.execute import execute
+from vecmig.harness.history.ops import CONTROLLER, Recorder
+from vecmig.sim.scenario import MS, Distribution, LatencyConfig
 
 Clock = Callable[[int], int]
 

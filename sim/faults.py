@@ -3,7 +3,7 @@
 A `FaultSpec` is one line of a schedule. It starts at a simulated time (`at_s`) or when the
 controller publishes a phase (`phase`, plus `after_s`), and stops after `duration_s`, when a
 later phase is published (`until_phase`), or at the end of the run (every fault is healed
-before the final scans). Applying a schedule is `sim.nemesis`'s job; this module only says
+before the final scans). Applying a schedule is `vecmig.sim.nemesis`'s job; this module only says
 what a valid schedule is, and draws random ones (swarm mode).
 
 Families are the fake cluster's (`CLUSTER_FAULT_FAMILIES`, applied to one side) and the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.clusters.faults import CLUSTER_FAULT_FAMILIES
+from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 
 DRIVER_FAULT_FAMILIES: tuple[str, ...] = (
     "latency-spike",
@@ -129,7 +129,7 @@ def check_fault(spec: FaultSpec, *, instances: int, shards: int, replicas: int) 
     if "side" in keys and spec.side not in ("old", "new"):
         raise ValueError(f"side must be old or new for {family!r}, got {spec.side!r}")
     if spec.node:
-        from harness.clusters._node import parse_node_id
+        from vecmig.harness.clusters._node import parse_node_id
 
         shard, replica = parse_node_id(spec.node)
         if shard >= shards or replica >= replicas:

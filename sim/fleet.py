@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from harness.core.layer import LayerConfig, MigrationLayer, Shared
-from harness.core.phases import Coordinator, InstanceView, Published
-from harness.core.requests import Operation, Outcome
-from sim.driver import Draws, Flight, Sampler, SimDriver
-from sim.scenario import MS, InstancesConfig
+from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
+from vecmig.harness.core.phases import Coordinator, InstanceView, Published
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.sim.driver import Draws, Flight, Sampler, SimDriver
+from vecmig.sim.scenario import MS, InstancesConfig
 
 
 @dataclass(eq=False)

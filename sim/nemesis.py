@@ -1,4 +1,4 @@
-"""The nemesis: applies a fault schedule (`sim.faults`) in simulated time and records every
+"""The nemesis: applies a fault schedule (`vecmig.sim.faults`) in simulated time and records every
 start and stop as a history `fault` event (process "nemesis", type info).
 
 Cluster families go to the side's `FakeCluster`; latency spikes and partitions to the
@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import simpy
 
-from harness.clusters.base import Side
-from harness.clusters.fake import FakeCluster
-from harness.core.phases import ORDER, Phase
-from harness.history.ops import NEMESIS, Recorder
-from sim.driver import SimDriver
-from sim.faults import CLUSTER_FAULT_FAMILIES, FaultSpec
-from sim.fleet import Fleet
-from sim.scenario import SECOND
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core.phases import ORDER, Phase
+from vecmig.harness.history.ops import NEMESIS, Recorder
+from vecmig.sim.driver import SimDriver
+from vecmig.sim.faults import CLUSTER_FAULT_FAMILIES, FaultSpec
+from vecmig.sim.fleet import Fleet
+from vecmig.sim.scenario import SECOND
 
 
 @dataclass(eq=False)

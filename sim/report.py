@@ -21,10 +21,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from harness.history.checker import ANOMALIES
-from harness.history.ops import write_jsonl
-from sim.scenario import SECOND
-from sim.simulation import RunResult
+from vecmig.harness.history.checker import ANOMALIES
+from vecmig.harness.history.ops import write_jsonl
+from vecmig.sim.scenario import SECOND
+from vecmig.sim.simulation import RunResult
 
 PHASE_COLOURS = {
     "OLD_ONLY": "#ffffff",

@@ -20,7 +20,7 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
                   batch_size, backfill_rate,
                   mirror_sample_rate, lagged_sides, visibility_window_ms,
                   refresh_interval_ms, calibration_queries, repair_interval_ms
-    [[faults]]    see `sim.faults.FaultSpec`
+    [[faults]]    see `vecmig.sim.faults.FaultSpec`
     [swarm]       enabled, families, count, ...
 """
 
@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.faults import FaultSpec, SwarmConfig, check_fault
+from vecmig import scenarios as scenarios_package
+from vecmig.sim.faults import FaultSpec, SwarmConfig, check_fault
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIO_DIR = Path(scenarios_package.__file__).resolve().parent
 MS = 1_000_000
 SECOND = 1_000_000_000
 

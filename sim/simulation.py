@@ -3,7 +3,7 @@ workers, and the nemesis, wired together in a SimPy environment; then the end of
 (heal, drain, verify, final scans) and the checker's verdict.
 
 `Simulation(scenario, strategy, seed).run()` returns a `RunResult`; nothing here prints or
-writes files (that is `sim.report` and `sim.command`).
+writes files (that is `vecmig.sim.report` and `vecmig.sim.command`).
 """
 
 from __future__ import annotations
@@ -16,27 +16,27 @@ from typing import Any
 import numpy as np
 import simpy
 
-from harness.catalog import Catalog
-from harness.clusters.base import Side
-from harness.clusters.fake import FakeCluster
-from harness.core.controller import Controller, Plan, backfill_worker, repair_worker
-from harness.core.gates import GatePolicy
-from harness.core.layer import LayerConfig, Shared
-from harness.core.phases import Coordinator, Phase, Published, Step
-from harness.core.requests import Operation, Outcome
-from harness.core.state import Checkpoint
-from harness.core.strategy import Strategy, strategy_named
-from harness.core.workers import Backfill, Throttle, repair_pass, verify
-from harness.drive.step import live_versions
-from harness.history.checker import Verdict, check
-from harness.history.ops import CHECKER, LOADER, Event, Recorder
-from harness.state import MemoryStore
-from sim.driver import Draws, Flight, SimDriver
-from sim.faults import FaultSpec, swarm_schedule
-from sim.fleet import Fleet
-from sim.nemesis import Nemesis
-from sim.scenario import MS, SECOND, Scenario
-from sim.traffic import Traffic
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core.controller import Controller, Plan, backfill_worker, repair_worker
+from vecmig.harness.core.gates import GatePolicy
+from vecmig.harness.core.layer import LayerConfig, Shared
+from vecmig.harness.core.phases import Coordinator, Phase, Published, Step
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import Checkpoint
+from vecmig.harness.core.strategy import Strategy, strategy_named
+from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
+from vecmig.harness.drive.step import live_versions
+from vecmig.harness.history.checker import Verdict, check
+from vecmig.harness.history.ops import CHECKER, LOADER, Event, Recorder
+from vecmig.harness.state import MemoryStore
+from vecmig.sim.driver import Draws, Flight, SimDriver
+from vecmig.sim.faults import FaultSpec, swarm_schedule
+from vecmig.sim.fleet import Fleet
+from vecmig.sim.nemesis import Nemesis
+from vecmig.sim.scenario import MS, SECOND, Scenario
+from vecmig.sim.traffic import Traffic
 
 STREAMS = ("traffic", "content", "latency", "instances", "faults", "exact", "calibration", "swarm")
 DRAIN_LIMIT_NS = 600 * SECOND

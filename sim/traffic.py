@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from harness.catalog import Catalog, product_id
-from harness.clusters.base import Record, Vector
-from harness.core.requests import Operation, Outcome
-from sim.driver import Draws, Flight
-from sim.fleet import AppInstance, Fleet
-from sim.scenario import SECOND, TrafficConfig
+from vecmig.harness.catalog import Catalog, product_id
+from vecmig.harness.clusters.base import Record, Vector
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.sim.driver import Draws, Flight
+from vecmig.sim.fleet import AppInstance, Fleet
+from vecmig.sim.scenario import SECOND, TrafficConfig
 
 SESSION_KINDS = ("shopper",) + ("price", "stock", "add", "reembed", "delist")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.catalog import Catalog, product_id
-from harness.clusters.base import Metric, distance
+from vecmig.harness.catalog import Catalog, product_id
+from vecmig.harness.clusters.base import Metric, distance
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID, main
-from harness.history import ops
-from harness.history.checker import Verdict, check, check_safely
-from harness.history.ops import Event, MalformedHistory, Recorder
+from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID, main
+from vecmig.harness.history import ops
+from vecmig.harness.history.checker import Verdict, check, check_safely
+from vecmig.harness.history.ops import Event, MalformedHistory, Recorder
 
 EXAMPLE = Path(__file__).parent / "data" / "example_history.jsonl"
 

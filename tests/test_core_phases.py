@@ -7,12 +7,12 @@ import pathlib
 
 import pytest
 
-from harness.clusters.base import Side
-from harness.core import gates
-from harness.core import requests as rq
-from harness.core.compare import MirrorStats, NoiseFloor, compare
-from harness.core.gates import GateInputs, GatePolicy, Verification
-from harness.core.phases import (
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.core import gates
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.compare import MirrorStats, NoiseFloor, compare
+from vecmig.harness.core.gates import GateInputs, GatePolicy, Verification
+from vecmig.harness.core.phases import (
     ROUTES,
     TRANSITIONS,
     Coordinator,
@@ -24,9 +24,9 @@ from harness.core.phases import (
     adjacent,
     next_phase,
 )
-from harness.core.state import Checkpoint
-from harness.core.strategy import NAIVE, SAFE
-from harness.drive.rig import Rig
+from vecmig.harness.core.state import Checkpoint
+from vecmig.harness.core.strategy import NAIVE, SAFE
+from vecmig.harness.drive.rig import Rig
 
 CORE = pathlib.Path(__file__).resolve().parents[1] / "harness" / "core"
 FORBIDDEN = {"asyncio", "simpy", "time", "random", "socket", "httpx", "aiohttp", "requests",
@@ -45,7 +45,7 @@ def test_the_core_imports_no_io_clock_or_randomness() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness."):
-                assert node.module.startswith(("harness.core", "harness.clusters.base")), (
+                assert node.module.startswith(("vecmig.harness.core", "vecmig.harness.clusters.base")), (
                     f"{path.name} imports {node.module}: the core may only use itself and the port"
                 )
     assert offenders == []
@@ -276,7 +276,7 @@ def test_decommission_gate_needs_a_clean_soak() -> None:
 
 
 def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver() -> None:
-    from harness.core.controller import Plan
+    from vecmig.harness.core.controller import Plan
 
     rig = Rig(SAFE)
     app = rig.add_instance("app")

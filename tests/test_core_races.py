@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.clusters.base import Side, Unavailable
-from harness.core import requests as rq
-from harness.core.phases import Phase, Step
-from harness.core.strategy import NAIVE, SAFE, Strategy
-from harness.core.workers import Backfill, Throttle, repair_pass
-from harness.drive.rig import LEASE_NS, Rig
-from harness.history.checker import Verdict
-from harness.state import SQLiteStore
+from vecmig.harness.clusters.base import Side, Unavailable
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Phase, Step
+from vecmig.harness.core.strategy import NAIVE, SAFE, Strategy
+from vecmig.harness.core.workers import Backfill, Throttle, repair_pass
+from vecmig.harness.drive.rig import LEASE_NS, Rig
+from vecmig.harness.history.checker import Verdict
+from vecmig.harness.state import SQLiteStore
 
 BOTH = pytest.mark.parametrize("strategy", [SAFE, NAIVE], ids=["safe", "naive"])
 
@@ -317,7 +317,7 @@ def test_a_request_outliving_its_instance_lease_times_out_instead_of_landing() -
     """Leases assume bounded delay: with every request bounded below the lease margin, an
     upsert issued under OLD_ONLY by an instance that then loses touch cannot land on old
     alone after the coordinator counted the instance out and the migration moved on."""
-    from harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS
+    from vecmig.harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS
 
     rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
     lost = rig.add_instance("lost")

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.catalog import Catalog
-from harness.clusters import _node
-from harness.clusters.base import (
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters import _node
+from vecmig.harness.clusters.base import (
     ClusterPort,
     InvalidRequest,
     Metric,
@@ -30,7 +30,7 @@ from harness.clusters.base import (
     distance,
     matches,
 )
-from harness.clusters.fake import CLUSTER_FAULT_FAMILIES, FakeCluster
+from vecmig.harness.clusters.fake import CLUSTER_FAULT_FAMILIES, FakeCluster
 
 DIM = 8
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.clusters.faults import CLUSTER_FAULT_FAMILIES
-from harness.history.checker import ANOMALIES, PHASES
-from harness.service.cluster_server import SERVER_FAULT_FAMILIES
-from harness.service.driver import LAYER_FAULT_FAMILIES
-from loadtests.chaos import RunPlan, default_schedule
-from loadtests.history import ProcessHistory, VersionClock, collect, judge
+from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
+from vecmig.harness.history.checker import ANOMALIES, PHASES
+from vecmig.harness.service.cluster_server import SERVER_FAULT_FAMILIES
+from vecmig.harness.service.driver import LAYER_FAULT_FAMILIES
+from vecmig.loadtests.chaos import RunPlan, default_schedule
+from vecmig.loadtests.history import ProcessHistory, VersionClock, collect, judge
 
 
 def test_versions_strictly_increase_and_differ_between_processes() -> None:
@@ -77,7 +77,7 @@ def test_a_run_plan_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
 
 
 def run_loadtest(out: Path, *args: str, timeout: float) -> tuple[int, dict[str, object], str]:
-    command = [sys.executable, "-m", "harness", "loadtest", "--out", str(out), *args]
+    command = [sys.executable, "-m", "vecmig", "loadtest", "--out", str(out), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     report_path = out / "report.json"
     assert report_path.exists(), done.stdout + done.stderr

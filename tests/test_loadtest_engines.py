@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.clusters.pgserver import INSTALL_HINT, find_postgres_bindir
-from harness.clusters.registry import open_cluster
-from harness.history.checker import ANOMALIES, PHASES
-from harness.service.driver import LAYER_FAULT_FAMILIES
-from loadtests.chaos import RunPlan, default_schedule, real_engine_schedule, schedule_for
-from loadtests.sides import PostgresNemesis, refusal
+from vecmig.harness.clusters.pgserver import INSTALL_HINT, find_postgres_bindir
+from vecmig.harness.clusters.registry import open_cluster
+from vecmig.harness.history.checker import ANOMALIES, PHASES
+from vecmig.harness.service.driver import LAYER_FAULT_FAMILIES
+from vecmig.loadtests.chaos import RunPlan, default_schedule, real_engine_schedule, schedule_for
+from vecmig.loadtests.sides import PostgresNemesis, refusal
 
 
 def engine_missing(what: str) -> None:
@@ -95,7 +95,7 @@ def test_fake_cluster_servers_keep_the_default_schedule_and_real_engines_get_the
 def test_sides_a_load_test_cannot_use_are_refused_with_the_fix(url: str, says: str) -> None:
     assert says in (refusal(url) or "")
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "loadtest", "--old", url, "--out", "/nonexistent/x"],
+        [sys.executable, "-m", "vecmig", "loadtest", "--old", url, "--out", "/nonexistent/x"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -133,8 +133,8 @@ def test_a_postgres_side_takes_only_a_crash_without_data_loss(tmp_path: Path) ->
 QDRANT_WRITER = """
 import sys
 import numpy as np
-from harness.clusters.base import Record
-from harness.clusters.registry import open_cluster
+from vecmig.harness.clusters.base import Record
+from vecmig.harness.clusters.registry import open_cluster
 side = open_cluster(sys.argv[1], 8)
 rng = np.random.default_rng(0)
 for batch in range(1, 10**6):
@@ -170,7 +170,7 @@ def test_a_crashed_postgres_restarts_on_its_port_with_what_it_acknowledged() -> 
     require_postgres()
     import psycopg
 
-    from harness.clusters.pgserver import CRASH_SAFE_SETTINGS, PostgresServer
+    from vecmig.harness.clusters.pgserver import CRASH_SAFE_SETTINGS, PostgresServer
 
     with PostgresServer.create(CRASH_SAFE_SETTINGS) as server:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
@@ -194,7 +194,7 @@ def test_pgvector_to_qdrant_under_load_and_chaos_with_zero_anomalies(tmp_path: P
     require_postgres()
     out = tmp_path / "pg-qdrant"
     command = [
-        sys.executable, "-m", "harness", "loadtest",
+        sys.executable, "-m", "vecmig", "loadtest",
         "--old", "pgvector://auto", "--new", "qdrant+local://auto",
         "--duration", "45", "--users", "8", "--catalog", "1000", "--out", str(out),
     ]  # fmt: skip

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.clusters.base import Hit
-from harness.core.compare import (
+from vecmig.harness.clusters.base import Hit
+from vecmig.harness.core.compare import (
     Comparison,
     MirrorStats,
     NoiseFloor,
@@ -27,7 +27,7 @@ from harness.core.compare import (
     rank_biased_overlap,
     recall_against,
 )
-from harness.core.versions import (
+from vecmig.harness.core.versions import (
     MAX_COUNTER,
     MAX_NODE,
     HybridLogicalClock,

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from harness.catalog import Catalog
-from harness.clusters.base import Side
-from harness.clusters.fake import FakeCluster
-from harness.core.gates import GatePolicy
-from harness.core.strategy import SAFE
-from harness.history.checker import check
-from harness.history.ops import Event, read_jsonl
-from harness.service.app import create_app
-from harness.service.migration import Migration, ServiceConfig
-from harness.state import SQLiteStore
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core.gates import GatePolicy
+from vecmig.harness.core.strategy import SAFE
+from vecmig.harness.history.checker import check
+from vecmig.harness.history.ops import Event, read_jsonl
+from vecmig.harness.service.app import create_app
+from vecmig.harness.service.migration import Migration, ServiceConfig
+from vecmig.harness.state import SQLiteStore
 
 DIM = 8
 TOKEN = "s3cret"

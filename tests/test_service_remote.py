@@ -13,7 +13,7 @@ import pytest
 from conformance.suite import ClusterConformance, MakeCluster
 from starlette.testclient import TestClient
 
-from harness.clusters.base import (
+from vecmig.harness.clusters.base import (
     ClusterPort,
     InvalidRequest,
     Metric,
@@ -21,9 +21,9 @@ from harness.clusters.base import (
     Timeout,
     Unavailable,
 )
-from harness.clusters.fake import FakeCluster
-from harness.clusters.remote import RemoteCluster
-from harness.service.cluster_server import ClusterServer
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.clusters.remote import RemoteCluster
+from vecmig.harness.service.cluster_server import ClusterServer
 
 
 def remote(cluster: FakeCluster) -> RemoteCluster:

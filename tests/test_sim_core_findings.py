@@ -6,8 +6,8 @@ the core, the test here, beside the simulator that found it.
 
 from __future__ import annotations
 
-from harness.core.strategy import SAFE
-from harness.drive.rig import Rig
+from vecmig.harness.core.strategy import SAFE
+from vecmig.harness.drive.rig import Rig
 
 
 def test_a_get_never_falls_back_to_a_side_with_a_pending_repair_for_its_id() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.history.checker import check
-from harness.history.command import read_history
-from sim.report import history_bytes
-from sim.scenario import from_dict, load, scenario_names
-from sim.simulation import Simulation
+from vecmig.harness.cli import main
+from vecmig.harness.history.checker import check
+from vecmig.harness.history.command import read_history
+from vecmig.sim.report import history_bytes
+from vecmig.sim.scenario import from_dict, load, scenario_names
+from vecmig.sim.simulation import Simulation
 
 # A small shop whose migration walks every phase in about 30 simulated seconds, with the
 # faults that the naive plan cannot survive: lost acks on new before the backfill, and an

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.cli import main
-from sim.faults import FAULT_FAMILIES, SWARM_FAMILIES, SwarmConfig, swarm_schedule
-from sim.scenario import SCENARIO_DIR, ScenarioError, from_dict, load, scenario_names
+from vecmig.harness.cli import main
+from vecmig.sim.faults import FAULT_FAMILIES, SWARM_FAMILIES, SwarmConfig, swarm_schedule
+from vecmig.sim.scenario import SCENARIO_DIR, ScenarioError, from_dict, load, scenario_names
 
 
 def _error(data: dict[str, Any]) -> str:

@@ -56,20 +56,27 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from harness.catalog import product_id
-from harness.clusters.base import ClusterError, ClusterPort, Metric, Side, Timeout, Unavailable
-from harness.clusters.fake import FakeCluster
-from harness.core import requests as rq
-from harness.core.controller import Controller, Plan
-from harness.core.gates import GatePolicy
-from harness.core.layer import MigrationLayer
-from harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step
-from harness.core.requests import Operation, Outcome
-from harness.core.strategy import NAIVE, SAFE, Strategy
-from harness.core.workers import Backfill, Throttle, repair_pass
-from harness.drive.execute import execute
-from harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS, Rig
-from harness.history.checker import Verdict, check
+from vecmig.harness.catalog import product_id
+from vecmig.harness.clusters.base import (
+    ClusterError,
+    ClusterPort,
+    Metric,
+    Side,
+    Timeout,
+    Unavailable,
+)
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.controller import Controller, Plan
+from vecmig.harness.core.gates import GatePolicy
+from vecmig.harness.core.layer import MigrationLayer
+from vecmig.harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.strategy import NAIVE, SAFE, Strategy
+from vecmig.harness.core.workers import Backfill, Throttle, repair_pass
+from vecmig.harness.drive.execute import execute
+from vecmig.harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS, Rig
+from vecmig.harness.history.checker import Verdict, check
 
 RECORDS = 24
 DIM = 8

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.clusters.base import Hit
+from vecmig.harness.clusters.base import Hit
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.clusters.base import Side, Vector
-from harness.core import gates
-from harness.core.layer import Shared
-from harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
-from harness.core.requests import (
+from vecmig.harness.clusters.base import Side, Vector
+from vecmig.harness.core import gates
+from vecmig.harness.core.layer import Shared
+from vecmig.harness.core.phases import Coordinator, Phase, PhaseError, Step, next_phase
+from vecmig.harness.core.requests import (
     AnnouncePhase,
     LoadCheckpoint,
     NextRepairs,
@@ -31,9 +31,9 @@ from harness.core.requests import (
     Steps,
     Sub,
 )
-from harness.core.state import Checkpoint, RepairEntry
-from harness.core.strategy import Strategy
-from harness.core.workers import Backfill, calibrate_noise_floor, repair_pass, verify
+from vecmig.harness.core.state import Checkpoint, RepairEntry
+from vecmig.harness.core.strategy import Strategy
+from vecmig.harness.core.workers import Backfill, calibrate_noise_floor, repair_pass, verify
 
 MS = 1_000_000
 SECOND = 1_000_000_000

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from harness.clusters.base import Filter, Hit, Metric, Vector, distance, matches
-from harness.core.state import RecentWrite
+from vecmig.harness.clusters.base import Filter, Hit, Metric, Vector, distance, matches
+from vecmig.harness.core.state import RecentWrite
 
 
 def latest_per_id(writes: Iterable[RecentWrite]) -> dict[str, RecentWrite]:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.core.compare import MirrorStats, NoiseFloor
-from harness.core.phases import Phase, Published
-from harness.core.state import Checkpoint
+from vecmig.harness.core.compare import MirrorStats, NoiseFloor
+from vecmig.harness.core.phases import Phase, Published
+from vecmig.harness.core.state import Checkpoint
 
 
 @dataclass(frozen=True, slots=True)

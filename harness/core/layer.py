@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.clusters.base import (
+from vecmig.harness.clusters.base import (
     ClusterError,
     Filter,
     Hit,
@@ -45,10 +45,10 @@ from harness.clusters.base import (
     Vector,
     distance,
 )
-from harness.core import compare as cmp
-from harness.core.freshness import correct_hits
-from harness.core.phases import ROUTES, InstanceView, Phase, Published, Route
-from harness.core.requests import (
+from vecmig.harness.core import compare as cmp
+from vecmig.harness.core.freshness import correct_hits
+from vecmig.harness.core.phases import ROUTES, InstanceView, Phase, Published, Route
+from vecmig.harness.core.requests import (
     AddRepairs,
     Delete,
     Exact,
@@ -64,9 +64,9 @@ from harness.core.requests import (
     Sub,
     Upsert,
 )
-from harness.core.state import RecentWrite, RepairEntry
-from harness.core.strategy import SAFE, Strategy
-from harness.core.versions import HybridLogicalClock
+from vecmig.harness.core.state import RecentWrite, RepairEntry
+from vecmig.harness.core.strategy import SAFE, Strategy
+from vecmig.harness.core.versions import HybridLogicalClock
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from harness.clusters.base import Side
+from vecmig.harness.clusters.base import Side
 
 
 class Phase(StrEnum):

@@ -14,9 +14,9 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from harness.clusters.base import Filter, Record, Side, Tombstone, Vector
-from harness.core.phases import Phase
-from harness.core.state import Checkpoint, RecentWrite, RepairEntry
+from vecmig.harness.clusters.base import Filter, Record, Side, Tombstone, Vector
+from vecmig.harness.core.phases import Phase
+from vecmig.harness.core.state import Checkpoint, RecentWrite, RepairEntry
 
 # -- requests to a side (carried out through the ClusterPort) ---------------------------------
 

@@ -2,7 +2,7 @@
 recent-writes window, behind a small store interface.
 
 A layer that is killed and restarted loads this and resumes exactly where it was. The core
-only describes the state and the interface; `harness.state` implements it in memory and in
+only describes the state and the interface; `vecmig.harness.state` implements it in memory and in
 SQLite (the embedded default).
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from harness.clusters.base import Metadata, Side, Vector
-from harness.core.phases import Phase
+from vecmig.harness.clusters.base import Metadata, Side, Vector
+from vecmig.harness.core.phases import Phase
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.clusters.base import ClusterError, Hit, Side, Stored, Vector, bucket_of
-from harness.core.compare import calibrate
-from harness.core.gates import Verification
-from harness.core.requests import (
+from vecmig.harness.clusters.base import ClusterError, Hit, Side, Stored, Vector, bucket_of
+from vecmig.harness.core.compare import calibrate
+from vecmig.harness.core.gates import Verification
+from vecmig.harness.core.requests import (
     AddRepairs,
     Checksums,
     Count,
@@ -35,8 +35,8 @@ from harness.core.requests import (
     Sub,
     Upsert,
 )
-from harness.core.state import Checkpoint, RecentWrite, RepairEntry
-from harness.core.strategy import Strategy
+from vecmig.harness.core.state import Checkpoint, RecentWrite, RepairEntry
+from vecmig.harness.core.strategy import Strategy
 
 # ---------------------------------------------------------------------------------------------
 # The throttle.

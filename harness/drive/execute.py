@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.clusters.base import ClusterPort, Side
-from harness.core import requests as rq
-from harness.core.state import StateStore
+from vecmig.harness.clusters.base import ClusterPort, Side
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.state import StateStore
 
 
 def execute(request: Any, sides: Mapping[Side, ClusterPort], store: StateStore) -> Any:

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.catalog import Catalog
-from harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
-from harness.clusters.fake import FakeCluster
-from harness.core.controller import Controller, Plan
-from harness.core.gates import GatePolicy
-from harness.core.layer import LayerConfig, MigrationLayer, Shared
-from harness.core.phases import Coordinator, InstanceView, Step
-from harness.core.requests import Operation, Outcome
-from harness.core.state import StateStore
-from harness.core.strategy import SAFE, Strategy
-from harness.core.workers import Backfill, Throttle, repair_pass, verify
-from harness.drive.step import StepDriver
-from harness.history.checker import Verdict, check
-from harness.history.ops import Recorder
-from harness.state import MemoryStore
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core.controller import Controller, Plan
+from vecmig.harness.core.gates import GatePolicy
+from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
+from vecmig.harness.core.phases import Coordinator, InstanceView, Step
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import StateStore
+from vecmig.harness.core.strategy import SAFE, Strategy
+from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
+from vecmig.harness.drive.step import StepDriver
+from vecmig.harness.history.checker import Verdict, check
+from vecmig.harness.history.ops import Recorder
+from vecmig.harness.state import MemoryStore
 
 LEASE_NS = 10_000_000_000
 REQUEST_TIMEOUT_NS = 400_000_000

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from harness.clusters.base import ClusterError, ClusterPort, Side, Timeout
-from harness.core import requests as rq
-from harness.core.phases import Published
-from harness.core.requests import Operation, Outcome
-from harness.core.state import StateStore
-from harness.drive.execute import execute
-from harness.history.ops import CONTROLLER, LOADER, Recorder
+from vecmig.harness.clusters.base import ClusterError, ClusterPort, Side, Timeout
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Published
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import StateStore
+from vecmig.harness.drive.execute import execute
+from vecmig.harness.history.ops import CONTROLLER, LOADER, Recorder
 
 ExactFn = Callable[[Side, Any, int, Any], "tuple[str, ...] | None"]
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.history.ops import CLIENT_FS, Event, MalformedHistory
+from vecmig.harness.history.ops import CLIENT_FS, Event, MalformedHistory
 
 Version = int | float
 

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
-from harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
-from harness.history.ops import Event, MalformedHistory, iter_numbered
+from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
+from vecmig.harness.history.ops import Event, MalformedHistory, iter_numbered
 
 DESCRIPTION = """\
 Judge a history (JSON lines, one event per line, written by the simulator, the live service or

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from harness.clusters.base import (
+from vecmig.harness.clusters.base import (
     InvalidRequest,
     Record,
     Side,
@@ -30,8 +30,8 @@ from harness.clusters.base import (
     validate_vector,
     validate_version,
 )
-from harness.core.phases import PhaseError, Step
-from harness.core.requests import Outcome
+from vecmig.harness.core.phases import PhaseError, Step
+from vecmig.harness.core.requests import Outcome
 
 from .driver import LAYER_FAULT_FAMILIES
 from .migration import Migration

@@ -1,7 +1,7 @@
 """`vecmig cluster serve`: a fake HNSW cluster as its own server process, so that the migration
 service reaches each side over a real network path, and chaos reaches its faults over HTTP.
 
-The wire format is `harness.clusters.remote`'s; the adapter there is this server's client.
+The wire format is `vecmig.harness.clusters.remote`'s; the adapter there is this server's client.
 Besides the fake cluster's own fault families, the server has one of its own, `latency`
 (`ms` added to every call), and `--latency-ms` as the base service time that slow replicas
 multiply.
@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from harness.clusters.base import ClusterError, Record, Tombstone
-from harness.clusters.fake import FakeCluster
-from harness.clusters.faults import CLUSTER_FAULT_FAMILIES
-from harness.clusters.remote import (
+from vecmig.harness.clusters.base import ClusterError, Record, Tombstone
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
+from vecmig.harness.clusters.remote import (
     ERROR_KINDS,
     error_kind,
     hits_to_wire,

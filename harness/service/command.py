@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID
 
 SERVE_DESCRIPTION = """\
 Run the migration layer as an HTTP service in front of two sides (old and new), with durable
@@ -169,11 +169,11 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from harness.clusters.base import ClusterError, Side
-    from harness.clusters.registry import open_cluster
-    from harness.core.gates import GatePolicy
-    from harness.core.strategy import strategy_named
-    from harness.state import SQLiteStore
+    from vecmig.harness.clusters.base import ClusterError, Side
+    from vecmig.harness.clusters.registry import open_cluster
+    from vecmig.harness.core.gates import GatePolicy
+    from vecmig.harness.core.strategy import strategy_named
+    from vecmig.harness.state import SQLiteStore
 
     from .app import create_app
     from .migration import Migration, ServiceConfig
@@ -262,7 +262,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_cluster_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from harness.clusters.fake import FakeCluster
+    from vecmig.harness.clusters.fake import FakeCluster
 
     from .cluster_server import ClusterServer
 

@@ -20,12 +20,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.clusters.base import ClusterError, ClusterPort, Side, Unavailable
-from harness.core import requests as rq
-from harness.core.phases import Published
-from harness.core.requests import Operation, Outcome
-from harness.core.state import StateStore
-from harness.drive.execute import execute
+from vecmig.harness.clusters.base import ClusterError, ClusterPort, Side, Unavailable
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Published
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import StateStore
+from vecmig.harness.drive.execute import execute
 
 log = logging.getLogger("vecmig.service")
 

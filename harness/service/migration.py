@@ -24,17 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
-from harness.core import gates
-from harness.core import requests as rq
-from harness.core.controller import Controller, Plan, backfill_worker, repair_worker
-from harness.core.layer import LayerConfig, MigrationLayer, Shared
-from harness.core.phases import Coordinator, InstanceView, Phase, Published, Step, next_phase
-from harness.core.requests import Operation, Outcome
-from harness.core.strategy import Strategy
-from harness.core.workers import Backfill, Throttle, repair_pass, verify
-from harness.history.ops import Recorder
-from harness.state import SQLiteStore
+from vecmig.harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
+from vecmig.harness.core import gates
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.controller import Controller, Plan, backfill_worker, repair_worker
+from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
+from vecmig.harness.core.phases import Coordinator, InstanceView, Phase, Published, Step, next_phase
+from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.strategy import Strategy
+from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
+from vecmig.harness.history.ops import Recorder
+from vecmig.harness.state import SQLiteStore
 
 from .driver import LayerFaults, LiveDriver
 from .metrics import ServiceMetrics
@@ -319,7 +319,7 @@ class Migration:
         ]
 
     async def _recalibrate(self) -> None:
-        from harness.core.workers import calibrate_noise_floor
+        from vecmig.harness.core.workers import calibrate_noise_floor
 
         queries = await self._calibration_queries()
         outcome = await self.driver.run(calibrate_noise_floor(queries, 10))

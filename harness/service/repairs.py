@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from harness.clusters.base import Side
-from harness.core.phases import Phase
-from harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
-from harness.state import SQLiteStore
+from vecmig.harness.clusters.base import Side
+from vecmig.harness.core.phases import Phase
+from vecmig.harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
+from vecmig.harness.state import SQLiteStore
 
 Key = tuple[str, Side]
 

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from harness.clusters.remote import json_loads
+from vecmig.harness.clusters.remote import json_loads
 
 DEFAULT_BODY_LIMIT = 1 << 20
 

@@ -1,5 +1,5 @@
 """Throwaway real-engine servers for the adapter tests. The server code lives in the package
-(`harness.clusters.pgserver`, also used by `vecmig loadtest --old pgvector://auto`); what is
+(`vecmig.harness.clusters.pgserver`, also used by `vecmig loadtest --old pgvector://auto`); what is
 left here is the test policy: when a server cannot be had, tests FAIL under CI (`CI=true`)
 and skip elsewhere, saying why (`engine_missing`). `.ci/install-engines` installs what the
 servers need.
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from harness.clusters.pgserver import INSTALL_HINT, find_postgres_bindir, postgres_server
+from vecmig.harness.clusters.pgserver import INSTALL_HINT, find_postgres_bindir, postgres_server
 
 __all__ = ["INSTALL_HINT", "engine_missing", "find_postgres_bindir", "postgres_server"]
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.clusters.base import (
+from vecmig.harness.clusters.base import (
     MAX_ID_LENGTH,
     ClusterPort,
     Counts,

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.clusters.base import ClusterPort, Metric
-from harness.clusters.fake import FakeCluster
+from vecmig.harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.clusters.fake import FakeCluster
 
 from .suite import ClusterConformance, MakeCluster
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.clusters.base import ClusterPort, Metric
 
 from .engines import engine_missing
 from .suite import ClusterConformance, MakeCluster, record
@@ -47,7 +47,7 @@ class TestMilvusLite(ClusterConformance):
     def make_cluster(
         self, milvus_client: Any, collection_pool: dict[tuple[int, Metric], list[Any]]
     ) -> Iterator[MakeCluster]:
-        from harness.clusters.milvus import MilvusCluster
+        from vecmig.harness.clusters.milvus import MilvusCluster
 
         used: list[tuple[tuple[int, Metric], MilvusCluster]] = []
 
@@ -65,7 +65,7 @@ class TestMilvusLite(ClusterConformance):
 
 
 def test_a_second_open_of_the_same_file_sees_the_records(tmp_path) -> None:
-    from harness.clusters.milvus import MilvusCluster
+    from vecmig.harness.clusters.milvus import MilvusCluster
 
     path = str(tmp_path / "m.db")
     first = MilvusCluster.lite(path, 16, Metric.COSINE, collection="c")
@@ -86,13 +86,13 @@ def test_a_collection_reopened_by_a_new_process_serves_reads(tmp_path) -> None: 
 
     import numpy as np
 
-    from harness.clusters.milvus import MilvusCluster
+    from vecmig.harness.clusters.milvus import MilvusCluster
 
     path = str(tmp_path / "reopen.db")
     writer = (
         "import numpy as np\n"
-        "from harness.clusters.base import Record\n"
-        "from harness.clusters.milvus import MilvusCluster\n"
+        "from vecmig.harness.clusters.base import Record\n"
+        "from vecmig.harness.clusters.milvus import MilvusCluster\n"
         f"side = MilvusCluster.lite({path!r}, dim=4)\n"
         "side.upsert([Record('a', np.ones(4, dtype=np.float32), {}, 1)])\n"
         "side.close()\n"

@@ -12,12 +12,12 @@ from .engines import engine_missing
 try:
     import psycopg
 
-    from harness.clusters.pgvector import PgVectorCluster
+    from vecmig.harness.clusters.pgvector import PgVectorCluster
 except ImportError as exc:  # pragma: no cover - depends on the machine
     psycopg = None  # type: ignore[assignment]
     IMPORT_ERROR = exc
 
-from harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.clusters.base import ClusterPort, Metric
 
 from .suite import ClusterConformance, MakeCluster, record
 
@@ -72,7 +72,7 @@ def test_a_batch_naming_an_id_twice_applies_in_order(pg_side: MakeCluster) -> No
 
 
 def test_an_unreachable_server_is_unavailable_not_a_driver_error() -> None:
-    from harness.clusters.base import Unavailable
+    from vecmig.harness.clusters.base import Unavailable
 
     with pytest.raises(Unavailable, match="cannot connect"):
         PgVectorCluster("postgresql://postgres@127.0.0.1:1/postgres", 16, timeout=2)

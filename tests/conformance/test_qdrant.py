@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from qdrant_client import QdrantClient
 
-from harness.clusters.base import ClusterPort, InvalidRequest, Metric
-from harness.clusters.qdrant import QdrantCluster
+from vecmig.harness.clusters.base import ClusterPort, InvalidRequest, Metric
+from vecmig.harness.clusters.qdrant import QdrantCluster
 
 from .suite import ClusterConformance, MakeCluster, record
 

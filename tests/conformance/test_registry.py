@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.clusters.base import ClusterPort, Metric
-from harness.clusters.registry import open_cluster
+from vecmig.harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.clusters.registry import open_cluster
 
 
 def test_fake_url_passes_its_shape_to_the_fake_cluster() -> None:

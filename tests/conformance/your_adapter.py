@@ -10,7 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 
-from harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.clusters.base import ClusterPort, Metric
 
 ENV = "VECMIG_ADAPTER"
 
