@@ -144,7 +144,9 @@ class SQLiteStore:
                 for entry in entries:
                     seq += 1
                     rows.append((entry.id, entry.side.value, seq))
-                self._db.executemany("INSERT OR REPLACE INTO repairs (id, side, seq) VALUES (?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO repairs (id, side, seq) VALUES (?, ?, ?)", rows
+                )
                 self._db.execute("INSERT OR REPLACE INTO seq (one, value) VALUES (1, ?)", (seq,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -214,7 +216,9 @@ class SQLiteStore:
         horizon = max(w.time for w in writes) - self._recent_keep_ns
         with self._lock:
             self._db.executemany("INSERT INTO recent VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("DELETE FROM recent WHERE side = ? AND time < ?", (side.value, horizon))
+            self._db.execute(
+                "DELETE FROM recent WHERE side = ? AND time < ?", (side.value, horizon)
+            )
 
     def recent_since(self, side: Side, since: int) -> tuple[RecentWrite, ...]:
         with self._lock:

@@ -60,8 +60,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     simulate.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
     simulate.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
     simulate.add_argument("--out", metavar="DIR", default=None)
-    simulate.add_argument("--swarm", action="store_true", help="add random swarm faults for the seed")
-    simulate.add_argument("--duration", type=float, default=None, metavar="S", help="override the scenario's duration_s")
+    simulate.add_argument(
+        "--swarm", action="store_true", help="add random swarm faults for the seed"
+    )
+    simulate.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="override the scenario's duration_s",
+    )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
 
@@ -114,7 +122,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     name = scenario_arg(args.scenario, scenario)
     if args.duration is not None:
         name += f" --duration {args.duration:g}"
-    out = Path(args.out) if args.out else Path("out") / f"{scenario.name}-{args.strategy}-{sim.seed}"
+    out = (
+        Path(args.out) if args.out else Path("out") / f"{scenario.name}-{args.strategy}-{sim.seed}"
+    )
     started = time.perf_counter()
     if args.quiet:
         result = sim.run()
@@ -150,7 +160,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _sweep_one(given: str, duration: float | None, strategy: str, seed: int, swarm: bool) -> dict[str, Any]:
+def _sweep_one(
+    given: str, duration: float | None, strategy: str, seed: int, swarm: bool
+) -> dict[str, Any]:
     from vecmig.sim.simulation import Simulation
 
     scenario = _load(given, duration)
@@ -166,7 +178,9 @@ def _sweep_one(given: str, duration: float | None, strategy: str, seed: int, swa
         "faults": len(result.faults),
         "wall_s": wall,
         "replay": rep.replay_command(
-            result, scenario_arg(given, scenario) + ("" if duration is None else f" --duration {duration:g}")
+            result,
+            scenario_arg(given, scenario)
+            + ("" if duration is None else f" --duration {duration:g}"),
         ),
         "bugs": result.bugs[:3],
     }
@@ -186,24 +200,32 @@ def run_sweep(args: argparse.Namespace) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool, Progress(
-        TextColumn(f"sweep {args.scenario} ({args.strategy})"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} seeds"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
+    with (
+        concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool,
+        Progress(
+            TextColumn(f"sweep {args.scenario} ({args.strategy})"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} seeds"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress,
+    ):
         task = progress.add_task("sweep", total=len(seeds))
         futures = [
-            pool.submit(_sweep_one, args.scenario, args.duration, args.strategy, seed, not args.no_swarm)
+            pool.submit(
+                _sweep_one, args.scenario, args.duration, args.strategy, seed, not args.no_swarm
+            )
             for seed in seeds
         ]
         for future in concurrent.futures.as_completed(futures):
             rows.append(future.result())
             progress.advance(task)
     rows.sort(key=lambda r: r["seed"])
-    table = Table(title=f"vecmig sweep {args.scenario} --strategy {args.strategy}: {len(rows)} seeds", title_justify="left")
+    table = Table(
+        title=f"vecmig sweep {args.scenario} --strategy {args.strategy}: {len(rows)} seeds",
+        title_justify="left",
+    )
     table.add_column("seed", justify="right")
     table.add_column("verdict")
     table.add_column("anomalies", overflow="fold")

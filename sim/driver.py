@@ -198,7 +198,10 @@ class SideModel:
         try:
             yield wait(self.network(self.spike))
             if self.partition == "unavailable":
-                result: tuple[str, Any] = ("err", Unavailable(f"{self.side.value}: partitioned from the layer"))
+                result: tuple[str, Any] = (
+                    "err",
+                    Unavailable(f"{self.side.value}: partitioned from the layer"),
+                )
             elif self.partition == "timeout":
                 result = _HANG
             else:
@@ -447,7 +450,9 @@ class SimDriver:
         now = int(self.env.now)
         if op.f is not None:
             self.recorder.info(flight.process, op.f, op.invoke_value, now)
-            self.completed.append(Completed(op.f, "info", flight.invoked, now - flight.invoked, flight.phase))
+            self.completed.append(
+                Completed(op.f, "info", flight.invoked, now - flight.invoked, flight.phase)
+            )
         if flight.on_done is not None:
             flight.on_done(flight, Outcome("info", error="crashed"))
 

@@ -100,9 +100,7 @@ class FaultSpec:
         valid = [f.name for f in fields(cls)]
         for key in raw:
             if key not in valid:
-                raise ValueError(
-                    f"unknown key {path}.{key!s}; valid keys: {', '.join(valid)}"
-                )
+                raise ValueError(f"unknown key {path}.{key!s}; valid keys: {', '.join(valid)}")
             if key not in allowed:
                 raise ValueError(
                     f"{path}.{key}: fault {family!r} does not take {key!r}; it takes "
@@ -137,7 +135,9 @@ def check_fault(spec: FaultSpec, *, instances: int, shards: int, replicas: int) 
                 f"node {spec.node!r} does not exist with {shards} shard(s) of {replicas} replica(s)"
             )
     if "instance" in keys and spec.instance >= instances:
-        raise ValueError(f"instance {spec.instance} does not exist; there are {instances} (0-based)")
+        raise ValueError(
+            f"instance {spec.instance} does not exist; there are {instances} (0-based)"
+        )
     if family in ("error-rate", "lost-ack") and not 0.0 <= spec.rate <= 1.0:
         raise ValueError(f"rate must be from 0 to 1, got {spec.rate!r}")
     if family in ("slow-replica", "latency-spike") and spec.factor < 1.0:
@@ -232,42 +232,153 @@ def swarm_schedule(
         family = families[index]
         node = f"s{int(rng.integers(0, shards))}r{victim}"
         if family == "node-crash":
-            out.append(FaultSpec(family, side=_side(rng), node=node, lose_data=bool(rng.random() < 0.5), at_s=at(), duration_s=lasting(2, 15)))
+            out.append(
+                FaultSpec(
+                    family,
+                    side=_side(rng),
+                    node=node,
+                    lose_data=bool(rng.random() < 0.5),
+                    at_s=at(),
+                    duration_s=lasting(2, 15),
+                )
+            )
         elif family == "node-pause":
-            out.append(FaultSpec(family, side=_side(rng), node=node, at_s=at(), duration_s=lasting(1, 10)))
+            out.append(
+                FaultSpec(family, side=_side(rng), node=node, at_s=at(), duration_s=lasting(1, 10))
+            )
         elif family == "slow-replica":
-            out.append(FaultSpec(family, side=_side(rng), node=node, factor=round(float(rng.uniform(2, 10)), 2), at_s=at(), duration_s=lasting(2, 20)))
+            out.append(
+                FaultSpec(
+                    family,
+                    side=_side(rng),
+                    node=node,
+                    factor=round(float(rng.uniform(2, 10)), 2),
+                    at_s=at(),
+                    duration_s=lasting(2, 20),
+                )
+            )
         elif family == "error-rate":
             # New before CUTOVER (it serves no reads yet), old during CUTOVER (new serves).
             if rng.random() < 0.5:
-                out.append(FaultSpec(family, side="new", rate=round(float(rng.uniform(0.01, 0.2)), 3), phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), after_s=lasting(0, 5), duration_s=lasting(2, 20), until_phase="CUTOVER"))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="new",
+                        rate=round(float(rng.uniform(0.01, 0.2)), 3),
+                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
+                        after_s=lasting(0, 5),
+                        duration_s=lasting(2, 20),
+                        until_phase="CUTOVER",
+                    )
+                )
             else:
-                out.append(FaultSpec(family, side="old", rate=round(float(rng.uniform(0.01, 0.2)), 3), phase="CUTOVER", after_s=lasting(0, 5), duration_s=lasting(2, 20)))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="old",
+                        rate=round(float(rng.uniform(0.01, 0.2)), 3),
+                        phase="CUTOVER",
+                        after_s=lasting(0, 5),
+                        duration_s=lasting(2, 20),
+                    )
+                )
         elif family == "lost-ack":
-            out.append(FaultSpec(family, side="new", rate=round(float(rng.uniform(0.01, 0.1)), 3), phase="DUAL_WRITE", after_s=lasting(0, 2), duration_s=lasting(1, 10), until_phase="BACKFILL"))
+            out.append(
+                FaultSpec(
+                    family,
+                    side="new",
+                    rate=round(float(rng.uniform(0.01, 0.1)), 3),
+                    phase="DUAL_WRITE",
+                    after_s=lasting(0, 2),
+                    duration_s=lasting(1, 10),
+                    until_phase="BACKFILL",
+                )
+            )
         elif family == "index-rebuild":
             # Searches fail on the rebuilding side: new before CUTOVER (it serves no reads
             # yet), or old during CUTOVER (new serves); never both, so a fallback exists.
             if rng.random() < 0.5:
-                out.append(FaultSpec(family, side="new", phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), after_s=lasting(0, 5), duration_s=lasting(1, 8), until_phase="CUTOVER"))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="new",
+                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
+                        after_s=lasting(0, 5),
+                        duration_s=lasting(1, 8),
+                        until_phase="CUTOVER",
+                    )
+                )
             else:
-                out.append(FaultSpec(family, side="old", phase="CUTOVER", after_s=lasting(0, 5), duration_s=lasting(1, 8)))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="old",
+                        phase="CUTOVER",
+                        after_s=lasting(0, 5),
+                        duration_s=lasting(1, 8),
+                    )
+                )
         elif family == "latency-spike":
-            out.append(FaultSpec(family, side=_side(rng), factor=round(float(rng.uniform(2, 8)), 2), at_s=at(), duration_s=lasting(1, 10)))
+            out.append(
+                FaultSpec(
+                    family,
+                    side=_side(rng),
+                    factor=round(float(rng.uniform(2, 8)), 2),
+                    at_s=at(),
+                    duration_s=lasting(1, 10),
+                )
+            )
         elif family == "partition":
             mode = _pick(rng, PARTITION_MODES)
             if rng.random() < 0.5:
-                out.append(FaultSpec(family, side="new", mode=mode, phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), after_s=lasting(0, 5), duration_s=lasting(1, 8), until_phase="CUTOVER"))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="new",
+                        mode=mode,
+                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
+                        after_s=lasting(0, 5),
+                        duration_s=lasting(1, 8),
+                        until_phase="CUTOVER",
+                    )
+                )
             else:
-                out.append(FaultSpec(family, side="old", mode=mode, phase="CUTOVER", after_s=lasting(0, 3), duration_s=lasting(1, 8)))
+                out.append(
+                    FaultSpec(
+                        family,
+                        side="old",
+                        mode=mode,
+                        phase="CUTOVER",
+                        after_s=lasting(0, 3),
+                        duration_s=lasting(1, 8),
+                    )
+                )
         elif family == "app-instance-crash":
             out.append(FaultSpec(family, at_s=at(), duration_s=lasting(1, 10)))
         elif family == "late-config":
-            out.append(FaultSpec(family, delay_s=lasting(3, 30), phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")), duration_s=lasting(10, 40)))
+            out.append(
+                FaultSpec(
+                    family,
+                    delay_s=lasting(3, 30),
+                    phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
+                    duration_s=lasting(10, 40),
+                )
+            )
         elif family == "clock-skew":
-            out.append(FaultSpec(family, offset_ms=round(float(rng.uniform(-300, 300)), 1), at_s=at(), duration_s=lasting(5, 30)))
+            out.append(
+                FaultSpec(
+                    family,
+                    offset_ms=round(float(rng.uniform(-300, 300)), 1),
+                    at_s=at(),
+                    duration_s=lasting(5, 30),
+                )
+            )
         elif family == "backfill-worker-crash":
-            out.append(FaultSpec(family, phase="BACKFILL", after_s=lasting(0.2, 5), duration_s=lasting(0.5, 3)))
+            out.append(
+                FaultSpec(
+                    family, phase="BACKFILL", after_s=lasting(0.2, 5), duration_s=lasting(0.5, 3)
+                )
+            )
         elif family == "visibility-lag":
             out.append(FaultSpec(family, side="new", at_s=0.0))
     return out

@@ -96,7 +96,9 @@ class Fleet:
         now = int(self.env.now)
         instance.layer.learn(instance.known, instance.clock(now), self.lease_ns)
         # The oldest epoch it still runs an operation under, not necessarily the one it learned.
-        self.coordinator.ack(instance.name, instance.layer.acknowledgement(instance.clock(now)), now)
+        self.coordinator.ack(
+            instance.name, instance.layer.acknowledgement(instance.clock(now)), now
+        )
 
     def _poll(self, instance: AppInstance, incarnation: int):  # type: ignore[no-untyped-def]
         # Instances start their polling at different offsets, as real ones do.
@@ -182,7 +184,9 @@ class Fleet:
         now = int(self.env.now)
         instance.incarnation += 1
         published = self.coordinator.join(instance.name, now)
-        view = InstanceView(instance.name, published.phase, published.epoch, instance.clock(now) + self.lease_ns)
+        view = InstanceView(
+            instance.name, published.phase, published.epoch, instance.clock(now) + self.lease_ns
+        )
         instance.layer = MigrationLayer(view, self.layer_config, self.shared, node=instance.index)
         instance.known = published
         instance.alive = True

@@ -68,7 +68,9 @@ class Nemesis:
         for position, spec in enumerate(self.schedule):
             if spec.phase == phase.value and position not in self._phase_started:
                 self._phase_started.add(position)
-                self.env.process(self._timed(position, spec, int(self.env.now) + int(spec.after_s * SECOND)))
+                self.env.process(
+                    self._timed(position, spec, int(self.env.now) + int(spec.after_s * SECOND))
+                )
         for fault in list(self.active):
             until = fault.spec.until_phase
             if until and ORDER.index(phase) >= ORDER.index(Phase(until)):
@@ -168,7 +170,9 @@ class Nemesis:
     # -- helpers -----------------------------------------------------------------------------
 
     def _record(self, family: str, action: str, detail: dict[str, Any]) -> None:
-        self.recorder.info(NEMESIS, "fault", {"family": family, "action": action, **detail}, int(self.env.now))
+        self.recorder.info(
+            NEMESIS, "fault", {"family": family, "action": action, **detail}, int(self.env.now)
+        )
 
     def _pick_node(self, cluster: FakeCluster) -> str:
         nodes = cluster.nodes()

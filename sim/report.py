@@ -76,7 +76,13 @@ def gate_waits(result: RunResult) -> list[dict[str, Any]]:
             key = (wait["target"], kind)
             entry = grouped.setdefault(
                 key,
-                {"target": wait["target"], "reason": reason, "count": 0, "first_s": wait["time"] / SECOND, "last_s": 0.0},
+                {
+                    "target": wait["target"],
+                    "reason": reason,
+                    "count": 0,
+                    "first_s": wait["time"] / SECOND,
+                    "last_s": 0.0,
+                },
             )
             entry["count"] += 1
             entry["last_s"] = wait["time"] / SECOND
@@ -116,7 +122,11 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         "phases": [{**p, "time_s": p["time"] / SECOND} for p in result.phases],
         "end_phase": result.end_phase,
         "faults": [
-            {**f, "start_s": f["start"] / SECOND, "stop_s": None if f["stop"] is None else f["stop"] / SECOND}
+            {
+                **f,
+                "start_s": f["start"] / SECOND,
+                "stop_s": None if f["stop"] is None else f["stop"] / SECOND,
+            }
             for f in result.faults
         ],
         "latency_ms": latency_by_phase(result),
@@ -140,7 +150,9 @@ def write(result: RunResult, out: Path, scenario_arg: str, wall_s: float) -> dic
     (out / "history.jsonl").write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
     report = report_json(result, sha, scenario_arg, wall_s)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(
+        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     plots = write_plots(result, out)
     (out / "report.html").write_text(render_html(report, out, plots), encoding="utf-8")
     return report
@@ -162,12 +174,23 @@ def write_plots(result: RunResult, out: Path) -> list[str]:
     def shade(ax: Any) -> None:
         spans = result.phases + [{"phase": "", "time": result.sim_end_ns}]
         for a, b in zip(spans, spans[1:], strict=False):
-            ax.axvspan(a["time"] / SECOND, b["time"] / SECOND, color=PHASE_COLOURS.get(a["phase"], "#fff"), zorder=0)
+            ax.axvspan(
+                a["time"] / SECOND,
+                b["time"] / SECOND,
+                color=PHASE_COLOURS.get(a["phase"], "#fff"),
+                zorder=0,
+            )
             if a["phase"] != "OLD_ONLY":
                 ax.axvline(a["time"] / SECOND, color="#999", lw=0.6, zorder=1)
         for f in result.faults:
             stop = (f["stop"] if f["stop"] is not None else result.sim_end_ns) / SECOND
-            ax.axvspan(f["start"] / SECOND, max(stop, f["start"] / SECOND + 0.2), color="#d93025", alpha=0.12, zorder=1)
+            ax.axvspan(
+                f["start"] / SECOND,
+                max(stop, f["start"] / SECOND + 0.2),
+                color="#d93025",
+                alpha=0.12,
+                zorder=1,
+            )
 
     def legend_phases(ax: Any) -> None:
         from matplotlib.patches import Patch
@@ -229,10 +252,17 @@ def write_plots(result: RunResult, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(11, 3))
     pts = [(x, y) for x, y in zip(t, result.series["mismatch_rate"], strict=True) if y is not None]
     if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#9334e6", label="mirrored-read mismatch rate")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            color="#9334e6",
+            label="mirrored-read mismatch rate",
+        )
     noise = result.controller.get("noise_floor")
     if noise:
-        ax.axhline(min(1.0, 2 * noise["rate"]), color="#5f6368", ls="--", lw=0.8, label="2 x noise floor")
+        ax.axhline(
+            min(1.0, 2 * noise["rate"]), color="#5f6368", ls="--", lw=0.8, label="2 x noise floor"
+        )
     ax.set_ylabel("mismatch rate")
     ax.set_xlabel("simulated time (s)")
     shade(ax)
@@ -257,7 +287,8 @@ def render_html(report: dict[str, Any], out: Path, plots: Sequence[str]) -> str:
         for k in ANOMALIES
     )
     phases = "".join(
-        f"<tr><td>{e(p['phase'])}</td><td class=n>{p['time_s']:.2f}</td></tr>" for p in report["phases"]
+        f"<tr><td>{e(p['phase'])}</td><td class=n>{p['time_s']:.2f}</td></tr>"
+        for p in report["phases"]
     )
     faults = "".join(
         f"<tr><td>{e(f['family'])}</td><td>{e(json.dumps({k: v for k, v in f.items() if k not in ('family', 'start', 'stop', 'start_s', 'stop_s')}))}</td>"
@@ -283,16 +314,16 @@ def render_html(report: dict[str, Any], out: Path, plots: Sequence[str]) -> str:
     )
     recall = "n/a" if report["recall"] is None else f"{report['recall']:.4f}"
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>vecmig simulate {e(report['scenario'])} {e(report['strategy'])} {report['seed']}</title>
+<html><head><meta charset="utf-8"><title>vecmig simulate {e(report["scenario"])} {e(report["strategy"])} {report["seed"]}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#202124}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #dadce0;padding:3px 8px;font-size:13px;vertical-align:top}}
 td.n{{text-align:right}}code{{font-size:11px;word-break:break-all}}img{{max-width:100%}}</style></head><body>
-<h1>{e(report['scenario'])} &middot; {e(report['strategy'])} &middot; seed {report['seed']}: <span style="color:{colour}">{status}</span></h1>
-<p>Replay: <code>{e(report['replay'])}</code><br>history sha256 <code>{report['history_sha256']}</code><br>
-ended in {e(report['end_phase'])} after {report['simulated_s']:.1f} simulated s ({report['wall_s']:.1f} s wall); recall {recall};
-backfill {e(json.dumps(report['backfill']))}</p>
+<h1>{e(report["scenario"])} &middot; {e(report["strategy"])} &middot; seed {report["seed"]}: <span style="color:{colour}">{status}</span></h1>
+<p>Replay: <code>{e(report["replay"])}</code><br>history sha256 <code>{report["history_sha256"]}</code><br>
+ended in {e(report["end_phase"])} after {report["simulated_s"]:.1f} simulated s ({report["wall_s"]:.1f} s wall); recall {recall};
+backfill {e(json.dumps(report["backfill"]))}</p>
 <h2>Verdict</h2><table><tr><th>anomaly</th><th>count</th><th>first example</th></tr>{rows}</table>
-<p>{'<br>'.join(e(n) for n in report['notes'])}</p>
+<p>{"<br>".join(e(n) for n in report["notes"])}</p>
 <h2>Plots</h2>{images}
 <h2>Latency by phase (ms, ok ops)</h2><table><tr><th>phase</th><th>reads p50</th><th>reads p99</th><th>writes p50</th><th>writes p99</th></tr>{latency}</table>
 <h2>Phases</h2><table><tr><th>phase</th><th>published at (s)</th></tr>{phases}</table>
@@ -308,7 +339,10 @@ backfill {e(json.dumps(report['backfill']))}</p>
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
     verdict = report["verdict"]
-    table = Table(title=f"vecmig simulate {report['scenario']} --strategy {report['strategy']} --seed {report['seed']}", title_justify="left")
+    table = Table(
+        title=f"vecmig simulate {report['scenario']} --strategy {report['strategy']} --seed {report['seed']}",
+        title_justify="left",
+    )
     table.add_column("check")
     table.add_column("value", justify="right")
     table.add_column("detail", overflow="fold")
@@ -316,16 +350,28 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         count = verdict[kind]
         style = "red" if count else "green"
         shown = report["examples"].get(kind)
-        table.add_row(kind.replace("_", " "), f"[{style}]{count}[/{style}]", _describe(shown[0]) if shown else "")
+        table.add_row(
+            kind.replace("_", " "),
+            f"[{style}]{count}[/{style}]",
+            _describe(shown[0]) if shown else "",
+        )
     recall = report["recall"]
-    table.add_row("recall", "n/a" if recall is None else f"{recall:.4f}", "mean recall@k of sampled searches vs exact")
+    table.add_row(
+        "recall",
+        "n/a" if recall is None else f"{recall:.4f}",
+        "mean recall@k of sampled searches vs exact",
+    )
     b = report["backfill"]
     table.add_row(
         "backfill",
         "-" if b["duration_s"] is None else f"{b['duration_s']:.1f} s",
         f"{b['copied']} records scanned, done={b['done']}",
     )
-    table.add_row("phases", report["end_phase"], " -> ".join(f"{p['phase']}@{p['time_s']:.1f}s" for p in report["phases"][1:]))
+    table.add_row(
+        "phases",
+        report["end_phase"],
+        " -> ".join(f"{p['phase']}@{p['time_s']:.1f}s" for p in report["phases"][1:]),
+    )
     console.print(table)
 
     lat = Table(title="latency by phase (ms, ok client ops)", title_justify="left")
@@ -347,11 +393,19 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         waits.add_column("when (s)", justify="right")
         waits.add_column("reason (first wording)", overflow="fold")
         for w in report["gate_waits"]:
-            waits.add_row(w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"])
+            waits.add_row(
+                w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"]
+            )
         console.print(waits)
-    ops = ", ".join(f"{f} {sum(t.values())} ({', '.join(f'{k} {n}' for k, n in t.items())})" for f, t in report["ops"].items())
+    ops = ", ".join(
+        f"{f} {sum(t.values())} ({', '.join(f'{k} {n}' for k, n in t.items())})"
+        for f, t in report["ops"].items()
+    )
     console.print(f"ops: {ops}", highlight=False)
-    console.print(f"faults: {len(report['faults'])} started ({', '.join(sorted({f['family'] for f in report['faults']})) or 'none'})", highlight=False)
+    console.print(
+        f"faults: {len(report['faults'])} started ({', '.join(sorted({f['family'] for f in report['faults']})) or 'none'})",
+        highlight=False,
+    )
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
     for bug in report["driver_bugs"][:5]:
@@ -367,5 +421,19 @@ def _ms(value: float | None) -> str:
 
 
 def _describe(example: dict[str, Any]) -> str:
-    keys = ("f", "id", "returned", "max_up", "acknowledged_upsert", "acknowledged_delete", "final", "old", "new", "phase", "faults")
-    return ", ".join(f"{k}={example[k]!r}" for k in keys if k in example and example[k] not in (None, []))
+    keys = (
+        "f",
+        "id",
+        "returned",
+        "max_up",
+        "acknowledged_upsert",
+        "acknowledged_delete",
+        "final",
+        "old",
+        "new",
+        "phase",
+        "faults",
+    )
+    return ", ".join(
+        f"{k}={example[k]!r}" for k in keys if k in example and example[k] not in (None, [])
+    )

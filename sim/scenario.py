@@ -294,12 +294,20 @@ def _cross_checks(s: Scenario) -> list[str]:
     problems = []
     for i, spec in enumerate(s.faults):
         try:
-            check_fault(spec, instances=s.instances.count, shards=s.clusters.shards, replicas=s.clusters.replicas)
+            check_fault(
+                spec,
+                instances=s.instances.count,
+                shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+            )
         except ValueError as exc:
             problems.append(f"faults[{i}]: {exc}")
     if s.traffic.shopper_share < 1.0 and not any(v > 0 for v in s.traffic.merchant.values()):
         problems.append("traffic.merchant: at least one action needs a positive weight")
-    if s.migration.lagged_sides and s.migration.visibility_window_ms <= s.migration.refresh_interval_ms:
+    if (
+        s.migration.lagged_sides
+        and s.migration.visibility_window_ms <= s.migration.refresh_interval_ms
+    ):
         problems.append(
             "migration.visibility_window_ms must exceed migration.refresh_interval_ms, or the "
             "freshness overlay forgets writes before a lagged side shows them"
@@ -324,7 +332,10 @@ def _build(cls: type, data: Any, path: str) -> Any:
         raise ScenarioError(
             f"unknown key {_join(path, unknown[0])!r}; valid keys in {where}: {', '.join(fields)}"
         )
-    values = {name: _value(hints[name], data[name], _join(path, name), fields[name].metadata) for name in data}
+    values = {
+        name: _value(hints[name], data[name], _join(path, name), fields[name].metadata)
+        for name in data
+    }
     return cls(**values)
 
 

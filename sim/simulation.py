@@ -93,14 +93,19 @@ class Simulation:
         rngs = dict(
             zip(
                 STREAMS,
-                (np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(len(STREAMS))),
+                (
+                    np.random.default_rng(s)
+                    for s in np.random.SeedSequence(self.seed).spawn(len(STREAMS))
+                ),
                 strict=True,
             )
         )
         s = scenario
         self.env = simpy.Environment()
         self.recorder = Recorder()
-        self.catalog = Catalog.generate(s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed)
+        self.catalog = Catalog.generate(
+            s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed
+        )
         capacity = max(1024, 2 * s.catalog.products // s.clusters.shards)
         self.clusters = {
             side: FakeCluster(
@@ -151,12 +156,18 @@ class Simulation:
         self.throttle = PacedThrottle(
             slo_p99_ms=s.migration.slo_p99_ms,
             batch_size=s.migration.batch_size,
-            max_batch=max(s.migration.batch_size, 2048 if not s.migration.backfill_rate else s.migration.batch_size),
+            max_batch=max(
+                s.migration.batch_size,
+                2048 if not s.migration.backfill_rate else s.migration.batch_size,
+            ),
         )
         self.throttle.rate = s.migration.backfill_rate
         self.throttle.observe(None)
         self.backfill = Backfill(self.strategy, self.throttle)
-        calibration = [self.catalog.query_vector(rngs["calibration"]) for _ in range(s.migration.calibration_queries)]
+        calibration = [
+            self.catalog.query_vector(rngs["calibration"])
+            for _ in range(s.migration.calibration_queries)
+        ]
         self.controller = Controller(
             self.coordinator,
             self.strategy,
@@ -193,7 +204,13 @@ class Simulation:
             self._start_backfill_worker,
         )
         self.phases: list[dict[str, Any]] = []
-        self.series: dict[str, list[Any]] = {"time": [], "backfill_copied": [], "mismatch_rate": [], "repair_backlog": [], "batch_size": []}
+        self.series: dict[str, list[Any]] = {
+            "time": [],
+            "backfill_copied": [],
+            "mismatch_rate": [],
+            "repair_backlog": [],
+            "batch_size": [],
+        }
         self._backfill_flight: Flight | None = None
         self._repair_flight: Flight | None = None
         self._controller_flight: Flight | None = None
@@ -205,7 +222,11 @@ class Simulation:
         specs = list(s.faults) if not self.swarm or s.swarm.keep_scenario_faults else []
         if self.swarm:
             specs += swarm_schedule(
-                s.swarm, rng, duration_s=s.duration_s, lagged_sides=s.migration.lagged_sides, shards=s.clusters.shards
+                s.swarm,
+                rng,
+                duration_s=s.duration_s,
+                lagged_sides=s.migration.lagged_sides,
+                shards=s.clusters.shards,
             )
         filled = []
         for spec in specs:
@@ -231,7 +252,9 @@ class Simulation:
         traffic = env.process(self.traffic.run())
         env.process(self._controller(int(s.migration.start_s * SECOND)))
         self._start_backfill_worker()
-        self._repair_flight = self.driver.start(repair_worker(int(s.migration.repair_interval_ms * MS)))
+        self._repair_flight = self.driver.start(
+            repair_worker(int(s.migration.repair_interval_ms * MS))
+        )
         env.process(self._sampler())
         end = int(s.duration_s * SECOND)
         step = max(SECOND, end // 200)
@@ -259,7 +282,9 @@ class Simulation:
 
     def _on_phase(self, published: Published, step: str) -> None:
         now = int(self.env.now)
-        self.phases.append({"phase": published.phase.value, "time": now, "epoch": published.epoch, "step": step})
+        self.phases.append(
+            {"phase": published.phase.value, "time": now, "epoch": published.epoch, "step": step}
+        )
         if published.phase is Phase.BACKFILL and self.backfill_started is None:
             self.backfill_started = now
         self.fleet.on_publish(published)
@@ -272,7 +297,9 @@ class Simulation:
                     self.backfill_finished = int(self.env.now)
 
         poll = 100 * MS
-        self._backfill_flight = self.driver.start(backfill_worker(self.backfill, self.coordinator, poll), on_done=done)
+        self._backfill_flight = self.driver.start(
+            backfill_worker(self.backfill, self.coordinator, poll), on_done=done
+        )
 
     def _crash_backfill_worker(self) -> None:
         flight = self._backfill_flight
@@ -297,7 +324,9 @@ class Simulation:
             self.throttle.observe(self.driver.client_p99_ms())
             self.series["time"].append(int(self.env.now))
             self.series["backfill_copied"].append(self._checkpoint().copied)
-            self.series["mismatch_rate"].append(self.shared.mirror.mismatch_rate if self.shared.mirror.compared else None)
+            self.series["mismatch_rate"].append(
+                self.shared.mirror.mismatch_rate if self.shared.mirror.compared else None
+            )
             self.series["repair_backlog"].append(self.store.repair_backlog())
             self.series["batch_size"].append(self.throttle.batch_size)
 
@@ -321,7 +350,9 @@ class Simulation:
         self.nemesis.heal_all()
         for side in self.layer_config.lagged_sides:
             self.clusters[side].stop_fault("visibility-lag")
-        self._wait(lambda: self.driver.requests_in_flight() == 0 and self.driver.active == 0, deadline)
+        self._wait(
+            lambda: self.driver.requests_in_flight() == 0 and self.driver.active == 0, deadline
+        )
         if self.strategy.repair_log:
             self._drain(deadline)
             self._run_to_end(verify(), deadline)
@@ -329,7 +360,12 @@ class Simulation:
         self._wait(lambda: self.driver.requests_in_flight() == 0, deadline)
         for side in (Side.OLD, Side.NEW):
             self.clusters[side].refresh()
-            self.recorder.ok(CHECKER, "final", {"side": side.value, "records": live_versions(self.clusters[side])}, int(env.now))
+            self.recorder.ok(
+                CHECKER,
+                "final",
+                {"side": side.value, "records": live_versions(self.clusters[side])},
+                int(env.now),
+            )
 
     def _wait(self, done: Callable[[], bool], deadline: int) -> None:
         while not done() and self.env.now < deadline:

@@ -77,7 +77,9 @@ class Traffic:
         """Sessions per second at simulated time t: the diurnal curve times any spike."""
         c = self.config
         t = t_ns / SECOND
-        rate = c.rate * (1.0 + c.diurnal_amplitude * math.sin(2 * math.pi * t / c.diurnal_period_s - math.pi / 2))
+        rate = c.rate * (
+            1.0 + c.diurnal_amplitude * math.sin(2 * math.pi * t / c.diurnal_period_s - math.pi / 2)
+        )
         for spike in c.spikes:
             if spike.start_s <= t < spike.start_s + spike.duration_s:
                 rate *= spike.factor
@@ -148,7 +150,14 @@ class Traffic:
 
     def _merchant(self, instance: AppInstance) -> None:
         draw = self.draws.uniform()
-        action = SESSION_KINDS[1 + next(i for i, c in enumerate(self._merchant_cdf) if draw <= c or i == len(self._merchant_cdf) - 1)]
+        action = SESSION_KINDS[
+            1
+            + next(
+                i
+                for i, c in enumerate(self._merchant_cdf)
+                if draw <= c or i == len(self._merchant_cdf) - 1
+            )
+        ]
         op = self.write(instance, action)
         if op is not None:
             self.active += 1
@@ -176,7 +185,9 @@ class Traffic:
             return instance.layer.delete(record_id, version)
         metadata = dict(product.metadata)
         if action == "price":
-            metadata["price"] = round(float(metadata.get("price", 10.0)) * float(self.content.uniform(0.8, 1.2)), 2)  # type: ignore[arg-type]
+            metadata["price"] = round(
+                float(metadata.get("price", 10.0)) * float(self.content.uniform(0.8, 1.2)), 2
+            )  # type: ignore[arg-type]
         elif action == "stock":
             metadata["in_stock"] = not metadata.get("in_stock", True)
         vector = product.vector
@@ -227,7 +238,9 @@ class Traffic:
                 self.active += 1
                 finished = env.event()
 
-                def done_cb(flight: Flight, outcome: Outcome, finished: simpy.Event = finished) -> None:
+                def done_cb(
+                    flight: Flight, outcome: Outcome, finished: simpy.Event = finished
+                ) -> None:
                     self.active -= 1
                     finished.succeed()
 
@@ -241,5 +254,6 @@ class Traffic:
         version = self.versions[record_id] + 1
         self.versions[record_id] = version
         product.vector = self.catalog.reembed(record_id, self.content)
-        return instance.layer.upsert(Record(record_id, product.vector, dict(product.metadata), version))
-
+        return instance.layer.upsert(
+            Record(record_id, product.vector, dict(product.metadata), version)
+        )

@@ -29,8 +29,22 @@ from vecmig.harness.core.strategy import NAIVE, SAFE
 from vecmig.harness.drive.rig import Rig
 
 CORE = pathlib.Path(__file__).resolve().parents[1] / "harness" / "core"
-FORBIDDEN = {"asyncio", "simpy", "time", "random", "socket", "httpx", "aiohttp", "requests",
-             "threading", "urllib", "http", "sqlite3", "subprocess", "os"}
+FORBIDDEN = {
+    "asyncio",
+    "simpy",
+    "time",
+    "random",
+    "socket",
+    "httpx",
+    "aiohttp",
+    "requests",
+    "threading",
+    "urllib",
+    "http",
+    "sqlite3",
+    "subprocess",
+    "os",
+}
 
 
 def test_the_core_imports_no_io_clock_or_randomness() -> None:
@@ -44,10 +58,14 @@ def test_the_core_imports_no_io_clock_or_randomness() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness."):
-                assert node.module.startswith(("vecmig.harness.core", "vecmig.harness.clusters.base")), (
-                    f"{path.name} imports {node.module}: the core may only use itself and the port"
-                )
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("harness.")
+            ):
+                assert node.module.startswith(
+                    ("vecmig.harness.core", "vecmig.harness.clusters.base")
+                ), f"{path.name} imports {node.module}: the core may only use itself and the port"
     assert offenders == []
 
 
@@ -106,7 +124,10 @@ def test_the_transition_table_has_rollback_and_abort_where_the_design_says() -> 
 
 
 def test_a_step_the_table_lacks_names_the_phase_and_what_is_allowed() -> None:
-    with pytest.raises(PhaseError, match="cannot rollback from BACKFILL; allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY"):
+    with pytest.raises(
+        PhaseError,
+        match="cannot rollback from BACKFILL; allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY",
+    ):
         next_phase(Phase.BACKFILL, Step.ROLLBACK)
     with pytest.raises(PhaseError, match="the migration is over"):
         next_phase(Phase.DECOMMISSIONED, Step.ADVANCE)
@@ -189,8 +210,14 @@ def test_backfill_gate_waits_for_every_instance_on_dual_write() -> None:
         ({"checkpoint": Checkpoint("p5", 5, False)}, "backfill not complete"),
         ({"repair_backlog": 3}, "repair log holds 3 entries"),
         ({"verification": None}, "no verification diff yet"),
-        ({"verification": Verification(0, 0, 10, 10, NOW - 20)}, "predates the end of the backfill"),
-        ({"verification": Verification(2, 1, 10, 9, NOW, ("p1", "p2"))}, "verification found 2 differing id(s)"),
+        (
+            {"verification": Verification(0, 0, 10, 10, NOW - 20)},
+            "predates the end of the backfill",
+        ),
+        (
+            {"verification": Verification(2, 1, 10, 9, NOW, ("p1", "p2"))},
+            "verification found 2 differing id(s)",
+        ),
     ],
 )
 def test_shadow_gate_refuses_with_its_reason(changes: dict[str, object], reason: str) -> None:
@@ -224,8 +251,14 @@ NOISE = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
         ({"new_p99_ms": 45.0}, "exceeds the SLO"),
         ({"repair_backlog": 1}, "repair log holds 1 entries"),
         ({"verification": None}, "no verification diff since SHADOW began"),
-        ({"verification": Verification(0, 0, 10, 10, NOW - 200)}, "no verification diff since SHADOW began"),
-        ({"verification": Verification(1, 1, 10, 10, NOW, ("p3",))}, "verification found 1 differing id(s)"),
+        (
+            {"verification": Verification(0, 0, 10, 10, NOW - 200)},
+            "no verification diff since SHADOW began",
+        ),
+        (
+            {"verification": Verification(1, 1, 10, 10, NOW, ("p3",))},
+            "verification found 1 differing id(s)",
+        ),
     ],
 )
 def test_cutover_gate_refuses_with_its_reason(changes: dict[str, object], reason: str) -> None:
@@ -246,8 +279,13 @@ def test_cutover_gate_refuses_with_its_reason(changes: dict[str, object], reason
 
 def test_cutover_gate_passes_within_the_noise_floor() -> None:
     inputs = GateInputs(
-        NOW, Published(Phase.SHADOW, 3), mirror=mirror(400, 8), noise=NOISE, new_p99_ms=10.0,
-        verification=VERIFIED, phase_since=NOW - 100,
+        NOW,
+        Published(Phase.SHADOW, 3),
+        mirror=mirror(400, 8),
+        noise=NOISE,
+        new_p99_ms=10.0,
+        verification=VERIFIED,
+        phase_since=NOW - 100,
     )
     assert gates.check(Phase.CUTOVER, inputs, POLICY).ok
 
@@ -255,15 +293,21 @@ def test_cutover_gate_passes_within_the_noise_floor() -> None:
 def test_cutover_gate_refuses_when_new_recall_trails() -> None:
     stats = mirror(400, 0)
     stats.old_recall_sum, stats.new_recall_sum, stats.recall_samples = 99.0, 90.0, 100
-    inputs = GateInputs(NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE, verification=VERIFIED)
+    inputs = GateInputs(
+        NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE, verification=VERIFIED
+    )
     result = gates.check(Phase.CUTOVER, inputs, POLICY)
-    assert not result.ok and result.reasons == ("new's recall trails old's by 0.090 (tolerance 0.020)",)
+    assert not result.ok and result.reasons == (
+        "new's recall trails old's by 0.090 (tolerance 0.020)",
+    )
 
 
 def test_decommission_gate_needs_a_clean_soak() -> None:
     policy = GatePolicy(soak_ns=1_000)
     published = Published(Phase.CUTOVER, 4)
-    early = gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 10), policy)
+    early = gates.check(
+        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 10), policy
+    )
     assert not early.ok and "soaked" in early.reasons[0]
     fell_back = gates.check(
         Phase.DECOMMISSIONED,
@@ -272,7 +316,9 @@ def test_decommission_gate_needs_a_clean_soak() -> None:
     )
     assert not fell_back.ok
     assert fell_back.reasons == ("soaked 0.0 s of 0.0 s since the last read fallback to old",)
-    assert gates.check(Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000), policy).ok
+    assert gates.check(
+        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000), policy
+    ).ok
 
 
 def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver() -> None:
@@ -286,12 +332,19 @@ def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver
         if run not in rig.driver.in_flight:
             break
         rig.sync_all()
-        if rig.coordinator.published.phase is Phase.BACKFILL and not rig.store.load_checkpoint().done:
+        if (
+            rig.coordinator.published.phase is Phase.BACKFILL
+            and not rig.store.load_checkpoint().done
+        ):
             rig.run(rig.backfill.batch())
         rig.driver.step(run)
     assert rig.coordinator.published.phase is Phase.DECOMMISSIONED
     assert [p.value for _, p, _ in rig.controller.transitions] == [
-        "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER", "DECOMMISSIONED"
+        "DUAL_WRITE",
+        "BACKFILL",
+        "SHADOW",
+        "CUTOVER",
+        "DECOMMISSIONED",
     ]
     assert rig.controller.waits, "the SHADOW gate should have held while the backfill ran"
     assert rig.run(app.get("p000001")).value == {"id": "p000001", "version": 1}

@@ -112,19 +112,65 @@ def test_the_same_seed_gives_the_same_swarm_history(tiny: Path) -> None:
 
 def test_simulate_safe_is_valid_and_writes_its_files(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "safe"
-    assert main(["simulate", str(tiny), "--seed", "1", "--strategy", "safe", "--out", str(out), "--quiet"]) == 0
-    for name in ("history.jsonl", "report.json", "report.html", "latency.png", "backfill.png", "mismatch.png"):
+    assert (
+        main(
+            [
+                "simulate",
+                str(tiny),
+                "--seed",
+                "1",
+                "--strategy",
+                "safe",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "history.jsonl",
+        "report.json",
+        "report.html",
+        "latency.png",
+        "backfill.png",
+        "mismatch.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
-    for key in ("seed", "strategy", "scenario", "history_sha256", "verdict", "ops", "phases", "faults", "latency_ms", "recall"):
+    for key in (
+        "seed",
+        "strategy",
+        "scenario",
+        "history_sha256",
+        "verdict",
+        "ops",
+        "phases",
+        "faults",
+        "latency_ms",
+        "recall",
+    ):
         assert key in report
-    assert report["history_sha256"] == hashlib.sha256((out / "history.jsonl").read_bytes()).hexdigest()
+    assert (
+        report["history_sha256"] == hashlib.sha256((out / "history.jsonl").read_bytes()).hexdigest()
+    )
     assert report["verdict"]["valid"] is True
     assert set(report["verdict"]) >= {
-        "valid", "failed_reads", "stale_reads", "garbage_reads", "lost_writes", "resurrected_deletes", "divergence"
+        "valid",
+        "failed_reads",
+        "stale_reads",
+        "garbage_reads",
+        "lost_writes",
+        "resurrected_deletes",
+        "divergence",
     }
     assert report["end_phase"] in ("CUTOVER", "DECOMMISSIONED"), report["phases"]
-    assert {f["family"] for f in report["faults"]} >= {"lost-ack", "late-config", "node-crash", "partition"}
+    assert {f["family"] for f in report["faults"]} >= {
+        "lost-ack",
+        "late-config",
+        "node-crash",
+        "partition",
+    }
     events, _ = read_history(out / "history.jsonl")
     assert check(events).valid
     assert "data:image/png;base64," in (out / "report.html").read_text()
@@ -134,7 +180,22 @@ def test_simulate_naive_finds_anomalies_and_prints_the_replay_command(
     tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "naive"
-    assert main(["simulate", str(tiny), "--seed", "1", "--strategy", "naive", "--out", str(out), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "simulate",
+                str(tiny),
+                "--seed",
+                "1",
+                "--strategy",
+                "naive",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr().out
     assert f"vecmig simulate {tiny} --seed 1 --strategy naive" in printed
     report = json.loads((out / "report.json").read_text())
@@ -160,7 +221,10 @@ def test_a_crashed_instance_ends_its_writes_info_and_never_reuses_their_processe
             "instances": {"count": 2},
             "migration": {"start_s": 1, "backfill_rate": 50, "batch_size": 8},
             "latency": {"network": {"dist": "lognormal", "median_ms": 20, "sigma": 0.3}},
-            "faults": [{"family": "app-instance-crash", "instance": 0, "at_s": s, "duration_s": 1} for s in (3, 6, 9)],
+            "faults": [
+                {"family": "app-instance-crash", "instance": 0, "at_s": s, "duration_s": 1}
+                for s in (3, 6, 9)
+            ],
         }
     )
     result = Simulation(scenario, "safe", seed=2).run()
@@ -170,7 +234,9 @@ def test_a_crashed_instance_ends_its_writes_info_and_never_reuses_their_processe
             assert event.process not in retired
         if event.type == "info" and event.f in ("upsert", "delete"):
             retired.add(event.process)
-        assert not (event.type == "info" and event.f in ("get", "search")), "reads move to a live instance"
+        assert not (event.type == "info" and event.f in ("get", "search")), (
+            "reads move to a live instance"
+        )
     assert retired, "some writes were in flight when the instance crashed"
     assert result.verdict.valid, result.verdict.counts()
 
@@ -184,7 +250,9 @@ def test_every_scenario_runs_and_safe_stays_valid(name: str, tmp_path: Path) -> 
     assert report["ops"], "traffic ran"
 
 
-def test_sweep_runs_seeds_in_parallel_and_summarises(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_runs_seeds_in_parallel_and_summarises(
+    tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["sweep", str(tiny), "--seeds", "2", "--jobs", "2"])
     printed = capsys.readouterr().out
     assert "of 2 seeds valid" in printed

@@ -22,7 +22,13 @@ def _error(data: dict[str, Any]) -> str:
 
 def test_every_scenario_file_loads() -> None:
     names = scenario_names()
-    for required in ("default", "black-friday", "eventually-consistent", "late-config", "node-lost-cutover"):
+    for required in (
+        "default",
+        "black-friday",
+        "eventually-consistent",
+        "late-config",
+        "node-lost-cutover",
+    ):
         assert required in names
     for name in names:
         scenario = load(name)
@@ -82,7 +88,9 @@ def test_an_unknown_fault_family_names_every_valid_family() -> None:
 
 
 def test_a_fault_parameter_its_family_does_not_take_is_refused() -> None:
-    message = _error({"faults": [{"family": "lost-ack", "side": "new", "rate": 0.1, "node": "s0r0", "at_s": 1}]})
+    message = _error(
+        {"faults": [{"family": "lost-ack", "side": "new", "rate": 0.1, "node": "s0r0", "at_s": 1}]}
+    )
     assert "faults[0].node" in message
     assert "'lost-ack' does not take 'node'" in message
 
@@ -93,7 +101,9 @@ def test_a_fault_needs_a_start() -> None:
 
 
 def test_a_fault_on_a_node_that_does_not_exist_is_refused() -> None:
-    message = _error({"faults": [{"family": "node-crash", "side": "old", "node": "s9r0", "at_s": 1}]})
+    message = _error(
+        {"faults": [{"family": "node-crash", "side": "old", "node": "s9r0", "at_s": 1}]}
+    )
     assert "s9r0" in message and "does not exist" in message
 
 
@@ -103,7 +113,15 @@ def test_a_fault_on_a_missing_side_names_the_sides() -> None:
 
 
 def test_the_visibility_window_must_outlast_the_refresh_interval() -> None:
-    message = _error({"migration": {"lagged_sides": ["new"], "visibility_window_ms": 500, "refresh_interval_ms": 1000}})
+    message = _error(
+        {
+            "migration": {
+                "lagged_sides": ["new"],
+                "visibility_window_ms": 500,
+                "refresh_interval_ms": 1000,
+            }
+        }
+    )
     assert "visibility_window_ms" in message
 
 
@@ -111,7 +129,7 @@ def test_simulate_exits_2_on_a_malformed_scenario_and_names_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[traffic]\nrate = 10\nflash = true\n')
+    bad.write_text("[traffic]\nrate = 10\nflash = true\n")
     assert main(["simulate", str(bad), "--quiet", "--out", str(tmp_path / "out")]) == 2
     assert "traffic.flash" in capsys.readouterr().err
 
@@ -122,7 +140,9 @@ def test_simulate_exits_2_on_an_unknown_scenario_name(capsys: pytest.CaptureFixt
     assert "no-such-scenario" in err and "default" in err
 
 
-def test_simulate_exits_2_on_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_exits_2_on_invalid_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "broken.toml"
     bad.write_text("[traffic\n")
     assert main(["simulate", str(bad), "--quiet"]) == 2
@@ -132,8 +152,12 @@ def test_simulate_exits_2_on_invalid_toml(tmp_path: Path, capsys: pytest.Capture
 def test_swarm_schedules_are_valid_deterministic_and_keep_a_replica_of_every_shard() -> None:
     config = SwarmConfig(enabled=True)
     for seed in range(30):
-        schedule = swarm_schedule(config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2)
-        again = swarm_schedule(config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2)
+        schedule = swarm_schedule(
+            config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2
+        )
+        again = swarm_schedule(
+            config, np.random.default_rng(seed), duration_s=100, lagged_sides=[], shards=2
+        )
         assert schedule == again
         assert {spec.family for spec in schedule} <= set(SWARM_FAMILIES)
         replicas = {spec.node[-1] for spec in schedule if spec.node}

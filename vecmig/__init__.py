@@ -16,7 +16,8 @@ __version__ = "0.2.0"
 # checkout import itself the same way without an install (tests run from any worktree):
 # search the checkout's root for `vecmig.*` subpackages too.
 _root = Path(__file__).resolve().parent.parent
-if not (Path(__file__).resolve().parent / "harness").is_dir() and (
-    _root / "harness" / "__init__.py"
-).is_file():
+if (
+    not (Path(__file__).resolve().parent / "harness").is_dir()
+    and (_root / "harness" / "__init__.py").is_file()
+):
     __path__.append(str(_root))  # noqa: F821 - a package's __path__ is defined at import

@@ -244,7 +244,9 @@ def validate_batch(items: object, kind: type, call: str) -> list[Any]:
     """A write batch as a list, refused whole (nothing applied) if it is not a sequence of
     `kind`. Every adapter checks batches this one way, so errors read the same everywhere."""
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise InvalidRequest(f"{call} takes a sequence of {kind.__name__}, got {type(items).__name__}")
+        raise InvalidRequest(
+            f"{call} takes a sequence of {kind.__name__}, got {type(items).__name__}"
+        )
     for position, item in enumerate(items):
         if not isinstance(item, kind):
             raise InvalidRequest(
@@ -264,7 +266,9 @@ def validate_tombstones(tombstones: object) -> list[Tombstone]:
 
 def validate_scan_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT:
-        raise InvalidRequest(f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}")
+        raise InvalidRequest(
+            f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
+        )
     return limit
 
 
@@ -307,7 +311,9 @@ def validate_vector(vector: object, dim: int) -> Vector:
     return array
 
 
-def validate_vectors(vectors: Sequence[object], dim: int, ids: Sequence[str] | None = None) -> npt.NDArray[np.float32]:
+def validate_vectors(
+    vectors: Sequence[object], dim: int, ids: Sequence[str] | None = None
+) -> npt.NDArray[np.float32]:
     """A batch of vectors as one float32 matrix of shape (n, dim), checked in one pass; the
     error names the first bad row (by id when given)."""
     if len(vectors) == 0:
@@ -329,7 +335,9 @@ def validate_vectors(vectors: Sequence[object], dim: int, ids: Sequence[str] | N
         i = int(np.flatnonzero(~finite)[0])
         where = ids[i] if ids is not None else f"row {i}"
         bad = int(np.flatnonzero(~np.isfinite(matrix[i]))[0])
-        raise InvalidRequest(f"{where}: vector has a non-finite value {matrix[i][bad]!r} at position {bad}")
+        raise InvalidRequest(
+            f"{where}: vector has a non-finite value {matrix[i][bad]!r} at position {bad}"
+        )
     return matrix
 
 
@@ -345,7 +353,11 @@ def validate_record(record: Record, dim: int) -> Record:
     vector = validate_vector(record.vector, dim)
     if not isinstance(record.metadata, Mapping):
         raise InvalidRequest(f"metadata of {record.id!r} must be a mapping")
-    return record if vector is record.vector else Record(record.id, vector, record.metadata, record.version)
+    return (
+        record
+        if vector is record.vector
+        else Record(record.id, vector, record.metadata, record.version)
+    )
 
 
 def matches(metadata: Metadata, filter: Filter | None) -> bool:
@@ -355,7 +367,9 @@ def matches(metadata: Metadata, filter: Filter | None) -> bool:
     return all(metadata.get(key) == value for key, value in filter.items())
 
 
-def distance(metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def distance(
+    metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
     """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is closer)."""
     if metric is Metric.L2:
         diff = vectors - query

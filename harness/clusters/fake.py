@@ -521,7 +521,6 @@ class FakeCluster:
         return f"{status} (catching up)" if status == UP and behind else status
 
 
-
 def _up_to_kth(dists: npt.NDArray[np.float32], k: int) -> list[int]:
     """Positions whose distance is at most the k-th smallest (every position if that is NaN)."""
     kth = np.partition(dists, k - 1)[k - 1]

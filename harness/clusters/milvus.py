@@ -358,7 +358,6 @@ class MilvusCluster:
                 raise Timeout(f"Milvus call failed; it may have taken effect: {exc!r}") from exc
 
 
-
 def _filter_terms(flt: Filter | None) -> list[str]:
     """Equality on each metadata key as Milvus expressions. Strings are written as JSON
     strings (quotes and backslashes escaped); non-ASCII characters are passed as they are."""

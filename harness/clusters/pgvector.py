@@ -382,7 +382,6 @@ def _rounds(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         yield batch
 
 
-
 def _check_filter(flt: Filter) -> dict[str, Any]:
     """A filter as jsonb containment: equality of scalar values only (containment of a list or
     object is not equality, so those are refused rather than answered differently)."""

@@ -394,7 +394,6 @@ def _transport_error(exc: BaseException, write: bool) -> ClusterError:
     return Unavailable(f"Qdrant call failed: {exc!r}")
 
 
-
 def _filter_conditions(flt: Filter | None) -> list[models.Condition]:
     """Equality on each metadata key, as `base.matches` defines a filter."""
     if not flt:

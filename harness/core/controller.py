@@ -166,7 +166,12 @@ class Controller:
         if checkpoint.done and self.backfill_done_at is None:
             self.backfill_done_at = now
         backlog: int = yield RepairBacklog()
-        if target is Phase.SHADOW and checkpoint.done and not backlog and self.strategy.verify_before_shadow:
+        if (
+            target is Phase.SHADOW
+            and checkpoint.done
+            and not backlog
+            and self.strategy.verify_before_shadow
+        ):
             yield from self._verify_and_repair(plan)
             backlog = yield RepairBacklog()
         if target is Phase.CUTOVER and not backlog and self.strategy.verify_before_shadow:
@@ -242,7 +247,9 @@ class Controller:
 # Worker loops.
 
 
-def backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int = 100 * MS) -> Operation:
+def backfill_worker(
+    backfill: Backfill, coordinator: Coordinator, poll_ns: int = 100 * MS
+) -> Operation:
     """Runs backfill batches while the published phase is BACKFILL, until the copy is done."""
     return Operation(None, None, _backfill_worker(backfill, coordinator, poll_ns), kind="backfill")
 
@@ -254,7 +261,11 @@ def _backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int)
             outcome = yield from backfill.batch().steps
             if outcome.type == "ok" and outcome.value["done"]:
                 return outcome
-            pause = backfill.throttle.pause_ns if outcome.type == "ok" else max(poll_ns, backfill.throttle.pause_ns)
+            pause = (
+                backfill.throttle.pause_ns
+                if outcome.type == "ok"
+                else max(poll_ns, backfill.throttle.pause_ns)
+            )
             if pause:
                 yield Sleep(pause)
         elif phase in (Phase.OLD_ONLY, Phase.DUAL_WRITE):

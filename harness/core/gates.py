@@ -144,7 +144,9 @@ def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) ->
                 f"{policy.recall_parity_tolerance:.3f})"
             )
     if inputs.new_p99_ms is not None and inputs.new_p99_ms > policy.slo_p99_ms:
-        reasons.append(f"new's p99 {inputs.new_p99_ms:.1f} ms exceeds the SLO {policy.slo_p99_ms:.1f} ms")
+        reasons.append(
+            f"new's p99 {inputs.new_p99_ms:.1f} ms exceeds the SLO {policy.slo_p99_ms:.1f} ms"
+        )
 
 
 def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:

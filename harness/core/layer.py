@@ -174,7 +174,9 @@ class MigrationLayer:
 
     def upsert(self, record: Record) -> Operation:
         return Operation(
-            "upsert", {"id": record.id, "version": record.version}, self._tracked(self._write(record))
+            "upsert",
+            {"id": record.id, "version": record.version},
+            self._tracked(self._write(record)),
         )
 
     def delete(self, record_id: str, version: int) -> Operation:
@@ -240,10 +242,14 @@ class MigrationLayer:
         now = yield Now()
         landed.append((side, now))
 
-    def _note_recent(self, landed: Sequence[tuple[Side, int]], item: Record | Tombstone) -> Sub[None]:
+    def _note_recent(
+        self, landed: Sequence[tuple[Side, int]], item: Record | Tombstone
+    ) -> Sub[None]:
         for side, time in landed:
             if isinstance(item, Record):
-                write = RecentWrite(item.id, item.version, False, time, item.vector, dict(item.metadata))
+                write = RecentWrite(
+                    item.id, item.version, False, time, item.vector, dict(item.metadata)
+                )
             else:
                 write = RecentWrite(item.id, item.version, True, time)
             yield NoteRecent(side, (write,))
@@ -309,7 +315,9 @@ class MigrationLayer:
         invoke: dict[str, Any] = {"k": k}
         if filter:
             invoke["filter"] = dict(filter)
-        return Operation("search", invoke, self._tracked(self._search(vector, k, filter, mirror_draw)))
+        return Operation(
+            "search", invoke, self._tracked(self._search(vector, k, filter, mirror_draw))
+        )
 
     def _search(self, vector: Vector, k: int, filter: Filter | None, mirror_draw: float) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
@@ -318,7 +326,9 @@ class MigrationLayer:
         route = self.route()
         notes: dict[str, Any] = {}
         try:
-            hits = yield from self._read(route.reads, Search(route.reads, vector, k, filter), route, notes)
+            hits = yield from self._read(
+                route.reads, Search(route.reads, vector, k, filter), route, notes
+            )
         except ClusterError as exc:
             return Outcome("fail", None, error=str(exc), notes=notes)
         side = notes.get("fallback_side", route.reads)
@@ -367,7 +377,9 @@ class MigrationLayer:
                 hits = _replace_versions(hits, ids, mine, other, vector, self.config.metric)
         return hits
 
-    def _read(self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]) -> Sub[Any]:
+    def _read(
+        self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]
+    ) -> Sub[Any]:
         """Carry out a read on `side`, retrying, then falling back where the phase allows."""
         attempts = 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
         try:
@@ -447,7 +459,8 @@ class MigrationLayer:
         still = tuple(
             i
             for i in ids
-            if (o := old.get(i)) is not None and ((n := new.get(i)) is None or n.version < o.version)
+            if (o := old.get(i)) is not None
+            and ((n := new.get(i)) is None or n.version < o.version)
         )
         return cmp.Comparison(
             comparison.k, comparison.overlap, comparison.rbo, comparison.mean_score_delta, still

@@ -123,7 +123,9 @@ class Coordinator:
     has not acknowledged the current epoch. An instance's acknowledgement renews its lease.
     """
 
-    def __init__(self, phase: Phase = Phase.OLD_ONLY, epoch: int = 0, lease_ns: int = 5_000_000_000):
+    def __init__(
+        self, phase: Phase = Phase.OLD_ONLY, epoch: int = 0, lease_ns: int = 5_000_000_000
+    ):
         self.published = Published(phase, epoch)
         self.lease_ns = lease_ns
         self._members: dict[str, _Member] = {}
@@ -133,7 +135,9 @@ class Coordinator:
 
     def join(self, instance: str, now: int) -> Published:
         """An instance starts (or restarts): it learns the current phase and holds a lease."""
-        self._members[instance] = _Member(self.published.epoch, self.published.phase, now + self.lease_ns)
+        self._members[instance] = _Member(
+            self.published.epoch, self.published.phase, now + self.lease_ns
+        )
         return self.published
 
     def ack(self, instance: str, seen: Published, now: int) -> None:

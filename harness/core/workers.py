@@ -191,7 +191,9 @@ def _verify(buckets: int, page: int, queue_repairs: bool) -> Steps:
         return Outcome("fail", error=str(exc))
     now = yield Now()
     differing = {
-        a.bucket for a, b in zip(old_sums, new_sums, strict=True) if (a.count, a.checksum) != (b.count, b.checksum)
+        a.bucket
+        for a, b in zip(old_sums, new_sums, strict=True)
+        if (a.count, a.checksum) != (b.count, b.checksum)
     }
     live = old_count.live + old_count.tombstones, new_count.live + new_count.tombstones
     if not differing:
@@ -199,7 +201,9 @@ def _verify(buckets: int, page: int, queue_repairs: bool) -> Steps:
     try:
         old_ids = yield from _scan_buckets(Side.OLD, differing, buckets, page)
         new_ids = yield from _scan_buckets(Side.NEW, differing, buckets, page)
-        candidates = sorted(i for i in old_ids.keys() | new_ids.keys() if old_ids.get(i) != new_ids.get(i))
+        candidates = sorted(
+            i for i in old_ids.keys() | new_ids.keys() if old_ids.get(i) != new_ids.get(i)
+        )
         persistent = yield from _recheck(candidates)
     except ClusterError as exc:
         return Outcome("fail", error=str(exc))
@@ -214,7 +218,9 @@ def _verify(buckets: int, page: int, queue_repairs: bool) -> Steps:
     return Outcome("ok", result)
 
 
-def _scan_buckets(side: Side, wanted: set[int], buckets: int, page: int) -> Sub[dict[str, tuple[int, bool]]]:
+def _scan_buckets(
+    side: Side, wanted: set[int], buckets: int, page: int
+) -> Sub[dict[str, tuple[int, bool]]]:
     found: dict[str, tuple[int, bool]] = {}
     cursor: str | None = None
     while True:
@@ -245,9 +251,7 @@ def _recheck(candidates: list[str], chunk: int = 256) -> Sub[list[str]]:
 # The noise floor.
 
 
-def calibrate_noise_floor(
-    queries: Sequence[Vector], k: int, threshold: float = 0.7
-) -> Operation:
+def calibrate_noise_floor(queries: Sequence[Vector], k: int, threshold: float = 0.7) -> Operation:
     """Ask old each calibration query twice and the driver for the exact answer; the outcome's
     value is the measured `NoiseFloor` (see `compare`)."""
     return Operation(None, None, _calibrate(tuple(queries), k, threshold), kind="calibrate")

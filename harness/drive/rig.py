@@ -53,13 +53,25 @@ class Rig:
         `REQUEST_TIMEOUT_NS`) to model the bounded delay that leases rely on."""
         self.strategy = strategy
         self.catalog = Catalog.generate(records, dim, categories=4, seed=seed)
-        self.old = old if old is not None else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
-        self.new = new if new is not None else FakeCluster(dim, shards=2, replicas=2, seed=seed + 1, name="new")
+        self.old = (
+            old
+            if old is not None
+            else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
+        )
+        self.new = (
+            new
+            if new is not None
+            else FakeCluster(dim, shards=2, replicas=2, seed=seed + 1, name="new")
+        )
         self.sides: dict[Side, ClusterPort] = {Side.OLD: self.old, Side.NEW: self.new}
         self.store: StateStore = store if store is not None else MemoryStore()
         self.recorder = Recorder()
         self.driver = StepDriver(
-            self.sides, self.store, self.recorder, exact=self._exact, request_timeout_ns=request_timeout_ns
+            self.sides,
+            self.store,
+            self.recorder,
+            exact=self._exact,
+            request_timeout_ns=request_timeout_ns,
         )
         self.coordinator = Coordinator(lease_ns=LEASE_NS)
         self.shared = Shared()
@@ -148,7 +160,9 @@ class Rig:
         else:
             vector = self.catalog.query_vector(rng)
             category = 0
-        return Record(record_id, vector, {"category": category, "in_stock": True, "price": 1.0}, version)
+        return Record(
+            record_id, vector, {"category": category, "in_stock": True, "price": 1.0}, version
+        )
 
     def query(self, seed: int = 0) -> Vector:
         return self.catalog.query_vector(np.random.default_rng(seed))
@@ -170,7 +184,9 @@ class Rig:
     def verdict(self) -> Verdict:
         return check(list(self.recorder.events))
 
-    def _exact(self, side: Side, vector: Vector, k: int, filter: Filter | None) -> tuple[str, ...] | None:
+    def _exact(
+        self, side: Side, vector: Vector, k: int, filter: Filter | None
+    ) -> tuple[str, ...] | None:
         port = self.sides[side]
         exact = getattr(port, "exact_search", None)
         if exact is None:

@@ -116,7 +116,9 @@ class StepDriver:
     def run_op(self, op: Operation, process: int | str | None = None) -> Outcome:
         return self.run(self.start(op, process))
 
-    def run_until(self, handle: int, predicate: Callable[[Any], bool], max_steps: int = 10_000) -> Any:
+    def run_until(
+        self, handle: int, predicate: Callable[[Any], bool], max_steps: int = 10_000
+    ) -> Any:
         """Step `handle` until its pending request satisfies `predicate`; return that request."""
         for _ in range(max_steps):
             if handle not in self.in_flight:
@@ -146,13 +148,18 @@ class StepDriver:
 
     def record_fault(self, family: str, action: str, **detail: Any) -> None:
         self._tick()
-        self.recorder.info("nemesis", "fault", {"family": family, "action": action, **detail}, self.time)
+        self.recorder.info(
+            "nemesis", "fault", {"family": family, "action": action, **detail}, self.time
+        )
 
     def record_finals(self, sides: tuple[Side, ...] = (Side.OLD, Side.NEW)) -> None:
         for side in sides:
             self._tick()
             self.recorder.ok(
-                "checker", "final", {"side": side.value, "records": live_versions(self.sides[side])}, self.time
+                "checker",
+                "final",
+                {"side": side.value, "records": live_versions(self.sides[side])},
+                self.time,
             )
 
     # -- internals ---------------------------------------------------------------------------
@@ -181,7 +188,9 @@ class StepDriver:
             return True, self.time
         if isinstance(request, rq.Exact):
             fn = self.exact
-            return True, None if fn is None else fn(request.side, request.vector, request.k, request.filter)
+            return True, None if fn is None else fn(
+                request.side, request.vector, request.k, request.filter
+            )
         if isinstance(request, rq.AnnouncePhase):
             self.store.save_phase(request.phase, request.epoch)
             self.recorder.info(

@@ -100,9 +100,7 @@ class Recorder:
     def invoke(self, process: int | str, f: str, value: Any, time: int) -> Event:
         return self.record(process, "invoke", f, value, time)
 
-    def complete(
-        self, process: int | str, type: EventType, f: str, value: Any, time: int
-    ) -> Event:
+    def complete(self, process: int | str, type: EventType, f: str, value: Any, time: int) -> Event:
         if type == "invoke":
             raise ValueError("complete() takes ok, fail or info, not invoke")
         return self.record(process, type, f, value, time)
