@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vecmig.harness.service.command",
     "vecmig.loadtests.command",
     "vecmig.sim.command",
+    "vecmig.sim.sweep",
 )
 
 DESCRIPTION = """\

@@ -1,17 +1,15 @@
-"""`vecmig simulate` and `vecmig sweep`: run the SimPy model of a live migration and judge it."""
+"""`vecmig simulate`: run the SimPy model of a live migration and judge it (`vecmig sweep`, many
+seeds at once, is `vecmig.sim.sweep`)."""
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
 from vecmig.harness.core.strategy import STRATEGIES
@@ -41,12 +39,6 @@ examples:
   vecmig simulate my-plan.toml --swarm --out /tmp/run
 """
 
-SWEEP_DESCRIPTION = """\
-Run one scenario over many seeds in parallel processes, with swarm faults (a random subset of
-fault families with random timings per seed), and print a summary; every failing seed comes
-with the exact command that replays it.
-"""
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate = subparsers.add_parser(
@@ -72,23 +64,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
-
-    sweep = subparsers.add_parser(
-        "sweep",
-        help="many seeds in parallel with swarm faults; replay commands for the failures",
-        description=SWEEP_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 every seed valid, 1 some seed found anomalies, 2 bad input.\n\n"
-        "example:\n  vecmig sweep default --seeds 32 --jobs 4",
-    )
-    sweep.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    sweep.add_argument("--seeds", type=int, default=8, help="how many seeds (default 8)")
-    sweep.add_argument("--first-seed", type=int, default=1)
-    sweep.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    sweep.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
-    sweep.add_argument("--no-swarm", action="store_true", help="only the scenario's own faults")
-    sweep.add_argument("--duration", type=float, default=None, metavar="S")
-    sweep.set_defaults(handler=run_sweep)
 
 
 def scenario_arg(given: str, scenario: Scenario) -> str:
@@ -155,103 +130,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"replay: {report['replay']}")
         print(f"judge again: vecmig check {out / 'history.jsonl'}")
     return EXIT_VALID if valid else EXIT_ANOMALIES
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _sweep_one(
-    given: str, duration: float | None, strategy: str, seed: int, swarm: bool
-) -> dict[str, Any]:
-    from vecmig.sim.simulation import Simulation
-
-    scenario = _load(given, duration)
-    started = time.perf_counter()
-    result = Simulation(scenario, strategy, seed, swarm=swarm).run()
-    wall = time.perf_counter() - started
-    return {
-        "seed": seed,
-        "valid": result.verdict.valid,
-        "counts": result.verdict.counts(),
-        "end_phase": result.end_phase,
-        "families": sorted({f["family"] for f in result.faults}),
-        "faults": len(result.faults),
-        "wall_s": wall,
-        "replay": rep.replay_command(
-            result,
-            scenario_arg(given, scenario)
-            + ("" if duration is None else f" --duration {duration:g}"),
-        ),
-        "bugs": result.bugs[:3],
-    }
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    console = Console()
-    err = Console(stderr=True)
-    try:
-        _load(args.scenario, args.duration)
-    except ScenarioError as exc:
-        print(f"vecmig sweep: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.seeds < 1 or args.jobs < 1:
-        print("vecmig sweep: --seeds and --jobs must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    with (
-        concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool,
-        Progress(
-            TextColumn(f"sweep {args.scenario} ({args.strategy})"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} seeds"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress,
-    ):
-        task = progress.add_task("sweep", total=len(seeds))
-        futures = [
-            pool.submit(
-                _sweep_one, args.scenario, args.duration, args.strategy, seed, not args.no_swarm
-            )
-            for seed in seeds
-        ]
-        for future in concurrent.futures.as_completed(futures):
-            rows.append(future.result())
-            progress.advance(task)
-    rows.sort(key=lambda r: r["seed"])
-    table = Table(
-        title=f"vecmig sweep {args.scenario} --strategy {args.strategy}: {len(rows)} seeds",
-        title_justify="left",
-    )
-    table.add_column("seed", justify="right")
-    table.add_column("verdict")
-    table.add_column("anomalies", overflow="fold")
-    table.add_column("ended in")
-    table.add_column("faults", justify="right")
-    table.add_column("wall s", justify="right")
-    for r in rows:
-        anomalies = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["counts"].items() if n)
-        table.add_row(
-            str(r["seed"]),
-            "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]",
-            anomalies,
-            r["end_phase"],
-            str(r["faults"]),
-            f"{r['wall_s']:.1f}",
-        )
-    console.print(table)
-    failing = [r for r in rows if not r["valid"]]
-    console.print(
-        f"{len(rows) - len(failing)} of {len(rows)} seeds valid in {time.perf_counter() - started:.1f} s",
-        highlight=False,
-    )
-    for r in failing:
-        print(f"replay seed {r['seed']}: {r['replay']}")
-        print(f"  fault families: {', '.join(r['families'])}")
-    return EXIT_ANOMALIES if failing else EXIT_VALID
 
 
 if __name__ == "__main__":  # pragma: no cover
