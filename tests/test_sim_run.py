@@ -251,9 +251,9 @@ def test_every_scenario_runs_and_safe_stays_valid(name: str, tmp_path: Path) -> 
 
 
 def test_sweep_runs_seeds_in_parallel_and_summarises(
-    tiny: Path, capsys: pytest.CaptureFixture[str]
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["sweep", str(tiny), "--seeds", "2", "--jobs", "2"])
+    code = main(["sweep", str(tiny), "--seeds", "2", "--jobs", "2", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "of 2 seeds valid" in printed
     assert code in (0, 1)
