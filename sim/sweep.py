@@ -35,7 +35,7 @@ from vecmig.sim import sweep_report
 from vecmig.sim.command import _load, scenario_arg
 from vecmig.sim.scenario import Scenario, ScenarioError
 from vecmig.sim.sweep_executors import Lost, SeedExecutor, SweepError, connect
-from vecmig.sim.sweep_store import ResultStore
+from vecmig.sim.sweep_store import ResultStore, StoreError
 from vecmig.sim.sweep_task import SeedResult, Task, fingerprint, run_seed
 
 DESCRIPTION = """\
@@ -215,6 +215,9 @@ def run_command(args: argparse.Namespace) -> int:
         with ResultStore(out / "results.sqlite") as store:
             record = _run_with_progress(args, tasks, scenario, executor, store, out)
             rows = list(store.rows(task.key(fingerprint(scenario)) for task in tasks))
+    except StoreError as exc:
+        print(f"vecmig sweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except SweepError as exc:
         print(f"vecmig sweep: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

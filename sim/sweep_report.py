@@ -44,7 +44,6 @@ def summarise(
     first = tasks[0]
     stored = {row.task.seed for row in rows}
     failing = [row for row in rows if row.failed]
-    walls = [row.wall_s for row in rows]
     return {
         "scenario": scenario.name,
         "scenario_arg": first.scenario,
@@ -68,7 +67,8 @@ def summarise(
         "interrupted": record.interrupted,
         "wall_s": round(record.wall_s, 3),
         "seeds_per_s": round(record.ran / record.wall_s, 4) if record.wall_s > 0 else None,
-        "seed_s": _spread(walls),
+        "seed_wall_s": _spread([row.wall_s for row in rows]),
+        "seed_cpu_s": _spread([row.cpu_s for row in rows]),
         "workers": len({row.worker for row in rows}),
         "verdicts": {outcome: sum(row.outcome == outcome for row in rows) for outcome in OUTCOMES},
         "stalls": sum(row.stalled for row in rows),

@@ -19,6 +19,9 @@ from typing import Any
 
 from vecmig.sim.sweep_task import SeedResult, Signature, Task
 
+SCHEMA_VERSION = 1
+"""`PRAGMA user_version` of the file; a change of columns is a new version."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     key         TEXT PRIMARY KEY,
@@ -39,11 +42,16 @@ CREATE TABLE IF NOT EXISTS results (
     report      TEXT NOT NULL,
     history     TEXT,
     wall_s      REAL NOT NULL,
+    cpu_s       REAL NOT NULL,
     worker      TEXT NOT NULL,
     stored_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_outcome ON results (outcome);
 """
+
+
+class StoreError(Exception):
+    """The results file cannot be used as it is; the message says what to do."""
 
 
 class ResultStore:
@@ -54,7 +62,18 @@ class ResultStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path)
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        fresh = not self.db.execute(
+            "SELECT name FROM sqlite_master WHERE name = 'results'"
+        ).fetchone()
+        if not fresh and version != SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(
+                f"{path} holds results in another layout (schema {version}, this vecmig writes "
+                f"{SCHEMA_VERSION}): give the sweep another --out, or move the file away"
+            )
         self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.db.commit()
 
     def __enter__(self) -> ResultStore:
@@ -74,7 +93,7 @@ class ResultStore:
         t = result.task
         self.db.execute(
             "INSERT OR REPLACE INTO results VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 t.key(fingerprint),
                 t.scenario,
@@ -94,6 +113,7 @@ class ResultStore:
                 json.dumps(result.report, default=str),
                 history,
                 result.wall_s,
+                result.cpu_s,
                 result.worker,
                 time.time(),
             ),
@@ -110,7 +130,7 @@ class ResultStore:
         wanted = set(keys)
         cursor = self.db.execute(
             "SELECT key, scenario, strategy, seed, swarm, buggify, duration, outcome, stalled, "
-            "counts, signature, end_phase, families, replay, history, wall_s, worker, stored_at "
+            "counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, stored_at "
             "FROM results ORDER BY seed"
         )
         for row in cursor:
@@ -133,6 +153,7 @@ class StoredResult:
     replay: str
     history: str | None
     wall_s: float
+    cpu_s: float
     worker: str
     stored_at: float
 
@@ -143,7 +164,7 @@ class StoredResult:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> StoredResult:
         key, scenario, strategy, seed, swarm, buggify, duration, outcome, stalled = row[:9]
-        counts, signature, end_phase, families, replay, history, wall_s, worker, at = row[9:]
+        counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, at = row[9:]
         return cls(
             key=key,
             task=Task(scenario, seed, strategy, bool(buggify), duration, bool(swarm)),
@@ -156,6 +177,7 @@ class StoredResult:
             replay=replay,
             history=history,
             wall_s=wall_s,
+            cpu_s=cpu_s,
             worker=worker,
             stored_at=at,
         )

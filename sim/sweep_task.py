@@ -107,6 +107,8 @@ class SeedResult:
     replay: str
     report: dict[str, Any]
     wall_s: float
+    cpu_s: float
+    """CPU seconds of the worker process for this seed: what sizing a fleet is based on."""
     worker: str
     history_zlib: bytes | None = field(default=None, repr=False)
 
@@ -136,7 +138,7 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
     from vecmig.sim.simulation import Simulation
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         if task.buggify:
             raise NotImplementedError(
@@ -145,8 +147,9 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
             )
         result = Simulation(scenario, task.strategy, task.seed, swarm=task.swarm).run()
     except Exception as exc:  # noqa: BLE001 - a crashed run is a result, never silence
-        return _crashed(task, exc, time.perf_counter() - started, worker)
-    wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return _crashed(task, exc, wall, cpu, worker)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     history = rep.history_bytes(result)
     report = rep.report_json(result, hashlib.sha256(history).hexdigest(), task.scenario_arg(), wall)
     replay = replay_command(result, task)
@@ -165,6 +168,7 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
         replay=replay,
         report=report,
         wall_s=wall,
+        cpu_s=cpu,
         worker=worker,
         history_zlib=None if outcome == "valid" else zlib.compress(history, 1),
     )
@@ -180,7 +184,7 @@ def _outcome(verdict: dict[str, Any], stalled: bool) -> str:
     return "stalled" if stalled else "anomalies"
 
 
-def _crashed(task: Task, exc: BaseException, wall: float, worker: str) -> SeedResult:
+def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: str) -> SeedResult:
     trace = "".join(traceback.format_exception(exc))
     # No RunResult to hand to report.replay_command: the same words, from the task.
     replay = f"vecmig simulate {task.scenario_arg()} --seed {task.seed} --strategy {task.strategy}"
@@ -196,6 +200,7 @@ def _crashed(task: Task, exc: BaseException, wall: float, worker: str) -> SeedRe
         replay=replay,
         report={"error": trace, "replay": replay, "seed": task.seed},
         wall_s=wall,
+        cpu_s=cpu,
         worker=worker,
     )
 

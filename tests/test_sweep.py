@@ -26,7 +26,7 @@ from vecmig.sim import simulation
 from vecmig.sim.scenario import load
 from vecmig.sim.sweep import SweepRun, plan, run
 from vecmig.sim.sweep_executors import InProcess, LocalPool, SweepError, connect
-from vecmig.sim.sweep_store import ResultStore
+from vecmig.sim.sweep_store import ResultStore, StoreError
 from vecmig.sim.sweep_task import SeedResult, Task, fingerprint
 
 ROOT = Path(vecmig.__file__).resolve().parent.parent
@@ -338,3 +338,12 @@ def test_a_dask_sweep_survives_a_killed_worker_with_the_verdicts_of_jobs_1(
     retried = [row for row in rows.values() if f"vecmig_seed-{row.key}" in killed["keys"]]
     assert retried, "the killed worker's task has a result"
     assert all(not row.worker.endswith(f":{killed['pid']}") for row in retried)
+
+
+def test_a_results_file_of_another_layout_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE results (key TEXT PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema 99"):
+        ResultStore(path)
