@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import sys
 import time
 import zlib
@@ -143,6 +144,9 @@ def run(
     digest = fingerprint(scenario)
     keys = [task.key(digest) for task in tasks]
     if not resume:
+        for row in store.rows(keys):
+            if row.history is not None:  # a stale failure must not outlive its row
+                shutil.rmtree((out / row.history).parent, ignore_errors=True)
         store.forget(keys)
     stored = store.keys()
     missing = [task for task, key in zip(tasks, keys, strict=True) if key not in stored]

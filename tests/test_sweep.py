@@ -149,9 +149,13 @@ def test_resume_runs_only_the_seeds_without_a_result(shop: Path, tmp_path: Path)
 
 def test_without_resume_a_sweep_starts_its_seeds_afresh(shop: Path, tmp_path: Path) -> None:
     _, before = sweep(shop, range(1, 3), InProcess(), tmp_path)
+    failing = next(row for row in before.values() if row.history)
+    stale = tmp_path / failing.history
+    stale.with_name("left-over").write_text("from the first sweep")
     again, after = sweep(shop, range(1, 3), InProcess(), tmp_path)
     assert again.ran == 2 and again.resumed == 0
     assert all(after[s].stored_at > before[s].stored_at for s in before)
+    assert not stale.with_name("left-over").exists(), "the old failure folder was cleared"
 
 
 def test_cli_resume_after_a_killed_sweep_runs_only_the_missing_seeds(
