@@ -22,7 +22,7 @@ from typing import Any
 from vecmig.harness.history.checker import ANOMALIES
 from vecmig.sim import report as rep
 from vecmig.sim.scenario import Scenario
-from vecmig.sim.simulation import RunResult
+from vecmig.sim.simulation import RunResult, Simulation
 
 OUTCOMES: tuple[str, ...] = ("valid", "anomalies", "stalled", "unknown", "error")
 """What a seed can end as: judged valid; anomalies found; a plan that did not complete; a
@@ -135,8 +135,6 @@ def replay_command(result: RunResult, task: Task) -> str:
 def run_seed(task: Task, scenario: Scenario) -> SeedResult:
     """Simulate one task and judge it. Never raises for the simulation's sake: a run that
     crashes is an `error` result carrying its traceback, so one bad seed cannot sink a sweep."""
-    from vecmig.sim.simulation import Simulation
-
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started, cpu = time.perf_counter(), time.process_time()
     try:
@@ -175,13 +173,13 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
 
 
 def _outcome(verdict: dict[str, Any], stalled: bool) -> str:
-    if verdict["valid"] and not stalled:
+    """A stalled run is reported as stalled whatever its anomaly counts say (DESIGN.md: a
+    plan that did not complete is not valid either); its counts stay in the result."""
+    if stalled:
+        return "stalled"
+    if verdict["valid"]:
         return "valid"
-    if verdict.get("unknown"):
-        return "unknown"
-    if any(verdict.get(kind) for kind in ANOMALIES):
-        return "anomalies"
-    return "stalled" if stalled else "anomalies"
+    return "unknown" if verdict.get("unknown") else "anomalies"
 
 
 def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: str) -> SeedResult:
@@ -210,17 +208,14 @@ def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: st
 
 
 def signature_of(result: RunResult, outcome: str) -> Signature:
-    """The signature of a failing run. Anomalies come first (in the checker's order: failed,
-    stale, garbage reads, lost writes, resurrected deletes, divergence) and name the first
-    example of the first kind found; a stalled run without anomalies is kind `stalled`, in
-    the phase where it stopped."""
+    """The signature of a failing run. A stalled run is kind `stalled`, in the phase where it
+    stopped; otherwise the first example of the first anomaly kind found, in the checker's
+    order (failed, stale, garbage reads, lost writes, resurrected deletes, divergence)."""
     verdict = result.verdict
     run_families = tuple(sorted({f["family"] for f in result.faults}))
-    if outcome == "unknown":
-        return Signature("unknown", result.end_phase, run_families, "-")
     kind = next((k for k in ANOMALIES if getattr(verdict, k)), None)
-    if kind is None:
-        return Signature("stalled", result.end_phase, run_families, "-")
+    if outcome in ("stalled", "unknown") or kind is None:
+        return Signature(outcome, result.end_phase, run_families, "-")
     example = (verdict.examples.get(kind) or [{}])[0]
     when = _example_time(example)
     phase = example.get("phase") or (_phase_at(result, when) if when is not None else None)

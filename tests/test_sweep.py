@@ -237,12 +237,13 @@ def test_a_stalled_seed_is_counted_and_grouped_as_stalled(
 
     def stalls(self: simulation.Simulation, *args: Any) -> simulation.RunResult:
         result = original(self, *args)
-        return dataclasses.replace(result, verdict=StalledVerdict(valid=False))
+        return dataclasses.replace(result, verdict=StalledVerdict(valid=False, stale_reads=3))
 
     monkeypatch.setattr(simulation.Simulation, "run", stalls)
     _, rows = sweep(shop, range(7, 8), InProcess(), tmp_path)
     row = rows[7]
-    assert (row.outcome, row.stalled) == ("stalled", True)
+    assert (row.outcome, row.stalled) == ("stalled", True), "stalled, whatever the counts"
+    assert row.counts["stale_reads"] == 3
     assert row.signature is not None and row.signature.kind == "stalled"
     assert row.signature.phase == row.end_phase
     assert row.history is not None, "a stalled seed keeps its history"
