@@ -257,16 +257,21 @@ def _run_with_progress(
     keys = {task.key(digest) for task in tasks}
     before = [row for row in store.rows(keys)] if args.resume else []
     failures = sum(row.failed for row in before)
+    err = Console(stderr=True)
+    err.print(
+        f"sweep {scenario.name} --strategy {args.strategy}: {len(tasks) - len(before)} seeds "
+        f"to run on {executor.description}"
+        + (f" ({len(before)} kept from before)" if before else ""),
+        highlight=False,
+    )
     with Progress(
-        TextColumn(f"sweep {scenario.name} ({args.strategy}) on {executor.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("seeds"),
-        TextColumn("[red]{task.fields[failures]} failing[/red]"),
+        TextColumn("seeds, [red]{task.fields[failures]} failing[/red]"),
         TimeElapsedColumn(),
-        TextColumn("eta"),
+        TextColumn("left"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=err,
         transient=True,
     ) as progress:
         bar = progress.add_task("sweep", total=len(tasks), completed=len(before), failures=failures)

@@ -26,7 +26,7 @@ from vecmig.sim import simulation
 from vecmig.sim.scenario import load
 from vecmig.sim.sweep import SweepRun, plan, run
 from vecmig.sim.sweep_executors import InProcess, LocalPool, SweepError, connect
-from vecmig.sim.sweep_store import ResultStore, StoreError
+from vecmig.sim.sweep_store import ResultStore, StoredResult, StoreError
 from vecmig.sim.sweep_task import SeedResult, Task, fingerprint
 
 ROOT = Path(vecmig.__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def sweep(
     *,
     resume: bool = False,
     on_result: Any = None,
-) -> tuple[SweepRun, dict[int, Any]]:
+) -> tuple[SweepRun, dict[int, StoredResult]]:
     """Run a naive sweep of `shop` and return what the store holds, by seed."""
     scenario = load(str(shop))
     tasks = plan(str(shop), scenario, seeds, "naive")
@@ -90,12 +90,12 @@ def sweep(
     return record, rows
 
 
-def verdicts(rows: dict[int, Any]) -> dict[int, tuple[str, dict[str, int]]]:
+def verdicts(rows: dict[int, StoredResult]) -> dict[int, tuple[str, dict[str, int]]]:
     return {seed: (row.outcome, row.counts) for seed, row in rows.items()}
 
 
 @pytest.fixture(scope="module")
-def sequential(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Any]:
+def sequential(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, StoredResult]:
     """Seeds 1-20 with `--jobs 1`: the verdicts every other executor must reach."""
     _, rows = sweep(shop, range(1, 21), InProcess(), tmp_path_factory.mktemp("jobs1"))
     outcomes = {row.outcome for row in rows.values()}
@@ -108,7 +108,7 @@ def sequential(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int
 
 
 def test_a_failing_seed_keeps_its_history_and_a_passing_one_only_its_report(
-    sequential: dict[int, Any], tmp_path: Path
+    sequential: dict[int, StoredResult], tmp_path: Path
 ) -> None:
     failing = next(row for row in sequential.values() if row.failed)
     passing = next(row for row in sequential.values() if not row.failed)
@@ -259,7 +259,8 @@ def test_a_seed_that_raises_is_an_error_result_not_a_crashed_sweep(
     _, rows = sweep(shop, range(1, 3), InProcess(), tmp_path)
     assert [rows[s].outcome for s in (1, 2)] == ["error", "error"]
     assert rows[1].signature is not None and rows[1].signature.first_op == "RuntimeError"
-    report = json.loads((tmp_path / rows[1].history).read_text())  # type: ignore[arg-type]
+    assert rows[1].history is not None, "an error keeps its report with the traceback"
+    report = json.loads((tmp_path / rows[1].history).read_text())
     assert "driver exploded" in report["error"]
 
 
@@ -280,7 +281,7 @@ def test_ray_addresses_are_refused_with_the_way_to_dask() -> None:
 
 
 def test_a_killed_local_worker_process_costs_only_the_tasks_in_flight(
-    shop: Path, sequential: dict[int, Any], tmp_path: Path
+    shop: Path, sequential: dict[int, StoredResult], tmp_path: Path
 ) -> None:
     pool = LocalPool(2)
     killed: list[int] = []
@@ -311,7 +312,7 @@ def dask_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_a_dask_sweep_survives_a_killed_worker_with_the_verdicts_of_jobs_1(
-    shop: Path, sequential: dict[int, Any], dask_cluster: Any, tmp_path: Path
+    shop: Path, sequential: dict[int, StoredResult], dask_cluster: Any, tmp_path: Path
 ) -> None:
     import distributed
 
