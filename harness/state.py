@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ class MemoryStore:
     def __init__(self, recent_keep_ns: int = 60_000_000_000) -> None:
         self._phase, self._epoch = Phase.OLD_ONLY, 0
         self._checkpoint = Checkpoint()
-        self._repairs: dict[tuple[str, Side], int] = {}
+        self._repairs: dict[tuple[str, Side], RepairEntry] = {}
+        """(id, side) -> the entry as queued last, oldest first."""
         self._seq = 0
         self._recent: dict[Side, deque[RecentWrite]] = {Side.OLD: deque(), Side.NEW: deque()}
         self._recent_keep_ns = recent_keep_ns
@@ -41,30 +43,38 @@ class MemoryStore:
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         self._checkpoint = checkpoint
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
+        queued = []
         for entry in entries:
             self._seq += 1
-            self._repairs.pop(entry.key, None)
-            self._repairs[entry.key] = self._seq
+            merged = requeued(self._repairs.pop(entry.key, None), entry, self._seq)
+            self._repairs[entry.key] = merged
+            queued.append(merged)
+        return queued
 
-    def next_repairs(self, limit: int) -> list[RepairEntry]:
+    def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
         out: list[RepairEntry] = []
-        for (record_id, side), seq in self._repairs.items():
+        for entry in self._repairs.values():
             if len(out) >= limit:
                 break
-            out.append(RepairEntry(record_id, side, seq))
+            if now is None or entry.hold_until <= now:
+                out.append(entry)
         return out
 
-    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]:
-        return frozenset(k for k in keys if k in self._repairs)
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
+        repairs = self._repairs
+        return {k: repairs[k].indeterminate for k in keys if k in repairs}
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         for entry in entries:
-            if self._repairs.get(entry.key) == entry.seq:
+            held = self._repairs.get(entry.key)
+            if held is not None and held.seq == entry.seq:
                 del self._repairs[entry.key]
 
-    def repair_backlog(self) -> int:
-        return len(self._repairs)
+    def repair_backlog(self, now: int | None = None) -> int:
+        if now is None:
+            return len(self._repairs)
+        return sum(1 for entry in self._repairs.values() if entry.hold_until <= now)
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
         window = self._recent[side]
@@ -78,14 +88,29 @@ class MemoryStore:
         return tuple(w for w in self._recent[side] if w.time >= since)
 
 
+def requeued(pending: RepairEntry | None, entry: RepairEntry, seq: int) -> RepairEntry:
+    """`entry` queued again over what is `pending` for its key: a new seq, indeterminate only
+    if both are, held only as long as both are (a repair due now is not held by an intent)."""
+    if pending is None:
+        return replace(entry, seq=seq)
+    return replace(
+        entry,
+        seq=seq,
+        indeterminate=entry.indeterminate and pending.indeterminate,
+        hold_until=min(entry.hold_until, pending.hold_until),
+    )
+
+
 class SQLiteStore:
     """The state in one SQLite file (WAL mode). Safe to share between threads of one process."""
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT, epoch INTEGER);
     CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1),
-        cursor TEXT, copied INTEGER, done INTEGER);
-    CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER, PRIMARY KEY (id, side));
+        cursor TEXT, copied INTEGER, done INTEGER, attempt INTEGER NOT NULL DEFAULT -1);
+    CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER,
+        indeterminate INTEGER NOT NULL DEFAULT 0, hold_until INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (id, side));
     CREATE INDEX IF NOT EXISTS repairs_seq ON repairs (seq);
     CREATE TABLE IF NOT EXISTS recent (side TEXT, time INTEGER, id TEXT, version INTEGER,
         deleted INTEGER, vector TEXT, metadata TEXT);
@@ -100,6 +125,16 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(self.SCHEMA)
+        for table, column, default in (
+            ("repairs", "indeterminate", 0),
+            ("repairs", "hold_until", 0),
+            ("checkpoint", "attempt", -1),
+        ):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:  # a state file from vecmig 0.1
+                self._db.execute(
+                    f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT {default}"
+                )
         self._recent_keep_ns = recent_keep_ns
 
     def close(self) -> None:
@@ -122,70 +157,94 @@ class SQLiteStore:
 
     def load_checkpoint(self) -> Checkpoint:
         with self._lock:
-            row = self._db.execute("SELECT cursor, copied, done FROM checkpoint").fetchone()
-        return Checkpoint(row[0], int(row[1]), bool(row[2])) if row else Checkpoint()
+            row = self._db.execute(
+                "SELECT cursor, copied, done, attempt FROM checkpoint"
+            ).fetchone()
+        return Checkpoint(row[0], int(row[1]), bool(row[2]), int(row[3])) if row else Checkpoint()
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO checkpoint (one, cursor, copied, done) VALUES (1, ?, ?, ?)",
-                (checkpoint.cursor, checkpoint.copied, int(checkpoint.done)),
+                "INSERT OR REPLACE INTO checkpoint (one, cursor, copied, done, attempt) "
+                "VALUES (1, ?, ?, ?, ?)",
+                (checkpoint.cursor, checkpoint.copied, int(checkpoint.done), checkpoint.attempt),
             )
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
         if not entries:
-            return
+            return []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT value FROM seq").fetchone()
                 seq = int(row[0]) if row else 0
-                rows = []
+                queued = []
                 for entry in entries:
                     seq += 1
-                    rows.append((entry.id, entry.side.value, seq))
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO repairs (id, side, seq) VALUES (?, ?, ?)", rows
-                )
+                    merged = requeued(self._entry(entry.id, entry.side), entry, seq)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO repairs (id, side, seq, indeterminate, hold_until) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            merged.id,
+                            merged.side.value,
+                            seq,
+                            int(merged.indeterminate),
+                            merged.hold_until,
+                        ),
+                    )
+                    queued.append(merged)
                 self._db.execute("INSERT OR REPLACE INTO seq (one, value) VALUES (1, ?)", (seq,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return queued
 
-    def next_repairs(self, limit: int) -> list[RepairEntry]:
+    def _entry(self, record_id: str, side: Side) -> RepairEntry | None:
+        row = self._db.execute(
+            "SELECT seq, indeterminate, hold_until FROM repairs WHERE id = ? AND side = ?",
+            (record_id, side.value),
+        ).fetchone()
+        if row is None:
+            return None
+        return RepairEntry(record_id, side, int(row[0]), bool(row[1]), int(row[2]))
+
+    def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
+        held = "" if now is None else "WHERE hold_until <= ? "
+        params: tuple[int, ...] = (limit,) if now is None else (now, limit)
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, side, seq FROM repairs ORDER BY seq LIMIT ?", (limit,)
+                "SELECT id, side, seq, indeterminate, hold_until FROM repairs "
+                f"{held}ORDER BY seq LIMIT ?",
+                params,
             ).fetchall()
-        return [RepairEntry(r[0], Side(r[1]), int(r[2])) for r in rows]
+        return [RepairEntry(r[0], Side(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows]
 
     # SQLite allows 999 host parameters in older builds; two per key.
     _KEYS_PER_QUERY = 400
 
-    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]:
-        """The keys among `keys` with a pending repair: one query per 400 keys (a search's ten
-        hits are one query, not ten)."""
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
+        """The keys among `keys` with a pending repair, each with whether its entry is
+        indeterminate: one query per 400 keys (a search's ten hits are one query, not ten)."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
-            return frozenset()
-        found: set[tuple[str, Side]] = set()
+            return {}
+        found: dict[tuple[str, Side], bool] = {}
         with self._lock:
             for start in range(0, len(wanted), self._KEYS_PER_QUERY):
                 chunk = wanted[start : start + self._KEYS_PER_QUERY]
                 pairs = " OR ".join(["(id = ? AND side = ?)"] * len(chunk))
                 params = [v for record_id, side in chunk for v in (record_id, side.value)]
                 rows = self._db.execute(
-                    f"SELECT id, side FROM repairs WHERE {pairs}", params
+                    f"SELECT id, side, indeterminate FROM repairs WHERE {pairs}", params
                 ).fetchall()
-                found.update((r[0], Side(r[1])) for r in rows)
-        return frozenset(found)
+                found.update(((r[0], Side(r[1])), bool(r[2])) for r in rows)
+        return found
 
-    def pending_keys(self) -> frozenset[tuple[str, Side]]:
-        """Every (id, side) with a pending repair (to load a cache of the log)."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, side FROM repairs").fetchall()
-        return frozenset((r[0], Side(r[1])) for r in rows)
+    def pending_entries(self) -> list[RepairEntry]:
+        """Every pending entry (to load a cache of the log)."""
+        return self.next_repairs(1 << 62)
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         with self._lock:
@@ -194,9 +253,15 @@ class SQLiteStore:
                 [(e.id, e.side.value, e.seq) for e in entries],
             )
 
-    def repair_backlog(self) -> int:
+    def repair_backlog(self, now: int | None = None) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0])
+            if now is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM repairs WHERE hold_until <= ?", (now,)
+                ).fetchone()[0]
+            )
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
         if not writes:

@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.cli import (
+    EXIT_ANOMALIES,
+    EXIT_BAD_INPUT,
+    EXIT_STALLED,
+    EXIT_VALID,
+    exit_code,
+)
 from vecmig.harness.core.strategy import STRATEGIES
 from vecmig.sim import report as rep
 from vecmig.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
@@ -33,7 +39,8 @@ writes, in --out (default out/<scenario>-<strategy>-<seed>):
   report.html     the same, with the plots embedded
   latency.png backfill.png mismatch.png
 
-exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key).
+exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key),
+4 stalled (the plan did not finish, or a gate held past migration.stall_after_s).
 
 examples:
   vecmig simulate
@@ -144,8 +151,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         rep.print_summary(console, report)
     valid = report["verdict"]["valid"]
+    code = exit_code(result.verdict)
+    label = (
+        "[bold green]VALID[/bold green]"
+        if valid
+        else "[bold red]STALLED[/bold red]"
+        if code == EXIT_STALLED
+        else "[bold red]ANOMALIES[/bold red]"
+    )
     console.print(
-        f"{'[bold green]VALID[/bold green]' if valid else '[bold red]ANOMALIES[/bold red]'}: "
+        f"{label}: "
         f"{report['simulated_s']:.0f} simulated s in {wall:.1f} s; wrote {out}/ "
         f"(history.jsonl sha256 {report['history_sha256'][:16]}...)",
         highlight=False,
@@ -154,7 +169,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not valid:
         print(f"replay: {report['replay']}")
         print(f"judge again: vecmig check {out / 'history.jsonl'}")
-    return EXIT_VALID if valid else EXIT_ANOMALIES
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +187,7 @@ def _sweep_one(
     return {
         "seed": seed,
         "valid": result.verdict.valid,
+        "stalled": result.verdict.stalled,
         "counts": result.verdict.counts(),
         "end_phase": result.end_phase,
         "families": sorted({f["family"] for f in result.faults}),
@@ -234,6 +250,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     table.add_column("wall s", justify="right")
     for r in rows:
         anomalies = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["counts"].items() if n)
+        if r["stalled"]:
+            anomalies = ", ".join(x for x in (anomalies, "stalled") if x)
         table.add_row(
             str(r["seed"]),
             "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]",

@@ -186,6 +186,11 @@ class InstancesConfig:
     poll_interval_ms: float = _f(1000.0, min=1.0)
     """Instances re-read the config store and renew their lease this often."""
     lease_ms: float = _f(5000.0, min=1.0)
+    lease_margin_ms: float = _f(1000.0, min=0.0)
+    """An instance stops serving this long before its lease runs out (see
+    `vecmig.harness.core.phases.lease_rules` for what it must cover)."""
+    max_clock_skew_ms: float = _f(300.0, min=0.0)
+    """The declared bound on any instance's clock skew; clock-skew faults stay within it."""
     restart_s: float = _f(5.0, min=0.0)
     """How long a crashed instance stays down unless its fault says otherwise."""
 
@@ -208,6 +213,8 @@ class MigrationConfig:
     min_mirrored_reads: int = _f(100, min=0)
     recall_parity_tolerance: float = _f(0.05, min=0.0, max=1.0)
     soak_s: float = _f(10.0, min=0.0)
+    stall_after_s: float = _f(90.0, min=1.0)
+    """A gate that holds longer than this (after the phase's hold) makes the run stalled."""
     batch_size: int = _f(128, min=1)
     backfill_rate: float = _f(0.0, min=0.0)
     """An operator's cap on the backfill, in records per second (0: only the throttle)."""

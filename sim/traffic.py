@@ -108,7 +108,14 @@ class Traffic:
         instance = self.fleet.pick(self.draws.uniform())
         kind_draw = self.draws.uniform()
         if instance is None:
+            # No instance can serve: a shopper sees an error page, which the history records
+            # as a failed read (a merchant's write is simply not sent, and so not recorded).
             self.dropped += 1
+            if kind_draw < self.config.shopper_share:
+                record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+                self.fleet.driver.refuse(
+                    "get", {"id": record_id}, "no app instance is ready to serve"
+                )
             return
         self.sessions += 1
         if kind_draw < self.config.shopper_share:

@@ -9,8 +9,9 @@
 | CUTOVER        | enough mirrored reads, mismatch rate within the noise floor, recall   |
 |                | parity, new's p99 latency within the SLO, repair log empty, and a     |
 |                | fresh verification diff with no differences                           |
-| DECOMMISSIONED | a soak period in CUTOVER with no read fallback to old, and no repair  |
-|                | backlog (a fallback starts the soak again)                            |
+| DECOMMISSIONED | a soak period in CUTOVER with no read fallback to old, no repair      |
+|                | backlog (a fallback starts the soak again), and a verification diff   |
+|                | with no differences taken since CUTOVER began                         |
 
 ROLLBACK and ABORT are emergency steps: they pass no gate but the acknowledgement rule.
 Every live instance must have acknowledged the current epoch before any step (see `phases`).
@@ -18,7 +19,7 @@ Every live instance must have acknowledged the current epoch before any step (se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vecmig.harness.core.compare import MirrorStats, NoiseFloor
 from vecmig.harness.core.phases import Phase, Published
@@ -75,9 +76,22 @@ class GateResult:
         return f"gate to {self.target.value}: held: " + "; ".join(self.reasons)
 
 
-def check(target: Phase, inputs: GateInputs, policy: GatePolicy | None = None) -> GateResult:
-    """Whether the migration may move to `target` now, and if not, every reason why not."""
+VERIFIED: frozenset[Phase] = frozenset({Phase.SHADOW, Phase.CUTOVER, Phase.DECOMMISSIONED})
+"""The targets whose gate needs a fresh verification diff with no differences."""
+
+
+def check(
+    target: Phase, inputs: GateInputs, policy: GatePolicy | None = None, *, verified: bool = False
+) -> GateResult:
+    """Whether the migration may move to `target` now, and if not, every reason why not.
+
+    `verified`: judge as if a fresh verification diff had found no differences (the
+    controller asks so first, and takes the costly diff only when the rest is open)."""
     policy = policy or GatePolicy()
+    if verified:
+        inputs = replace(
+            inputs, verification=Verification(0, 0, 0, 0, inputs.now), backfill_done_at=None
+        )
     reasons: list[str] = []
     if inputs.waiting_for:
         reasons.append(
@@ -162,3 +176,11 @@ def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str
         reasons.append(f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s {what}")
     if inputs.repair_backlog:
         reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+    v = inputs.verification
+    if v is None or v.time < inputs.cutover_at:
+        reasons.append("no verification diff since CUTOVER began")
+    elif v.differences:
+        reasons.append(
+            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
+            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued"
+        )

@@ -74,26 +74,33 @@ SideRequest = Upsert | Delete | Get | Search | Scan | Checksums | Count
 
 @dataclass(frozen=True, slots=True)
 class AddRepairs:
+    """Queue repairs durably. Answer: the entries as queued (with their `seq`)."""
+
     entries: tuple[RepairEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class NextRepairs:
-    """The oldest pending repairs, at most `limit`."""
+    """The oldest pending repairs, at most `limit`, but entries held at `now` (intents of
+    writes that may still be under way, see `RepairEntry.hold_until`); None: every entry."""
 
     limit: int
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PendingFor:
-    """Which of these (id, side) pairs have a repair pending. Answer: a frozenset of them."""
+    """Which of these (id, side) pairs have a repair pending. Answer: a mapping of each such
+    pair to whether its entry is indeterminate (see `RepairEntry`)."""
 
     keys: tuple[tuple[str, Side], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class RepairBacklog:
-    """How many repairs are pending. Answer: an int."""
+    """How many repairs are pending, but entries held at `now` (None: all). Answer: an int."""
+
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,16 @@ class AnnouncePhase:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """Record one of the controller's own events in the history (process "controller", type
+    info): its `plan` when it starts walking one, and each `gate` refusal, so that the checker
+    can judge whether the migration kept making progress (see `controller`)."""
+
+    f: str
+    value: Mapping[str, Any]
+
+
 StateRequest = (
     AddRepairs
     | NextRepairs
@@ -149,6 +166,7 @@ StateRequest = (
     | NoteRecent
     | RecentSince
     | AnnouncePhase
+    | RecordEvent
 )
 
 # -- requests to the driver itself -------------------------------------------------------------

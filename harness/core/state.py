@@ -8,7 +8,7 @@ SQLite (the embedded default).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,11 +18,16 @@ from vecmig.harness.core.phases import Phase
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """How far the backfill has copied: every id <= `cursor` is on new (fenced)."""
+    """How far the backfill has copied: every id <= `cursor` is on new (fenced).
+
+    `attempt` is the epoch at which the BACKFILL phase of this copy was published. A copy
+    belongs to one attempt: after an ABORT and a new BACKFILL (a new epoch) the copy starts
+    over, and a batch of the old attempt that lands late cannot move the new one's cursor."""
 
     cursor: str | None = None
     copied: int = 0
     done: bool = False
+    attempt: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,16 @@ class RepairEntry:
     id: str
     side: Side
     seq: int = 0
+    indeterminate: bool = False
+    """True when every write this entry covers ended indeterminate for its client (a timeout
+    on the primary): then `side` may miss only a write nobody was told succeeded, and a read
+    may answer from it alone. A write acknowledged while its copy to `side` failed queues a
+    determinate entry; so do the verification diff and mirrored reads, which cannot tell."""
+    hold_until: int = 0
+    """An *intent*: a writer queues its secondary before writing the primary, and removes the
+    entry once both writes landed; if it dies in between, the entry is what repairs the
+    secondary. Until this time (ns) the entry belongs to a write that may still be under way:
+    the repair worker leaves it alone and the gates do not count it. 0: a repair due now."""
 
     @property
     def key(self) -> tuple[str, Side]:
@@ -73,17 +88,28 @@ class StateStore(Protocol):
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
-        """Durably queue repairs; queuing one already pending is a no-op."""
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
+        """Durably queue repairs; returns them as queued (with their `seq`). Queuing a key
+        already pending queues it again (a new `seq`, so a repair or a write under way does not
+        remove it); the entry stays indeterminate only if both were, and held only as long as
+        both were."""
         ...
 
-    def next_repairs(self, limit: int) -> list[RepairEntry]: ...
+    def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
+        """The oldest pending repairs, at most `limit`, leaving out entries held at `now`
+        (None: every entry)."""
+        ...
 
-    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> frozenset[tuple[str, Side]]: ...
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> Mapping[tuple[str, Side], bool]:
+        """The keys among `keys` with a pending repair, each mapped to whether the entry is
+        indeterminate (see `RepairEntry`)."""
+        ...
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None: ...
 
-    def repair_backlog(self) -> int: ...
+    def repair_backlog(self, now: int | None = None) -> int:
+        """How many repairs are pending, leaving out entries held at `now` (None: all)."""
+        ...
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None: ...
 

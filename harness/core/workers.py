@@ -83,6 +83,8 @@ class Backfill:
         self.strategy = strategy
         self.throttle = throttle or Throttle()
         self._memory = Checkpoint()
+        self.done_at: int | None = None
+        """When this worker copied the last batch of its attempt."""
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -92,13 +94,18 @@ class Backfill:
     def reset(self) -> None:
         """Forget this worker's progress (after an ABORT the copy starts over)."""
         self._memory = Checkpoint()
+        self.done_at = None
 
-    def batch(self) -> Operation:
-        return Operation(None, None, self._batch(), kind="backfill")
+    def batch(self, attempt: int) -> Operation:
+        """Copy the next batch of the copy that belongs to `attempt`, the epoch at which
+        BACKFILL was published (a checkpoint of another attempt starts the copy over)."""
+        return Operation(None, None, self._batch(attempt), kind="backfill")
 
-    def _batch(self) -> Steps:
+    def _batch(self, attempt: int) -> Steps:
         durable = self.strategy.checkpointed_backfill
         checkpoint: Checkpoint = (yield LoadCheckpoint()) if durable else self._memory
+        if checkpoint.attempt != attempt:
+            checkpoint = Checkpoint(attempt=attempt)
         if checkpoint.done:
             return Outcome("ok", {"copied": 0, "done": True})
         try:
@@ -117,10 +124,12 @@ class Backfill:
         last = page.items[-1].id if page.items else checkpoint.cursor
         if page.next_cursor is not None:
             last = page.next_cursor
-        advanced = Checkpoint(cursor=last, copied=checkpoint.copied + len(page.items), done=done)
+        advanced = Checkpoint(last, checkpoint.copied + len(page.items), done, attempt)
         if durable:
             yield SaveCheckpoint(advanced)
         self._memory = advanced
+        if done:
+            self.done_at = yield Now()
         return Outcome("ok", {"copied": len(page.items), "done": done, "cursor": last})
 
 
@@ -128,16 +137,26 @@ class Backfill:
 # The repair worker.
 
 
-def repair_pass(limit: int = 256, lagged: frozenset[Side] = frozenset()) -> Operation:
+def repair_pass(
+    limit: int = 256, lagged: frozenset[Side] = frozenset(), retired: bool = False
+) -> Operation:
     """Re-apply, fenced, the latest state of every queued id to the side that may miss it.
 
     A repair written to a side in `lagged` (one whose searches see writes late) is noted in
-    the visibility window too, as a client write would be, before its entry is removed."""
-    return Operation(None, None, _repair_pass(limit, lagged), kind="repair")
+    the visibility window too, as a client write would be, before its entry is removed.
+    Once old is `retired` (DECOMMISSIONED) there is nothing left to repair: old is neither
+    written nor read, and copying its state to new could only bring back what it missed, so
+    the pass removes what it reads without copying."""
+    return Operation(None, None, _repair_pass(limit, lagged, retired), kind="repair")
 
 
-def _repair_pass(limit: int, lagged: frozenset[Side]) -> Steps:
-    entries: list[RepairEntry] = yield NextRepairs(limit)
+def _repair_pass(limit: int, lagged: frozenset[Side], retired: bool) -> Steps:
+    now = yield Now()
+    entries: list[RepairEntry] = yield NextRepairs(limit, now)
+    if retired:
+        if entries:
+            yield RemoveRepairs(tuple(entries))
+        return Outcome("ok", {"repaired": 0, "failed": 0, "dropped": len(entries)})
     done: list[RepairEntry] = []
     failed = 0
     for entry in entries:

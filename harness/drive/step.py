@@ -202,6 +202,9 @@ class StepDriver:
             if self.on_phase is not None:
                 self.on_phase(Published(request.phase, request.epoch))
             return True, None
+        if isinstance(request, rq.RecordEvent):
+            self.recorder.info(CONTROLLER, request.f, dict(request.value), self.time)
+            return True, None
         return False, None
 
     def _finish(self, flight: InFlight, outcome: Outcome | None) -> None:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from vecmig.harness.history.liveness import Progress, Stall
 from vecmig.harness.history.ops import CLIENT_FS, Event, MalformedHistory
 
 Version = int | float
@@ -72,6 +73,12 @@ class Verdict:
     ops: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     unknown: bool = False
+    stall: Stall | None = None
+    """Set when the migration stopped making progress (see `liveness`)."""
+
+    @property
+    def stalled(self) -> bool:
+        return self.stall is not None
 
     def counts(self) -> dict[str, int]:
         return {name: int(getattr(self, name)) for name in ANOMALIES}
@@ -81,6 +88,8 @@ class Verdict:
             "valid": self.valid,
             **self.counts(),
             "unknown": self.unknown,
+            "stalled": self.stalled,
+            "stall": None if self.stall is None else self.stall.to_json(),
             "recall": self.recall,
             "ops": dict(self.ops),
             "examples": {kind: list(found) for kind, found in self.examples.items()},
@@ -182,6 +191,8 @@ class _Judge:
         self.faults: dict[str, int] = {}
         self.finals: dict[str, Mapping[str, Version]] = {}
         self.order: Sequence[int] = range(len(history))
+        self.progress = Progress()
+        self.stall: Stall | None = None
 
     # -- errors and examples -----------------------------------------------------------------
 
@@ -450,7 +461,7 @@ class _Judge:
 
     def other(self, seq: int, pos: int, event: Event) -> None:
         f, value = event.f, event.value
-        expected = "info" if f in ("phase", "fault") else "ok"
+        expected = "info" if f in ("phase", "fault", "plan", "gate") else "ok"
         if event.type != expected:
             raise self.bad(pos, f"a {f} event has type {expected!r}, got {event.type!r}")
         if f == "load":
@@ -462,6 +473,18 @@ class _Judge:
             if name not in PHASES:
                 raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
             self.phase = name
+            self.progress.phase_published(event.time, name)
+        elif f == "plan":
+            steps = value.get("steps") if isinstance(value, dict) else None
+            if not isinstance(steps, list):
+                raise self.bad(pos, f'a plan value holds "steps": [step, ...], got {value!r}')
+            self.progress.plan(event.time, value)
+        elif f == "gate":
+            if not isinstance(value, dict) or not isinstance(value.get("reasons", []), list):
+                raise self.bad(
+                    pos, f'a gate value holds {{"target", "reasons": [...]}}, got {value!r}'
+                )
+            self.progress.gate(event.time, value)
         elif f == "fault":
             if (
                 not isinstance(value, dict)
@@ -502,6 +525,8 @@ class _Judge:
     # -- the end of the run ------------------------------------------------------------------
 
     def finish(self) -> None:
+        if self.order:
+            self.stall = self.progress.finish(self.history[self.order[-1]].time)
         open_reads = 0
         for _, _, invoke, id_, version in self.open.values():
             if invoke.f == "delete":
@@ -585,11 +610,12 @@ class _Judge:
     def verdict(self) -> Verdict:
         counts = self.counts
         return Verdict(
-            valid=not self.unknown and not any(counts.values()),
+            valid=not self.unknown and not any(counts.values()) and self.stall is None,
             **counts,
             examples=self.examples,
             recall=self.recall_sum / self.recall_n if self.recall_n else None,
             ops=self.ops,
             notes=self.notes,
             unknown=self.unknown,
+            stall=self.stall,
         )

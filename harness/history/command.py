@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.cli import EXIT_BAD_INPUT, exit_code
 from vecmig.harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
 from vecmig.harness.history.ops import Event, MalformedHistory, iter_numbered
 
@@ -47,6 +47,7 @@ exit codes:
   0  valid
   1  anomalies found, or the verdict is unknown (no final state, or the checker crashed)
   2  bad input: a missing file, or a malformed history (the message names the line)
+  4  the run stalled: its plan did not finish, or a gate held past the plan's bound
 
 examples:
   vecmig check tests/data/example_history.jsonl
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(verdict.to_json(), indent=2))
     else:
         print_verdict(verdict, args.history)
-    return EXIT_VALID if verdict.valid else EXIT_ANOMALIES
+    return exit_code(verdict)
 
 
 def print_verdict(verdict: Verdict, source: str) -> None:
@@ -123,12 +124,16 @@ def print_verdict(verdict: Verdict, source: str) -> None:
     console.print(f"ops invoked: {ops}", highlight=False)
     for note in verdict.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    if verdict.stall is not None:
+        console.print(f"stalled: {verdict.stall.describe()}", highlight=False, markup=False)
     if verdict.valid:
         console.print("[bold green]valid[/bold green]")
     elif verdict.unknown:
         console.print("[bold yellow]unknown[/bold yellow]: see the notes above")
-    else:
+    elif any(verdict.counts().values()):
         console.print("[bold red]anomalies found[/bold red]")
+    else:
+        console.print("[bold red]stalled[/bold red]: the migration stopped making progress")
 
 
 def describe(example: dict[str, Any]) -> str:

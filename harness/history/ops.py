@@ -8,8 +8,9 @@
 `type` is `invoke`, `ok`, `fail` (certainly no effect) or `info` (indeterminate). Each
 completion follows its own invoke on the same `process`; a process that got `info` never
 invokes again. `time` is nanoseconds on a clock shared by every process. Besides client ops
-(`upsert`, `delete`, `get`, `search`) there are `load`, `phase`, `fault` and `final` events;
-their process is a name (`"loader"`, `"controller"`, `"nemesis"`, `"checker"`).
+(`upsert`, `delete`, `get`, `search`) there are `load`, `phase`, `fault` and `final` events,
+and the controller's `plan` and `gate` events (see `liveness`); their process is a name
+(`"loader"`, `"controller"`, `"nemesis"`, `"checker"`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import IO, Any, Literal
 EventType = Literal["invoke", "ok", "fail", "info"]
 EVENT_TYPES: frozenset[str] = frozenset({"invoke", "ok", "fail", "info"})
 CLIENT_FS: frozenset[str] = frozenset({"upsert", "delete", "get", "search"})
-OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final"})
+OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final", "plan", "gate"})
 READ_FS: frozenset[str] = frozenset({"get", "search"})
 WRITE_FS: frozenset[str] = frozenset({"upsert", "delete"})
 

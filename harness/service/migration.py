@@ -119,6 +119,7 @@ class Migration:
         self.coordinator = Coordinator(state.phase, state.epoch, lease_ns=self.lease_ns)
         self.coordinator.join(config.instance, now)
         self.view = InstanceView(config.instance, state.phase, state.epoch, now + self.lease_ns)
+        self._acked = Published(state.phase, state.epoch)
         self.shared = Shared()
         self.layer = MigrationLayer(
             self.view,
@@ -149,6 +150,7 @@ class Migration:
             self.shared,
             config.policy,
             new_p99_ms=lambda: self.driver.read_latency.p99_ms(Side.NEW),
+            lagged_sides=config.lagged,
         )
         if state.phase is Phase.CUTOVER:
             self.controller.cutover_at = now  # the soak starts again after a restart
@@ -275,7 +277,8 @@ class Migration:
         if outcome.type != "ok":
             return {"ok": False, "error": outcome.error}
         result = outcome.value
-        repaired = await self.driver.run(repair_pass(4096))
+        retired = self.coordinator.published.phase is Phase.DECOMMISSIONED
+        repaired = await self.driver.run(repair_pass(4096, self.config.lagged, retired))
         return {
             "ok": True,
             "differences": result.differences,
@@ -333,17 +336,19 @@ class Migration:
         while True:
             now = time.monotonic_ns()
             if now >= self.faults.config_lag_until:
-                self.view.learn(self.coordinator.published, now, self.lease_ns)
+                self.layer.learn(self.coordinator.published, now)
                 oldest = min(self.in_flight, default=self.view.epoch)
                 if oldest >= self.view.epoch:
-                    self.coordinator.ack(
-                        self.config.instance, Published(self.view.phase, self.view.epoch), now
-                    )
+                    self._acked = Published(self.view.phase, self.view.epoch)
+                # Acknowledging the last epoch it may (again) renews the lease; the
+                # coordinator grants it only as `Coordinator.ack` allows.
+                if self.coordinator.ack(self.config.instance, self._acked, now):
+                    self.layer.renew(now, self.lease_ns)
             await asyncio.sleep(self.config.poll_s)
 
     async def _backfill_loop(self) -> None:
-        """Runs the backfill worker whenever the phase is BACKFILL; a worker that returns
-        (copy done, or phase moved on) is started again later, which costs one check."""
+        """Runs the backfill worker (it copies whenever BACKFILL is published); a worker that
+        ends (a crash) is started again, resuming from the durable checkpoint."""
         while True:
             outcome = await self.driver.run(backfill_worker(self.backfill, self.coordinator))
             if outcome.type != "ok":
@@ -354,7 +359,9 @@ class Migration:
         if not self.config.strategy.repair_log:
             return
         while True:
-            outcome = await self.driver.run(repair_worker())
+            outcome = await self.driver.run(
+                repair_worker(self.coordinator, lagged=self.config.lagged)
+            )
             log.warning("repair worker ended %s: %s; restarting it", outcome.type, outcome.error)
             await asyncio.sleep(0.5)
 

@@ -25,13 +25,15 @@ class CachedRepairLog:
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
-        self._pending: set[Key] = set(store.pending_keys())
+        self._pending: dict[Key, RepairEntry] = {e.key: e for e in store.pending_entries()}
 
     # -- the repair log, through the cache --------------------------------------------------------
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
-        self.store.add_repairs(entries)
-        self._pending.update(e.key for e in entries)
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
+        queued = self.store.add_repairs(entries)
+        for entry in queued:
+            self._pending[entry.key] = entry
+        return queued
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         """The store removes an entry only if it was not queued again since it was read (its
@@ -39,19 +41,23 @@ class CachedRepairLog:
         self.store.remove_repairs(entries)
         keys = [e.key for e in entries]
         still = self.store.pending_for(keys)
-        self._pending.difference_update(k for k in keys if k not in still)
+        for key in keys:
+            if key not in still:
+                self._pending.pop(key, None)
 
-    def pending_for(self, keys: Iterable[Key]) -> frozenset[Key]:
+    def pending_for(self, keys: Iterable[Key]) -> dict[Key, bool]:
         pending = self._pending
         if not pending:
-            return frozenset()
-        return frozenset(k for k in keys if k in pending)
+            return {}
+        return {k: pending[k].indeterminate for k in keys if k in pending}
 
-    def repair_backlog(self) -> int:
-        return len(self._pending)
+    def repair_backlog(self, now: int | None = None) -> int:
+        if now is None:
+            return len(self._pending)
+        return sum(1 for entry in self._pending.values() if entry.hold_until <= now)
 
-    def next_repairs(self, limit: int) -> list[RepairEntry]:
-        return self.store.next_repairs(limit)
+    def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
+        return self.store.next_repairs(limit, now)
 
     # -- the rest, straight to the store ------------------------------------------------------------
 
