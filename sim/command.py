@@ -71,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--swarm", action="store_true", help="add random swarm faults for the seed"
     )
     simulate.add_argument(
+        "--buggify",
+        action="store_true",
+        help="draw the settings and faults from the seed too (instances, leases, lagged "
+        "sides, shards, replicas, traffic mix, a plan with rollbacks and aborts; see "
+        "sim/buggify.py)",
+    )
+    simulate.add_argument(
         "--duration",
         type=float,
         default=None,
@@ -94,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sweep.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
     sweep.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
     sweep.add_argument("--no-swarm", action="store_true", help="only the scenario's own faults")
+    sweep.add_argument(
+        "--buggify", action="store_true", help="draw each seed's settings and faults too"
+    )
     sweep.add_argument("--duration", type=float, default=None, metavar="S")
     sweep.set_defaults(handler=run_sweep)
 
@@ -125,7 +135,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sim = Simulation(scenario, args.strategy, args.seed, swarm=args.swarm or None)
+    sim = Simulation(
+        scenario, args.strategy, args.seed, swarm=args.swarm or None, buggify=args.buggify
+    )
     name = scenario_arg(args.scenario, scenario)
     if args.duration is not None:
         name += f" --duration {args.duration:g}"
@@ -176,13 +188,15 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def _sweep_one(
-    given: str, duration: float | None, strategy: str, seed: int, swarm: bool
+    given: str, duration: float | None, strategy: str, seed: int, swarm: bool, buggify: bool
 ) -> dict[str, Any]:
     from vecmig.sim.simulation import Simulation
 
     scenario = _load(given, duration)
     started = time.perf_counter()
-    result = Simulation(scenario, strategy, seed, swarm=swarm).run()
+    result = Simulation(
+        scenario, strategy, seed, swarm=swarm and not buggify, buggify=buggify
+    ).run()
     wall = time.perf_counter() - started
     return {
         "seed": seed,
@@ -230,7 +244,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         task = progress.add_task("sweep", total=len(seeds))
         futures = [
             pool.submit(
-                _sweep_one, args.scenario, args.duration, args.strategy, seed, not args.no_swarm
+                _sweep_one,
+                args.scenario,
+                args.duration,
+                args.strategy,
+                seed,
+                not args.no_swarm,
+                args.buggify,
             )
             for seed in seeds
         ]

@@ -103,7 +103,7 @@ def history_bytes(result: RunResult) -> bytes:
 
 def replay_command(result: RunResult, scenario_arg: str) -> str:
     command = f"vecmig simulate {scenario_arg} --seed {result.seed} --strategy {result.strategy}"
-    return command + (" --swarm" if result.swarm else "")
+    return command + (" --swarm" if result.swarm else "") + (" --buggify" if result.buggify else "")
 
 
 def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float) -> dict[str, Any]:
@@ -114,6 +114,7 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         "scenario": result.scenario.name,
         "scenario_source": result.scenario.source,
         "swarm": result.swarm,
+        "buggify": result.buggify,
         "history_sha256": sha256,
         "replay": replay_command(result, scenario_arg),
         "verdict": {

@@ -174,6 +174,10 @@ class TrafficConfig:
         keys=MERCHANT_ACTIONS,
         min=0.0,
     )
+    hot_ids: int = _f(0, min=0)
+    """How many products are hot (the first ones of the catalog); 0: none."""
+    hot_share: float = _f(0.0, min=0.0, max=1.0)
+    """The share of sessions that go to a hot product."""
     spikes: list[Spike] = _f([])
     bulk_reembed: BulkReembed | None = _f(None)
 
@@ -215,6 +219,8 @@ class MigrationConfig:
     soak_s: float = _f(10.0, min=0.0)
     stall_after_s: float = _f(90.0, min=1.0)
     """A gate that holds longer than this (after the phase's hold) makes the run stalled."""
+    end_after_plan_s: float | None = _f(None, min=0.0)
+    """Stop the traffic this long after the plan's last step (unset: run all of duration_s)."""
     batch_size: int = _f(128, min=1)
     backfill_rate: float = _f(0.0, min=0.0)
     """An operator's cap on the backfill, in records per second (0: only the throttle)."""

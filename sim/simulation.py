@@ -23,6 +23,7 @@ from vecmig.harness.core.controller import Controller, Plan, backfill_worker, re
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import LayerConfig, Shared
 from vecmig.harness.core.phases import Coordinator, Phase, Published, Step
+from vecmig.harness.core.requests import Outcome
 from vecmig.harness.core.state import Checkpoint
 from vecmig.harness.core.strategy import Strategy, strategy_named
 from vecmig.harness.core.workers import Backfill, Throttle
@@ -62,6 +63,7 @@ class RunResult:
     strategy: str
     seed: int
     swarm: bool
+    buggify: bool
     events: list[Event]
     verdict: Verdict
     schedule: list[FaultSpec]
@@ -84,7 +86,15 @@ class Simulation:
         strategy: str | Strategy = "safe",
         seed: int | None = None,
         swarm: bool | None = None,
+        buggify: bool = False,
     ) -> None:
+        """`buggify`: draw the scenario's settings and faults from the seed first (see
+        `sim.buggify`); the run then replays from the same scenario, seed and flag."""
+        if buggify:
+            from vecmig.sim.buggify import buggify as draw_settings
+
+            scenario = draw_settings(scenario, scenario.seed if seed is None else seed)
+        self.buggify = buggify
         self.scenario = scenario
         self.strategy = strategy if isinstance(strategy, Strategy) else strategy_named(strategy)
         self.seed = scenario.seed if seed is None else seed
@@ -265,7 +275,7 @@ class Simulation:
         end = int(s.duration_s * SECOND)
         step = max(SECOND, end // 200)
         t = 0
-        while t < end:
+        while t < end and traffic.is_alive:
             t = min(end, t + step)
             env.run(until=t)
             if progress is not None:
@@ -285,7 +295,15 @@ class Simulation:
             retry_ns=int(m.retry_ms * MS),
             stall_ns=int(m.stall_after_s * SECOND),
         )
-        self._controller_flight = self.driver.start(self.controller.run(plan))
+        self._controller_flight = self.driver.start(
+            self.controller.run(plan), on_done=self._plan_done
+        )
+
+    def _plan_done(self, flight: Flight, outcome: Outcome) -> None:
+        linger = self.scenario.migration.end_after_plan_s
+        if outcome.type == "ok" and linger is not None:
+            end = int(self.env.now) + int(linger * SECOND)
+            self.traffic.duration_ns = min(self.traffic.duration_ns, end)
 
     def _on_phase(self, published: Published, step: str) -> None:
         now = int(self.env.now)
@@ -424,6 +442,7 @@ class Simulation:
             strategy=self.strategy.name,
             seed=self.seed,
             swarm=self.swarm,
+            buggify=self.buggify,
             events=list(self.recorder.events),
             verdict=verdict,
             schedule=self.schedule,

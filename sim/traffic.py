@@ -112,7 +112,7 @@ class Traffic:
             # as a failed read (a merchant's write is simply not sent, and so not recorded).
             self.dropped += 1
             if kind_draw < self.config.shopper_share:
-                record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+                record_id = self._some_id()
                 self.fleet.driver.refuse(
                     "get", {"id": record_id}, "no app instance is ready to serve"
                 )
@@ -127,7 +127,7 @@ class Traffic:
 
     def _shopper(self, instance: AppInstance) -> None:
         """View a product, then ask for similar ones (k=10, sometimes filtered)."""
-        record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+        record_id = self._some_id()
         product = self.products[record_id]
         filter_draw = self.draws.uniform()
         mirror_draw = self.draws.uniform()
@@ -203,9 +203,17 @@ class Traffic:
         product.vector, product.metadata = vector, metadata
         return instance.layer.upsert(Record(record_id, vector, metadata, version))
 
+    def _some_id(self) -> str:
+        """A product for a session: one of the first `hot_ids` products for a `hot_share` of
+        sessions (a best seller, a product on the front page), otherwise any."""
+        hot = self.config.hot_ids
+        if hot and self.draws.uniform() < self.config.hot_share:
+            return self.ids[int(self.draws.uniform() * min(hot, len(self.ids)))]
+        return self.ids[int(self.draws.uniform() * len(self.ids))]
+
     def _listed_id(self) -> str | None:
         for _ in range(8):
-            record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+            record_id = self._some_id()
             if self.products[record_id].listed:
                 return record_id
         return None
