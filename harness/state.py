@@ -4,12 +4,12 @@ embedded default for the live service, which must resume exactly where it was af
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ class MemoryStore:
         self._checkpoint = Checkpoint()
         self._repairs: dict[tuple[str, Side], RepairEntry] = {}
         """(id, side) -> the entry as queued last, oldest first."""
+        self._intents: dict[int, tuple[str, Side, int]] = {}
+        """intent -> (id, side, hold_until), oldest first."""
         self._seq = 0
         self._recent: dict[Side, deque[RecentWrite]] = {Side.OLD: deque(), Side.NEW: deque()}
         self._recent_keep_ns = recent_keep_ns
@@ -43,38 +45,52 @@ class MemoryStore:
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         self._checkpoint = checkpoint
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
-        queued = []
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
         for entry in entries:
             self._seq += 1
-            merged = requeued(self._repairs.pop(entry.key, None), entry, self._seq)
-            self._repairs[entry.key] = merged
-            queued.append(merged)
-        return queued
+            pending = self._repairs.pop(entry.key, None)
+            indeterminate = entry.indeterminate and (pending is None or pending.indeterminate)
+            self._repairs[entry.key] = RepairEntry(entry.id, entry.side, self._seq, indeterminate)
+
+    def add_intent(self, record_id: str, side: Side, hold_until: int) -> int:
+        self._seq += 1
+        self._intents[self._seq] = (record_id, side, hold_until)
+        return self._seq
+
+    def clear_intent(self, intent: int) -> None:
+        self._intents.pop(intent, None)
 
     def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
-        out: list[RepairEntry] = []
-        for entry in self._repairs.values():
+        out = list(itertools.islice(self._repairs.values(), limit))
+        for intent, (record_id, side, hold_until) in self._intents.items():
             if len(out) >= limit:
                 break
-            if now is None or entry.hold_until <= now:
-                out.append(entry)
+            if now is None or hold_until <= now:
+                out.append(RepairEntry(record_id, side, intent, True, intent))
         return out
 
     def pending_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
-        repairs = self._repairs
-        return {k: repairs[k].indeterminate for k in keys if k in repairs}
+        wanted = set(keys)
+        found = {k: self._repairs[k].indeterminate for k in wanted if k in self._repairs}
+        if self._intents:
+            for record_id, side, _ in self._intents.values():
+                found.setdefault((record_id, side), True)
+            found = {k: v for k, v in found.items() if k in wanted}
+        return found
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         for entry in entries:
+            if entry.intent is not None:
+                self._intents.pop(entry.intent, None)
+                continue
             held = self._repairs.get(entry.key)
             if held is not None and held.seq == entry.seq:
                 del self._repairs[entry.key]
 
     def repair_backlog(self, now: int | None = None) -> int:
         if now is None:
-            return len(self._repairs)
-        return sum(1 for entry in self._repairs.values() if entry.hold_until <= now)
+            return len(self._repairs) + len(self._intents)
+        return len(self._repairs) + sum(1 for *_, hold in self._intents.values() if hold <= now)
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
         window = self._recent[side]
@@ -88,19 +104,6 @@ class MemoryStore:
         return tuple(w for w in self._recent[side] if w.time >= since)
 
 
-def requeued(pending: RepairEntry | None, entry: RepairEntry, seq: int) -> RepairEntry:
-    """`entry` queued again over what is `pending` for its key: a new seq, indeterminate only
-    if both are, held only as long as both are (a repair due now is not held by an intent)."""
-    if pending is None:
-        return replace(entry, seq=seq)
-    return replace(
-        entry,
-        seq=seq,
-        indeterminate=entry.indeterminate and pending.indeterminate,
-        hold_until=min(entry.hold_until, pending.hold_until),
-    )
-
-
 class SQLiteStore:
     """The state in one SQLite file (WAL mode). Safe to share between threads of one process."""
 
@@ -109,8 +112,10 @@ class SQLiteStore:
     CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1),
         cursor TEXT, copied INTEGER, done INTEGER, attempt INTEGER NOT NULL DEFAULT -1);
     CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER,
-        indeterminate INTEGER NOT NULL DEFAULT 0, hold_until INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (id, side));
+        indeterminate INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (id, side));
+    CREATE TABLE IF NOT EXISTS intents (intent INTEGER PRIMARY KEY, id TEXT, side TEXT,
+        hold_until INTEGER);
+    CREATE INDEX IF NOT EXISTS intents_key ON intents (id, side);
     CREATE INDEX IF NOT EXISTS repairs_seq ON repairs (seq);
     CREATE TABLE IF NOT EXISTS recent (side TEXT, time INTEGER, id TEXT, version INTEGER,
         deleted INTEGER, vector TEXT, metadata TEXT);
@@ -127,7 +132,6 @@ class SQLiteStore:
         self._db.executescript(self.SCHEMA)
         for table, column, default in (
             ("repairs", "indeterminate", 0),
-            ("repairs", "hold_until", 0),
             ("checkpoint", "attempt", -1),
         ):
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
@@ -170,67 +174,90 @@ class SQLiteStore:
                 (checkpoint.cursor, checkpoint.copied, int(checkpoint.done), checkpoint.attempt),
             )
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
         if not entries:
-            return []
+            return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT value FROM seq").fetchone()
-                seq = int(row[0]) if row else 0
-                queued = []
-                for entry in entries:
-                    seq += 1
-                    merged = requeued(self._entry(entry.id, entry.side), entry, seq)
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO repairs (id, side, seq, indeterminate, hold_until) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (
-                            merged.id,
-                            merged.side.value,
-                            seq,
-                            int(merged.indeterminate),
-                            merged.hold_until,
-                        ),
-                    )
-                    queued.append(merged)
-                self._db.execute("INSERT OR REPLACE INTO seq (one, value) VALUES (1, ?)", (seq,))
+                seq = self._next_seq(len(entries))
+                # Queued again: a new seq; indeterminate only if the pending entry was too.
+                self._db.executemany(
+                    "INSERT INTO repairs (id, side, seq, indeterminate) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id, side) DO UPDATE SET seq = excluded.seq, "
+                    "indeterminate = repairs.indeterminate AND excluded.indeterminate",
+                    [
+                        (e.id, e.side.value, seq + n, int(e.indeterminate))
+                        for n, e in enumerate(entries, 1)
+                    ],
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return queued
 
-    def _entry(self, record_id: str, side: Side) -> RepairEntry | None:
-        row = self._db.execute(
-            "SELECT seq, indeterminate, hold_until FROM repairs WHERE id = ? AND side = ?",
-            (record_id, side.value),
-        ).fetchone()
-        if row is None:
-            return None
-        return RepairEntry(record_id, side, int(row[0]), bool(row[1]), int(row[2]))
+    def _next_seq(self, count: int) -> int:
+        """Reserve `count` sequence numbers (inside a transaction); returns the one before."""
+        row = self._db.execute("SELECT value FROM seq").fetchone()
+        seq = int(row[0]) if row else 0
+        self._db.execute("INSERT OR REPLACE INTO seq (one, value) VALUES (1, ?)", (seq + count,))
+        return seq
+
+    def add_intent(self, record_id: str, side: Side, hold_until: int) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                intent = self._next_seq(1) + 1
+                self._db.execute(
+                    "INSERT INTO intents (intent, id, side, hold_until) VALUES (?, ?, ?, ?)",
+                    (intent, record_id, side.value, hold_until),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return intent
+
+    def clear_intent(self, intent: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM intents WHERE intent = ?", (intent,))
 
     def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
-        held = "" if now is None else "WHERE hold_until <= ? "
-        params: tuple[int, ...] = (limit,) if now is None else (now, limit)
+        due = "" if now is None else "WHERE hold_until <= ? "
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, side, seq, indeterminate, hold_until FROM repairs "
-                f"{held}ORDER BY seq LIMIT ?",
-                params,
+                "SELECT id, side, seq, indeterminate FROM repairs ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        return [RepairEntry(r[0], Side(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows]
+            entries = [RepairEntry(r[0], Side(r[1]), int(r[2]), bool(r[3])) for r in rows]
+            if len(entries) < limit:
+                params: tuple[int, ...] = (limit - len(entries),)
+                if now is not None:
+                    params = (now, *params)
+                rows = self._db.execute(
+                    f"SELECT intent, id, side FROM intents {due}ORDER BY intent LIMIT ?", params
+                ).fetchall()
+                entries += [RepairEntry(r[1], Side(r[2]), int(r[0]), True, int(r[0])) for r in rows]
+        return entries
+
+    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
+        """The keys among `keys` with a pending repair or intent, each with whether it is
+        indeterminate: two queries per 400 keys (a search's ten hits are not ten queries)."""
+        return self._lookup(keys, intents=True)
+
+    def repairs_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
+        """As `pending_for`, but repairs only (not intents)."""
+        return self._lookup(keys, intents=False)
 
     # SQLite allows 999 host parameters in older builds; two per key.
     _KEYS_PER_QUERY = 400
 
-    def pending_for(self, keys: Iterable[tuple[str, Side]]) -> dict[tuple[str, Side], bool]:
-        """The keys among `keys` with a pending repair, each with whether its entry is
-        indeterminate: one query per 400 keys (a search's ten hits are one query, not ten)."""
+    def _lookup(
+        self, keys: Iterable[tuple[str, Side]], intents: bool
+    ) -> dict[tuple[str, Side], bool]:
         wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return {}
         found: dict[tuple[str, Side], bool] = {}
+        if not wanted:
+            return found
         with self._lock:
             for start in range(0, len(wanted), self._KEYS_PER_QUERY):
                 chunk = wanted[start : start + self._KEYS_PER_QUERY]
@@ -240,28 +267,48 @@ class SQLiteStore:
                     f"SELECT id, side, indeterminate FROM repairs WHERE {pairs}", params
                 ).fetchall()
                 found.update(((r[0], Side(r[1])), bool(r[2])) for r in rows)
+                if intents:
+                    rows = self._db.execute(
+                        f"SELECT DISTINCT id, side FROM intents WHERE {pairs}", params
+                    ).fetchall()
+                    for r in rows:
+                        found.setdefault((r[0], Side(r[1])), True)
         return found
 
-    def pending_entries(self) -> list[RepairEntry]:
-        """Every pending entry (to load a cache of the log)."""
-        return self.next_repairs(1 << 62)
+    def pending_entries(self) -> tuple[list[RepairEntry], dict[int, tuple[str, Side, int]]]:
+        """Every pending repair, and every intent with its (id, side, hold_until): to load a
+        cache of the log."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, side, seq, indeterminate FROM repairs").fetchall()
+            intents = self._db.execute(
+                "SELECT intent, id, side, hold_until FROM intents"
+            ).fetchall()
+        return (
+            [RepairEntry(r[0], Side(r[1]), int(r[2]), bool(r[3])) for r in rows],
+            {int(r[0]): (r[1], Side(r[2]), int(r[3])) for r in intents},
+        )
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None:
         with self._lock:
             self._db.executemany(
                 "DELETE FROM repairs WHERE id = ? AND side = ? AND seq = ?",
-                [(e.id, e.side.value, e.seq) for e in entries],
+                [(e.id, e.side.value, e.seq) for e in entries if e.intent is None],
+            )
+            self._db.executemany(
+                "DELETE FROM intents WHERE intent = ?",
+                [(e.intent,) for e in entries if e.intent is not None],
             )
 
     def repair_backlog(self, now: int | None = None) -> int:
         with self._lock:
+            repairs = int(self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0])
             if now is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0])
-            return int(
-                self._db.execute(
-                    "SELECT COUNT(*) FROM repairs WHERE hold_until <= ?", (now,)
-                ).fetchone()[0]
-            )
+                row = self._db.execute("SELECT COUNT(*) FROM intents").fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT COUNT(*) FROM intents WHERE hold_until <= ?", (now,)
+                ).fetchone()
+        return repairs + int(row[0])
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None:
         if not writes:

@@ -70,12 +70,12 @@ from vecmig.harness.core import requests as rq
 from vecmig.harness.core.controller import Controller, Plan
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import MigrationLayer
-from vecmig.harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step
+from vecmig.harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step, lease_rules
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.strategy import NAIVE, SAFE, Strategy
 from vecmig.harness.core.workers import Backfill, Throttle, repair_pass
 from vecmig.harness.drive.execute import execute
-from vecmig.harness.drive.rig import LEASE_NS, REQUEST_TIMEOUT_NS, Rig
+from vecmig.harness.drive.rig import REQUEST_TIMEOUT_NS, Rig
 from vecmig.harness.history.checker import Verdict, check
 
 RECORDS = 24
@@ -85,6 +85,13 @@ K = 8
 MS = 1_000_000
 REFRESH_NS = 1_000 * MS
 """How often a side under visibility lag refreshes: within the layer's visibility window (2 s)."""
+POLL_NS = 250 * MS
+"""How often instances that are not lagging poll the config store while time passes."""
+SKEW_BOUNDS_MS = (0, 50, 150)
+LEASES_MS = (2_000, 10_000)
+"""The settings `vecmig sweep --buggify` draws, as the machine draws them: which sides lag,
+the clock-skew bound (each instance's skew moves within it), and the lease; the lease margin
+follows from them by `phases.lease_rules` (request timeout plus twice the bound, plus slack)."""
 
 IDS = (*(product_id(i) for i in range(3)), "p000099")
 """The ids clients touch: three catalog products and one a client adds. Few ids make operations
@@ -176,6 +183,7 @@ class MigrationMachine(RuleBasedStateMachine):
         # The noise floor of mirrored reads is measured on entering SHADOW, from these queries.
         self.rig.controller.calibration_queries = tuple(self.query_of.values())
         self.lagging: set[str] = set()
+        self.skew_bound_ns = 0
         self.down: dict[Side, tuple[int, str]] = {}
         """side -> (replica, fault family) of the one node that is down there."""
         self.lag_on: set[Side] = set()
@@ -191,7 +199,8 @@ class MigrationMachine(RuleBasedStateMachine):
         return self.driver.time
 
     def _start(self, op: Operation, flight: Flight) -> int:
-        handle = self.driver.start(op)
+        clock = self.rig.clock(flight.instance) if flight.instance is not None else None
+        handle = self.driver.start(op, clock=clock)
         self.flights[handle] = flight
         return handle
 
@@ -250,7 +259,9 @@ class MigrationMachine(RuleBasedStateMachine):
     def _client(self, instance: str, reads: bool) -> MigrationLayer | None:
         layer = self.rig.instances.get(instance)
         # An instance that lost its lease refuses reads; the app's health check sends it none.
-        if layer is None or (reads and not layer.view.may_serve(self.now)):
+        if layer is None or (
+            reads and not layer.view.may_serve(self.rig.clock(instance)(self.now))
+        ):
             return None
         return layer
 
@@ -383,11 +394,26 @@ class MigrationMachine(RuleBasedStateMachine):
 
     # -- background work and phases ------------------------------------------------------------
 
-    @initialize(start=st.sampled_from(STARTS), batches=st.integers(0, 3))
+    @initialize(
+        start=st.sampled_from(STARTS),
+        batches=st.integers(0, 3),
+        lagged=st.frozensets(sides),
+        skew_bound_ms=st.sampled_from(SKEW_BOUNDS_MS),
+        lease_ms=st.sampled_from(LEASES_MS),
+    )
     @checked
-    def start_in(self, start: str, batches: int) -> None:
-        """Walk the happy path to `start` first, every instance in step, so that a run of a
-        few dozen steps reaches every phase. In BACKFILL, `batches` of the copy are done."""
+    def start_in(
+        self,
+        start: str,
+        batches: int,
+        lagged: frozenset[str] = frozenset({"old", "new"}),
+        skew_bound_ms: int = 0,
+        lease_ms: int = 10_000,
+    ) -> None:
+        """Draw the settings (which sides lag, the skew bound, the lease), then walk the happy
+        path to `start`, every instance in step, so that a run of a few dozen steps reaches
+        every phase. In BACKFILL, `batches` of the copy are done."""
+        self._configure(frozenset(Side(s) for s in lagged), skew_bound_ms * MS, lease_ms * MS)
         rig = self.rig
         for phase in STARTS[1 : STARTS.index(start) + 1]:
             if phase == "SHADOW":
@@ -399,6 +425,32 @@ class MigrationMachine(RuleBasedStateMachine):
         if start == "BACKFILL":
             for _ in range(batches):
                 rig.run(rig.backfill.batch(rig.coordinator.published.epoch))
+
+    def _configure(self, lagged: frozenset[Side], skew_bound_ns: int, lease_ns: int) -> None:
+        rig = self.rig
+        rig.config.lagged_sides = lagged
+        rig.controller.lagged_sides = lagged
+        rig.config.max_clock_skew_ns = skew_bound_ns
+        rig.config.lease_margin_ns = REQUEST_TIMEOUT_NS + 2 * skew_bound_ns + 100 * MS
+        assert not lease_rules(
+            lease_ns=lease_ns,
+            poll_ns=POLL_NS,
+            margin_ns=rig.config.lease_margin_ns,
+            request_timeout_ns=REQUEST_TIMEOUT_NS,
+            max_skew_ns=skew_bound_ns,
+        )
+        rig.lease_ns = rig.coordinator.lease_ns = lease_ns
+        for layer in rig.instances.values():
+            layer.view.margin_ns = rig.config.lease_margin_ns
+        self.skew_bound_ns = skew_bound_ns
+
+    @precondition(lambda self: self.skew_bound_ns > 0)
+    @rule(instance=instances, percent=st.integers(-100, 100))
+    @checked
+    def skew(self, instance: str, percent: int) -> None:
+        """The instance's clock moves to `percent` of the skew bound ahead (behind, if
+        negative) of true time, as NTP slews and steps it."""
+        self.rig.skews[instance] = self.skew_bound_ns * percent // 100
 
     @precondition(lambda self: self.rig.coordinator.published.phase is Phase.BACKFILL)
     @rule(target=ops, interleaved=st.booleans())
@@ -507,16 +559,20 @@ class MigrationMachine(RuleBasedStateMachine):
     @rule(ms=st.sampled_from((1, 1_000, 11_000)))
     @checked
     def let_time_pass(self, ms: int) -> None:
-        """Time passes: instances that are not lagging poll the config store meanwhile, lagged
-        sides refresh, and a lagging instance's lease (10 s) may run out."""
-        self.driver.advance_time(ms * MS)
-        for name in sorted(self.rig.instances):
-            if name not in self.lagging:
-                self.poll(name)
-        if self.now - self.refreshed_at >= REFRESH_NS:
-            for side in sorted(self.lag_on):
-                self._faulty(side).refresh()  # type: ignore[union-attr]
-            self.refreshed_at = self.now
+        """Time passes: instances that are not lagging poll the config store every
+        `POLL_NS` meanwhile, lagged sides refresh, and a lagging instance's lease may run out."""
+        left = ms * MS
+        while left > 0:
+            chunk = min(left, POLL_NS)
+            self.driver.advance_time(chunk)
+            left -= chunk
+            for name in sorted(self.rig.instances):
+                if name not in self.lagging:
+                    self.poll(name)
+            if self.now - self.refreshed_at >= REFRESH_NS:
+                for side in sorted(self.lag_on):
+                    self._faulty(side).refresh()  # type: ignore[union-attr]
+                self.refreshed_at = self.now
 
     @rule(who=st.sampled_from((*INSTANCES, "everything")))
     @checked
@@ -553,7 +609,8 @@ class MigrationMachine(RuleBasedStateMachine):
     def _restart(self, name: str) -> None:
         node = self.rig.instances[name].clock.node
         published = self.rig.coordinator.join(name, self.now)
-        view = InstanceView(name, published.phase, published.epoch, self.now + LEASE_NS)
+        local = self.rig.clock(name)(self.now)
+        view = InstanceView(name, published.phase, published.epoch, local + self.rig.lease_ns)
         self.rig.instances[name] = MigrationLayer(view, self.rig.config, self.rig.shared, node)
 
     # -- faults on the sides -------------------------------------------------------------------
@@ -615,6 +672,8 @@ class MigrationMachine(RuleBasedStateMachine):
         active = self.lag_on if fault == "visibility-lag" else self.rebuilding
         if which in active:
             return
+        if fault == "visibility-lag" and which not in self.rig.config.lagged_sides:
+            return  # the layer corrects searches only on sides declared lagged (the loader's rule)
         if fault == "index-rebuild" and not self._searchable(
             self._live_phases(), self.rebuilding | {which}
         ):
@@ -899,6 +958,22 @@ def test_replay_an_instance_dying_between_its_two_writes_leaves_a_repair_behind(
     ops_0 = state.delete(fail=None, instance="a", interleaved=True, record_id="p000000")
     state.driver.run_until(ops_0, lambda r: isinstance(r, rq.Delete) and r.side is Side.NEW)
     state.crash(who="a")
+    state.teardown()
+
+
+def test_replay_a_write_clearing_its_intent_leaves_another_writes_repair() -> None:
+    """In CUTOVER, a's upsert (v2) of p000000 is under way when b's upsert (v3) lands on new
+    but times out: a repair of old is queued. a then finishes (new fences v2 out, old takes
+    it) and clears its write-ahead intent. When intents and repairs shared one entry per id,
+    clearing a's intent removed b's repair too, and old kept v2 while new held v3
+    (divergence). Intents are now kept one per write, apart from repairs."""
+    state = MigrationMachine()
+    state.start_in(start="CUTOVER", batches=0)
+    ops_0 = state.upsert(fail=None, instance="a", interleaved=True, record_id="p000000")
+    state.upsert(
+        fail=(1, "timeout-after-write"), instance="b", interleaved=False, record_id="p000000"
+    )
+    state.finish(op=ops_0)
     state.teardown()
 
 

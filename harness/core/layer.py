@@ -54,7 +54,9 @@ from vecmig.harness.core import compare as cmp
 from vecmig.harness.core.freshness import correct_hits
 from vecmig.harness.core.phases import ROUTES, InstanceView, Phase, Published, Route
 from vecmig.harness.core.requests import (
+    AddIntent,
     AddRepairs,
+    ClearIntent,
     Delete,
     Exact,
     Get,
@@ -64,7 +66,6 @@ from vecmig.harness.core.requests import (
     Outcome,
     PendingFor,
     RecentSince,
-    RemoveRepairs,
     Search,
     Steps,
     Sub,
@@ -227,14 +228,15 @@ class MigrationLayer:
             applied = yield _write_request(route.primary, item, fenced)
         except (Unavailable, InvalidRequest) as exc:
             if intent is not None:
-                yield RemoveRepairs((intent,))
+                yield ClearIntent(intent)
             return Outcome("fail", value, error=f"{route.primary.value}: {exc}")
         except Timeout as exc:
             # It may land yet: the secondary is repaired to whatever the primary ends up with
-            # (the intent becomes a repair due now). Nobody was told the write succeeded, so
-            # the entry stays indeterminate.
+            # (a repair due now, in place of the intent). Nobody was told the write succeeded,
+            # so the entry is indeterminate.
             if intent is not None:
-                yield AddRepairs((RepairEntry(item.id, intent.side, indeterminate=True),))
+                yield AddRepairs((RepairEntry(item.id, route.secondary, indeterminate=True),))
+                yield ClearIntent(intent)
             yield from self._landed(route.primary, item, None, landed)
             yield from self._note_recent(landed, item)
             return Outcome("info", value, error=f"{route.primary.value}: {exc}")
@@ -253,26 +255,24 @@ class MigrationLayer:
                 if isinstance(exc, Timeout):
                     yield from self._landed(route.secondary, item, None, landed)
             else:
-                if intent is not None:
-                    yield RemoveRepairs((intent,))
                 yield from self._landed(route.secondary, item, applied, landed)
+            if intent is not None:
+                yield ClearIntent(intent)
         yield from self._note_recent(landed, item)
         return Outcome("ok", value, notes=notes)
 
-    def _intent(self, item: Record | Tombstone, route: Route) -> Sub[RepairEntry | None]:
-        """Before a write to two sides, queue the secondary for repair, held for as long as the
-        write may take: write-ahead, so that an instance dying between the primary and the
-        secondary write leaves a durable entry behind, and the repair worker brings the
-        secondary level once the hold ends. The write removes it when both landed (only its
-        own `seq`: a newer entry for the id stays). Readers see it as pending meanwhile and
-        read both sides, which is right for an id with a write under way."""
+    def _intent(self, item: Record | Tombstone, route: Route) -> Sub[int | None]:
+        """Before a write to two sides, note the intent to write the secondary, held for as
+        long as the write may take: write-ahead, so that an instance dying between the primary
+        and the secondary write leaves a durable note behind, which the repair worker takes
+        as a repair of the secondary once the hold ends. The write clears its own intent when
+        it is done (a failed secondary has queued its repair by then). Readers see the intent
+        as pending meanwhile and read both sides, which is right for an id being written."""
         if route.secondary is None or not self.strategy.repair_log:
             return None
         now = yield Now()
-        hold = now + self.config.intent_hold_ns
-        entry = RepairEntry(item.id, route.secondary, indeterminate=True, hold_until=hold)
-        queued: Sequence[RepairEntry] = yield AddRepairs((entry,))
-        return queued[0]
+        intent: int = yield AddIntent(item.id, route.secondary, now + self.config.intent_hold_ns)
+        return intent
 
     def _landed(
         self,

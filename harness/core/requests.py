@@ -74,15 +74,28 @@ SideRequest = Upsert | Delete | Get | Search | Scan | Checksums | Count
 
 @dataclass(frozen=True, slots=True)
 class AddRepairs:
-    """Queue repairs durably. Answer: the entries as queued (with their `seq`)."""
-
     entries: tuple[RepairEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
+class AddIntent:
+    """Note a write about to reach `side` second (see `StateStore.add_intent`). Answer: the
+    intent's number, for `ClearIntent`."""
+
+    id: str
+    side: Side
+    hold_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearIntent:
+    intent: int
+
+
+@dataclass(frozen=True, slots=True)
 class NextRepairs:
-    """The oldest pending repairs, at most `limit`, but entries held at `now` (intents of
-    writes that may still be under way, see `RepairEntry.hold_until`); None: every entry."""
+    """The oldest pending repairs, at most `limit`, then the intents whose hold ran out by
+    `now` (None: every intent)."""
 
     limit: int
     now: int | None = None
@@ -98,7 +111,8 @@ class PendingFor:
 
 @dataclass(frozen=True, slots=True)
 class RepairBacklog:
-    """How many repairs are pending, but entries held at `now` (None: all). Answer: an int."""
+    """How many repairs are pending, with the intents whose hold ran out by `now` (None:
+    every intent). Answer: an int."""
 
     now: int | None = None
 
@@ -157,6 +171,8 @@ class RecordEvent:
 
 StateRequest = (
     AddRepairs
+    | AddIntent
+    | ClearIntent
     | NextRepairs
     | PendingFor
     | RepairBacklog

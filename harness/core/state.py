@@ -46,11 +46,9 @@ class RepairEntry:
     on the primary): then `side` may miss only a write nobody was told succeeded, and a read
     may answer from it alone. A write acknowledged while its copy to `side` failed queues a
     determinate entry; so do the verification diff and mirrored reads, which cannot tell."""
-    hold_until: int = 0
-    """An *intent*: a writer queues its secondary before writing the primary, and removes the
-    entry once both writes landed; if it dies in between, the entry is what repairs the
-    secondary. Until this time (ns) the entry belongs to a write that may still be under way:
-    the repair worker leaves it alone and the gates do not count it. 0: a repair due now."""
+    intent: int | None = None
+    """Set when the entry stands for an *intent* whose hold ran out (see `StateStore`): the
+    write it covered may have died between its two sides. Removing the entry clears it."""
 
     @property
     def key(self) -> tuple[str, Side]:
@@ -88,27 +86,37 @@ class StateStore(Protocol):
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
-    def add_repairs(self, entries: Sequence[RepairEntry]) -> list[RepairEntry]:
-        """Durably queue repairs; returns them as queued (with their `seq`). Queuing a key
-        already pending queues it again (a new `seq`, so a repair or a write under way does not
-        remove it); the entry stays indeterminate only if both were, and held only as long as
-        both were."""
+    def add_repairs(self, entries: Sequence[RepairEntry]) -> None:
+        """Durably queue repairs. Queuing a key already pending queues it again (a new `seq`,
+        so a repair already under way does not remove it); the entry stays indeterminate only
+        if both were."""
         ...
 
+    def add_intent(self, record_id: str, side: Side, hold_until: int) -> int:
+        """Durably note that a write of `record_id` is about to reach `side` second, and
+        return the intent's number. Its writer clears it once both sides have the write; an
+        intent still there at `hold_until` (its writer died between the sides) becomes a
+        repair due then. Intents are kept apart from repairs, one per write: clearing one
+        never clears another write's, nor a repair of the same id."""
+        ...
+
+    def clear_intent(self, intent: int) -> None: ...
+
     def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
-        """The oldest pending repairs, at most `limit`, leaving out entries held at `now`
-        (None: every entry)."""
+        """The oldest pending repairs, at most `limit`, then the intents whose hold ran out by
+        `now` (None: every intent), as entries with `intent` set."""
         ...
 
     def pending_for(self, keys: Iterable[tuple[str, Side]]) -> Mapping[tuple[str, Side], bool]:
-        """The keys among `keys` with a pending repair, each mapped to whether the entry is
-        indeterminate (see `RepairEntry`)."""
+        """The keys among `keys` with a pending repair or intent, each mapped to whether it
+        is indeterminate (see `RepairEntry`; an intent is)."""
         ...
 
     def remove_repairs(self, entries: Sequence[RepairEntry]) -> None: ...
 
     def repair_backlog(self, now: int | None = None) -> int:
-        """How many repairs are pending, leaving out entries held at `now` (None: all)."""
+        """How many repairs are pending, counting the intents whose hold ran out by `now`
+        (None: every intent)."""
         ...
 
     def note_recent(self, side: Side, writes: Sequence[RecentWrite]) -> None: ...

@@ -34,6 +34,10 @@ def execute(request: Any, sides: Mapping[Side, ClusterPort], store: StateStore) 
             return sides[side].count()
         case rq.AddRepairs(entries):
             return store.add_repairs(entries)
+        case rq.AddIntent(record_id, side, hold_until):
+            return store.add_intent(record_id, side, hold_until)
+        case rq.ClearIntent(intent):
+            return store.clear_intent(intent)
         case rq.NextRepairs(limit, now):
             return store.next_repairs(limit, now)
         case rq.PendingFor(keys):

@@ -7,6 +7,8 @@ adapters as the sides (`Rig(old=..., new=...)`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vecmig.harness.catalog import Catalog
@@ -47,6 +49,7 @@ class Rig:
         policy: GatePolicy | None = None,
         batch_size: int = 16,
         request_timeout_ns: int | None = None,
+        lease_ns: int = LEASE_NS,
     ) -> None:
         """`request_timeout_ns`: a side request pending longer than this times out instead of
         being carried out (see `StepDriver`); give one below the lease margin (e.g.
@@ -73,7 +76,10 @@ class Rig:
             exact=self._exact,
             request_timeout_ns=request_timeout_ns,
         )
-        self.coordinator = Coordinator(lease_ns=LEASE_NS)
+        self.lease_ns = lease_ns
+        self.coordinator = Coordinator(lease_ns=lease_ns)
+        self.skews: dict[str, int] = {}
+        """Instance name -> how far its clock runs ahead of the driver's (ns; negative: behind)."""
         self.shared = Shared()
         self.config = LayerConfig(strategy=strategy, metric=self.old.metric, lagged_sides=lagged)
         self.instances: dict[str, MigrationLayer] = {}
@@ -95,19 +101,26 @@ class Rig:
     def add_instance(self, name: str) -> MigrationLayer:
         now = self.driver.time
         published = self.coordinator.join(name, now)
-        view = InstanceView(name, published.phase, published.epoch, now + LEASE_NS)
+        local = self.clock(name)(now)
+        view = InstanceView(name, published.phase, published.epoch, local + self.lease_ns)
         layer = MigrationLayer(view, self.config, self.shared, node=len(self.instances) % 1024)
         self.instances[name] = layer
         return layer
 
     def sync(self, name: str) -> bool:
-        """Instance `name` reads the config store now and acknowledges what it runs."""
+        """Instance `name` reads the config store now, acknowledges what it runs, and renews
+        its lease if the coordinator grants it (the instance counts time on its own clock)."""
         layer = self.instances[name]
         now = self.driver.time
-        changed = layer.learn(self.coordinator.published, now)
-        if self.coordinator.ack(name, layer.acknowledgement(now), now):
-            layer.renew(now, LEASE_NS)
+        local = self.clock(name)(now)
+        changed = layer.learn(self.coordinator.published, local)
+        if self.coordinator.ack(name, layer.acknowledgement(local), now):
+            layer.renew(local, self.lease_ns)
         return changed
+
+    def clock(self, name: str) -> Callable[[int], int]:
+        """Instance `name`'s clock: the driver's time plus its skew (read when asked)."""
+        return lambda now: now + self.skews.get(name, 0)
 
     def sync_all(self) -> None:
         for name in self.instances:
@@ -115,8 +128,13 @@ class Rig:
 
     # -- operations --------------------------------------------------------------------------
 
-    def run(self, op: Operation, process: int | str | None = None) -> Outcome:
-        return self.driver.run_op(op, process)
+    def run(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> Outcome:
+        return self.driver.run_op(op, process, clock)
 
     def step_phase(self, step: Step = Step.ADVANCE) -> Outcome:
         """One try at a phase step through its gate (see `Controller.attempt`)."""
@@ -145,10 +163,11 @@ class Rig:
         until the intents of writes that may still be under way are due too, and repair them
         (the end of a run: whatever a crashed writer left behind)."""
         for _ in range(max_passes):
-            if wait_for_holds and not self.store.repair_backlog(self.driver.time):
-                held = [e.hold_until for e in self.store.next_repairs(1 << 30)]
-                if held:
-                    self.driver.advance_time(max(0, min(held) - self.driver.time))
+            if wait_for_holds and self.store.repair_backlog() > self.store.repair_backlog(
+                self.driver.time
+            ):
+                # Only intents are left, held: let time pass until the next one is due.
+                self.driver.advance_time(self.config.intent_hold_ns)
             if not self.store.repair_backlog(self.driver.time):
                 return
             retired = self.coordinator.published.phase is Phase.DECOMMISSIONED

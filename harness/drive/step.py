@@ -31,6 +31,8 @@ class InFlight:
     """The request the operation waits on: carried out by the next `step`."""
     since: int = 0
     """When `pending` was issued."""
+    clock: Callable[[int], int] | None = None
+    """The clock of the app instance running the op (its skew): answers `Now`."""
 
 
 class StepDriver:
@@ -61,8 +63,14 @@ class StepDriver:
 
     # -- starting and advancing -------------------------------------------------------------------
 
-    def start(self, op: Operation, process: int | str | None = None) -> int:
-        """Invoke `op` and run it up to its first request. Returns its handle."""
+    def start(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> int:
+        """Invoke `op` and run it up to its first request. Returns its handle. `clock` maps
+        the driver's time to the clock of the instance running the op (default: the same)."""
         handle = self._next_handle
         self._next_handle += 1
         if process is None:
@@ -71,7 +79,7 @@ class StepDriver:
         self._tick()
         if op.f is not None:
             self.recorder.invoke(process, op.f, op.invoke_value, self.time)
-        flight = InFlight(handle, op, process, None)
+        flight = InFlight(handle, op, process, None, clock=clock)
         self.in_flight[handle] = flight
         self._resume(flight, lambda: next(flight.op.steps))
         return handle
@@ -113,8 +121,13 @@ class StepDriver:
             self.step(handle)
         raise RuntimeError(f"operation {handle} did not finish in {max_steps} steps")
 
-    def run_op(self, op: Operation, process: int | str | None = None) -> Outcome:
-        return self.run(self.start(op, process))
+    def run_op(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> Outcome:
+        return self.run(self.start(op, process, clock))
 
     def run_until(
         self, handle: int, predicate: Callable[[Any], bool], max_steps: int = 10_000
@@ -175,17 +188,17 @@ class StepDriver:
             except StopIteration as stop:
                 self._finish(flight, stop.value)
                 return
-            immediate, value = self._immediate(request)
+            immediate, value = self._immediate(request, flight)
             if not immediate:
                 flight.pending = request
                 flight.since = self.time
                 return
             advance = partial(flight.op.steps.send, value)
 
-    def _immediate(self, request: Any) -> tuple[bool, Any]:
+    def _immediate(self, request: Any, flight: InFlight) -> tuple[bool, Any]:
         """Requests that are no interleaving point: the driver answers them at once."""
         if isinstance(request, rq.Now):
-            return True, self.time
+            return True, self.time if flight.clock is None else flight.clock(self.time)
         if isinstance(request, rq.Exact):
             fn = self.exact
             return True, None if fn is None else fn(
