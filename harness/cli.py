@@ -17,6 +17,18 @@ from typing import Any
 EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STALLED = 0, 1, 2, 3, 4
 
 
+def strategy_argument(name: str) -> str:
+    """An argparse `type` for `--strategy`: the name, if the core knows it (otherwise
+    argparse's usage error names the problem and every valid name)."""
+    from vecmig.harness.core.strategy import strategy_named
+
+    try:
+        strategy_named(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def exit_code(verdict: Any) -> int:
     """The exit code for a checker's `Verdict`: anomalies (or an unknown verdict) before a
     stall, a stall before valid."""

@@ -21,7 +21,13 @@ from typing import Any
 
 import httpx
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
+from vecmig.harness.cli import (
+    EXIT_ANOMALIES,
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_VALID,
+    strategy_argument,
+)
 from vecmig.harness.history.checker import ANOMALIES
 
 from .chaos import RunPlan
@@ -74,7 +80,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--users", type=int, default=12, metavar="N", help="Locust users (3 shoppers : 1 merchant)"
     )
     parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
-    parser.add_argument("--strategy", default="safe", choices=("safe", "naive"))
+    parser.add_argument(
+        "--strategy",
+        default="safe",
+        type=strategy_argument,
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="catalog and cluster seed")
     parser.add_argument("--catalog", type=int, default=3000, help="products loaded into old")
     parser.add_argument("--dim", type=int, default=32)

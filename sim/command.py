@@ -19,8 +19,8 @@ from vecmig.harness.cli import (
     EXIT_STALLED,
     EXIT_VALID,
     exit_code,
+    strategy_argument,
 )
-from vecmig.harness.core.strategy import STRATEGIES
 from vecmig.sim import report as rep
 from vecmig.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
 
@@ -65,7 +65,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     simulate.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
     simulate.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
-    simulate.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
+    simulate.add_argument(
+        "--strategy",
+        type=strategy_argument,
+        default="safe",
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION] (one protection "
+        "switched off; `vecmig zoo --list` names them)",
+    )
     simulate.add_argument("--out", metavar="DIR", default=None)
     simulate.add_argument(
         "--swarm", action="store_true", help="add random swarm faults for the seed"
@@ -99,7 +106,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sweep.add_argument("--seeds", type=int, default=8, help="how many seeds (default 8)")
     sweep.add_argument("--first-seed", type=int, default=1)
     sweep.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    sweep.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
+    sweep.add_argument(
+        "--strategy",
+        type=strategy_argument,
+        default="safe",
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
+    )
     sweep.add_argument("--no-swarm", action="store_true", help="only the scenario's own faults")
     sweep.add_argument(
         "--buggify", action="store_true", help="draw each seed's settings and faults too"

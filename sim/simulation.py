@@ -125,11 +125,15 @@ class Simulation:
                 capacity=capacity,
                 ef_search=s.clusters.ef_search,
                 name=side.value,
+                catch_up=self.strategy.replica_catch_up,
             )
             for offset, side in enumerate((Side.OLD, Side.NEW))
         }
         self.store = MemoryStore()
-        self.coordinator = Coordinator(lease_ns=int(s.instances.lease_ms * MS))
+        self.coordinator = Coordinator(
+            lease_ns=int(s.instances.lease_ms * MS),
+            bind_leases=self.strategy.lease_epoch_binding,
+        )
         self.shared = Shared()
         lagged = frozenset(Side(x) for x in s.migration.lagged_sides)
         self.lagged = lagged
@@ -360,7 +364,7 @@ class Simulation:
 
     def _checkpoint(self) -> Checkpoint:
         """How far the backfill got: the durable checkpoint, or the naive worker's memory."""
-        if self.strategy.checkpointed_backfill:
+        if self.strategy.durable_checkpoint:
             return self.store.load_checkpoint()
         return self.backfill.checkpoint
 

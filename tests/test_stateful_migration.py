@@ -157,8 +157,24 @@ class MigrationMachine(RuleBasedStateMachine):
         """Fresh, empty old and new sides for one example. Override to test your adapters;
         fault rules only touch sides that are `FakeCluster`s."""
         return (
-            FakeCluster(DIM, shards=1, replicas=2, seed=0, capacity=64, name="old"),
-            FakeCluster(DIM, shards=1, replicas=2, seed=1, capacity=64, name="new"),
+            FakeCluster(
+                DIM,
+                shards=1,
+                replicas=2,
+                seed=0,
+                capacity=64,
+                name="old",
+                catch_up=self.strategy.replica_catch_up,
+            ),
+            FakeCluster(
+                DIM,
+                shards=1,
+                replicas=2,
+                seed=1,
+                capacity=64,
+                name="new",
+                catch_up=self.strategy.replica_catch_up,
+            ),
         )
 
     def __init__(self) -> None:

@@ -94,11 +94,15 @@ class FakeCluster:
         ef_construction: int = 100,
         ef_search: int = 64,
         name: str = "cluster",
+        catch_up: bool = True,
     ) -> None:
+        """`catch_up=False` plants a bug, for `vecmig zoo`: a replica that comes back serves
+        at once, as if in sync, without copying what it missed."""
         for label, value in (("dim", dim), ("shards", shards), ("replicas", replicas)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         self.name = name
+        self.catch_up = catch_up
         self._dim = dim
         self._metric = Metric(metric)
         self._shards = shards
@@ -485,7 +489,10 @@ class FakeCluster:
         source = max(live, key=lambda r: r.applied_seq)  # first of the most advanced
         for replica in live:
             if replica.applied_seq < source.applied_seq:
-                replica.copy_from(source)
+                if self.catch_up:
+                    replica.copy_from(source)
+                else:
+                    replica.applied_seq = source.applied_seq
         if source.applied_seq < self._shard_seq[shard]:
             newer_elsewhere = any(r.applied_seq > source.applied_seq for r in replicas)
             if not newer_elsewhere:

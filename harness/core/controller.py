@@ -132,7 +132,7 @@ class Controller:
         if result.ok:
             try:
                 published = self.coordinator.publish(
-                    step, now, wait_for_acks=self.strategy.phase_protocol
+                    step, now, wait_for_acks=self.strategy.adjacency_wait
                 )
             except PhaseError as exc:
                 result = gates.GateResult(target, False, (str(exc),))
@@ -196,12 +196,13 @@ class Controller:
         return Outcome("ok", {"phase": self.coordinator.published.phase.value})
 
     def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Sub[gates.GateResult]:
-        if not self.strategy.phase_protocol:
-            return (yield from self._naive_gate(target))
+        strategy = self.strategy
         if step is not Step.ADVANCE:
+            reasons = []
             ok, why = self.coordinator.can_publish(now)
-            reasons = [] if ok else [why]
-            if step is Step.ABORT and self.strategy.repair_log:
+            if not ok and strategy.adjacency_wait:
+                reasons.append(why)
+            if step is Step.ABORT and strategy.abort_repairs_old:
                 # After ABORT old is the only side, and OLD_ONLY reads trust it: a write that
                 # reached new but not old (in CUTOVER, new is primary) must be on old first.
                 # Only repairs toward old count, so a new that is down cannot block the abort.
@@ -215,8 +216,10 @@ class Controller:
                         "versions as the only side"
                     )
             return gates.GateResult(target, not reasons, tuple(reasons))
-        checkpoint: Checkpoint = yield LoadCheckpoint()
         published = self.coordinator.published
+        checkpoint: Checkpoint = (
+            (yield LoadCheckpoint()) if strategy.durable_checkpoint else self.backfill.checkpoint
+        )
         if published.phase is Phase.BACKFILL and checkpoint.attempt != published.epoch:
             checkpoint = Checkpoint(attempt=published.epoch)  # a copy of an earlier attempt
         if checkpoint.done and self.backfill_done_at is None:
@@ -224,12 +227,12 @@ class Controller:
         backlog: int = yield RepairBacklog(now)
         if self.phase_since is None:
             self.phase_since = now  # a controller restarted mid-phase: count from now
-        if self.coordinator.published.phase is Phase.CUTOVER and self.cutover_at is None:
+        if published.phase is Phase.CUTOVER and self.cutover_at is None:
             # A controller restarted in CUTOVER lost when it began: the soak starts again now.
             self.cutover_at = now
         inputs = gates.GateInputs(
             now=now,
-            published=self.coordinator.published,
+            published=published,
             waiting_for=tuple(self.coordinator.waiting_for(now)),
             checkpoint=checkpoint,
             backfill_done_at=self.backfill_done_at,
@@ -242,22 +245,21 @@ class Controller:
             last_fallback_to_old=self.shared.last_fallback_to_old,
             phase_since=self.phase_since,
         )
-        if target in gates.VERIFIED and not self.strategy.verify_before_shadow:
-            return gates.check(target, inputs, self.policy, verified=True)
-        if target in gates.VERIFIED:
-            # The verification diff reads every record of both sides: take it only when the
-            # rest of the gate is open, then judge again with its result. It runs before
-            # SHADOW (after the backfill), again before CUTOVER (a write new acknowledged and
-            # lost in SHADOW shows up only here) and before DECOMMISSIONED (the last look at
-            # old before it retires).
-            if not gates.check(target, inputs, self.policy, verified=True).ok:
-                return gates.check(target, inputs, self.policy)
-            yield from self._verify_and_repair(plan)
-            backlog = yield RepairBacklog(now)
-            inputs = dataclasses.replace(
-                inputs, repair_backlog=backlog, verification=self.verification
-            )
-        return gates.check(target, inputs, self.policy)
+        skip = frozenset(strategy.off)
+        verification = gates.VERIFICATION.get(target)
+        if verification is None or verification in skip:
+            return gates.check(target, inputs, self.policy, verified=True, skip=skip)
+        # The verification diff reads every record of both sides: take it only when the rest
+        # of the gate is open, then judge again with its result. It runs before SHADOW (after
+        # the backfill), again before CUTOVER (a write new acknowledged and lost in SHADOW
+        # shows up only here) and before DECOMMISSIONED (the last look at old before it
+        # retires).
+        if not gates.check(target, inputs, self.policy, verified=True, skip=skip).ok:
+            return gates.check(target, inputs, self.policy, skip=skip)
+        yield from self._verify_and_repair(plan)
+        backlog = yield RepairBacklog(now)
+        inputs = dataclasses.replace(inputs, repair_backlog=backlog, verification=self.verification)
+        return gates.check(target, inputs, self.policy, skip=skip)
 
     def _repairs_toward(self, side: Side) -> Sub[int]:
         entries: list[RepairEntry] = yield NextRepairs(1 << 30)
@@ -269,14 +271,6 @@ class Controller:
             self.verification = outcome.value
         if self.verification and self.verification.differences:
             yield from repair_pass(1024, self.lagged_sides).steps
-
-    def _naive_gate(self, target: Phase) -> Sub[gates.GateResult]:
-        checkpoint, published = self.backfill.checkpoint, self.coordinator.published
-        copied = checkpoint.done and checkpoint.attempt == published.epoch
-        if published.phase is Phase.BACKFILL and target is Phase.SHADOW and not copied:
-            return gates.GateResult(target, False, ("backfill still copying",))
-        return gates.GateResult(target, True)
-        yield  # pragma: no cover - makes this a generator
 
     def report(self) -> dict[str, Any]:
         held: dict[str, float] = {}

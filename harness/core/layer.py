@@ -157,6 +157,8 @@ class MigrationLayer:
         issued while the lease held and, as every request is bounded below the lease margin,
         has been answered or timed out by then."""
         current = Published(self.view.phase, self.view.epoch)
+        if not self.strategy.oldest_epoch_ack:
+            return current
         lapsed = self._lapsed_until
         counted = [
             (epoch, phase)
@@ -234,8 +236,9 @@ class MigrationLayer:
             # It may land yet: the secondary is repaired to whatever the primary ends up with
             # (a repair due now, in place of the intent). Nobody was told the write succeeded,
             # so the entry is indeterminate.
-            if intent is not None:
+            if route.secondary is not None and self.strategy.repair_on_timeout:
                 yield AddRepairs((RepairEntry(item.id, route.secondary, indeterminate=True),))
+            if intent is not None:
                 yield ClearIntent(intent)
             yield from self._landed(route.primary, item, None, landed)
             yield from self._note_recent(landed, item)
@@ -247,12 +250,14 @@ class MigrationLayer:
             try:
                 applied = yield _write_request(route.secondary, item, fenced)
             except ClusterError as exc:
-                if self.strategy.repair_log:
+                timed_out = isinstance(exc, Timeout)
+                s = self.strategy
+                if s.repair_on_timeout if timed_out else s.repair_on_refusal:
                     yield AddRepairs((RepairEntry(item.id, route.secondary),))
                     notes["repair_queued"] = route.secondary.value
                 else:
                     notes["secondary_lost"] = f"{route.secondary.value}: {exc}"
-                if isinstance(exc, Timeout):
+                if timed_out:
                     yield from self._landed(route.secondary, item, None, landed)
             else:
                 yield from self._landed(route.secondary, item, applied, landed)
@@ -268,7 +273,7 @@ class MigrationLayer:
         as a repair of the secondary once the hold ends. The write clears its own intent when
         it is done (a failed secondary has queued its repair by then). Readers see the intent
         as pending meanwhile and read both sides, which is right for an id being written."""
-        if route.secondary is None or not self.strategy.repair_log:
+        if route.secondary is None or not self.strategy.write_intents:
             return None
         now = yield Now()
         intent: int = yield AddIntent(item.id, route.secondary, now + self.config.intent_hold_ns)
@@ -309,7 +314,7 @@ class MigrationLayer:
             yield NoteRecent(side, (write,))
 
     def _refuse_if_lease_expired(self) -> Sub[Outcome | None]:
-        if not self.strategy.phase_protocol:
+        if not self.strategy.lease_check:
             return None
         now = yield Now()
         if self.view.may_serve(now):
@@ -332,10 +337,10 @@ class MigrationLayer:
         route = self.route()
         notes: dict[str, Any] = {}
         pending: Mapping[tuple[str, Side], bool] = {}
-        if self._both_written(route) and self.strategy.repair_log:
+        if self._both_written(route) and self._consults_repairs():
             pending = yield PendingFor(((record_id, route.reads), (record_id, route.reads.other)))
         sides = [route.reads]
-        if (record_id, route.reads) in pending:
+        if (record_id, route.reads) in pending and self.strategy.read_both:
             # The read side may miss the latest write of this id: read both, keep the newer.
             sides.append(route.reads.other)
             notes["read_both"] = True
@@ -457,7 +462,7 @@ class MigrationLayer:
                 ids = tuple(h.id for h in hits)
                 held = yield from _attempt(Get(side, ids), self._attempts())
                 hits = _as_held(hits, held, vector, metric, filter)
-        if self._both_written(route) and self.strategy.repair_log and hits:
+        if self._both_written(route) and self.strategy.read_both and hits:
             pending = yield PendingFor(tuple((h.id, side) for h in hits))
             if pending:
                 ids = tuple(sorted(i for i, _ in pending))
@@ -470,7 +475,7 @@ class MigrationLayer:
         return hits
 
     def _attempts(self) -> int:
-        return 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
+        return 1 + (self.config.read_retries if self.strategy.read_retry else 0)
 
     def _fallback(self, route: Route) -> Side | None:
         """The side a read may fall back to in this phase, if any."""
@@ -486,7 +491,10 @@ class MigrationLayer:
         falls back to) that misses no acknowledged write of it (no determinate repair)."""
         if side is not route.reads and side is not self._fallback(route):
             return False
-        return pending.get((record_id, side), True)
+        return pending.get((record_id, side), True) or not self.strategy.fallback_currency_check
+
+    def _consults_repairs(self) -> bool:
+        return self.strategy.read_both or self.strategy.fallback_currency_check
 
     def _fell_back(self, side: Side, notes: dict[str, Any]) -> Sub[None]:
         notes["fallback_side"] = side.value
@@ -525,7 +533,7 @@ class MigrationLayer:
                 cmp.recall_against(old_hits, exact, k),
                 cmp.recall_against(new_hits, exact, k),
             )
-        if comparison.version_mismatches and self.strategy.repair_log:
+        if comparison.version_mismatches and self.strategy.mirror_repairs:
             # new is behind old on these ids after a re-read: not ANN noise but a lost or
             # missed write. Repair it both ways (the higher version wins on each side).
             yield AddRepairs(

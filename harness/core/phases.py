@@ -124,10 +124,17 @@ class Coordinator:
     """
 
     def __init__(
-        self, phase: Phase = Phase.OLD_ONLY, epoch: int = 0, lease_ns: int = 5_000_000_000
-    ):
+        self,
+        phase: Phase = Phase.OLD_ONLY,
+        epoch: int = 0,
+        lease_ns: int = 5_000_000_000,
+        bind_leases: bool = True,
+    ) -> None:
+        """`bind_leases=False` is the ablation `lease-epoch-binding`: a lapsed lease is
+        renewed whatever epoch the instance acknowledges."""
         self.published = Published(phase, epoch)
         self.lease_ns = lease_ns
+        self.bind_leases = bind_leases
         self._members: dict[str, _Member] = {}
         self._previous: Phase = phase
 
@@ -152,7 +159,7 @@ class Coordinator:
         up before it serves again, or two non-adjacent phases would be live at once."""
         member = self._members.get(instance)
         lapsed = member is None or member.lease_expires <= now
-        if lapsed and seen.epoch != self.published.epoch:
+        if lapsed and self.bind_leases and seen.epoch != self.published.epoch:
             return False
         if member is None:
             self._members[instance] = _Member(seen.epoch, seen.phase, now + self.lease_ns)

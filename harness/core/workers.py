@@ -102,7 +102,8 @@ class Backfill:
         return Operation(None, None, self._batch(attempt), kind="backfill")
 
     def _batch(self, attempt: int) -> Steps:
-        durable = self.strategy.checkpointed_backfill
+        strategy = self.strategy
+        durable = strategy.durable_checkpoint
         checkpoint: Checkpoint = (yield LoadCheckpoint()) if durable else self._memory
         if checkpoint.attempt != attempt:
             checkpoint = Checkpoint(attempt=attempt)
@@ -110,13 +111,6 @@ class Backfill:
             return Outcome("ok", {"copied": 0, "done": True})
         try:
             page = yield Scan(Side.OLD, checkpoint.cursor, self.throttle.batch_size)
-            records = tuple(s.as_record() for s in page.items if not s.deleted)
-            tombstones = tuple(s.as_tombstone() for s in page.items if s.deleted)
-            fenced = self.strategy.fenced_writes
-            if records:
-                yield Upsert(Side.NEW, records, fenced)
-            if tombstones and durable:
-                yield Delete(Side.NEW, tombstones, fenced)
         except ClusterError as exc:
             self.throttle.observe(None, error=True)
             return Outcome("fail", {"copied": 0, "done": False}, error=str(exc))
@@ -125,12 +119,29 @@ class Backfill:
         if page.next_cursor is not None:
             last = page.next_cursor
         advanced = Checkpoint(last, checkpoint.copied + len(page.items), done, attempt)
-        if durable:
-            yield SaveCheckpoint(advanced)
-        self._memory = advanced
+        if not strategy.checkpoint_after_write:
+            yield from self._save(advanced, durable)
+        try:
+            records = tuple(s.as_record() for s in page.items if not s.deleted)
+            tombstones = tuple(s.as_tombstone() for s in page.items if s.deleted)
+            fenced = strategy.fenced_backfill
+            if records:
+                yield Upsert(Side.NEW, records, fenced)
+            if tombstones and strategy.tombstone_copy:
+                yield Delete(Side.NEW, tombstones, fenced)
+        except ClusterError as exc:
+            self.throttle.observe(None, error=True)
+            return Outcome("fail", {"copied": 0, "done": False}, error=str(exc))
+        if strategy.checkpoint_after_write:
+            yield from self._save(advanced, durable)
         if done:
             self.done_at = yield Now()
         return Outcome("ok", {"copied": len(page.items), "done": done, "cursor": last})
+
+    def _save(self, checkpoint: Checkpoint, durable: bool) -> Sub[None]:
+        if durable:
+            yield SaveCheckpoint(checkpoint)
+        self._memory = checkpoint
 
 
 # ---------------------------------------------------------------------------------------------

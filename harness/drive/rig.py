@@ -59,12 +59,21 @@ class Rig:
         self.old = (
             old
             if old is not None
-            else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
+            else FakeCluster(
+                dim, shards=2, replicas=2, seed=seed, name="old", catch_up=strategy.replica_catch_up
+            )
         )
         self.new = (
             new
             if new is not None
-            else FakeCluster(dim, shards=2, replicas=2, seed=seed + 1, name="new")
+            else FakeCluster(
+                dim,
+                shards=2,
+                replicas=2,
+                seed=seed + 1,
+                name="new",
+                catch_up=strategy.replica_catch_up,
+            )
         )
         self.sides: dict[Side, ClusterPort] = {Side.OLD: self.old, Side.NEW: self.new}
         self.store: StateStore = store if store is not None else MemoryStore()
@@ -77,7 +86,7 @@ class Rig:
             request_timeout_ns=request_timeout_ns,
         )
         self.lease_ns = lease_ns
-        self.coordinator = Coordinator(lease_ns=lease_ns)
+        self.coordinator = Coordinator(lease_ns=lease_ns, bind_leases=strategy.lease_epoch_binding)
         self.skews: dict[str, int] = {}
         """Instance name -> how far its clock runs ahead of the driver's (ns; negative: behind)."""
         self.shared = Shared()
@@ -205,8 +214,7 @@ class Rig:
             heal = getattr(side, "heal_all", None)
             if callable(heal):
                 heal()
-        if self.strategy.repair_log:
-            self.drain_repairs(wait_for_holds=True)
+        self.drain_repairs(wait_for_holds=True)
         self.driver.record_finals()
 
     def verdict(self) -> Verdict:

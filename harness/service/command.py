@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID, strategy_argument
 
 SERVE_DESCRIPTION = """\
 Run the migration layer as an HTTP service in front of two sides (old and new), with durable
@@ -64,7 +64,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--dim", type=int, required=True, help="vector dimension")
     serve.add_argument("--metric", default="cosine", choices=("cosine", "l2", "ip"))
     serve.add_argument("--state", required=True, metavar="PATH", help="the SQLite state file")
-    serve.add_argument("--strategy", default="safe", choices=("safe", "naive"))
+    serve.add_argument(
+        "--strategy",
+        default="safe",
+        type=strategy_argument,
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
+    )
     serve.add_argument("--admin-token", default=None, help="default: $VECMIG_ADMIN_TOKEN")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8100)

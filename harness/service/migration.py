@@ -116,7 +116,12 @@ class Migration:
             "checkpoint": _checkpoint_json(state.checkpoint),
             "repair_backlog": state.repair_backlog,
         }
-        self.coordinator = Coordinator(state.phase, state.epoch, lease_ns=self.lease_ns)
+        self.coordinator = Coordinator(
+            state.phase,
+            state.epoch,
+            lease_ns=self.lease_ns,
+            bind_leases=config.strategy.lease_epoch_binding,
+        )
         self.coordinator.join(config.instance, now)
         self.view = InstanceView(config.instance, state.phase, state.epoch, now + self.lease_ns)
         self._acked = Published(state.phase, state.epoch)
@@ -181,7 +186,7 @@ class Migration:
             self._gauge_loop,
         ]
         self._tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in loops]
-        if self.view.phase is Phase.SHADOW and self.config.strategy.phase_protocol:
+        if self.view.phase is Phase.SHADOW and self.config.strategy.adjacency_wait:
             self._tasks.append(asyncio.create_task(self._recalibrate(), name="recalibrate"))
 
     async def stop(self) -> None:
@@ -251,7 +256,7 @@ class Migration:
         """One try at a phase step through its gate (`Controller.attempt`)."""
         async with self.step_lock:
             target = next_phase(self.coordinator.published.phase, step)  # PhaseError: caller's 409
-            if target is Phase.SHADOW and self.config.strategy.phase_protocol:
+            if target is Phase.SHADOW and self.config.strategy.adjacency_wait:
                 self.controller.calibration_queries = tuple(await self._calibration_queries())
             outcome = await self.driver.run(self.controller.attempt(step, Plan()))
             result = outcome.value
@@ -356,7 +361,7 @@ class Migration:
             await asyncio.sleep(0.5)
 
     async def _repair_loop(self) -> None:
-        if not self.config.strategy.repair_log:
+        if not self.config.strategy.repairs:
             return
         while True:
             outcome = await self.driver.run(
@@ -385,7 +390,7 @@ class Migration:
             await asyncio.sleep(1.0)
             now = time.monotonic_ns()
             copied = self.store.load_checkpoint().copied
-            if not self.config.strategy.checkpointed_backfill:
+            if not self.config.strategy.durable_checkpoint:
                 copied = self.backfill.checkpoint.copied
             self._backfill_rate = max(0.0, (copied - last_copied) / ((now - last_time) / 1e9))
             last_copied, last_time = copied, now
@@ -418,7 +423,7 @@ class Migration:
     # -- status ----------------------------------------------------------------------------------
 
     def _checkpoint(self) -> Any:
-        if self.config.strategy.checkpointed_backfill:
+        if self.config.strategy.durable_checkpoint:
             return self.store.load_checkpoint()
         return self.backfill.checkpoint
 
