@@ -264,15 +264,28 @@ def scenario_names() -> list[str]:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A scenario file from a path, or a name from scenarios/ (with or without .toml)."""
+    """A scenario file from a path, or a name from scenarios/ (with or without .toml).
+
+    A bare name (no folder, no suffix) is looked up in scenarios/ first, so a file or folder
+    called "default" in the working directory does not shadow the shipped scenario.
+    """
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.exists():
-        return path
+    bare = path.name == name_or_path and not path.suffix
     named = SCENARIO_DIR / f"{path.stem if path.suffix == '.toml' else name_or_path}.toml"
-    if named.exists():
+    if bare and named.is_file():
+        return named
+    if path.is_dir():
+        raise ScenarioError(
+            f"{path}: is a directory, not a scenario file; give a TOML file (for example "
+            f"{path / 'my-plan.toml'}) or a name from {SCENARIO_DIR} "
+            f"({', '.join(scenario_names()) or 'none'})"
+        )
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and named.is_file():
         return named
     raise ScenarioError(
-        f"no scenario {name_or_path!r}: not a file, and not a name in {SCENARIO_DIR} "
+        f"no scenario {name_or_path!r}: no such file, and not a name in {SCENARIO_DIR} "
         f"(names: {', '.join(scenario_names()) or 'none'})"
     )
 
@@ -280,14 +293,29 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str) -> Scenario:
     path = resolve(name_or_path)
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object, exc.start)
+        raise ScenarioError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "TOML files are UTF-8: save it as UTF-8 (for example "
+            f"`iconv -f latin1 -t utf-8 {path}`)"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
     scenario = from_dict(data, source=str(path))
     if "name" not in data:
         scenario = dataclasses.replace(scenario, name=path.stem)
     return scenario
+
+
+def text_line(raw: bytes, offset: int) -> int:
+    """The 1-based line of byte `offset` in `raw`."""
+    return raw.count(b"\n", 0, offset) + 1
 
 
 def from_dict(data: Mapping[str, Any], source: str = "scenario") -> Scenario:

@@ -165,3 +165,47 @@ def test_swarm_schedules_are_valid_deterministic_and_keep_a_replica_of_every_sha
         for spec in schedule:
             if spec.family == "lost-ack":
                 assert spec.side == "new" and spec.until_phase == "BACKFILL"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10, finding 8: every bad input exits 2 with a message that names the key or the path.
+
+
+def _simulate_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["simulate", *args, "--quiet"]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_scenario_file_that_is_not_utf8_exits_2_naming_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "café"\n'.encode("latin-1"))
+    err = _simulate_error([str(latin)], capsys)
+    assert str(latin) in err and "UTF-8" in err, err
+
+
+def test_a_missing_scenario_file_exits_2_naming_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "plans" / "missing.toml"
+    err = _simulate_error([str(missing)], capsys)
+    assert str(missing) in err and "no such file" in err, err
+
+
+@pytest.mark.parametrize("name", ["plans", "plans.toml"])
+def test_a_directory_exits_2_naming_the_path(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / name
+    folder.mkdir()
+    err = _simulate_error([str(folder)], capsys)
+    assert str(folder) in err and "is a directory" in err, err
+
+
+def test_a_scenario_file_loads_whatever_its_suffix(tmp_path: Path) -> None:
+    """A file that exists is the scenario (it used to be 'not a file' without `.toml`)."""
+    plan = tmp_path / "default.plan"
+    plan.write_text((SCENARIO_DIR / "default.toml").read_text())
+    loaded = load(str(plan))
+    assert loaded.faults == load("default").faults and loaded.source == str(plan)
