@@ -1,9 +1,10 @@
 """Scenarios: what a simulation runs, as a TOML file checked at load time.
 
 A scenario is plain data (dataclasses below). Loading is strict on purpose: an unknown key, a
-value of the wrong type or out of range, or an unknown fault family raises `ScenarioError`
-naming the key (as a dotted path) and what it accepts, before anything runs. Durations are
-seconds (`*_s`) or milliseconds (`*_ms`) as the key says; the simulator works in nanoseconds.
+value of the wrong type or out of range, an unknown fault family, or settings the protocol
+cannot keep safe raise `ScenarioError` naming the key (as a dotted path) and what it accepts,
+before anything runs. Durations are seconds (`*_s`) or milliseconds (`*_ms`) as the key says;
+the simulator works in nanoseconds.
 
 Layout (every section and key is optional; see `scenarios/default.toml` for a full example):
 
@@ -15,13 +16,19 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
     [traffic]     rate, diurnal_amplitude, diurnal_period_s, shopper_share, filtered_share,
                   exact_sample_rate, [traffic.merchant] mix, [[traffic.spikes]],
                   [traffic.bulk_reembed]
-    [instances]   count, config_delay, poll_interval_ms, lease_ms
-    [migration]   start_s, steps, hold_s, retry_ms, slo_p99_ms, min_mirrored_reads, soak_s,
-                  batch_size, backfill_rate,
+    [instances]   count, config_delay, poll_interval_ms, lease_ms, lease_margin_ms,
+                  max_clock_skew_ms, restart_s
+    [migration]   start_s, steps, hold_s, retry_ms, slo_p99_ms, min_mirrored_reads,
+                  recall_parity_tolerance, soak_s, stall_after_s, batch_size, backfill_rate,
                   mirror_sample_rate, lagged_sides, visibility_window_ms,
                   refresh_interval_ms, calibration_queries, repair_interval_ms
     [[faults]]    see `vecmig.sim.faults.FaultSpec`
-    [swarm]       enabled, families, count, ...
+    [swarm]       enabled, keep_scenario_faults, families, min_families, max_families,
+                  window_s
+
+Beyond each key's own range, `_cross_checks` refuses what the migration protocol cannot keep
+safe (node faults with one replica; lost acks where nothing repairs them; clock skew beyond
+its declared bound).
 """
 
 from __future__ import annotations
@@ -37,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from vecmig import scenarios as scenarios_package
-from vecmig.sim.faults import FaultSpec, SwarmConfig, check_fault
+from vecmig.sim.faults import (
+    SWARM_FAMILIES,
+    FaultLimits,
+    FaultSpec,
+    SwarmConfig,
+    fault_problems,
+    survivable,
+    swarm_problems,
+)
 
 SCENARIO_DIR = Path(scenarios_package.__file__).resolve().parent
 MS = 1_000_000
@@ -319,30 +334,51 @@ def text_line(raw: bytes, offset: int) -> int:
 
 
 def from_dict(data: Mapping[str, Any], source: str = "scenario") -> Scenario:
-    """A checked `Scenario` from a parsed TOML table. Raises `ScenarioError`."""
+    """A checked `Scenario` from a parsed TOML table. Raises `ScenarioError`, naming every
+    problem at once, one per line."""
     try:
         scenario: Scenario = _build(Scenario, data, "")
     except ScenarioError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     scenario = dataclasses.replace(scenario, source=source)
+    swarm = data.get("swarm", {})
+    if "families" not in swarm:
+        # Left out, the swarm draws every family this scenario can survive.
+        families = survivable(
+            SWARM_FAMILIES, replicas=scenario.clusters.replicas, instances=scenario.instances.count
+        )
+        scenario = dataclasses.replace(
+            scenario, swarm=dataclasses.replace(scenario.swarm, families=families)
+        )
     problems = _cross_checks(scenario)
+    if len(problems) == 1:
+        raise ScenarioError(f"{source}: {problems[0]}")
     if problems:
-        raise ScenarioError(f"{source}: " + "; ".join(problems))
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise ScenarioError(f"{source}: {len(problems)} problems:\n{lines}")
     return scenario
 
 
+def fault_limits(s: Scenario) -> FaultLimits:
+    """What the scenario lets its faults do: the sizes and bounds `fault_problems` checks and
+    the swarm draws within."""
+    return FaultLimits(
+        instances=s.instances.count,
+        shards=s.clusters.shards,
+        replicas=s.clusters.replicas,
+        lagged_sides=tuple(s.migration.lagged_sides),
+        max_skew_ms=s.instances.max_clock_skew_ms,
+    )
+
+
 def _cross_checks(s: Scenario) -> list[str]:
+    """The rules between keys: what the protocol needs to keep every read right and every
+    acknowledged write, and what the simulator needs to run. Each message names its keys."""
+    limits = fault_limits(s)
     problems = []
     for i, spec in enumerate(s.faults):
-        try:
-            check_fault(
-                spec,
-                instances=s.instances.count,
-                shards=s.clusters.shards,
-                replicas=s.clusters.replicas,
-            )
-        except ValueError as exc:
-            problems.append(f"faults[{i}]: {exc}")
+        problems += fault_problems(spec, limits, f"faults[{i}]")
+    problems += swarm_problems(s.swarm, limits)
     if s.traffic.shopper_share < 1.0 and not any(v > 0 for v in s.traffic.merchant.values()):
         problems.append("traffic.merchant: at least one action needs a positive weight")
     if (
@@ -350,7 +386,8 @@ def _cross_checks(s: Scenario) -> list[str]:
         and s.migration.visibility_window_ms <= s.migration.refresh_interval_ms
     ):
         problems.append(
-            "migration.visibility_window_ms must exceed migration.refresh_interval_ms, or the "
+            f"migration.visibility_window_ms ({s.migration.visibility_window_ms:g}) must exceed "
+            f"migration.refresh_interval_ms ({s.migration.refresh_interval_ms:g}), or the "
             "freshness overlay forgets writes before a lagged side shows them"
         )
     return problems
