@@ -27,8 +27,9 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
                   window_s
 
 Beyond each key's own range, `_cross_checks` refuses what the migration protocol cannot keep
-safe (node faults with one replica; lost acks where nothing repairs them; clock skew beyond
-its declared bound).
+safe (leases against polls, timeouts and skew; node faults with one replica; lost acks where
+nothing repairs them; clock skew beyond its declared bound; plans the phase table cannot
+walk).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from vecmig import scenarios as scenarios_package
+from vecmig.harness.core.controller import Plan
+from vecmig.harness.core.phases import Phase, Step, lease_rules
 from vecmig.sim.faults import (
     SWARM_FAMILIES,
     FaultLimits,
@@ -390,7 +393,67 @@ def _cross_checks(s: Scenario) -> list[str]:
             f"migration.refresh_interval_ms ({s.migration.refresh_interval_ms:g}), or the "
             "freshness overlay forgets writes before a lagged side shows them"
         )
+    problems += _lease_problems(s)
+    plan = Plan(steps=tuple(Step(x) for x in s.migration.steps))
+    problems += [
+        f"migration.steps: {problem} (the plan starts in OLD_ONLY)"
+        for problem in plan.problems(Phase.OLD_ONLY)
+    ]
     return problems
+
+
+# Which keys each of `lease_rules`' rules is about, by how its message starts.
+LEASE_RULE_KEYS = {
+    "the lease margin": (
+        "instances.lease_margin_ms",
+        "latency.op_timeout_ms",
+        "instances.max_clock_skew_ms",
+    ),
+    "the lease (": (
+        "instances.lease_ms",
+        "instances.poll_interval_ms",
+        "instances.lease_margin_ms",
+    ),
+}
+LEASE_KEYS = (
+    "instances.lease_ms",
+    "instances.poll_interval_ms",
+    "instances.lease_margin_ms",
+    "latency.op_timeout_ms",
+    "instances.max_clock_skew_ms",
+)
+
+
+def _lease_problems(s: Scenario) -> list[str]:
+    i = s.instances
+    broken = lease_rules(
+        lease_ns=int(i.lease_ms * MS),
+        poll_ns=int(i.poll_interval_ms * MS),
+        margin_ns=int(i.lease_margin_ms * MS),
+        request_timeout_ns=int(s.latency.op_timeout_ms * MS),
+        max_skew_ns=int(i.max_clock_skew_ms * MS),
+    )
+    problems = []
+    for rule in broken:
+        keys = next((k for start, k in LEASE_RULE_KEYS.items() if rule.startswith(start)), None)
+        problems.append(f"{', '.join(keys or LEASE_KEYS)}: {rule}; {_lease_fix(s, keys)}")
+    return problems
+
+
+def _lease_fix(s: Scenario, keys: tuple[str, ...] | None) -> str:
+    i = s.instances
+    if keys == LEASE_RULE_KEYS["the lease margin"]:
+        return (
+            "set instances.lease_margin_ms to at least "
+            f"{s.latency.op_timeout_ms + 2 * i.max_clock_skew_ms:g}, or lower "
+            "latency.op_timeout_ms or instances.max_clock_skew_ms"
+        )
+    if keys == LEASE_RULE_KEYS["the lease ("]:
+        return (
+            f"set instances.lease_ms above {i.poll_interval_ms + i.lease_margin_ms:g}, or "
+            "lower instances.poll_interval_ms"
+        )
+    return "see vecmig.harness.core.phases.lease_rules"
 
 
 def _build(cls: type, data: Any, path: str) -> Any:

@@ -293,6 +293,26 @@ def test_a_clock_skew_beyond_the_declared_bound_is_refused_at_load() -> None:
 # Issue 10: configuration the protocol cannot keep safe is refused, naming the keys and the rule.
 
 
+def test_a_lease_that_does_not_outlast_a_poll_and_the_margin_is_refused() -> None:
+    """Finding 5: with polls every 3 s and 2 s leases the coordinator counted a lagging
+    instance out, and the instance then renewed its lease while still on OLD_ONLY."""
+    message = _error({"instances": {"poll_interval_ms": 3000, "lease_ms": 2000}})
+    assert "instances.lease_ms" in message and "instances.poll_interval_ms" in message
+    assert "instances.lease_margin_ms" in message, message
+    assert "2000" in message and "3000" in message
+
+
+def test_a_lease_margin_shorter_than_a_request_and_twice_the_skew_is_refused() -> None:
+    message = _error({"instances": {"lease_margin_ms": 500}})
+    for key in (
+        "instances.lease_margin_ms",
+        "latency.op_timeout_ms",
+        "instances.max_clock_skew_ms",
+    ):
+        assert key in message, message
+    assert "850" in message, "names the margin that would do: 250 + 2 x 300"
+
+
 def test_a_node_fault_with_one_replica_is_refused_at_load() -> None:
     message = _error(
         {
@@ -314,3 +334,27 @@ def test_an_app_instance_crash_with_one_instance_is_refused_at_load() -> None:
         {"instances": {"count": 1}, "faults": [{"family": "app-instance-crash", "at_s": 3}]}
     )
     assert "faults[0]" in message and "instances.count >= 2" in message, message
+
+
+def test_a_plan_the_phase_table_cannot_walk_is_refused() -> None:
+    """Finding 7: `["advance", "rollback"]` failed mid-run with a PhaseError."""
+    message = _error({"migration": {"steps": ["advance", "rollback"]}})
+    assert "migration.steps" in message and "step 2 (rollback)" in message, message
+    assert "DUAL_WRITE" in message and "abort -> OLD_ONLY" in message, message
+
+
+def test_every_problem_is_reported_at_once_one_per_line() -> None:
+    message = _error(
+        {
+            "instances": {"count": 1, "lease_ms": 1500},
+            "migration": {"steps": ["rollback"]},
+            "faults": [{"family": "app-instance-crash", "at_s": 3}],
+        }
+    )
+    lines = message.splitlines()
+    assert lines[0].endswith("3 problems:"), message
+    assert [line.strip().split(":")[0] for line in lines[1:]] == [
+        "faults[0]",
+        "instances.lease_ms, instances.poll_interval_ms, instances.lease_margin_ms",
+        "migration.steps",
+    ], message
