@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import math
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,16 @@ writes, in --out (default out/<scenario>-<strategy>-<seed>):
 exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key),
 4 stalled (the plan did not finish, or a gate held past migration.stall_after_s).
 
+the loader also refuses what the migration protocol cannot keep safe, naming the keys:
+  leases: instances.lease_margin_ms >= latency.op_timeout_ms + 2 x instances.max_clock_skew_ms,
+          instances.lease_ms > instances.poll_interval_ms + instances.lease_margin_ms
+  node-crash, node-pause, slow-replica need clusters.replicas >= 2;
+  app-instance-crash needs instances.count >= 2
+  lost-ack only on side "new", from phase DUAL_WRITE or BACKFILL, until_phase BACKFILL or SHADOW
+  clock-skew within instances.max_clock_skew_ms; visibility-lag only on migration.lagged_sides
+  migration.steps must be walkable from OLD_ONLY by the phase table
+(sim/README.md, "What the loader refuses, and why").
+
 examples:
   vecmig simulate
   vecmig simulate black-friday --strategy naive --seed 7
@@ -64,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    simulate.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
+    simulate.add_argument(
+        "--seed", type=_at_least(0), default=None, help="0 or more; default: the scenario's seed"
+    )
     simulate.add_argument(
         "--strategy",
         type=strategy_argument,
@@ -86,10 +101,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     simulate.add_argument(
         "--duration",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="S",
-        help="override the scenario's duration_s",
+        help="override the scenario's duration_s (at least 1)",
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
@@ -99,13 +114,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="many seeds in parallel with swarm faults; replay commands for the failures",
         description=SWEEP_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 every seed valid, 1 some seed found anomalies, 2 bad input.\n\n"
+        epilog="exit codes: 0 every seed valid, 1 some seed found anomalies or raised (its error "
+        "and replay command are printed; the other seeds still run), 2 bad input.\n\n"
         "example:\n  vecmig sweep default --seeds 32 --jobs 4",
     )
     sweep.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    sweep.add_argument("--seeds", type=int, default=8, help="how many seeds (default 8)")
-    sweep.add_argument("--first-seed", type=int, default=1)
-    sweep.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    sweep.add_argument("--seeds", type=_at_least(1), default=8, help="how many seeds (default 8)")
+    sweep.add_argument("--first-seed", type=_at_least(0), default=1)
+    sweep.add_argument(
+        "--jobs", type=_at_least(1), default=2, help="parallel processes (default 2)"
+    )
     sweep.add_argument(
         "--strategy",
         type=strategy_argument,
@@ -117,8 +135,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sweep.add_argument(
         "--buggify", action="store_true", help="draw each seed's settings and faults too"
     )
-    sweep.add_argument("--duration", type=float, default=None, metavar="S")
+    sweep.add_argument("--duration", type=_seconds, default=None, metavar="S")
     sweep.set_defaults(handler=run_sweep)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (argparse exits 2 naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a simulated duration, a finite number of seconds of at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second (and finite), got {text}")
+    return value
 
 
 def scenario_arg(given: str, scenario: Scenario) -> str:
@@ -132,8 +176,6 @@ def _load(given: str, duration: float | None) -> Scenario:
 
     scenario = load(given)
     if duration is not None:
-        if duration < 1:
-            raise ScenarioError(f"--duration must be at least 1 second, got {duration}")
         scenario = dataclasses.replace(scenario, duration_s=duration)
     return scenario
 
@@ -233,12 +275,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     console = Console()
     err = Console(stderr=True)
     try:
-        _load(args.scenario, args.duration)
+        scenario = _load(args.scenario, args.duration)
     except ScenarioError as exc:
         print(f"vecmig sweep: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.seeds < 1 or args.jobs < 1:
-        print("vecmig sweep: --seeds and --jobs must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     rows: list[dict[str, Any]] = []
@@ -255,7 +294,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         ) as progress,
     ):
         task = progress.add_task("sweep", total=len(seeds))
-        futures = [
+        futures = {
             pool.submit(
                 _sweep_one,
                 args.scenario,
@@ -264,11 +303,14 @@ def run_sweep(args: argparse.Namespace) -> int:
                 seed,
                 not args.no_swarm,
                 args.buggify,
-            )
+            ): seed
             for seed in seeds
-        ]
+        }
         for future in concurrent.futures.as_completed(futures):
-            rows.append(future.result())
+            try:
+                rows.append(future.result())
+            except Exception as exc:  # a seed that raised is a result too; keep the others
+                rows.append(_raised(args, scenario, futures[future], exc))
             progress.advance(task)
     rows.sort(key=lambda r: r["seed"])
     table = Table(
@@ -285,9 +327,12 @@ def run_sweep(args: argparse.Namespace) -> int:
         anomalies = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["counts"].items() if n)
         if r["stalled"]:
             anomalies = ", ".join(x for x in (anomalies, "stalled") if x)
+        verdict = "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]"
+        if "error" in r:
+            verdict, anomalies = "[red]RAISED[/red]", r["error"]
         table.add_row(
             str(r["seed"]),
-            "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]",
+            verdict,
             anomalies,
             r["end_phase"],
             str(r["faults"]),
@@ -295,14 +340,47 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
     console.print(table)
     failing = [r for r in rows if not r["valid"]]
+    raised = sum("error" in r for r in rows)
     console.print(
-        f"{len(rows) - len(failing)} of {len(rows)} seeds valid in {time.perf_counter() - started:.1f} s",
+        f"{len(rows) - len(failing)} of {len(rows)} seeds valid"
+        + (f", {raised} raised" if raised else "")
+        + f" in {time.perf_counter() - started:.1f} s",
         highlight=False,
     )
     for r in failing:
         print(f"replay seed {r['seed']}: {r['replay']}")
-        print(f"  fault families: {', '.join(r['families'])}")
+        if "error" in r:
+            print(f"  raised: {r['error']}")
+        else:
+            print(f"  fault families: {', '.join(r['families'])}")
     return EXIT_ANOMALIES if failing else EXIT_VALID
+
+
+def _raised(
+    args: argparse.Namespace, scenario: Scenario, seed: int, exc: BaseException
+) -> dict[str, Any]:
+    """The row of a seed whose run raised: its error, and the command that shows the traceback
+    (the verdict is unknown, so the seed counts as failing)."""
+    given = scenario_arg(args.scenario, scenario)
+    if args.duration is not None:
+        given += f" --duration {args.duration:g}"
+    replay = f"vecmig simulate {given} --seed {seed} --strategy {args.strategy}"
+    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return {
+        "seed": seed,
+        "valid": False,
+        "stalled": False,
+        "counts": {},
+        "end_phase": "-",
+        "families": [],
+        "faults": 0,
+        "wall_s": 0.0,
+        "replay": replay
+        + (" --swarm" if not args.no_swarm and not args.buggify else "")
+        + (" --buggify" if args.buggify else ""),
+        "bugs": [],
+        "error": error,
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover
