@@ -145,12 +145,19 @@ class FaultLimits:
 def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
     """Every reason `spec` (at `path`, e.g. "faults[3]") cannot run, or cannot be survived by a
     correct layer, in this scenario; one message per problem, each naming its key."""
-    family = spec.family
-    if family not in FAMILY_KEYS:
-        return [unknown_family(family, path)]
-    keys = FAMILY_KEYS[family]
+    if spec.family not in FAMILY_KEYS:
+        return [unknown_family(spec.family, path)]
+    problems = _target_problems(spec, limits, path) + _parameter_problems(spec, limits, path)
+    if spec.family == "lost-ack":
+        problems += _lost_ack_problems(spec, path)
+    return problems + _timing_problems(spec, path)
+
+
+def _target_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
+    """What the fault hits: a side, a node, an instance, and whether a second one is left."""
+    family, keys = spec.family, FAMILY_KEYS[spec.family]
     problems = []
-    if "side" in keys and spec.side not in ("old", "new"):
+    if "side" in keys and spec.side not in SIDES:
         problems.append(f"{path}.side must be old or new for {family!r}, got {spec.side!r}")
     if spec.node:
         problems += _node_problems(spec.node, limits, f"{path}.node")
@@ -171,6 +178,18 @@ def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]
             f"{limits.instances}: with one instance every read fails while it restarts; "
             "set instances.count = 2 or more"
         )
+    if family == "visibility-lag" and spec.side in SIDES and spec.side not in limits.lagged_sides:
+        problems.append(
+            f"{path}.side = {spec.side!r}: a 'visibility-lag' fault needs its side in "
+            f"migration.lagged_sides (now {list(limits.lagged_sides)}): the layer corrects "
+            f"searches only on sides declared lagged; add {spec.side!r} there"
+        )
+    return problems
+
+
+def _parameter_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
+    family = spec.family
+    problems = []
     if family in ("error-rate", "lost-ack") and not 0.0 <= spec.rate <= 1.0:
         problems.append(f"{path}.rate must be from 0 to 1, got {spec.rate!r}")
     if family in ("slow-replica", "latency-spike") and spec.factor < 1.0:
@@ -192,15 +211,6 @@ def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]
             f"±{limits.max_skew_ms:g}, or raise instances.max_clock_skew_ms (and "
             "instances.lease_margin_ms with it)"
         )
-    if family == "visibility-lag" and spec.side in SIDES and spec.side not in limits.lagged_sides:
-        problems.append(
-            f"{path}.side = {spec.side!r}: a 'visibility-lag' fault needs its side in "
-            f"migration.lagged_sides (now {list(limits.lagged_sides)}): the layer corrects "
-            f"searches only on sides declared lagged; add {spec.side!r} there"
-        )
-    if family == "lost-ack":
-        problems += _lost_ack_problems(spec, path)
-    problems += _timing_problems(spec, path)
     return problems
 
 
@@ -283,8 +293,6 @@ SWARM_FAMILIES: tuple[str, ...] = (
     "clock-skew",
     "backfill-worker-crash",
 )
-
-
 SWARM_CHOICES: tuple[str, ...] = (*SWARM_FAMILIES, "visibility-lag")
 """What `swarm.families` may name; visibility-lag (on new) only when new is declared lagged."""
 
