@@ -226,6 +226,99 @@ def test_missing_final_of_the_serving_side_is_unknown_not_valid() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# A stale read stays stale while a newer write of that id is open. What a read must return
+# is fixed by the writes that completed before it was invoked; a write still in flight (or
+# completing later) may explain a read of *its* version, never a read of an older one.
+
+V3_INVOKED = ("before the read", "during the read")
+V3_ENDS = ("never", "ok", "info", "fail")
+
+
+def _read_with_v3_open(
+    h: History, read: str, returned: int | None, v3_invoked: str, v3_ends: str, v3: str = "upsert"
+) -> History:
+    """Process 1 reads id a, returning `returned`, while process 2's `v3` write of a (version
+    3) is open: invoked before the read or during it, completing after it, or never."""
+    if v3_invoked == "before the read":
+        h.invoke(2, v3, id="a", version=3)
+    h.invoke(1, read, **({"id": "a"} if read == "get" else {"k": 10}))
+    if v3_invoked == "during the read":
+        h.invoke(2, v3, id="a", version=3)
+    if read == "get":
+        h.ok(1, "get", id="a", version=returned)
+    else:
+        h.ok(1, "search", results=[] if returned is None else [["a", returned, 0.5]])
+    if v3_ends != "never":
+        h.complete(2, v3_ends, v3, id="a", version=3)
+    return h
+
+
+@pytest.mark.parametrize("v3_ends", V3_ENDS)
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize(("read", "returned"), [("get", 1), ("search", 1), ("get", None)])
+def test_a_stale_read_stays_stale_while_a_newer_upsert_is_open(
+    read: str, returned: int | None, v3_invoked: str, v3_ends: str
+) -> None:
+    """Upsert v2 completed ok before the read was invoked, so v1 (or not-found) is stale,
+    whatever happens to an upsert v3 of the same id that is in flight when the read ends."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, read, returned, v3_invoked, v3_ends)
+    h.final("old", {"a": 2 if v3_ends == "fail" else 3})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    example = verdict.examples["stale_reads"][0]
+    assert (example["id"], example["returned"], example["max_up"]) == ("a", returned, 2)
+
+
+@pytest.mark.parametrize("v3_ends", V3_ENDS)
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize("read", ["get", "search"])
+def test_a_read_hidden_by_a_delete_stays_stale_while_a_re_insert_is_open(
+    read: str, v3_invoked: str, v3_ends: str
+) -> None:
+    """Delete v2 completed ok before the read: v1 is stale even while the re-insert v3 is open."""
+    h = History().load({"a": 1}).write(0, "delete", "a", 2)
+    _read_with_v3_open(h, read, 1, v3_invoked, v3_ends)
+    h.final("old", {} if v3_ends == "fail" else {"a": 3})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    assert verdict.examples["stale_reads"][0]["why"] == "a delete"
+
+
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize(
+    ("read", "returned", "v3_ends"),
+    [
+        *((read, 3, ends) for read in ("get", "search") for ends in ("never", "ok", "info")),
+        *(("get", 2, ends) for ends in V3_ENDS),
+    ],
+)
+def test_a_read_of_the_open_version_or_the_last_acknowledged_one_is_valid(
+    read: str, returned: int, v3_ends: str, v3_invoked: str
+) -> None:
+    """The contrast: while v3 is in flight, a read may return v3 (it is concurrent with the
+    read) or v2 (the newest acknowledged); neither is stale, and v3 is no garbage."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, read, returned, v3_invoked, v3_ends)
+    h.final("old", {"a": 2 if v3_ends == "fail" else 3})
+    verdict = check(h.events)
+    assert verdict.valid, verdict
+
+
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+def test_an_open_delete_explains_a_not_found_get_but_not_an_older_version(
+    v3_invoked: str,
+) -> None:
+    """A newer delete in flight may explain not-found (it is concurrent), never version 1."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, "get", None, v3_invoked, "never", v3="delete")
+    assert check(h.final("old", {}).events).valid
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, "get", 1, v3_invoked, "never", v3="delete")
+    assert counts(check(h.final("old", {}).events)) == {"stale_reads": 1}
+
+
+# ---------------------------------------------------------------------------------------------
 # Valid histories that must not be flagged.
 
 
