@@ -12,7 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID, main
-from vecmig.harness.clusters.base import matches
+from vecmig.harness.clusters.base import Filter, Hit, Record, Side, Unavailable, Vector, matches
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Step
+from vecmig.harness.drive.rig import Rig
 from vecmig.harness.history import ops
 from vecmig.harness.history.checker import Fields, Verdict, check, check_safely
 from vecmig.harness.history.ops import Event, MalformedHistory, Recorder
@@ -974,6 +978,87 @@ def test_the_example_history_is_valid() -> None:
     assert main(["check", str(EXAMPLE)]) == EXIT_VALID
     verdict = check(ops.read_jsonl(EXAMPLE))
     assert verdict.recall == 1.0 and verdict.unjudged_filtered_hits == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the layer's histories carry the fields, and a wrong filtered result is caught.
+
+
+class FilterBlindCluster:
+    """A side whose adapter drops the search filter (a translation bug, say): every other call
+    is the fake cluster's. Its filtered searches return whatever is nearest."""
+
+    def __init__(self, inner: FakeCluster) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def search(self, vector: Vector, k: int, filter: Filter | None = None) -> list[Hit]:
+        return self.inner.search(vector, k, None)
+
+
+@pytest.mark.parametrize("blind", [True, False], ids=["filter-blind-side", "honest-side"])
+def test_a_filtered_search_returning_products_that_went_out_of_stock_is_caught(
+    blind: bool, tmp_path: Path
+) -> None:
+    """Merchants take half the catalog out of stock (acknowledged); then shoppers search for
+    products in stock. A side that ignores the filter returns the fresh, out-of-stock versions:
+    neither stale nor garbage, and `vecmig check` counts each such hit as a filter violation.
+    The same run against an honest side is valid, with every filtered hit judged."""
+    old = FakeCluster(8, shards=2, replicas=2, seed=0, name="old")
+    rig = Rig(records=40, old=FilterBlindCluster(old) if blind else old)  # type: ignore[arg-type]
+    app = rig.add_instance("app-0")
+    in_stock = {(r.id, r.version): bool(r.metadata["in_stock"]) for r in rig.catalog.records()}
+    for record in rig.catalog.records()[::2]:
+        gone = Record(record.id, record.vector, {**record.metadata, "in_stock": False}, 2)
+        assert rig.run(app.upsert(gone)).type == "ok"
+        in_stock[(gone.id, 2)] = False
+    wrong = hits = 0
+    for seed in range(8):
+        outcome = rig.run(app.search(rig.query(seed), 10, {"in_stock": True}))
+        assert outcome.type == "ok"
+        hits += len(outcome.value["results"])
+        wrong += sum(not in_stock[(id_, v)] for id_, v, _ in outcome.value["results"])
+    rig.heal_and_finish()
+    path = tmp_path / "history.jsonl"
+    ops.write_jsonl(rig.recorder.events, path)
+    assert main(["check", str(path), "--json"]) == (EXIT_ANOMALIES if blind else EXIT_VALID)
+    verdict = check(ops.read_jsonl(path))
+    assert hits and verdict.unjudged_filtered_hits == 0
+    assert (wrong > 0) == blind, "only the filter-blind side returns out-of-stock products"
+    assert counts(verdict) == ({"filter_violations": wrong} if blind else {})
+    if blind:
+        example = verdict.examples["filter_violations"][0]
+        assert example["filter"] == {"in_stock": True}
+        assert example["fields"]["in_stock"] is False and example["returned"] == 2
+
+
+def test_the_safe_layer_keeps_filtered_results_matching_across_a_rollback() -> None:
+    """CUTOVER; a product goes out of stock (v2) while old refuses the copy, so a repair
+    toward old is pending; ROLLBACK makes old serve reads again. A search for products in
+    stock finds v1 on old (in stock) and must not answer the pending id's newer copy, v2,
+    which is out of stock: the checker would count that hit as a filter violation, and
+    nothing else would (v2 is the newest version). The layer once swapped it in unchecked."""
+    rig = Rig()
+    app = rig.add_instance("app")
+    rig.advance_to_shadow()
+    assert rig.step_phase().type == "ok"  # to CUTOVER
+    rig.sync_all()
+    product = next(r for r in rig.catalog.records() if r.metadata["in_stock"])
+    gone = Record(product.id, product.vector, {**product.metadata, "in_stock": False}, 2)
+    write = rig.driver.start(app.upsert(gone))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.Upsert) and r.side is Side.OLD)
+    rig.driver.step(write, error=Unavailable("old: injected"))
+    assert rig.driver.run(write).type == "ok" and rig.store.repair_backlog() == 1
+    assert rig.step_phase(Step.ROLLBACK).type == "ok"
+    rig.sync_all()
+    found = rig.run(app.search(product.vector, 5, {"in_stock": True}))
+    assert found.type == "ok" and found.value["results"]
+    rig.heal_and_finish()
+    verdict = rig.verdict()
+    assert counts(verdict) == {}, verdict.examples
+    assert verdict.unjudged_filtered_hits == 0
 
 
 # ---------------------------------------------------------------------------------------------
