@@ -28,7 +28,7 @@ from vecmig.harness.catalog import Catalog
 from vecmig.harness.clusters.base import ClusterPort
 from vecmig.harness.clusters.registry import open_cluster
 from vecmig.harness.history.checker import PHASES
-from vecmig.harness.history.ops import CONTROLLER, LOADER, NEMESIS, Recorder
+from vecmig.harness.history.ops import CONTROLLER, LOADER, NEMESIS, Recorder, load_value
 
 from .history import now
 from .sides import POSTGRES_NODE, PostgresNemesis, is_cluster_server, is_in_process
@@ -206,7 +206,7 @@ def load_catalog(old: ClusterPort, plan: RunPlan, recorder: Recorder) -> int:
     records = plan.catalog_records().records()
     for start in range(0, len(records), 500):
         old.upsert(records[start : start + 500], fenced=False)
-    recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in records}}, now())
+    recorder.ok(LOADER, "load", load_value(records), now())
     return len(records)
 
 

@@ -154,7 +154,9 @@ class LatencyConfig:
     """A side request that takes longer raises Timeout into the operation."""
 
 
-MERCHANT_ACTIONS = ("price", "stock", "add", "reembed", "delist")
+MERCHANT_ACTIONS = ("price", "stock", "add", "reembed", "delist", "relist")
+"""`relist` lists a delisted product again (its next version): a delete followed by a
+re-insert of the same id, the classic trap for tombstones."""
 
 
 @dataclass(frozen=True)

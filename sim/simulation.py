@@ -262,7 +262,15 @@ class Simulation:
         env = self.env
         loaded = self.catalog.records()
         self.clusters[Side.OLD].upsert(loaded, fenced=False)
-        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in loaded}}, 0)
+        self.recorder.ok(
+            LOADER,
+            "load",
+            {
+                "records": {r.id: r.version for r in loaded},
+                "fields": {r.id: dict(r.metadata) for r in loaded},
+            },
+            0,
+        )
         self.phases.append({"phase": Phase.OLD_ONLY.value, "time": 0, "epoch": 0})
         for side in self.layer_config.lagged_sides:
             self.clusters[side].start_fault("visibility-lag")

@@ -201,7 +201,7 @@ class MigrationLayer:
     def upsert(self, record: Record) -> Operation:
         return Operation(
             "upsert",
-            {"id": record.id, "version": record.version},
+            {"id": record.id, "version": record.version, "fields": dict(record.metadata)},
             self._tracked(self._write(record)),
         )
 

@@ -103,7 +103,7 @@ class Rig:
         )
         loaded = self.catalog.records()
         self.old.upsert(loaded, fenced=False)
-        self.driver.record_load({r.id: r.version for r in loaded})
+        self.driver.record_load(loaded)
 
     # -- instances ---------------------------------------------------------------------------
 

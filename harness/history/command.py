@@ -27,6 +27,11 @@ the property tests) and report every anomaly with a count and its first examples
                        not-found while the newest such op was an upsert and no newer delete
                        was even in flight.
   garbage reads        a returned (id, version) that no load or upsert ever carried.
+  filter violations    a hit of a filtered search whose version, by the fields its load or
+                       upsert carried ("fields" in the history), does not match the filter
+                       (every filter field equal). The version may be fresh: the result set
+                       is wrong about the item. Hits of versions whose fields no write
+                       recorded are not judged; the notes say how many.
   lost writes          an id whose newest acknowledged op is an upsert of version u, while the
                        final state of the side serving reads (new after CUTOVER, else old)
                        holds no version >= u (unless an indeterminate newer delete explains a

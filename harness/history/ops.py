@@ -20,7 +20,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vecmig.harness.clusters.base import Record
 
 EventType = Literal["invoke", "ok", "fail", "info"]
 EVENT_TYPES: frozenset[str] = frozenset({"invoke", "ok", "fail", "info"})
@@ -64,6 +67,16 @@ class Event:
             separators=(", ", ": "),
             allow_nan=False,
         )
+
+
+def load_value(records: Iterable[Record]) -> dict[str, Any]:
+    """The value of a `load` event: each record's version, and its fields (its metadata, what
+    filters match), so that the checker can judge filtered hits of the loaded versions."""
+    loaded = list(records)
+    return {
+        "records": {r.id: r.version for r in loaded},
+        "fields": {r.id: dict(r.metadata) for r in loaded},
+    }
 
 
 def score(value: float) -> float:
