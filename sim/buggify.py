@@ -38,8 +38,9 @@ ROLE_PHASES = {"new": ("DUAL_WRITE", "BACKFILL", "SHADOW"), "old": ("CUTOVER",)}
 ROLE_UNTIL = {"new": "CUTOVER", "old": "DECOMMISSIONED"}
 
 MIX_VARIANTS: tuple[dict[str, float], ...] = (
-    {"price": 0.45, "stock": 0.2, "add": 0.1, "reembed": 0.1, "delist": 0.15},
-    {"price": 0.15, "stock": 0.1, "add": 0.15, "reembed": 0.1, "delist": 0.5},  # delete-heavy
+    {"price": 0.45, "stock": 0.2, "add": 0.1, "reembed": 0.1, "delist": 0.1, "relist": 0.05},
+    {"price": 0.15, "stock": 0.1, "add": 0.1, "reembed": 0.05, "delist": 0.4, "relist": 0.2},
+    # delete-heavy, products listed again (a delete then a re-insert of the same id)
     {"price": 0.1, "stock": 0.1, "add": 0.1, "reembed": 0.6, "delist": 0.1},  # re-embeds
     {"price": 0.3, "stock": 0.5, "add": 0.05, "reembed": 0.05, "delist": 0.1},  # stock churn
 )
@@ -288,14 +289,15 @@ def _fault(draw: _Draw, table: dict[str, Any], family: str, victim: int) -> dict
             "until_phase": ROLE_UNTIL[side],
         }
     if family == "lost-ack":
+        start = draw.pick(("DUAL_WRITE", "BACKFILL"))
         return {
             **fault,
             "side": "new",
             "rate": draw.uniform(0.01, 0.2),
-            "phase": draw.pick(("DUAL_WRITE", "BACKFILL")),
+            "phase": start,
             "after_s": draw.uniform(0.0, 3.0),
             "duration_s": draw.uniform(1.0, 10.0),
-            "until_phase": draw.pick(("BACKFILL", "SHADOW")),
+            "until_phase": "SHADOW" if start == "BACKFILL" else draw.pick(("BACKFILL", "SHADOW")),
         }
     if family == "latency-spike":
         fault["side"] = draw.pick(("old", "new"))

@@ -126,9 +126,8 @@ NODE_FAMILIES: tuple[str, ...] = ("node-crash", "node-pause", "slow-replica")
 """Faults of one node: with a single replica they take down, lose or slow a shard's only copy."""
 LOST_ACK_STARTS = ("DUAL_WRITE", "BACKFILL")
 LOST_ACK_UNTILS = ("BACKFILL", "SHADOW")
-"""Where a lost-ack may start (`phase`) and what ends it in time (`until_phase`). "From BACKFILL
-until BACKFILL" never starts (the nemesis starts a phase-triggered fault only while the phase
-published is before its `until_phase`): pointless, but safe."""
+"""Where a lost-ack may start (`phase`) and what ends it in time (`until_phase`); the timing
+rules also refuse an `until_phase` that is not after `phase` (such a fault never starts)."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +268,15 @@ def _timing_problems(spec: FaultSpec, path: str) -> list[str]:
         value = getattr(spec, name)
         if value and value not in PHASES:
             problems.append(f"{path}.{name} must be one of {', '.join(PHASES)}, got {value!r}")
+    if (
+        spec.phase in PHASES
+        and spec.until_phase in PHASES
+        and PHASES.index(spec.until_phase) <= PHASES.index(spec.phase)
+    ):
+        problems.append(
+            f"{path}.until_phase ({spec.until_phase}) must come after {path}.phase "
+            f"({spec.phase}): the fault would end before it starts, so it would never run"
+        )
     for name in ("at_s", "after_s", "duration_s"):
         value = getattr(spec, name)
         if value is not None and value < 0:

@@ -123,6 +123,7 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
             "stalled": v.stalled,
             **v.counts(),
             "stall": None if v.stall is None else v.stall.to_json(),
+            "unjudged_filtered_hits": v.unjudged_filtered_hits,
         },
         "examples": v.examples,
         "notes": list(v.notes) + result.notes,

@@ -234,6 +234,7 @@ class Simulation:
         self.backfill_started: int | None = None
         self.backfill_finished: int | None = None
         self.final_backlog = 0
+        self._ending = False
 
     def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
         s = self.scenario
@@ -245,6 +246,9 @@ class Simulation:
                 duration_s=s.duration_s,
                 lagged_sides=s.migration.lagged_sides,
                 shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+                instances=s.instances.count,
+                max_skew_ms=s.instances.max_clock_skew_ms,
             )
         filled = []
         for spec in specs:
@@ -328,6 +332,8 @@ class Simulation:
         self.nemesis.on_phase(published.phase)
 
     def _start_backfill_worker(self) -> None:
+        if self._ending:
+            return  # healing a backfill-worker-crash at the end of the run restarts nothing
         poll = 100 * MS
         self._backfill_flight = self.driver.start(
             backfill_worker(self.backfill, self.coordinator, poll)
@@ -388,6 +394,7 @@ class Simulation:
         deadline = int(env.now) + DRAIN_LIMIT_NS
         self._wait(lambda: self.traffic.active == 0, deadline)
         self._note_backfill_done()
+        self._ending = True
         for flight in (self._controller_flight, self._backfill_flight):
             if flight is not None and not flight.finished:
                 self.driver.crash(flight)

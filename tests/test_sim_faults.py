@@ -93,13 +93,18 @@ def test_a_lost_ack_only_on_the_secondary_before_the_verification_diff(spec: Fau
         ("DUAL_WRITE", "BACKFILL"),
         ("DUAL_WRITE", "SHADOW"),
         ("BACKFILL", "SHADOW"),
-        # Never starts (the nemesis checks until_phase before starting it): safe.
-        ("BACKFILL", "BACKFILL"),
     ],
 )
 def test_a_lost_ack_on_new_that_ends_by_shadow_is_accepted(phase: str, until: str) -> None:
     spec = FaultSpec("lost-ack", side="new", rate=0.1, phase=phase, until_phase=until)
     assert _problems(spec) == []
+
+
+@pytest.mark.parametrize(("phase", "until"), [("BACKFILL", "BACKFILL"), ("SHADOW", "BACKFILL")])
+def test_a_fault_that_would_end_before_it_starts_is_refused(phase: str, until: str) -> None:
+    spec = FaultSpec("error-rate", side="new", rate=0.1, phase=phase, until_phase=until)
+    (problem,) = _problems(spec)
+    assert "must come after" in problem and "never run" in problem, problem
 
 
 def test_every_problem_of_a_fault_is_reported() -> None:
