@@ -208,6 +208,8 @@ class MigrationLayer:
             return Outcome("info", value, error=f"{route.primary.value}: {exc}")
         yield from self._landed(route.primary, item, applied, landed)
         notes: dict[str, Any] = {}
+        if isinstance(applied, Mapping) and not applied.get(item.id, True):
+            notes["superseded"] = True  # fencing kept a newer version: the client is told so
         if route.secondary is not None:
             try:
                 applied = yield _write_request(route.secondary, item, fenced)

@@ -14,7 +14,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,22 +37,50 @@ from vecmig.harness.clusters.remote import (
     stored_to_wire,
 )
 
-from .web import BadInput, error, json_object, read_json
+from .openapi import cluster_schema
+from .web import (
+    BadInput,
+    Handler,
+    HttpGuard,
+    bearer_ok,
+    error,
+    json_object,
+    no_body,
+    read_json,
+    unauthorized,
+)
 
 SERVER_FAULT_FAMILIES = ("latency",)
-BODY_LIMIT = 64 << 20  # a backfill page of vectors is large; the layer is trusted here
-
-Handler = Callable[[Request], Awaitable[Response]]
+BODY_LIMIT = 16 << 20
+"""A write batch of the backfill (256 records of 768 floats) is about 4 MB of JSON."""
 
 
 class ClusterServer:
     """The fake cluster behind HTTP. Calls run on the event loop: the cluster holds one lock
     and answers in microseconds, so a thread hop would cost more than it saves."""
 
-    def __init__(self, cluster: FakeCluster, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        latency_ms: float = 0.0,
+        *,
+        token: str | None = None,
+        body_limit: int = BODY_LIMIT,
+    ) -> None:
         self.cluster = cluster
         self.base_latency_ms = latency_ms
         self.extra_latency_ms = 0.0
+        self.token = token
+        """None: no authentication (loopback only, see `vecmig cluster serve`)."""
+        self.body_limit = body_limit
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.http_responses = Counter(
+            "vecmig_cluster_http_responses",
+            "HTTP answers by route and status code",
+            ("route", "code"),
+            registry=self.registry,
+        )
 
     async def _delay(self, op: str) -> None:
         ms = self.base_latency_ms * self.cluster.latency_multiplier(op) + self.extra_latency_ms
@@ -143,30 +179,24 @@ class ClusterServer:
         except (ValueError, TypeError) as exc:
             raise BadInput(str(exc)) from None
 
+    # -- the migration's note ------------------------------------------------------------------
+
+    async def marker(self, _: Request) -> Any:
+        return {"marker": self.cluster.read_marker()}
+
+    async def set_marker(self, body: dict[str, Any]) -> Any:
+        marker = body.get("marker")
+        if not isinstance(marker, dict) or set(body) != {"marker"}:
+            raise BadInput('the body must be {"marker": {...}}', field="marker")
+        self.cluster.write_marker(marker)
+        return {"marker": self.cluster.read_marker()}
+
     # -- the app -------------------------------------------------------------------------------
 
     def app(self) -> Starlette:
-        def post(handler: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                try:
-                    body = json_object(await read_json(request, BODY_LIMIT), "the body")
-                    return JSONResponse(await handler(body))
-                except BadInput as exc:
-                    return exc.response()
-                except ClusterError as exc:
-                    return _cluster_error(exc)
-
-            return endpoint
-
-        def get(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                try:
-                    return JSONResponse(await handler(request))
-                except ClusterError as exc:
-                    return _cluster_error(exc)
-
-            return endpoint
-
+        """The server's endpoints. With a token, every one but `/v1/health` and
+        `/openapi.json` needs `Authorization: Bearer TOKEN`."""
+        post, get = self._post, self._get
         routes = [
             Route("/v1/upsert", post(self.upsert), methods=["POST"]),
             Route("/v1/delete", post(self.delete), methods=["POST"]),
@@ -176,15 +206,66 @@ class ClusterServer:
             Route("/v1/scan", post(self.scan), methods=["POST"]),
             Route("/v1/count", get(self.count), methods=["GET"]),
             Route("/v1/checksums", post(self.checksums), methods=["POST"]),
-            Route("/v1/health", get(self.health), methods=["GET"]),
+            Route("/v1/health", self._open(self.health), methods=["GET"]),
             Route("/v1/info", get(self.info), methods=["GET"]),
             Route("/v1/live_versions", get(self.live_versions), methods=["GET"]),
+            Route("/v1/marker", get(self.marker), methods=["GET"]),
+            Route("/v1/marker", post(self.set_marker), methods=["POST"]),
             Route("/faults", get(self.faults), methods=["GET"]),
             Route("/faults/start", post(self.start_fault), methods=["POST"]),
             Route("/faults/stop", post(self.stop_fault), methods=["POST"]),
-            Route("/faults/heal", post(self.heal), methods=["POST"]),
+            Route("/faults/heal", post(self.heal, body=False), methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self._open(self.openapi), methods=["GET"]),
         ]
-        return Starlette(routes=routes)
+        middleware = [Middleware(HttpGuard, responses=self.http_responses)]
+        app = Starlette(routes=routes, middleware=middleware)
+        app.router.redirect_slashes = False  # a redirect would build its Location from Host
+        return app
+
+    def _post(
+        self, handler: Callable[[dict[str, Any]], Awaitable[Any]], body: bool = True
+    ) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if self.token is not None and not bearer_ok(request, self.token):
+                return unauthorized("this server's endpoints", "its token ($VECMIG_CLUSTER_TOKEN)")
+            try:
+                if body:
+                    data = json_object(await read_json(request, self.body_limit), "the body")
+                else:
+                    await no_body(request)
+                    data = {}
+                return JSONResponse(await handler(data))
+            except BadInput as exc:
+                return exc.response()
+            except ClusterError as exc:
+                return _cluster_error(exc)
+
+        return endpoint
+
+    def _get(self, handler: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if self.token is not None and not bearer_ok(request, self.token):
+                return unauthorized("this server's endpoints", "its token ($VECMIG_CLUSTER_TOKEN)")
+            return await self._open(handler)(request)
+
+        return endpoint
+
+    @staticmethod
+    def _open(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return JSONResponse(await handler(request))
+            except ClusterError as exc:
+                return _cluster_error(exc)
+
+        return endpoint
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, _: Request) -> Any:
+        return cluster_schema(self.cluster.dim)
 
 
 def heal(cluster: FakeCluster) -> None:

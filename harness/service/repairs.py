@@ -50,6 +50,11 @@ class CachedRepairLog:
     def repair_backlog(self) -> int:
         return len(self._pending)
 
+    def repair_backlog_durable(self) -> int:
+        """The backlog as the store itself counts it: a query, so a store that stopped
+        answering (disk gone, file locked) says so."""
+        return self.store.repair_backlog()
+
     def next_repairs(self, limit: int) -> list[RepairEntry]:
         return self.store.next_repairs(limit)
 
