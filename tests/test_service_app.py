@@ -29,7 +29,9 @@ TOKEN = "s3cret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def build(state: Path, old: FakeCluster, new: FakeCluster, **config: Any) -> TestClient:
+def build(
+    state: Path, old: FakeCluster, new: FakeCluster, body_limit: int = 4096, **config: Any
+) -> TestClient:
     settings = {
         "strategy": SAFE,
         "dim": DIM,
@@ -41,7 +43,7 @@ def build(state: Path, old: FakeCluster, new: FakeCluster, **config: Any) -> Tes
     migration = Migration(
         ServiceConfig(**settings), {Side.OLD: old, Side.NEW: new}, SQLiteStore(state)
     )
-    return TestClient(create_app(migration, TOKEN, body_limit=4096))
+    return TestClient(create_app(migration, TOKEN, body_limit=body_limit))
 
 
 @pytest.fixture

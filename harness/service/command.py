@@ -161,6 +161,8 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         default=300.0,
         help="how far ahead of this service's clock a client version may lie",
     )
+    add("--host", default="127.0.0.1", help="beyond loopback only with an explicit token")
+    add("--port", type=int, default=8100)
     add("--instance", default=None, help="this instance's name (default svc-PORT)")
     add("--op-log", default=None, metavar="PATH", help="server-side op log (history format)")
     add("--pid-file", default=None, metavar="PATH")
