@@ -185,27 +185,16 @@ class ServiceApp:
         if request.method == "GET":
             return JSONResponse(layer.to_json())
         body = json_object(await read_json(request, self.body_limit), "the body")
-        inputs.only(body, {"action", "family", "side", "ms", "seconds"})
-        action, family = body.get("action"), body.get("family")
-        if action not in ("start", "stop"):
-            raise BadInput(f"action must be 'start' or 'stop', got {action!r:.40}", field="action")
-        if family not in LAYER_FAULT_FAMILIES:
-            raise BadInput(
-                f"unknown layer fault family {family!r:.40}; valid ones are "
-                f"{', '.join(LAYER_FAULT_FAMILIES)}",
-                field="family",
-            )
+        action, family, side, ms, seconds = _fault_request(body)
         if family == "config-lag":
-            seconds = inputs.number(body, "seconds", 0, 3600) if action == "start" else 0.0
-            layer.config_lag_until = time.monotonic_ns() + int(seconds * 1e9) if seconds else 0
+            lag = seconds if action == "start" else 0.0
+            layer.config_lag_until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
             return JSONResponse(layer.to_json())
-        side_name = body.get("side")
-        if side_name not in ("old", "new"):
-            raise BadInput(f"side must be 'old' or 'new', got {side_name!r:.40}", field="side")
-        side = Side(side_name)
+        if side is None:
+            raise BadInput("side must be 'old' or 'new'", field="side")
         if family == "latency":
             if action == "start":
-                layer.latency_ms[side] = inputs.number(body, "ms", 0, 60_000)
+                layer.latency_ms[side] = ms
             else:
                 layer.latency_ms.pop(side, None)
         elif action == "start":
@@ -247,6 +236,30 @@ def create_app(
     migration: Migration, admin_token: str, body_limit: int = DEFAULT_BODY_LIMIT
 ) -> Starlette:
     return ServiceApp(migration, admin_token, body_limit).build()
+
+
+def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, float]:
+    """(action, family, side, ms, seconds) of a layer-fault request, every field given checked
+    whether or not this action uses it (a wrong field is a mistake, not something to ignore)."""
+    inputs.only(body, {"action", "family", "side", "ms", "seconds"})
+    action, family, side = body.get("action"), body.get("family"), body.get("side")
+    if action not in ("start", "stop"):
+        raise BadInput(f"action must be 'start' or 'stop', got {action!r:.40}", field="action")
+    if family not in LAYER_FAULT_FAMILIES:
+        raise BadInput(
+            f"unknown layer fault family {family!r:.40}; valid ones are "
+            f"{', '.join(LAYER_FAULT_FAMILIES)}",
+            field="family",
+        )
+    if side is not None and side not in ("old", "new"):
+        raise BadInput(f"side must be 'old' or 'new', got {side!r:.40}", field="side")
+    ms = inputs.number(body, "ms", 0, 60_000) if "ms" in body else 0.0
+    seconds = inputs.number(body, "seconds", 0, 3600) if "seconds" in body else 0.0
+    if action == "start" and family == "latency" and "ms" not in body:
+        raise BadInput("a latency fault needs 'ms' (0 to 60000)", field="ms")
+    if action == "start" and family == "config-lag" and "seconds" not in body:
+        raise BadInput("a config-lag fault needs 'seconds' (0 to 3600)", field="seconds")
+    return str(action), str(family), None if side is None else Side(side), ms, seconds
 
 
 def _answer(outcome: Outcome) -> JSONResponse:

@@ -131,9 +131,23 @@ def service_schema(dim: int, max_k: int, versions: VersionPolicy) -> Schema:
     }
     hits = {"type": "object", "required": ["results"], "properties": {"results": {"type": "array"}}}
     admin = {"security": [{"bearer": []}]}
+    stepped = {
+        "type": "object",
+        "required": ["ok", "phase", "epoch", "reasons"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "phase": {"type": "string"},
+            "epoch": {"type": "integer"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+    }
     step = operation(
         "a phase step through its gate",
-        {"200": answer("stepped", {"type": "object"}), **errors(400, 401, 409)},
+        {
+            "200": answer("stepped", stepped),
+            "409": answer("the gate holds, or the step is not in the table", stepped),
+            **errors(400, 401),
+        },
         **admin,
     )
     fault = body(
