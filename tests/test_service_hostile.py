@@ -288,3 +288,23 @@ def test_the_admin_token_is_compared_whole(tmp_path: Path, sides: Any) -> None:
         for given in (TOKEN[:-1], TOKEN + "x", f"Basic {TOKEN}"):
             headers = {"Authorization": given if " " in given else f"Bearer {given}"}
             assert client.get("/admin/status", headers=headers).status_code == 401
+
+
+# -- what the fuzz tests found (tests/test_service_fuzz.py), kept as replays ---------------------
+
+
+def test_replay_a_number_just_beyond_float32_is_refused(client: TestClient) -> None:
+    body = {"id": "0", "vector": [3.4000000000000003e38] * DIM, "version": 1}
+    assert client.post("/v1/upsert", json=body).status_code == 400
+
+
+def test_replay_the_cluster_server_refuses_a_vector_of_booleans(cluster_client: TestClient) -> None:
+    body = {"k": 7, "vector": [True, True, True, False]}
+    assert cluster_client.post("/v1/search", json=body).status_code == 400
+
+
+def test_replay_a_fault_request_with_a_field_it_does_not_use_is_checked(
+    client: TestClient,
+) -> None:
+    body = {"ms": None, "action": "stop", "family": "config-lag", "seconds": -5e-324}
+    assert client.post("/admin/faults", json=body, headers=ADMIN).status_code == 400

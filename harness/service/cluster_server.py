@@ -46,6 +46,7 @@ from .web import (
     error,
     json_object,
     no_body,
+    number_list,
     read_json,
     unauthorized,
 )
@@ -301,15 +302,8 @@ def _fenced(body: Mapping[str, Any]) -> bool:
 
 
 def _vector(body: Mapping[str, Any]) -> Any:
-    vector = body.get("vector")
-    if not isinstance(vector, list):
-        raise BadInput(
-            f"'vector' must be a list of numbers, got {type(vector).__name__}", field="vector"
-        )
-    try:
-        return np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadInput("'vector' must be a list of numbers", field="vector") from None
+    vector = number_list(body.get("vector"), "vector")
+    return np.asarray(vector, dtype=np.float32)
 
 
 def _record(item: Any, position: int) -> Record:

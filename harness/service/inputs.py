@@ -29,7 +29,7 @@ from vecmig.harness.clusters.base import (
     validate_version,
 )
 
-from .web import BadInput
+from .web import BadInput, number_list
 
 SCALAR = (str, int, float, bool, type(None))
 VERSION_SOURCES = ("client", "service")
@@ -125,6 +125,7 @@ def vector(body: dict[str, Any], dim: int) -> Vector:
     value = body.get("vector")
     if not isinstance(value, list) or not all(type(x) in (int, float) for x in value):
         raise BadInput(f"vector must be a list of {dim} numbers", field="vector")
+    number_list(value, "vector")
     try:
         return validate_vector(value, dim)
     except InvalidRequest as exc:

@@ -580,6 +580,7 @@ class Migration:
                 side.value: {
                     "health": self.side_health.get(side),
                     "bulkhead": self.bulkheads[side].to_json(),
+                    "read_p99_ms": self.driver.read_latency.p99_ms(side),
                 }
                 for side in Side
             },

@@ -13,8 +13,8 @@ from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 
 from .driver import LAYER_FAULT_FAMILIES
 from .inputs import MAX_METADATA_KEYS, VersionPolicy
+from .web import FLOAT32_MAX
 
-FLOAT32_MAX = 3.4e38
 Schema = dict[str, Any]
 
 ID: Schema = {
