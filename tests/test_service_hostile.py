@@ -293,9 +293,13 @@ def test_the_admin_token_is_compared_whole(tmp_path: Path, sides: Any) -> None:
 # -- what the fuzz tests found (tests/test_service_fuzz.py), kept as replays ---------------------
 
 
-def test_replay_a_number_just_beyond_float32_is_refused(client: TestClient) -> None:
-    body = {"id": "0", "vector": [3.4000000000000003e38] * DIM, "version": 1}
-    assert client.post("/v1/upsert", json=body).status_code == 400
+def test_replay_vector_bounds_are_float32s_own(client: TestClient) -> None:
+    """The schema said 3.4e38 where float32 holds up to 3.4028235e38; a number just above
+    that used to be rounded down to it silently, and one far above became infinity."""
+    fits = {"id": "0", "vector": [3.4000000000000003e38] * DIM, "version": 1}
+    assert client.post("/v1/upsert", json=fits).status_code == 200
+    above = {"id": "0", "vector": [3.4028235e38] * DIM, "version": 2}
+    assert client.post("/v1/upsert", json=above).status_code == 400
 
 
 def test_replay_the_cluster_server_refuses_a_vector_of_booleans(cluster_client: TestClient) -> None:
