@@ -87,68 +87,109 @@ def operation(summary: str, responses: dict[str, Schema], **extra: Any) -> Schem
     return {"summary": summary, "responses": responses, **extra}
 
 
+WRITTEN: Schema = {
+    "type": "object",
+    "required": ["id", "version", "result"],
+    "properties": {
+        "id": {"type": "string"},
+        "version": {"type": "integer"},
+        "result": {"type": "string", "enum": ["applied", "superseded"]},
+    },
+}
+FOUND: Schema = {
+    "type": "object",
+    "required": ["id", "version"],
+    "properties": {"id": {"type": "string"}, "version": {"type": "integer", "nullable": True}},
+}
+HITS: Schema = {
+    "type": "object",
+    "required": ["results"],
+    "properties": {"results": {"type": "array"}},
+}
+STEPPED: Schema = {
+    "type": "object",
+    "required": ["ok", "phase", "epoch", "reasons"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "phase": {"type": "string"},
+        "epoch": {"type": "integer"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+    },
+}
+ADMIN: Schema = {"security": [{"bearer": []}]}
+VERSION: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}
+
+
 def service_schema(dim: int, max_k: int, versions: VersionPolicy) -> Schema:
     """The service's schema, for its dimension, largest k and version policy."""
-    version: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}
-    write_props: Schema = {} if versions.source == "service" else {"version": version}
-    write_required = [] if versions.source == "service" else ["version"]
-    written = {
-        "type": "object",
-        "required": ["id", "version", "result"],
-        "properties": {
-            "id": {"type": "string"},
-            "version": {"type": "integer"},
-            "result": {"type": "string", "enum": ["applied", "superseded"]},
-        },
-    }
-    client = errors(400, 413, 415, 503, 504)
-    upsert = body(
-        {
-            "id": ID,
-            "vector": vector(dim),
-            "metadata": {"type": "object", "maxProperties": MAX_METADATA_KEYS},
-            **write_props,
-        },
-        ["id", "vector", *write_required],
-    )
-    search = body(
-        {
-            "vector": vector(dim),
-            "k": {"type": "integer", "minimum": 1, "maximum": max_k},
-            "filter": {
-                "type": "object",
-                "maxProperties": MAX_METADATA_KEYS,
-                "additionalProperties": SCALAR,
-                "nullable": True,
+    paths = {**_client_paths(dim, max_k, versions), **_admin_paths()}
+    paths["/health"] = {"get": operation("liveness", {"200": answer("alive", {"type": "object"})})}
+    paths["/ready"] = {
+        "get": operation(
+            "readiness: both sides, the state store and the lease",
+            {
+                "200": answer("ready", {"type": "object"}),
+                "503": answer("not ready", {"type": "object"}),
             },
-        },
-        ["vector"],
-    )
-    found = {
-        "type": "object",
-        "required": ["id", "version"],
-        "properties": {"id": {"type": "string"}, "version": {"type": "integer", "nullable": True}},
+        )
     }
-    hits = {"type": "object", "required": ["results"], "properties": {"results": {"type": "array"}}}
-    admin = {"security": [{"bearer": []}]}
-    stepped = {
-        "type": "object",
-        "required": ["ok", "phase", "epoch", "reasons"],
-        "properties": {
-            "ok": {"type": "boolean"},
-            "phase": {"type": "string"},
-            "epoch": {"type": "integer"},
-            "reasons": {"type": "array", "items": {"type": "string"}},
+    return _document("vecmig migration service", paths)
+
+
+def _client_paths(dim: int, max_k: int, versions: VersionPolicy) -> Schema:
+    given: Schema = {} if versions.source == "service" else {"version": VERSION}
+    required = [] if versions.source == "service" else ["version"]
+    client = errors(400, 413, 415, 503, 504)
+    written = {"200": answer("acknowledged", WRITTEN), **client, **errors(422)}
+    metadata = {"type": "object", "maxProperties": MAX_METADATA_KEYS}
+    search = {
+        "vector": vector(dim),
+        "k": {"type": "integer", "minimum": 1, "maximum": max_k},
+        "filter": {
+            "type": "object",
+            "maxProperties": MAX_METADATA_KEYS,
+            "additionalProperties": SCALAR,
+            "nullable": True,
         },
     }
+
+    def post(summary: str, answers: Schema, request: Schema) -> Schema:
+        return {"post": operation(summary, answers, requestBody=request)}
+
+    return {
+        "/v1/upsert": post(
+            f"write a record ({versions.describe()})",
+            written,
+            body(
+                {"id": ID, "vector": vector(dim), "metadata": metadata, **given},
+                ["id", "vector", *required],
+            ),
+        ),
+        "/v1/delete": post(
+            "delete a record (a tombstone)", written, body({"id": ID, **given}, ["id", *required])
+        ),
+        "/v1/get": post(
+            "read a record's version",
+            {"200": answer("found (version null: not found)", FOUND), **client},
+            body({"id": ID}, ["id"]),
+        ),
+        "/v1/search": post(
+            "top-k similar records",
+            {"200": answer("hits", HITS), **client},
+            body(search, ["vector"]),
+        ),
+    }
+
+
+def _admin_paths() -> Schema:
     step = operation(
         "a phase step through its gate",
         {
-            "200": answer("stepped", stepped),
-            "409": answer("the gate holds, or the step is not in the table", stepped),
+            "200": answer("stepped", STEPPED),
+            "409": answer("the gate holds, or the step is not in the table", STEPPED),
             **errors(400, 401),
         },
-        **admin,
+        **ADMIN,
     )
     fault = body(
         {
@@ -161,70 +202,28 @@ def service_schema(dim: int, max_k: int, versions: VersionPolicy) -> Schema:
         ["action", "family"],
     )
     state = {"200": answer("the state", {"type": "object"}), **errors(401)}
-    paths = {
-        "/v1/upsert": {
-            "post": operation(
-                f"write a record ({versions.describe()})",
-                {"200": answer("acknowledged", written), **client, **errors(422)},
-                requestBody=upsert,
-            )
-        },
-        "/v1/delete": {
-            "post": operation(
-                "delete a record (a tombstone)",
-                {"200": answer("acknowledged", written), **client, **errors(422)},
-                requestBody=body({"id": ID, **write_props}, ["id", *write_required]),
-            )
-        },
-        "/v1/get": {
-            "post": operation(
-                "read a record's version",
-                {"200": answer("found (version null: not found)", found), **client},
-                requestBody=body({"id": ID}, ["id"]),
-            )
-        },
-        "/v1/search": {
-            "post": operation(
-                "top-k similar records",
-                {"200": answer("hits", hits), **client},
-                requestBody=search,
-            )
-        },
-        "/admin/status": {"get": operation("the migration's status", state, **admin)},
+    changed = {**state, **errors(400)}
+    return {
+        "/admin/status": {"get": operation("the migration's status", state, **ADMIN)},
         "/admin/advance": {"post": step},
         "/admin/rollback": {"post": step},
         "/admin/abort": {"post": step},
-        "/admin/verify": {
-            "post": operation("verify and repair", {**state, **errors(400)}, **admin)
-        },
+        "/admin/verify": {"post": operation("verify and repair", changed, **ADMIN)},
         "/admin/faults": {
-            "get": operation("the layer's faults", state, **admin),
+            "get": operation("the layer's faults", state, **ADMIN),
             "post": operation(
                 "start or stop a layer fault",
-                {**state, **errors(400, 413, 415)},
+                {**changed, **errors(413, 415)},
                 requestBody=fault,
-                **admin,
+                **ADMIN,
             ),
         },
-        "/admin/faults/heal": {
-            "post": operation("stop every layer fault", {**state, **errors(400)}, **admin)
-        },
-        "/health": {"get": operation("liveness", {"200": answer("alive", {"type": "object"})})},
-        "/ready": {
-            "get": operation(
-                "readiness: both sides, the state store and the lease",
-                {
-                    "200": answer("ready", {"type": "object"}),
-                    "503": answer("not ready", {"type": "object"}),
-                },
-            )
-        },
+        "/admin/faults/heal": {"post": operation("stop every layer fault", changed, **ADMIN)},
     }
-    return _document("vecmig migration service", paths)
 
 
-def cluster_schema(dim: int) -> Schema:
-    """The cluster server's schema (the wire format of `clusters/remote.py`)."""
+def _wire(dim: int) -> tuple[Schema, Schema, Schema]:
+    """A record, a tombstone and a query's fields, as the cluster server takes them."""
     record = {
         "type": "object",
         "required": ["id", "vector", "version"],
@@ -232,26 +231,29 @@ def cluster_schema(dim: int) -> Schema:
             "id": ID,
             "vector": vector(dim),
             "metadata": {"type": "object", "nullable": True},
-            "version": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
+            "version": VERSION,
         },
     }
     tombstone = {
         "type": "object",
         "required": ["id", "version"],
-        "properties": {
-            "id": ID,
-            "version": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
-        },
+        "properties": {"id": ID, "version": VERSION},
     }
-    fenced = {"type": "boolean"}
     query = {
         "vector": vector(dim),
         "k": {"type": "integer", "minimum": 1, "maximum": 1000},
         "filter": {"type": "object", "nullable": True, "additionalProperties": SCALAR},
     }
+    return record, tombstone, query
+
+
+def cluster_schema(dim: int) -> Schema:
+    """The cluster server's schema (the wire format of `clusters/remote.py`)."""
+    record, tombstone, query = _wire(dim)
+    fenced = {"type": "boolean"}
     ok = {"200": answer("done", {"type": "object"})}
     side = {**ok, **errors(400, 401, 413, 415, 503, 504)}
-    auth = {"security": [{"bearer": []}]}
+    auth = ADMIN
     fault = body(
         {
             "family": {"type": "string", "enum": [*CLUSTER_FAULT_FAMILIES, "latency"]},
