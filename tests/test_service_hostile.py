@@ -312,3 +312,10 @@ def test_replay_a_fault_request_with_a_field_it_does_not_use_is_checked(
 ) -> None:
     body = {"ms": None, "action": "stop", "family": "config-lag", "seconds": -5e-324}
     assert client.post("/admin/faults", json=body, headers=ADMIN).status_code == 400
+
+
+def test_replay_the_cluster_server_refuses_fields_it_does_not_take(
+    cluster_client: TestClient,
+) -> None:
+    response = cluster_client.post("/v1/checksums", json={"buckets": 8, "extra": [1]})
+    assert response.status_code == 400 and "unknown field(s) ['extra']" in response.json()["error"]

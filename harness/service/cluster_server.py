@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vecmig.harness.clusters.base import ClusterError, Record, Tombstone
+from vecmig.harness.clusters.base import ClusterError, Record, Tombstone, brief
 from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 from vecmig.harness.clusters.remote import (
@@ -52,6 +52,7 @@ from .web import (
 )
 
 SERVER_FAULT_FAMILIES = ("latency",)
+QUERY = ("vector", "k", "filter")
 BODY_LIMIT = 16 << 20
 """A write batch of the backfill (256 records of 768 floats) is about 4 MB of JSON."""
 
@@ -199,22 +200,22 @@ class ClusterServer:
         `/openapi.json` needs `Authorization: Bearer TOKEN`."""
         post, get = self._post, self._get
         routes = [
-            Route("/v1/upsert", post(self.upsert), methods=["POST"]),
-            Route("/v1/delete", post(self.delete), methods=["POST"]),
-            Route("/v1/get", post(self.get), methods=["POST"]),
-            Route("/v1/search", post(self.search), methods=["POST"]),
-            Route("/v1/exact", post(self.exact), methods=["POST"]),
-            Route("/v1/scan", post(self.scan), methods=["POST"]),
+            Route("/v1/upsert", post(self.upsert, "records", "fenced"), methods=["POST"]),
+            Route("/v1/delete", post(self.delete, "tombstones", "fenced"), methods=["POST"]),
+            Route("/v1/get", post(self.get, "ids"), methods=["POST"]),
+            Route("/v1/search", post(self.search, *QUERY), methods=["POST"]),
+            Route("/v1/exact", post(self.exact, *QUERY), methods=["POST"]),
+            Route("/v1/scan", post(self.scan, "cursor", "limit"), methods=["POST"]),
             Route("/v1/count", get(self.count), methods=["GET"]),
-            Route("/v1/checksums", post(self.checksums), methods=["POST"]),
+            Route("/v1/checksums", post(self.checksums, "buckets"), methods=["POST"]),
             Route("/v1/health", self._open(self.health), methods=["GET"]),
             Route("/v1/info", get(self.info), methods=["GET"]),
             Route("/v1/live_versions", get(self.live_versions), methods=["GET"]),
             Route("/v1/marker", get(self.marker), methods=["GET"]),
-            Route("/v1/marker", post(self.set_marker), methods=["POST"]),
+            Route("/v1/marker", post(self.set_marker, "marker"), methods=["POST"]),
             Route("/faults", get(self.faults), methods=["GET"]),
-            Route("/faults/start", post(self.start_fault), methods=["POST"]),
-            Route("/faults/stop", post(self.stop_fault), methods=["POST"]),
+            Route("/faults/start", post(self.start_fault, "family", "params"), methods=["POST"]),
+            Route("/faults/stop", post(self.stop_fault, "family", "params"), methods=["POST"]),
             Route("/faults/heal", post(self.heal, body=False), methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self._open(self.openapi), methods=["GET"]),
@@ -225,17 +226,27 @@ class ClusterServer:
         return app
 
     def _post(
-        self, handler: Callable[[dict[str, Any]], Awaitable[Any]], body: bool = True
+        self,
+        handler: Callable[[dict[str, Any]], Awaitable[Any]],
+        *fields: str,
+        body: bool = True,
     ) -> Handler:
+        """A POST endpoint whose JSON body may hold `fields` and nothing else."""
+
         async def endpoint(request: Request) -> Response:
             if self.token is not None and not bearer_ok(request, self.token):
                 return unauthorized("this server's endpoints", "its token ($VECMIG_CLUSTER_TOKEN)")
             try:
+                data: dict[str, Any] = {}
                 if body:
                     data = json_object(await read_json(request, self.body_limit), "the body")
+                    unknown = sorted(set(data) - set(fields))
+                    if unknown:
+                        raise BadInput(
+                            f"unknown field(s) {brief(unknown)}; this endpoint takes {list(fields)}"
+                        )
                 else:
                     await no_body(request)
-                    data = {}
                 return JSONResponse(await handler(data))
             except BadInput as exc:
                 return exc.response()
