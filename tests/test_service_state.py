@@ -62,6 +62,17 @@ def test_a_state_that_is_not_one_is_an_error_naming_the_path(
     assert str(path) in str(raised.value)
 
 
+def test_a_state_this_user_cannot_write_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only mount (root ignores file modes, so the check is what is exercised)."""
+    path = tmp_path / "state.sqlite"
+    SQLiteStore.open(path, init=True).close()
+    monkeypatch.setattr("vecmig.harness.state.os.access", lambda *_: False)
+    with pytest.raises(StateError, match=f"{path} is not readable and writable"):
+        SQLiteStore.open(path)
+
+
 def test_a_missing_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="does not exist"):
         SQLiteStore.open(tmp_path / "nowhere" / "state.sqlite", init=True)

@@ -271,7 +271,8 @@ def run_serve(args: argparse.Namespace) -> int:
     migration = Migration(config, sides, store)
     status = migration.status()
     log.info(
-        "resuming migration %s at %s (epoch %s), backfill %s, repair backlog %s; %s",
+        "%s migration %s at %s (epoch %s), backfill %s, repair backlog %s; %s",
+        "starting new" if args.init else "resuming",
         status["migration"],
         status["phase"],
         status["epoch"],
