@@ -319,3 +319,11 @@ def test_replay_the_cluster_server_refuses_fields_it_does_not_take(
 ) -> None:
     response = cluster_client.post("/v1/checksums", json={"buckets": 8, "extra": [1]})
     assert response.status_code == 400 and "unknown field(s) ['extra']" in response.json()["error"]
+
+
+def test_replay_the_cluster_server_refuses_a_filter_value_that_is_not_a_scalar(
+    cluster_client: TestClient,
+) -> None:
+    body = {"vector": [1.0] * DIM, "k": 5, "filter": {"k": {"nested": []}}}
+    response = cluster_client.post("/v1/search", json=body)
+    assert response.status_code == 400 and response.json()["field"] == "filter"

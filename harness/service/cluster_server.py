@@ -37,6 +37,7 @@ from vecmig.harness.clusters.remote import (
     stored_to_wire,
 )
 
+from .inputs import search_filter
 from .openapi import cluster_schema
 from .web import (
     BadInput,
@@ -109,11 +110,11 @@ class ClusterServer:
 
     async def search(self, body: dict[str, Any]) -> Any:
         await self._delay("search")
-        hits = self.cluster.search(_vector(body), body.get("k"), body.get("filter"))  # type: ignore[arg-type]
+        hits = self.cluster.search(_vector(body), body.get("k"), search_filter(body))  # type: ignore[arg-type]
         return {"hits": hits_to_wire(hits)}
 
     async def exact(self, body: dict[str, Any]) -> Any:
-        hits = self.cluster.exact_search(_vector(body), body.get("k"), body.get("filter"))  # type: ignore[arg-type]
+        hits = self.cluster.exact_search(_vector(body), body.get("k"), search_filter(body))  # type: ignore[arg-type]
         return {"hits": hits_to_wire(hits)}
 
     async def scan(self, body: dict[str, Any]) -> Any:
