@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from test_service_app import ADMIN, DIM, TOKEN, build, post_raw, upsert, vector
 
 from vecmig.harness.catalog import Catalog
-from vecmig.harness.clusters.base import InvalidRequest, bucket_of, validate_id
+from vecmig.harness.clusters.base import InvalidRequest, bucket_of, max_component, validate_id
 from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.service.cluster_server import ClusterServer
 from vecmig.harness.service.inputs import VersionPolicy
@@ -293,13 +293,24 @@ def test_the_admin_token_is_compared_whole(tmp_path: Path, sides: Any) -> None:
 # -- what the fuzz tests found (tests/test_service_fuzz.py), kept as replays ---------------------
 
 
-def test_replay_vector_bounds_are_float32s_own(client: TestClient) -> None:
-    """The schema said 3.4e38 where float32 holds up to 3.4028235e38; a number just above
-    that used to be rounded down to it silently, and one far above became infinity."""
-    fits = {"id": "0", "vector": [3.4000000000000003e38] * DIM, "version": 1}
+def test_replay_vector_components_stay_where_distances_are_finite(
+    client: TestClient, cluster_client: TestClient
+) -> None:
+    """Found twice: the schema said 3.4e38 where float32 holds 3.4028235e38 (a number just above
+    was rounded down silently), and stored vectors near float32's limit made distances overflow,
+    so an exact search scored NaN and answered 500. Components are now bounded so that every
+    distance in `dim` dimensions is finite, and the schema says the same bound."""
+    limit = max_component(DIM)
+    fits = {"id": "0", "vector": [limit * 0.99] * DIM, "version": 1}
     assert client.post("/v1/upsert", json=fits).status_code == 200
-    above = {"id": "0", "vector": [3.4028235e38] * DIM, "version": 2}
-    assert client.post("/v1/upsert", json=above).status_code == 400
+    for too_big in (limit * 1.01, 3.4028235e38):
+        above = {"id": "0", "vector": [too_big] * DIM, "version": 2}
+        assert client.post("/v1/upsert", json=above).status_code == 400
+    record = {"id": "big", "vector": [-limit * 0.99] * DIM, "version": 1}
+    assert cluster_client.post("/v1/upsert", json={"records": [record]}).status_code == 200
+    query = {"k": 162, "vector": [-2.2038912659635476e16, 4830169495530130.0] + [1.0] * (DIM - 2)}
+    answer = cluster_client.post("/v1/exact", json=query)
+    assert answer.status_code == 200 and answer.json()["hits"][0][0] == "big"
 
 
 def test_replay_the_cluster_server_refuses_a_vector_of_booleans(cluster_client: TestClient) -> None:

@@ -337,6 +337,22 @@ def validate_version(version: object) -> int:
     return version
 
 
+def max_component(dim: int) -> float:
+    """The largest magnitude a vector component may have in `dim` dimensions: below it every
+    distance between two vectors (squared L2 of a difference, an inner product, a norm) stays
+    finite in float32. Past it a search scored NaN, and a NaN cannot be answered in JSON."""
+    return float(np.sqrt(np.finfo(np.float32).max / (4.0 * max(dim, 1))))
+
+
+def _check_magnitude(array: npt.NDArray[np.float32], dim: int, where: str = "") -> None:
+    limit = max_component(dim)
+    if array.size and float(np.abs(array).max()) > limit:
+        raise InvalidRequest(
+            f"{where}vector has a component beyond +-{limit:.3g}, where distances in {dim} "
+            "dimensions overflow float32"
+        )
+
+
 def validate_vector(vector: object, dim: int) -> Vector:
     """Return `vector` as float32 of shape (dim,), or raise InvalidRequest naming the problem."""
     try:
@@ -350,6 +366,7 @@ def validate_vector(vector: object, dim: int) -> Vector:
     if not np.all(np.isfinite(array)):
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
         raise InvalidRequest(f"vector has a non-finite value {array[bad]!r} at position {bad}")
+    _check_magnitude(array, dim)
     return array
 
 
@@ -380,6 +397,7 @@ def validate_vectors(
         raise InvalidRequest(
             f"{where}: vector has a non-finite value {matrix[i][bad]!r} at position {bad}"
         )
+    _check_magnitude(matrix, dim, "a ")
     return matrix
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from vecmig.harness.clusters.base import MAX_BUCKETS, MAX_ID_LENGTH, MAX_SCAN_LIMIT, MAX_VERSION
+from vecmig.harness.clusters.base import (
+    MAX_BUCKETS,
+    MAX_ID_LENGTH,
+    MAX_SCAN_LIMIT,
+    MAX_VERSION,
+    max_component,
+)
 from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 
 from .driver import LAYER_FAULT_FAMILIES
 from .inputs import MAX_METADATA_KEYS, VersionPolicy
-from .web import FLOAT32_MAX
 
 Schema = dict[str, Any]
 
@@ -41,7 +46,8 @@ ERROR: Schema = {
 
 
 def vector(dim: int) -> Schema:
-    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    limit = max_component(dim)
+    number = {"type": "number", "minimum": -limit, "maximum": limit}
     return {"type": "array", "items": number, "minItems": dim, "maxItems": dim}
 
 
