@@ -152,3 +152,22 @@ def test_serve_without_a_token_on_loopback_keeps_a_private_one_beside_the_state(
     finally:
         if saved is not None:
             os.environ["VECMIG_ADMIN_TOKEN"] = saved
+
+
+def test_a_server_bound_beyond_loopback_with_a_token_warns(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    token.chmod(0o600)
+    process = cluster_serve(
+        "--host", "0.0.0.0", "--port", "0", "--token-file", str(token), "--log-level", "info"
+    )
+    try:
+        assert process.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "reachable beyond this machine" not in seen and time.monotonic() < deadline:
+            seen += process.stderr.readline()
+        assert "reachable beyond this machine" in seen
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
