@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -338,3 +339,13 @@ def test_replay_the_cluster_server_refuses_a_filter_value_that_is_not_a_scalar(
     body = {"vector": [1.0] * DIM, "k": 5, "filter": {"k": {"nested": []}}}
     response = cluster_client.post("/v1/search", json=body)
     assert response.status_code == 400 and response.json()["field"] == "filter"
+
+
+def test_replay_the_bound_holds_on_the_numbers_sent_not_their_float32_rounding(
+    cluster_client: TestClient,
+) -> None:
+    """One double past the bound rounds back under it in float32: it was accepted while the
+    schema said no. The bound is checked on the numbers as sent."""
+    past = float(np.nextafter(max_component(DIM), np.inf))
+    record = {"id": "0", "vector": [past] * DIM, "version": 0, "metadata": None}
+    assert cluster_client.post("/v1/upsert", json={"records": [record]}).status_code == 400

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vecmig.harness.clusters.base import ClusterError, Record, Tombstone, brief
+from vecmig.harness.clusters.base import ClusterError, Record, Tombstone, brief, max_component
 from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 from vecmig.harness.clusters.remote import (
@@ -93,7 +93,8 @@ class ClusterServer:
     # -- the port over HTTP ------------------------------------------------------------------
 
     async def upsert(self, body: dict[str, Any]) -> Any:
-        records = [_record(item, i) for i, item in enumerate(_list(body, "records"))]
+        dim = self.cluster.dim
+        records = [_record(item, i, dim) for i, item in enumerate(_list(body, "records"))]
         await self._delay("upsert")
         return {"applied": self.cluster.upsert(records, fenced=_fenced(body))}
 
@@ -110,11 +111,15 @@ class ClusterServer:
 
     async def search(self, body: dict[str, Any]) -> Any:
         await self._delay("search")
-        hits = self.cluster.search(_vector(body), body.get("k"), search_filter(body))  # type: ignore[arg-type]
+        hits = self.cluster.search(
+            _vector(body, self.cluster.dim), body.get("k"), search_filter(body)
+        )  # type: ignore[arg-type]
         return {"hits": hits_to_wire(hits)}
 
     async def exact(self, body: dict[str, Any]) -> Any:
-        hits = self.cluster.exact_search(_vector(body), body.get("k"), search_filter(body))  # type: ignore[arg-type]
+        hits = self.cluster.exact_search(
+            _vector(body, self.cluster.dim), body.get("k"), search_filter(body)
+        )  # type: ignore[arg-type]
         return {"hits": hits_to_wire(hits)}
 
     async def scan(self, body: dict[str, Any]) -> Any:
@@ -313,16 +318,16 @@ def _fenced(body: Mapping[str, Any]) -> bool:
     return fenced
 
 
-def _vector(body: Mapping[str, Any]) -> Any:
-    vector = number_list(body.get("vector"), "vector")
+def _vector(body: Mapping[str, Any], dim: int) -> Any:
+    vector = number_list(body.get("vector"), "vector", max_component(dim))
     return np.asarray(vector, dtype=np.float32)
 
 
-def _record(item: Any, position: int) -> Record:
+def _record(item: Any, position: int, dim: int) -> Record:
     if not isinstance(item, dict):
         raise BadInput(f"records[{position}] must be an object")
     try:
-        return Record(item["id"], _vector(item), item.get("metadata") or {}, item["version"])
+        return Record(item["id"], _vector(item, dim), item.get("metadata") or {}, item["version"])
     except KeyError as exc:
         raise BadInput(f"records[{position}] lacks {exc.args[0]!r}") from None
 

@@ -24,6 +24,7 @@ from vecmig.harness.clusters.base import (
     InvalidRequest,
     Vector,
     brief,
+    max_component,
     validate_id,
     validate_vector,
     validate_version,
@@ -125,7 +126,7 @@ def vector(body: dict[str, Any], dim: int) -> Vector:
     value = body.get("vector")
     if not isinstance(value, list) or not all(type(x) in (int, float) for x in value):
         raise BadInput(f"vector must be a list of {dim} numbers", field="vector")
-    number_list(value, "vector")
+    number_list(value, "vector", max_component(dim))
     try:
         return validate_vector(value, dim)
     except InvalidRequest as exc:

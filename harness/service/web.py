@@ -184,17 +184,17 @@ def _check_text(text: str) -> None:
         ) from None
 
 
-FLOAT32_MAX = 3.4028234663852886e38
-"""The largest float32. A JSON number beyond it would be stored as infinity, or rounded down
-to it when just above: either way not the number sent, so it is refused."""
-
-
-def number_list(value: Any, field: str) -> list[float]:
-    """A vector as sent: a list of JSON numbers (not booleans) that float32 can hold."""
+def number_list(value: Any, field: str, limit: float) -> list[float]:
+    """A vector as sent: a list of JSON numbers (not booleans) within +-`limit`, checked on
+    the numbers themselves: after the conversion to float32 a number just past the limit can
+    round back under it."""
     if not isinstance(value, list) or not all(type(x) in (int, float) for x in value):
         raise BadInput(f"{field} must be a list of numbers", field=field)
-    if value and max(abs(x) for x in value) > FLOAT32_MAX:
-        raise BadInput(f"{field} holds a number beyond float32's range (3.4e38)", field=field)
+    if value and max(abs(x) for x in value) > limit:
+        raise BadInput(
+            f"{field} has a component beyond +-{limit:.4g}, where distances overflow float32",
+            field=field,
+        )
     return value
 
 
