@@ -349,3 +349,25 @@ def test_replay_the_bound_holds_on_the_numbers_sent_not_their_float32_rounding(
     past = float(np.nextafter(max_component(DIM), np.inf))
     record = {"id": "0", "vector": [past] * DIM, "version": 0, "metadata": None}
     assert cluster_client.post("/v1/upsert", json={"records": [record]}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/faults/start", {"params": False, "family": "visibility-lag"}),
+        (
+            "/v1/upsert",
+            {"records": [{"id": "a", "vector": [0.5] * DIM, "version": 1, "metadata": 0}]},
+        ),
+    ],
+    ids=["params-false", "metadata-zero"],
+)
+def test_replay_a_falsy_value_is_not_taken_for_an_empty_object(
+    cluster_client: TestClient, path: str, body: Any
+) -> None:
+    assert cluster_client.post(path, json=body).status_code == 400
+
+
+def test_replay_a_null_side_is_not_taken_for_no_side(client: TestClient) -> None:
+    body = {"action": "start", "family": "config-lag", "seconds": 1, "side": None}
+    assert client.post("/admin/faults", json=body, headers=ADMIN).status_code == 400

@@ -251,7 +251,7 @@ def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, 
             f"{', '.join(LAYER_FAULT_FAMILIES)}",
             field="family",
         )
-    if side is not None and side not in ("old", "new"):
+    if "side" in body and side not in ("old", "new"):
         raise BadInput(f"side must be 'old' or 'new', got {side!r:.40}", field="side")
     ms = inputs.number(body, "ms", 0, 60_000) if "ms" in body else 0.0
     seconds = inputs.number(body, "seconds", 0, 3600) if "seconds" in body else 0.0

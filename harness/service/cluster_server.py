@@ -327,7 +327,12 @@ def _record(item: Any, position: int, dim: int) -> Record:
     if not isinstance(item, dict):
         raise BadInput(f"records[{position}] must be an object")
     try:
-        return Record(item["id"], _vector(item, dim), item.get("metadata") or {}, item["version"])
+        metadata = item.get("metadata")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise BadInput(f"records[{position}].metadata must be an object or null")
+        return Record(item["id"], _vector(item, dim), metadata, item["version"])
     except KeyError as exc:
         raise BadInput(f"records[{position}] lacks {exc.args[0]!r}") from None
 
@@ -343,9 +348,11 @@ def _fault(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     families = CLUSTER_FAULT_FAMILIES + SERVER_FAULT_FAMILIES
     if family not in families:
         raise BadInput(f"unknown fault family {family!r}; valid ones are {', '.join(families)}")
-    params = body.get("params") or {}
+    params = body.get("params")
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
-        raise BadInput("'params' must be an object")
+        raise BadInput(f"'params' must be an object, got {brief(params)}", field="params")
     return str(family), params
 
 
