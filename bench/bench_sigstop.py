@@ -74,7 +74,8 @@ class Client:
 
 
 class Load:
-    """Reader and writer threads; reads are logged as (end time, ms, ok)."""
+    """Reader and writer threads; reads are logged as (start time, ms, ok), and a window
+    counts the reads that started in it."""
 
     def __init__(self, port: int, catalog: Catalog, readers: int, writers: int) -> None:
         self.port = port
@@ -105,7 +106,7 @@ class Load:
             start = time.monotonic()
             status, _ = client.call("POST", path, body)
             end = time.monotonic()
-            self.reads.append((end, (end - start) * 1000, status == 200))
+            self.reads.append((start, (end - start) * 1000, status == 200))
             time.sleep(0.02)
 
     def _writer(self, seed: int) -> None:
@@ -205,6 +206,7 @@ def measure(
         stopped_side = admin.call("GET", "/admin/status")[1]["sides"][other]["read_p99_ms"]
     finally:
         os.kill(pid, signal.SIGCONT)
+    time.sleep(args.settle_s)  # reads started while stopped finish before the next window
     row = {
         "phase": phase,
         "stopped": stopped,
@@ -232,6 +234,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--readers", type=int, default=6)
     parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--settle-s", type=float, default=5.0, help="pause after each SIGCONT")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sigstop-"))
     servers, processes = start_servers(args, workdir)
