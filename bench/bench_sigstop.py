@@ -60,17 +60,25 @@ class Client:
             self.headers["Authorization"] = f"Bearer {token}"
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: Any = None, tries: int = 1) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        try:
-            self.connection.request(method, path, body=data, headers=self.headers)
-            response = self.connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException):
-            self.connection.close()
-            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            return 0, None
-        return response.status, json.loads(raw) if raw else None
+        for _ in range(tries):
+            try:
+                self.connection.request(method, path, body=data, headers=self.headers)
+                response = self.connection.getresponse()
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+            except (OSError, http.client.HTTPException):
+                self.connection.close()
+                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        return 0, None
+
+    def admin(self, method: str, path: str) -> Any:
+        """An admin call, tried again on a connection the server closed while idle."""
+        status, answer = self.call(method, path, tries=3)
+        if answer is None:
+            raise RuntimeError(f"{method} {path}: no answer (status {status})")
+        return answer
 
 
 class Load:
@@ -184,10 +192,10 @@ def _wait(url: str) -> None:
 
 def advance_to(admin: Client, target: str) -> None:
     deadline = time.monotonic() + 300
-    while admin.call("GET", "/admin/status")[1]["phase"] != target:
+    while admin.admin("GET", "/admin/status")["phase"] != target:
         if time.monotonic() > deadline:
             raise RuntimeError(f"could not reach {target}")
-        admin.call("POST", "/admin/advance")
+        admin.admin("POST", "/admin/advance")
         time.sleep(0.3)
 
 
@@ -198,12 +206,12 @@ def measure(
     t0 = time.monotonic()
     time.sleep(args.window_s)
     t1 = time.monotonic()
-    normal_side = admin.call("GET", "/admin/status")[1]["sides"][other]["read_p99_ms"]
+    normal_side = admin.admin("GET", "/admin/status")["sides"][other]["read_p99_ms"]
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(args.window_s)
         t2 = time.monotonic()
-        stopped_side = admin.call("GET", "/admin/status")[1]["sides"][other]["read_p99_ms"]
+        stopped_side = admin.admin("GET", "/admin/status")["sides"][other]["read_p99_ms"]
     finally:
         os.kill(pid, signal.SIGCONT)
     time.sleep(args.settle_s)  # reads started while stopped finish before the next window
@@ -216,7 +224,7 @@ def measure(
         "other_serves_reads": READ_SIDE.get(phase, "new") == other,
     }
     deadline = time.monotonic() + 60  # let the repair log drain before the next window
-    while admin.call("GET", "/admin/status")[1]["repair_backlog"] and time.monotonic() < deadline:
+    while admin.admin("GET", "/admin/status")["repair_backlog"] and time.monotonic() < deadline:
         time.sleep(0.2)
     return row
 
