@@ -204,3 +204,51 @@ def test_a_sigstopped_secondary_leaves_reads_of_the_primary_answered(
             await migration.stop()
 
     asyncio.run(scenario())
+
+
+class Counting:
+    """A side that counts its `get` calls."""
+
+    def __init__(self, side: FakeCluster) -> None:
+        self.side = side
+        self.gets = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.side, name)
+
+    def get(self, ids: Sequence[str]) -> Any:
+        self.gets += 1
+        return self.side.get(ids)
+
+
+def test_repairs_wait_while_a_side_is_down_instead_of_loading_the_other(tmp_path: Path) -> None:
+    base = FakeCluster(DIM, shards=1, replicas=1, name="old")
+    base.upsert(Catalog.generate(20, DIM, categories=2, seed=0).records(), fenced=False)
+    old = Counting(base)
+    new = FakeCluster(DIM, shards=1, replicas=1, name="new")
+    vector = Catalog.generate(1, DIM, categories=1, seed=9).records()[0].vector
+
+    async def scenario() -> None:
+        sides: dict[Side, ClusterPort] = {Side.OLD: old, Side.NEW: new}  # type: ignore[dict-item]
+        cfg = config(side_deadline_s=2.0, lease_s=10.0, health_interval_s=0.05)
+        migration = Migration(cfg, sides, SQLiteStore(tmp_path / "s.sqlite"))
+        await migration.start()
+        try:
+            await advance_to(migration, Phase.DUAL_WRITE)
+            new.start_fault("node-crash", node="s0r0")
+            while migration.side_health[Side.NEW]["ok"]:
+                await asyncio.sleep(0.02)
+            for i in range(10):
+                outcome = await migration.upsert(Record(f"r{i}", vector, {}, 5))
+                assert outcome.type == "ok" and "repair_queued" in outcome.notes
+            gets = old.gets
+            await asyncio.sleep(1.0)  # many repair intervals
+            assert old.gets == gets and migration.store.repair_backlog() == 10
+            new.stop_fault("node-crash", node="s0r0")
+            while migration.store.repair_backlog():
+                await asyncio.sleep(0.05)
+            assert all(new.get([f"r{i}"])[f"r{i}"].version == 5 for i in range(10))
+        finally:
+            await migration.stop()
+
+    asyncio.run(scenario())

@@ -34,7 +34,7 @@ from vecmig.harness.clusters.base import (
 )
 from vecmig.harness.core import gates
 from vecmig.harness.core import requests as rq
-from vecmig.harness.core.controller import Controller, Plan, backfill_worker, repair_worker
+from vecmig.harness.core.controller import Controller, Plan, backfill_worker
 from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
 from vecmig.harness.core.phases import Coordinator, InstanceView, Phase, Published, Step, next_phase
 from vecmig.harness.core.requests import Operation, Outcome
@@ -426,13 +426,21 @@ class Migration:
                 log.warning("backfill worker ended %s: %s", outcome.type, outcome.error)
             await asyncio.sleep(0.5)
 
-    async def _repair_loop(self) -> None:
+    async def _repair_loop(self, interval_s: float = 0.2) -> None:
+        """Drains the repair log, pass after pass, but not while a side is down: a repair reads
+        one side and writes the other, so with one side hung every pass would only load the
+        healthy side with reads (one per entry) that cannot lead anywhere."""
         if not self.config.strategy.repair_log:
             return
         while True:
-            outcome = await self.driver.run(repair_worker())
-            log.warning("repair worker ended %s: %s; restarting it", outcome.type, outcome.error)
-            await asyncio.sleep(0.5)
+            down = [s.value for s, h in self.side_health.items() if not h["ok"]]
+            if not down:
+                outcome = await self.driver.run(repair_pass(256))
+                if outcome.type != "ok":
+                    log.warning("repair pass ended %s: %s", outcome.type, outcome.error)
+                elif outcome.value.get("repaired"):
+                    continue
+            await asyncio.sleep(interval_s)
 
     async def _mirror_loop(self) -> None:
         """Mirrored reads, off the critical path, a few at a time; a backlog past 1000 is
