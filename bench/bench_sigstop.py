@@ -245,6 +245,7 @@ def main() -> int:
     parser.add_argument("--settle-s", type=float, default=5.0, help="pause after each SIGCONT")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sigstop-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill, too
     servers, processes = start_servers(args, workdir)
     rows: list[dict[str, Any]] = []
     try:
