@@ -262,6 +262,11 @@ class Shopper(MigrationUser):
         return product_id(self.rng.randrange(P.plan.catalog))
 
 
+def _written(invoke: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """A write's completion, with what the service told the client: applied or superseded."""
+    return {**invoke, "result": response.get("result")}
+
+
 def _search_value(response: dict[str, Any]) -> dict[str, Any]:
     value = {"results": response["results"]}
     if "exact" in response:
@@ -309,7 +314,7 @@ class Merchant(MigrationUser):
         record_id = self._pick()
         version = P.versions.next()
         invoke = {"id": record_id, "version": version}
-        self.call("delete", invoke, "/v1/delete", invoke, lambda r: invoke)
+        self.call("delete", invoke, "/v1/delete", invoke, lambda r: _written(invoke, r))
         P.delisted.append(record_id)
 
     @task(1)
@@ -342,7 +347,7 @@ class Merchant(MigrationUser):
             "metadata": metadata,
             "version": version,
         }
-        self.call("upsert", invoke, "/v1/upsert", body, lambda r: done)
+        self.call("upsert", invoke, "/v1/upsert", body, lambda r: _written(invoke, r))
 
     def _pick(self) -> str:
         if self.rng.random() < 0.3:
