@@ -549,7 +549,8 @@ class MigrationLayer:
         )
         query: dict[str, Any] = {"k": k, "filter": dict(filter) if filter else None}
         line = cmp.discrepancy_line(query, old_hits, new_hits, comparison) if discrepancy else None
-        stats.add(comparison, discrepancy, line, recalls)
+        stray = recalls is not None and noise is not None and recalls[0] < noise.threshold
+        stats.add(comparison, discrepancy, line, recalls, stray)
         return Outcome("ok", {"discrepancy": discrepancy})
 
     def _recheck_versions(self, comparison: cmp.Comparison) -> Sub[cmp.Comparison]:
