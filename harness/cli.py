@@ -1,8 +1,9 @@
 """`vecmig`: the command line. Each subcommand lives beside the code it drives and registers
 itself here through a `register(subparsers)` function.
 
-Exit codes, for every subcommand: 0 the verdict is valid, 1 anomalies were found, 2 bad input
-(a malformed history or scenario, an unknown option value), 3 an internal error.
+Exit codes, for every subcommand: 0 the verdict is valid, 1 anomalies were found (or the
+verdict is unknown), 2 bad input (a malformed history or scenario, an unknown option value),
+3 an internal error, 4 the run stalled (its plan stopped making progress) with no anomaly.
 """
 
 from __future__ import annotations
@@ -11,8 +12,32 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STALLED = 0, 1, 2, 3, 4
+
+
+def strategy_argument(name: str) -> str:
+    """An argparse `type` for `--strategy`: the name, if the core knows it (otherwise
+    argparse's usage error names the problem and every valid name)."""
+    from vecmig.harness.core.strategy import strategy_named
+
+    try:
+        strategy_named(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def exit_code(verdict: Any) -> int:
+    """The exit code for a checker's `Verdict`: anomalies (or an unknown verdict) before a
+    stall, a stall before valid."""
+    if verdict.unknown or any(verdict.counts().values()):
+        return EXIT_ANOMALIES
+    if verdict.stalled:
+        return EXIT_STALLED
+    return EXIT_VALID
+
 
 # Modules that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (

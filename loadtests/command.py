@@ -21,7 +21,14 @@ from typing import Any
 
 import httpx
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
+from vecmig.harness.cli import (
+    EXIT_ANOMALIES,
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_VALID,
+    strategy_argument,
+)
+from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
 from vecmig.harness.history.checker import ANOMALIES
 
 from .chaos import RunPlan
@@ -74,7 +81,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--users", type=int, default=12, metavar="N", help="Locust users (3 shoppers : 1 merchant)"
     )
     parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
-    parser.add_argument("--strategy", default="safe", choices=("safe", "naive"))
+    parser.add_argument(
+        "--strategy",
+        default="safe",
+        type=strategy_argument,
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="catalog and cluster seed")
     parser.add_argument("--catalog", type=int, default=3000, help="products loaded into old")
     parser.add_argument("--dim", type=int, default=32)
@@ -186,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
 def _start_sides(
     args: argparse.Namespace, logs: Path, processes: Processes, engines: ExitStack
 ) -> dict[str, RunSide]:
+    # The cluster servers this run starts take a token, and every process of the run (the
+    # loader, the service, Locust and its chaos controller) finds it in the environment.
+    os.environ.setdefault(CLUSTER_TOKEN_ENV, secrets.token_urlsafe(16))
     sides: dict[str, RunSide] = {}
     for offset, name in enumerate(("old", "new")):
         given = getattr(args, name)
@@ -301,6 +317,10 @@ def _run(
         ",".join(lagged),
         "--visibility-window-s",
         "10",
+        "--versions",
+        "client",
+        "--version-unit",
+        "ns",  # VersionClock: wall-clock microseconds times 1000, plus a slot
         "--log-level",
         "warning",
     ]
@@ -329,7 +349,7 @@ def _run(
     for name, side in sides.items():
         print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
     _prepare(plan_path, logs, sides)
-    processes.start(service_argv, logs / "service.log", env=env)
+    processes.start([*service_argv, "--init"], logs / "service.log", env=env)
     wait_healthy(urls["service"] + "/health", 60, "the migration service")
     locustfile = Path(__file__).with_name("locustfile.py")
     locust_argv = [

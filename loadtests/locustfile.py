@@ -1,5 +1,6 @@
 """Locust users for the live migration service: shoppers who view products and ask for similar
-ones, merchants who change prices and stock, re-embed, add and delist products. Every request
+ones, merchants who change prices and stock, re-embed, add, delist and list again products
+(a delete, then a re-insert of the same id). Every request
 is recorded in the shared history format; a chaos controller walks the phases and injects
 faults from the master (or the only) Locust process, and the same checker judges the run.
 
@@ -55,6 +56,8 @@ class _Process:
     catalog: Any
     vectors: dict[str, Any]
     new_ids: deque[str] = deque(maxlen=500)
+    delisted: deque[str] = deque(maxlen=500)
+    """Products a merchant of this process delisted, for `relist`."""
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
     chaos_greenlet: Any = None
@@ -259,6 +262,11 @@ class Shopper(MigrationUser):
         return product_id(self.rng.randrange(P.plan.catalog))
 
 
+def _written(invoke: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """A write's completion, with what the service told the client: applied or superseded."""
+    return {**invoke, "result": response.get("result")}
+
+
 def _search_value(response: dict[str, Any]) -> dict[str, Any]:
     value = {"results": response["results"]}
     if "exact" in response:
@@ -306,18 +314,40 @@ class Merchant(MigrationUser):
         record_id = self._pick()
         version = P.versions.next()
         invoke = {"id": record_id, "version": version}
-        self.call("delete", invoke, "/v1/delete", invoke, lambda r: invoke)
+        self.call("delete", invoke, "/v1/delete", invoke, lambda r: _written(invoke, r))
+        P.delisted.append(record_id)
+
+    @task(1)
+    def relist(self) -> None:
+        """List a delisted product again, back in stock, with a version above its tombstone's:
+        the re-insert a tombstone must not block, and a resurrection must not be mistaken for."""
+        if not P.delisted:
+            return
+        at = self.rng.randrange(len(P.delisted))
+        record_id = P.delisted[at]
+        del P.delisted[at]
+        base = P.vectors.get(record_id)
+        vector = base.vector if base is not None else P.catalog.reembed(record_id, self.np_rng)
+        metadata = {
+            "category": P.catalog.category_of(record_id),
+            "in_stock": True,
+            "price": round(self.rng.uniform(1, 500), 2),
+        }
+        self._upsert(record_id, vector, metadata)
 
     def _upsert(self, record_id: str, vector: Any, metadata: dict[str, Any]) -> None:
+        """The history's invoke carries the metadata as the version's fields, so that the
+        checker can judge filtered searches that return this version."""
         version = P.versions.next()
-        invoke = {"id": record_id, "version": version}
+        done = {"id": record_id, "version": version}
+        invoke = {**done, "fields": dict(metadata)}
         body = {
             "id": record_id,
             "vector": np.asarray(vector).tolist(),
             "metadata": metadata,
             "version": version,
         }
-        self.call("upsert", invoke, "/v1/upsert", body, lambda r: invoke)
+        self.call("upsert", invoke, "/v1/upsert", body, lambda r: _written(invoke, r))
 
     def _pick(self) -> str:
         if self.rng.random() < 0.3:

@@ -4,15 +4,21 @@ seeds at once, is `vecmig.sim.sweep`)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
-from vecmig.harness.core.strategy import STRATEGIES
+from vecmig.harness.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_STALLED,
+    exit_code,
+    strategy_argument,
+)
 from vecmig.sim import report as rep
 from vecmig.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
 
@@ -31,7 +37,18 @@ writes, in --out (default out/<scenario>-<strategy>-<seed>):
   report.html     the same, with the plots embedded
   latency.png backfill.png mismatch.png
 
-exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key).
+exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key),
+4 stalled (the plan did not finish, or a gate held past migration.stall_after_s).
+
+the loader also refuses what the migration protocol cannot keep safe, naming the keys:
+  leases: instances.lease_margin_ms >= latency.op_timeout_ms + 2 x instances.max_clock_skew_ms,
+          instances.lease_ms > instances.poll_interval_ms + instances.lease_margin_ms
+  node-crash, node-pause, slow-replica need clusters.replicas >= 2;
+  app-instance-crash needs instances.count >= 2
+  lost-ack only on side "new", from phase DUAL_WRITE or BACKFILL, until_phase BACKFILL or SHADOW
+  clock-skew within instances.max_clock_skew_ms; visibility-lag only on migration.lagged_sides
+  migration.steps must be walkable from OLD_ONLY by the phase table
+(sim/README.md, "What the loader refuses, and why").
 
 examples:
   vecmig simulate
@@ -49,21 +66,63 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    simulate.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
-    simulate.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
+    simulate.add_argument(
+        "--seed", type=_at_least(0), default=None, help="0 or more; default: the scenario's seed"
+    )
+    simulate.add_argument(
+        "--strategy",
+        type=strategy_argument,
+        default="safe",
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION] (one protection "
+        "switched off; `vecmig zoo --list` names them)",
+    )
     simulate.add_argument("--out", metavar="DIR", default=None)
     simulate.add_argument(
         "--swarm", action="store_true", help="add random swarm faults for the seed"
     )
     simulate.add_argument(
+        "--buggify",
+        action="store_true",
+        help="draw the settings and faults from the seed too (instances, leases, lagged "
+        "sides, shards, replicas, traffic mix, a plan with rollbacks and aborts; see "
+        "sim/buggify.py)",
+    )
+    simulate.add_argument(
         "--duration",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="S",
-        help="override the scenario's duration_s",
+        help="override the scenario's duration_s (at least 1)",
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (argparse exits 2 naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a simulated duration, a finite number of seconds of at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second (and finite), got {text}")
+    return value
 
 
 def scenario_arg(given: str, scenario: Scenario) -> str:
@@ -77,8 +136,6 @@ def _load(given: str, duration: float | None) -> Scenario:
 
     scenario = load(given)
     if duration is not None:
-        if duration < 1:
-            raise ScenarioError(f"--duration must be at least 1 second, got {duration}")
         scenario = dataclasses.replace(scenario, duration_s=duration)
     return scenario
 
@@ -93,7 +150,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sim = Simulation(scenario, args.strategy, args.seed, swarm=args.swarm or None)
+    sim = Simulation(
+        scenario, args.strategy, args.seed, swarm=args.swarm or None, buggify=args.buggify
+    )
     name = scenario_arg(args.scenario, scenario)
     if args.duration is not None:
         name += f" --duration {args.duration:g}"
@@ -119,8 +178,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         rep.print_summary(console, report)
     valid = report["verdict"]["valid"]
+    code = exit_code(result.verdict)
+    label = (
+        "[bold green]VALID[/bold green]"
+        if valid
+        else "[bold red]STALLED[/bold red]"
+        if code == EXIT_STALLED
+        else "[bold red]ANOMALIES[/bold red]"
+    )
     console.print(
-        f"{'[bold green]VALID[/bold green]' if valid else '[bold red]ANOMALIES[/bold red]'}: "
+        f"{label}: "
         f"{report['simulated_s']:.0f} simulated s in {wall:.1f} s; wrote {out}/ "
         f"(history.jsonl sha256 {report['history_sha256'][:16]}...)",
         highlight=False,
@@ -129,7 +196,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not valid:
         print(f"replay: {report['replay']}")
         print(f"judge again: vecmig check {out / 'history.jsonl'}")
-    return EXIT_VALID if valid else EXIT_ANOMALIES
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -294,6 +294,8 @@ class SimDriver:
         self.side_reads = {side: LatencyWindow(10_000 * MS) for side in ports}
         self.client_reads = LatencyWindow(5_000 * MS)
         self.bugs: list[str] = []
+        self.refusals: dict[str, int] = {}
+        """Client requests no instance took, by reason."""
         self.reroutes = 0
         self.active = 0
         self._free: list[int] = []
@@ -316,6 +318,16 @@ class SimDriver:
         self.active += 1
         flight.proc = self.env.process(self._run(flight))
         return flight
+
+    def refuse(self, f: str, invoke_value: Any, error: str) -> None:
+        """A client request no instance took: invoked and failed at once, in the history."""
+        now = int(self.env.now)
+        process = self._take_process()
+        self.recorder.invoke(process, f, invoke_value, now)
+        self.recorder.complete(process, "fail", f, invoke_value, now)
+        self.refusals[error] = self.refusals.get(error, 0) + 1
+        self.completed.append(Completed(f, "fail", now, 0, self.phase_now()))
+        heapq.heappush(self._free, process)
 
     def crash(self, flight: Flight) -> None:
         """The app instance running `flight` died: the op's effect is indeterminate."""
@@ -370,6 +382,11 @@ class SimDriver:
                     advance = _sender(op, self._exact(request, op.kind))
                 elif isinstance(request, rq.AnnouncePhase):
                     self._announce(request)
+                    advance = _sender(op, None)
+                elif isinstance(request, rq.RecordEvent):
+                    self.recorder.info(
+                        CONTROLLER, request.f, dict(request.value), int(self.env.now)
+                    )
                     advance = _sender(op, None)
                 else:
                     yield env.timeout(self.store_latency())

@@ -93,12 +93,14 @@ class Fleet:
         self._sync(instance)
 
     def _sync(self, instance: AppInstance) -> None:
+        """The instance reads what the config store delivered, acknowledges the oldest epoch
+        it still runs an operation under (not necessarily the one it learned), and renews its
+        lease if the coordinator grants it."""
         now = int(self.env.now)
-        instance.layer.learn(instance.known, instance.clock(now), self.lease_ns)
-        # The oldest epoch it still runs an operation under, not necessarily the one it learned.
-        self.coordinator.ack(
-            instance.name, instance.layer.acknowledgement(instance.clock(now)), now
-        )
+        layer, clock = instance.layer, instance.clock(now)
+        layer.learn(instance.known, clock)
+        if self.coordinator.ack(instance.name, layer.acknowledgement(clock), now):
+            layer.renew(clock, self.lease_ns)
 
     def _poll(self, instance: AppInstance, incarnation: int):  # type: ignore[no-untyped-def]
         # Instances start their polling at different offsets, as real ones do.
@@ -110,11 +112,14 @@ class Fleet:
     # -- traffic ---------------------------------------------------------------------------------
 
     def pick(self, draw: float) -> AppInstance | None:
-        """A live instance for a request (the load balancer), by a uniform draw."""
-        alive = [i for i in self.instances if i.alive]
-        if not alive:
+        """A ready instance for a request (the load balancer), by a uniform draw. Ready: alive
+        and holding its lease; an instance that lost its lease fails its readiness check, as
+        it refuses work until it catches up with the config store."""
+        now = int(self.env.now)
+        ready = [i for i in self.instances if i.alive and i.layer.view.may_serve(i.clock(now))]
+        if not ready:
             return None
-        return alive[min(len(alive) - 1, int(draw * len(alive)))]
+        return ready[min(len(ready) - 1, int(draw * len(ready)))]
 
     def run(
         self,

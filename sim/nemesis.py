@@ -25,6 +25,17 @@ from vecmig.sim.fleet import Fleet
 from vecmig.sim.scenario import SECOND
 
 
+def within(spec: FaultSpec, phase: Phase) -> bool:
+    """Whether a fault may be active while `phase` is published. A fault that `until_phase`
+    bounds lasts until that phase, or a later one, is published; a fault started by a phase
+    also ends when the migration steps back before that phase (a ROLLBACK or an ABORT), so
+    that it never outlives the stretch of the migration it was written for."""
+    at = ORDER.index(phase)
+    if spec.until_phase and at >= ORDER.index(Phase(spec.until_phase)):
+        return False
+    return not (spec.phase and spec.until_phase and at < ORDER.index(Phase(spec.phase)))
+
+
 @dataclass(eq=False)
 class ActiveFault:
     spec: FaultSpec
@@ -58,6 +69,7 @@ class Nemesis:
         self.active: list[ActiveFault] = []
         self.log: list[ActiveFault] = []
         self._phase_started: set[int] = set()
+        self.phase = Phase.OLD_ONLY
         for position, spec in enumerate(schedule):
             if spec.at_s is not None:
                 env.process(self._timed(position, spec, int(spec.at_s * SECOND)))
@@ -65,6 +77,7 @@ class Nemesis:
     # -- triggers ----------------------------------------------------------------------------
 
     def on_phase(self, phase: Phase) -> None:
+        self.phase = phase
         for position, spec in enumerate(self.schedule):
             if spec.phase == phase.value and position not in self._phase_started:
                 self._phase_started.add(position)
@@ -72,13 +85,14 @@ class Nemesis:
                     self._timed(position, spec, int(self.env.now) + int(spec.after_s * SECOND))
                 )
         for fault in list(self.active):
-            until = fault.spec.until_phase
-            if until and ORDER.index(phase) >= ORDER.index(Phase(until)):
+            if not within(fault.spec, phase):
                 self.stop(fault)
 
     def _timed(self, position: int, spec: FaultSpec, at: int):  # type: ignore[no-untyped-def]
         if at > self.env.now:
             yield self.env.timeout(at - int(self.env.now))
+        if spec.phase and not within(spec, self.phase):
+            return  # the migration left the fault's stretch before it was due to start
         fault = self.start(spec)
         if fault is None or spec.duration_s is None:
             return

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vecmig.harness.history.checker import ANOMALIES
@@ -102,7 +103,7 @@ def history_bytes(result: RunResult) -> bytes:
 
 def replay_command(result: RunResult, scenario_arg: str) -> str:
     command = f"vecmig simulate {scenario_arg} --seed {result.seed} --strategy {result.strategy}"
-    return command + (" --swarm" if result.swarm else "")
+    return command + (" --swarm" if result.swarm else "") + (" --buggify" if result.buggify else "")
 
 
 def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float) -> dict[str, Any]:
@@ -113,9 +114,17 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         "scenario": result.scenario.name,
         "scenario_source": result.scenario.source,
         "swarm": result.swarm,
+        "buggify": result.buggify,
         "history_sha256": sha256,
         "replay": replay_command(result, scenario_arg),
-        "verdict": {"valid": v.valid, "unknown": v.unknown, **v.counts()},
+        "verdict": {
+            "valid": v.valid,
+            "unknown": v.unknown,
+            "stalled": v.stalled,
+            **v.counts(),
+            "stall": None if v.stall is None else v.stall.to_json(),
+            "unjudged_filtered_hits": v.unjudged_filtered_hits,
+        },
         "examples": v.examples,
         "notes": list(v.notes) + result.notes,
         "ops": ops_counts(result),
@@ -279,12 +288,25 @@ def write_plots(result: RunResult, out: Path) -> list[str]:
 def render_html(report: dict[str, Any], out: Path, plots: Sequence[str]) -> str:
     e = html.escape
     verdict = report["verdict"]
-    status = "VALID" if verdict["valid"] else ("UNKNOWN" if verdict["unknown"] else "ANOMALIES")
+    status = (
+        "VALID"
+        if verdict["valid"]
+        else "UNKNOWN"
+        if verdict["unknown"]
+        else "ANOMALIES"
+        if any(verdict[k] for k in ANOMALIES)
+        else "STALLED"
+    )
     colour = "#188038" if verdict["valid"] else "#d93025"
     rows = "".join(
         f"<tr><td>{e(k.replace('_', ' '))}</td><td class=n>{verdict[k]}</td>"
         f"<td><code>{e(json.dumps((report['examples'].get(k) or [''])[0], default=str))}</code></td></tr>"
         for k in ANOMALIES
+    )
+    stall = verdict.get("stall")
+    rows += (
+        f"<tr><td>progress</td><td class=n>{'stalled' if stall else 'finished'}</td>"
+        f"<td>{e(stall['description'] if stall else 'the plan reached its last step')}</td></tr>"
     )
     phases = "".join(
         f"<tr><td>{e(p['phase'])}</td><td class=n>{p['time_s']:.2f}</td></tr>"
@@ -371,6 +393,12 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         "phases",
         report["end_phase"],
         " -> ".join(f"{p['phase']}@{p['time_s']:.1f}s" for p in report["phases"][1:]),
+    )
+    stall = verdict.get("stall")
+    table.add_row(
+        "progress",
+        "[red]stalled[/red]" if stall else "[green]finished[/green]",
+        escape(stall["description"]) if stall else "the plan reached its last step",
     )
     console.print(table)
 

@@ -23,10 +23,10 @@ from vecmig.harness.core.controller import Controller, Plan, backfill_worker, re
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import LayerConfig, Shared
 from vecmig.harness.core.phases import Coordinator, Phase, Published, Step
-from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.requests import Outcome
 from vecmig.harness.core.state import Checkpoint
 from vecmig.harness.core.strategy import Strategy, strategy_named
-from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
+from vecmig.harness.core.workers import Backfill, Throttle
 from vecmig.harness.drive.step import live_versions
 from vecmig.harness.history.checker import Verdict, check
 from vecmig.harness.history.ops import CHECKER, LOADER, Event, Recorder
@@ -63,6 +63,7 @@ class RunResult:
     strategy: str
     seed: int
     swarm: bool
+    buggify: bool
     events: list[Event]
     verdict: Verdict
     schedule: list[FaultSpec]
@@ -85,7 +86,15 @@ class Simulation:
         strategy: str | Strategy = "safe",
         seed: int | None = None,
         swarm: bool | None = None,
+        buggify: bool = False,
     ) -> None:
+        """`buggify`: draw the scenario's settings and faults from the seed first (see
+        `sim.buggify`); the run then replays from the same scenario, seed and flag."""
+        if buggify:
+            from vecmig.sim.buggify import buggify as draw_settings
+
+            scenario = draw_settings(scenario, scenario.seed if seed is None else seed)
+        self.buggify = buggify
         self.scenario = scenario
         self.strategy = strategy if isinstance(strategy, Strategy) else strategy_named(strategy)
         self.seed = scenario.seed if seed is None else seed
@@ -116,18 +125,25 @@ class Simulation:
                 capacity=capacity,
                 ef_search=s.clusters.ef_search,
                 name=side.value,
+                catch_up=self.strategy.replica_catch_up,
             )
             for offset, side in enumerate((Side.OLD, Side.NEW))
         }
         self.store = MemoryStore()
-        self.coordinator = Coordinator(lease_ns=int(s.instances.lease_ms * MS))
+        self.coordinator = Coordinator(
+            lease_ns=int(s.instances.lease_ms * MS),
+            bind_leases=self.strategy.lease_epoch_binding,
+        )
         self.shared = Shared()
         lagged = frozenset(Side(x) for x in s.migration.lagged_sides)
+        self.lagged = lagged
         self.layer_config = LayerConfig(
             strategy=self.strategy,
             metric=self.clusters[Side.OLD].metric,
             lagged_sides=lagged,
             visibility_window_ns=int(s.migration.visibility_window_ms * MS),
+            max_clock_skew_ns=int(s.instances.max_clock_skew_ms * MS),
+            lease_margin_ns=int(s.instances.lease_margin_ms * MS),
             mirror_sample_rate=s.migration.mirror_sample_rate,
         )
         self.driver = SimDriver(
@@ -181,6 +197,7 @@ class Simulation:
             ),
             new_p99_ms=lambda: self.driver.side_p99_ms(Side.NEW),
             calibration_queries=calibration,
+            lagged_sides=lagged,
         )
         self.traffic = Traffic(
             self.env,
@@ -216,6 +233,8 @@ class Simulation:
         self._controller_flight: Flight | None = None
         self.backfill_started: int | None = None
         self.backfill_finished: int | None = None
+        self.final_backlog = 0
+        self._ending = False
 
     def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
         s = self.scenario
@@ -227,6 +246,9 @@ class Simulation:
                 duration_s=s.duration_s,
                 lagged_sides=s.migration.lagged_sides,
                 shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+                instances=s.instances.count,
+                max_skew_ms=s.instances.max_clock_skew_ms,
             )
         filled = []
         for spec in specs:
@@ -244,7 +266,15 @@ class Simulation:
         env = self.env
         loaded = self.catalog.records()
         self.clusters[Side.OLD].upsert(loaded, fenced=False)
-        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in loaded}}, 0)
+        self.recorder.ok(
+            LOADER,
+            "load",
+            {
+                "records": {r.id: r.version for r in loaded},
+                "fields": {r.id: dict(r.metadata) for r in loaded},
+            },
+            0,
+        )
         self.phases.append({"phase": Phase.OLD_ONLY.value, "time": 0, "epoch": 0})
         for side in self.layer_config.lagged_sides:
             self.clusters[side].start_fault("visibility-lag")
@@ -253,13 +283,15 @@ class Simulation:
         env.process(self._controller(int(s.migration.start_s * SECOND)))
         self._start_backfill_worker()
         self._repair_flight = self.driver.start(
-            repair_worker(int(s.migration.repair_interval_ms * MS))
+            repair_worker(
+                self.coordinator, int(s.migration.repair_interval_ms * MS), lagged=self.lagged
+            )
         )
         env.process(self._sampler())
         end = int(s.duration_s * SECOND)
         step = max(SECOND, end // 200)
         t = 0
-        while t < end:
+        while t < end and traffic.is_alive:
             t = min(end, t + step)
             env.run(until=t)
             if progress is not None:
@@ -277,8 +309,17 @@ class Simulation:
             steps=tuple(Step(x) for x in m.steps),
             hold_ns={Phase(k): int(v * SECOND) for k, v in m.hold_s.items()},
             retry_ns=int(m.retry_ms * MS),
+            stall_ns=int(m.stall_after_s * SECOND),
         )
-        self._controller_flight = self.driver.start(self.controller.run(plan))
+        self._controller_flight = self.driver.start(
+            self.controller.run(plan), on_done=self._plan_done
+        )
+
+    def _plan_done(self, flight: Flight, outcome: Outcome) -> None:
+        linger = self.scenario.migration.end_after_plan_s
+        if outcome.type == "ok" and linger is not None:
+            end = int(self.env.now) + int(linger * SECOND)
+            self.traffic.duration_ns = min(self.traffic.duration_ns, end)
 
     def _on_phase(self, published: Published, step: str) -> None:
         now = int(self.env.now)
@@ -291,21 +332,25 @@ class Simulation:
         self.nemesis.on_phase(published.phase)
 
     def _start_backfill_worker(self) -> None:
-        def done(flight: Flight, outcome: Outcome) -> None:
-            if not flight.crashed and outcome.type == "ok" and self.backfill_finished is None:
-                if self.backfill.checkpoint.done:
-                    self.backfill_finished = int(self.env.now)
-
+        if self._ending:
+            return  # healing a backfill-worker-crash at the end of the run restarts nothing
         poll = 100 * MS
         self._backfill_flight = self.driver.start(
-            backfill_worker(self.backfill, self.coordinator, poll), on_done=done
+            backfill_worker(self.backfill, self.coordinator, poll)
         )
+
+    def _note_backfill_done(self) -> None:
+        """The backfill's last completion so far (an ABORT and a new BACKFILL copy again)."""
+        done_at = self.backfill.done_at
+        if done_at is not None and (self.backfill_finished or -1) < done_at:
+            self.backfill_finished = done_at
 
     def _crash_backfill_worker(self) -> None:
         flight = self._backfill_flight
         if flight is not None and not flight.finished:
             self.driver.crash(flight)
             self._backfill_flight = None
+        self._note_backfill_done()
         # The naive backfill keeps its cursor only in the worker's memory: a new worker
         # starts from the beginning. The safe one reloads its durable checkpoint.
         self.backfill = Backfill(self.strategy, self.throttle)
@@ -321,6 +366,7 @@ class Simulation:
         """Once a second: feed the backfill throttle and take the series the plots show."""
         while True:
             yield self.env.timeout(SECOND)
+            self._note_backfill_done()
             self.throttle.observe(self.driver.client_p99_ms())
             self.series["time"].append(int(self.env.now))
             self.series["backfill_copied"].append(self._checkpoint().copied)
@@ -332,32 +378,42 @@ class Simulation:
 
     def _checkpoint(self) -> Checkpoint:
         """How far the backfill got: the durable checkpoint, or the naive worker's memory."""
-        if self.strategy.checkpointed_backfill:
+        if self.strategy.durable_checkpoint:
             return self.store.load_checkpoint()
         return self.backfill.checkpoint
 
     # -- the end of the run ------------------------------------------------------------------
 
     def _finish(self) -> None:
-        """Heal every fault, let work in flight land, drain the repair log, verify and drain
-        again (safe strategy), then record both sides' final scans."""
+        """The end of the run: the traffic's last sessions finish, the controller and the
+        backfill stop, every fault heals, and the layer's own repair worker keeps draining its
+        log as it would in production, until nothing is in flight. Then both sides' final
+        scans, of what they hold: the harness never verifies, repairs or copies on the layer's
+        behalf before the checker looks."""
         env = self.env
         deadline = int(env.now) + DRAIN_LIMIT_NS
         self._wait(lambda: self.traffic.active == 0, deadline)
-        for flight in (self._controller_flight, self._backfill_flight, self._repair_flight):
+        self._note_backfill_done()
+        self._ending = True
+        for flight in (self._controller_flight, self._backfill_flight):
             if flight is not None and not flight.finished:
                 self.driver.crash(flight)
         self.nemesis.heal_all()
         for side in self.layer_config.lagged_sides:
             self.clusters[side].stop_fault("visibility-lag")
+        repairing = self._repair_flight is not None and not self._repair_flight.finished
         self._wait(
-            lambda: self.driver.requests_in_flight() == 0 and self.driver.active == 0, deadline
+            lambda: (
+                self.driver.requests_in_flight() == 0
+                and self.driver.active <= int(repairing)
+                and not self.store.repair_backlog()
+            ),
+            deadline,
         )
-        if self.strategy.repair_log:
-            self._drain(deadline)
-            self._run_to_end(verify(), deadline)
-            self._drain(deadline)
+        if self._repair_flight is not None and not self._repair_flight.finished:
+            self.driver.crash(self._repair_flight)
         self._wait(lambda: self.driver.requests_in_flight() == 0, deadline)
+        self.final_backlog = self.store.repair_backlog()
         for side in (Side.OLD, Side.NEW):
             self.clusters[side].refresh()
             self.recorder.ok(
@@ -370,16 +426,6 @@ class Simulation:
     def _wait(self, done: Callable[[], bool], deadline: int) -> None:
         while not done() and self.env.now < deadline:
             self.env.run(until=int(self.env.now) + 10 * MS)
-
-    def _run_to_end(self, op: Operation, deadline: int) -> Outcome | None:
-        result: list[Outcome] = []
-        self.driver.start(op, on_done=lambda flight, outcome: result.append(outcome))
-        self._wait(lambda: bool(result), deadline)
-        return result[0] if result else None
-
-    def _drain(self, deadline: int) -> None:
-        while self.store.repair_backlog() and self.env.now < deadline:
-            self._run_to_end(repair_pass(1024), deadline)
 
     # -- the result ----------------------------------------------------------------------------
 
@@ -404,6 +450,10 @@ class Simulation:
             "done": checkpoint.done,
         }
         notes = []
+        if self.final_backlog:
+            notes.append(
+                f"the repair log still held {self.final_backlog} entries at the final scans"
+            )
         if self.traffic.dropped:
             notes.append(f"{self.traffic.dropped} session(s) found no live app instance")
         return RunResult(
@@ -411,6 +461,7 @@ class Simulation:
             strategy=self.strategy.name,
             seed=self.seed,
             swarm=self.swarm,
+            buggify=self.buggify,
             events=list(self.recorder.events),
             verdict=verdict,
             schedule=self.schedule,

@@ -30,10 +30,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_VALID
-from vecmig.harness.core.strategy import STRATEGIES
+from vecmig.harness.cli import (
+    EXIT_ANOMALIES,
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_STALLED,
+    EXIT_VALID,
+    strategy_argument,
+)
 from vecmig.sim import sweep_report
-from vecmig.sim.command import _load, scenario_arg
+from vecmig.sim.command import _at_least, _load, _seconds, scenario_arg
 from vecmig.sim.scenario import Scenario, ScenarioError
 from vecmig.sim.sweep_executors import Lost, SeedExecutor, SweepError, connect
 from vecmig.sim.sweep_store import ResultStore, StoreError
@@ -51,8 +57,9 @@ seed.
 """
 
 EPILOG = """\
-exit codes: 0 every seed valid, 1 some seed failed (anomalies, stalled, unknown or error),
-2 bad input, 3 some seeds could not be run (their workers died); --resume retries them.
+exit codes: 0 every seed valid, 1 some seed found anomalies (or its verdict is unknown, or its
+run raised), 2 bad input, 3 some seeds could not be run (their workers died; --resume
+retries them), 4 no anomalies but some seed stalled (its plan stopped making progress).
 
 examples:
   vecmig sweep default --seeds 32 --jobs 4
@@ -70,14 +77,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    sweep.add_argument("--seeds", type=int, default=8, help="how many seeds (default 8)")
-    sweep.add_argument("--first-seed", type=int, default=1)
-    sweep.add_argument("--strategy", choices=sorted(STRATEGIES), default="safe")
+    sweep.add_argument("--seeds", type=_at_least(1), default=8, help="how many seeds (default 8)")
+    sweep.add_argument("--first-seed", type=_at_least(0), default=1)
+    sweep.add_argument(
+        "--strategy",
+        type=strategy_argument,
+        default="safe",
+        metavar="STRATEGY",
+        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
+    )
     sweep.add_argument("--no-swarm", action="store_true", help="only the scenario's own faults")
-    sweep.add_argument("--duration", type=float, default=None, metavar="S")
+    sweep.add_argument(
+        "--buggify",
+        action="store_true",
+        help="draw each seed's settings and faults too (instead of swarm faults)",
+    )
+    sweep.add_argument("--duration", type=_seconds, default=None, metavar="S")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument(
-        "--jobs", type=int, default=2, help="local worker processes (default 2; 1: this process)"
+        "--jobs",
+        type=_at_least(1),
+        default=2,
+        help="local worker processes (default 2; 1: this process)",
     )
     where.add_argument(
         "--cluster",
@@ -111,8 +132,10 @@ def plan(
     buggify: bool = False,
     duration: float | None = None,
 ) -> list[Task]:
-    """The tasks of a sweep: one per seed, naming the scenario as a replay command would."""
+    """The tasks of a sweep: one per seed, naming the scenario as a replay command would.
+    Buggify draws its own faults, so a buggified task has no swarm faults."""
     name = scenario_arg(given, scenario)
+    swarm = swarm and not buggify
     return [Task(name, seed, strategy, buggify, duration, swarm) for seed in seeds]
 
 
@@ -196,16 +219,14 @@ def run_command(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"vecmig sweep: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.seeds < 1 or args.jobs < 1:
-        print("vecmig sweep: --seeds and --jobs must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     tasks = plan(
         args.scenario,
         scenario,
         seeds,
         args.strategy,
-        swarm=not args.no_swarm,
+        swarm=not args.no_swarm and not args.buggify,
+        buggify=args.buggify,
         duration=args.duration,
     )
     out = Path(args.out) if args.out else Path("out") / f"sweep-{scenario.name}-{args.strategy}"
@@ -238,8 +259,10 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    if any(row.failed for row in rows):
+    if any(row.failed and row.outcome != "stalled" for row in rows):
         return EXIT_ANOMALIES
+    if any(row.outcome == "stalled" for row in rows):
+        return EXIT_STALLED
     return EXIT_INTERNAL if record.lost else EXIT_VALID
 
 

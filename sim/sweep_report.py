@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vecmig.harness.history.checker import ANOMALIES
@@ -85,6 +87,7 @@ def summarise(
                 "signature": row.signature.label() if row.signature else row.outcome,
                 "replay": row.replay,
                 "history": row.history,
+                "raised": row.raised,
             }
             for row in failing
         ],
@@ -233,22 +236,32 @@ def print_summary(
         table.add_column("wall s", justify="right")
         for row in rows:
             found = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in row.counts.items() if n)
-            verdict = "[green]valid[/green]" if not row.failed else f"[red]{row.outcome}[/red]"
-            table.add_row(str(row.task.seed), verdict, found, row.end_phase, f"{row.wall_s:.1f}")
+            verdict = (
+                "[green]valid[/green]" if not row.failed else f"[red]{row.outcome.upper()}[/red]"
+            )
+            if row.raised:
+                found = row.raised
+            table.add_row(
+                str(row.task.seed), verdict, escape(found), row.end_phase, f"{row.wall_s:.1f}"
+            )
         console.print(table)
     if summary["groups"]:
-        grouped = Table(title="failures by signature", title_justify="left")
+        grouped = Table(title="failures by signature", title_justify="left", box=box.SIMPLE_HEAD)
         grouped.add_column("seeds", justify="right")
         grouped.add_column("signature", overflow="fold")
         grouped.add_column("smallest seed's replay", overflow="fold")
         for group in summary["groups"]:
-            grouped.add_row(str(group["count"]), group["label"], group["replay"])
+            grouped.add_row(str(group["count"]), escape(group["label"]), escape(group["replay"]))
         console.print(grouped)
     seeds = summary["seeds"]
-    verdicts = ", ".join(f"{k} {n}" for k, n in summary["verdicts"].items() if n)
+    counts = summary["verdicts"]
+    others = ", ".join(f"{k} {n}" for k, n in counts.items() if n and k not in ("valid", "raised"))
     rate = summary["seeds_per_s"]
     console.print(
-        f"{summary['verdicts']['valid']} of {len(rows)} seeds valid ({verdicts}); "
+        f"{counts['valid']} of {len(rows)} seeds valid"
+        + (f", {counts['raised']} raised" if counts["raised"] else "")
+        + (f" ({others})" if others else "")
+        + "; "
         f"ran {seeds['run_now']} in {summary['wall_s']:.1f} s"
         + (f" ({rate:.2f} seeds/s)" if rate else "")
         + (f", {seeds['resumed']} kept from before" if seeds["resumed"] else "")
@@ -257,5 +270,7 @@ def print_summary(
     )
     for failure in summary["failures"]:
         print(f"replay seed {failure['seed']}: {failure['replay']}")
+        if failure["raised"]:
+            print(f"  raised: {failure['raised']}")
     for lost in seeds["lost"]:
         print(f"not run: seed {lost['seed']}: {lost['reason']} (retry with --resume)")

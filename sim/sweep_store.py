@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS results (
     wall_s      REAL NOT NULL,
     cpu_s       REAL NOT NULL,
     worker      TEXT NOT NULL,
+    raised      TEXT,
     stored_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_outcome ON results (outcome);
@@ -93,7 +94,7 @@ class ResultStore:
         t = result.task
         self.db.execute(
             "INSERT OR REPLACE INTO results VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 t.key(fingerprint),
                 t.scenario,
@@ -115,6 +116,7 @@ class ResultStore:
                 result.wall_s,
                 result.cpu_s,
                 result.worker,
+                result.raised,
                 time.time(),
             ),
         )
@@ -130,7 +132,7 @@ class ResultStore:
         wanted = set(keys)
         cursor = self.db.execute(
             "SELECT key, scenario, strategy, seed, swarm, buggify, duration, outcome, stalled, "
-            "counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, stored_at "
+            "counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, raised, stored_at "
             "FROM results ORDER BY seed"
         )
         for row in cursor:
@@ -155,6 +157,7 @@ class StoredResult:
     wall_s: float
     cpu_s: float
     worker: str
+    raised: str | None
     stored_at: float
 
     @property
@@ -164,7 +167,8 @@ class StoredResult:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> StoredResult:
         key, scenario, strategy, seed, swarm, buggify, duration, outcome, stalled = row[:9]
-        counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, at = row[9:]
+        counts, signature, end_phase, families, replay, history = row[9:15]
+        wall_s, cpu_s, worker, raised, at = row[15:]
         return cls(
             key=key,
             task=Task(scenario, seed, strategy, bool(buggify), duration, bool(swarm)),
@@ -179,5 +183,6 @@ class StoredResult:
             wall_s=wall_s,
             cpu_s=cpu_s,
             worker=worker,
+            raised=raised,
             stored_at=at,
         )

@@ -24,9 +24,9 @@ from vecmig.sim import report as rep
 from vecmig.sim.scenario import Scenario
 from vecmig.sim.simulation import RunResult, Simulation
 
-OUTCOMES: tuple[str, ...] = ("valid", "anomalies", "stalled", "unknown", "error")
+OUTCOMES: tuple[str, ...] = ("valid", "anomalies", "stalled", "unknown", "raised")
 """What a seed can end as: judged valid; anomalies found; a plan that did not complete; a
-checker that crashed (unknown); a simulation that raised (error, with its traceback)."""
+checker that crashed (unknown); a simulation that raised (with its traceback)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -111,6 +111,8 @@ class SeedResult:
     """CPU seconds of the worker process for this seed: what sizing a fleet is based on."""
     worker: str
     history_zlib: bytes | None = field(default=None, repr=False)
+    raised: str | None = None
+    """For a run that raised: the exception in one line (the traceback is in `report`)."""
 
     @property
     def failed(self) -> bool:
@@ -134,16 +136,17 @@ def replay_command(result: RunResult, task: Task) -> str:
 
 def run_seed(task: Task, scenario: Scenario) -> SeedResult:
     """Simulate one task and judge it. Never raises for the simulation's sake: a run that
-    crashes is an `error` result carrying its traceback, so one bad seed cannot sink a sweep."""
+    crashes is a `raised` result carrying its traceback, so one bad seed cannot sink a sweep."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started, cpu = time.perf_counter(), time.process_time()
     try:
-        if task.buggify:
-            raise NotImplementedError(
-                "buggify is not wired into the simulator yet (vecmig.sim.buggify); "
-                "sweep tasks carry the flag so that stored results and replays keep it"
-            )
-        result = Simulation(scenario, task.strategy, task.seed, swarm=task.swarm).run()
+        result = Simulation(
+            scenario,
+            task.strategy,
+            task.seed,
+            swarm=task.swarm and not task.buggify,
+            buggify=task.buggify,
+        ).run()
     except Exception as exc:  # noqa: BLE001 - a crashed run is a result, never silence
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         return _crashed(task, exc, wall, cpu, worker)
@@ -160,7 +163,7 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
         outcome=outcome,
         counts=result.verdict.counts(),
         stalled=stalled,
-        signature=None if outcome == "valid" else signature_of(result, outcome),
+        signature=None if outcome == "valid" else signature_of(result, outcome, verdict),
         end_phase=result.end_phase,
         families=tuple(sorted({f["family"] for f in result.faults})),
         replay=replay,
@@ -173,13 +176,16 @@ def run_seed(task: Task, scenario: Scenario) -> SeedResult:
 
 
 def _outcome(verdict: dict[str, Any], stalled: bool) -> str:
-    """A stalled run is reported as stalled whatever its anomaly counts say (DESIGN.md: a
-    plan that did not complete is not valid either); its counts stay in the result."""
+    """In the order of `vecmig simulate`'s exit code (`harness.cli.exit_code`): an unknown
+    verdict or anomalies before a stall, a stall before valid. A stalled run with anomalies
+    is `anomalies`, and still counted among the sweep's stalls."""
+    if verdict.get("unknown"):
+        return "unknown"
+    if any(verdict.get(kind) for kind in ANOMALIES):
+        return "anomalies"
     if stalled:
         return "stalled"
-    if verdict["valid"]:
-        return "valid"
-    return "unknown" if verdict.get("unknown") else "anomalies"
+    return "valid" if verdict["valid"] else "anomalies"
 
 
 def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: str) -> SeedResult:
@@ -189,10 +195,10 @@ def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: st
     replay += (" --swarm" if task.swarm else "") + (" --buggify" if task.buggify else "")
     return SeedResult(
         task=task,
-        outcome="error",
+        outcome="raised",
         counts=dict.fromkeys(ANOMALIES, 0),
         stalled=False,
-        signature=Signature("error", "-", (), type(exc).__name__),
+        signature=Signature("raised", "-", (), type(exc).__name__),
         end_phase="-",
         families=(),
         replay=replay,
@@ -200,6 +206,7 @@ def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: st
         wall_s=wall,
         cpu_s=cpu,
         worker=worker,
+        raised="".join(traceback.format_exception_only(exc)).strip(),
     )
 
 
@@ -207,16 +214,20 @@ def _crashed(task: Task, exc: BaseException, wall: float, cpu: float, worker: st
 # Signatures.
 
 
-def signature_of(result: RunResult, outcome: str) -> Signature:
-    """The signature of a failing run. A stalled run is kind `stalled`, in the phase where it
-    stopped; otherwise the first example of the first anomaly kind found, in the checker's
-    order (failed, stale, garbage reads, lost writes, resurrected deletes, divergence)."""
-    verdict = result.verdict
+def signature_of(result: RunResult, outcome: str, verdict: dict[str, Any]) -> Signature:
+    """The signature of a failing run (`verdict` is `result.verdict.to_json()`).
+
+    Anomalies: the first example of the first kind found, in the checker's order (failed,
+    stale, garbage reads, filter violations, lost writes, resurrected deletes, divergence).
+    A stall: kind `stalled`, the phase it stalled in, the families active when its gate began
+    to hold, and in place of an op the gate that held (`gate to CUTOVER`) or why it stopped."""
     run_families = tuple(sorted({f["family"] for f in result.faults}))
-    kind = next((k for k in ANOMALIES if getattr(verdict, k)), None)
-    if outcome in ("stalled", "unknown") or kind is None:
+    if outcome == "stalled":
+        return _stall_signature(result, verdict.get("stall") or {}, run_families)
+    kind = next((k for k in ANOMALIES if verdict.get(k)), None)
+    if outcome == "unknown" or kind is None:
         return Signature(outcome, result.end_phase, run_families, "-")
-    example = (verdict.examples.get(kind) or [{}])[0]
+    example = (verdict["examples"].get(kind) or [{}])[0]
     when = _example_time(example)
     phase = example.get("phase") or (_phase_at(result, when) if when is not None else None)
     if "faults" in example:
@@ -227,6 +238,15 @@ def signature_of(result: RunResult, outcome: str) -> Signature:
         families = run_families
     first_op = example.get("f") or example.get("acked_by") or "final"
     return Signature(kind, phase or result.end_phase, families, str(first_op))
+
+
+def _stall_signature(
+    result: RunResult, stall: dict[str, Any], run_families: tuple[str, ...]
+) -> Signature:
+    when = stall.get("time") or None
+    families = _families_at(result, when) if when is not None else run_families
+    gate = f"gate to {stall['target']}" if stall.get("target") else str(stall.get("why", "-"))
+    return Signature("stalled", stall.get("phase") or result.end_phase, families, gate)
 
 
 def _example_time(example: dict[str, Any]) -> int | None:

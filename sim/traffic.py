@@ -1,5 +1,5 @@
 """E-commerce traffic: shoppers who view a product and look for similar ones, merchants who
-change prices and stock, add, re-embed and delist products, and an optional bulk
+change prices and stock, add, re-embed, delist and list again products, and an optional bulk
 re-embedding job, arriving on a diurnal curve with flash-sale spikes.
 
 Clients supply the version of every write (as an app passes a product's `updated_at`): the
@@ -21,9 +21,9 @@ from vecmig.harness.clusters.base import Record, Vector
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.sim.driver import Draws, Flight
 from vecmig.sim.fleet import AppInstance, Fleet
-from vecmig.sim.scenario import SECOND, TrafficConfig
+from vecmig.sim.scenario import MERCHANT_ACTIONS, SECOND, TrafficConfig
 
-SESSION_KINDS = ("shopper",) + ("price", "stock", "add", "reembed", "delist")
+SESSION_KINDS = ("shopper", *MERCHANT_ACTIONS)
 
 
 @dataclass
@@ -62,6 +62,8 @@ class Traffic:
             self.products[record.id] = Product(record.vector, dict(record.metadata))
             self.ids.append(record.id)
         self.versions: dict[str, int] = {i: 1 for i in self.ids}
+        self.delisted: list[str] = []
+        """Products a merchant delisted, in no particular order: what `relist` draws from."""
         self._next_product = len(self.ids)
         weights = [config.merchant.get(a, 0.0) for a in SESSION_KINDS[1:]]
         total = sum(weights) or 1.0
@@ -108,7 +110,14 @@ class Traffic:
         instance = self.fleet.pick(self.draws.uniform())
         kind_draw = self.draws.uniform()
         if instance is None:
+            # No instance can serve: a shopper sees an error page, which the history records
+            # as a failed read (a merchant's write is simply not sent, and so not recorded).
             self.dropped += 1
+            if kind_draw < self.config.shopper_share:
+                record_id = self._some_id()
+                self.fleet.driver.refuse(
+                    "get", {"id": record_id}, "no app instance is ready to serve"
+                )
             return
         self.sessions += 1
         if kind_draw < self.config.shopper_share:
@@ -120,7 +129,7 @@ class Traffic:
 
     def _shopper(self, instance: AppInstance) -> None:
         """View a product, then ask for similar ones (k=10, sometimes filtered)."""
-        record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+        record_id = self._some_id()
         product = self.products[record_id]
         filter_draw = self.draws.uniform()
         mirror_draw = self.draws.uniform()
@@ -173,6 +182,8 @@ class Traffic:
             self.ids.append(record_id)
             self.versions[record_id] = 1
             return instance.layer.upsert(record)
+        if action == "relist":
+            return self._relist(instance)
         listed = self._listed_id()
         if listed is None:
             return None
@@ -182,6 +193,7 @@ class Traffic:
         self.versions[record_id] = version
         if action == "delist":
             product.listed = False
+            self.delisted.append(record_id)
             return instance.layer.delete(record_id, version)
         metadata = dict(product.metadata)
         if action == "price":
@@ -196,9 +208,35 @@ class Traffic:
         product.vector, product.metadata = vector, metadata
         return instance.layer.upsert(Record(record_id, vector, metadata, version))
 
+    def _some_id(self) -> str:
+        """A product for a session: one of the first `hot_ids` products for a `hot_share` of
+        sessions (a best seller, a product on the front page), otherwise any."""
+        hot = self.config.hot_ids
+        if hot and self.draws.uniform() < self.config.hot_share:
+            return self.ids[int(self.draws.uniform() * min(hot, len(self.ids)))]
+        return self.ids[int(self.draws.uniform() * len(self.ids))]
+
+    def _relist(self, instance: AppInstance) -> Operation | None:
+        """List a delisted product again, back in stock, with the version after its delete's:
+        an upsert of an id whose tombstone every side holds (or should)."""
+        if not self.delisted:
+            return None
+        at = int(self.draws.uniform() * len(self.delisted))
+        record_id = self.delisted[at]
+        self.delisted[at] = self.delisted[-1]
+        self.delisted.pop()
+        product = self.products[record_id]
+        product.listed = True
+        product.metadata = {**product.metadata, "in_stock": True}
+        version = self.versions[record_id] + 1
+        self.versions[record_id] = version
+        return instance.layer.upsert(
+            Record(record_id, product.vector, dict(product.metadata), version)
+        )
+
     def _listed_id(self) -> str | None:
         for _ in range(8):
-            record_id = self.ids[int(self.draws.uniform() * len(self.ids))]
+            record_id = self._some_id()
             if self.products[record_id].listed:
                 return record_id
         return None

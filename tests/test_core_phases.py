@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from dataclasses import replace
 
 import pytest
 
@@ -22,11 +23,12 @@ from vecmig.harness.core.phases import (
     Published,
     Step,
     adjacent,
+    lease_rules,
     next_phase,
 )
 from vecmig.harness.core.state import Checkpoint
 from vecmig.harness.core.strategy import NAIVE, SAFE
-from vecmig.harness.drive.rig import Rig
+from vecmig.harness.drive.rig import LEASE_NS, Rig
 
 CORE = pathlib.Path(__file__).resolve().parents[1] / "harness" / "core"
 FORBIDDEN = {
@@ -169,6 +171,77 @@ def test_an_instance_whose_lease_expired_is_not_waited_for_and_stops_serving() -
     assert not view.may_serve(90)
 
 
+def test_a_lease_is_bound_to_the_epoch_it_was_granted_under() -> None:
+    """Issue 10, finding 5: an instance counted out after its lease lapsed came back still on
+    OLD_ONLY (its config was late), renewed its lease, and served OLD_ONLY while BACKFILL was
+    published: two non-adjacent phases live at once. A lapsed lease is now renewed only for
+    an instance that acknowledges the current epoch; a live one may renew while behind."""
+    coordinator = Coordinator(lease_ns=100)
+    coordinator.join("a", 0)
+    coordinator.join("late", 0)
+    old_only = coordinator.published
+    dual_write = coordinator.publish(Step.ADVANCE, 1)
+    coordinator.ack("a", dual_write, 40)
+    assert coordinator.ack("late", old_only, 50), "a live instance renews while behind"
+    assert coordinator.waiting_for(60) == ["late"]
+    coordinator.ack("a", dual_write, 140)
+    assert coordinator.waiting_for(151) == []  # late's lease ran out at 150
+    backfill = coordinator.publish(Step.ADVANCE, 152)
+    coordinator.ack("a", backfill, 153)
+    assert not coordinator.ack("late", old_only, 160), "lapsed, and two epochs behind"
+    assert not coordinator.ack("late", dual_write, 161), "lapsed, and one epoch behind"
+    assert coordinator.live_instances(162) == {"a": backfill}
+    assert coordinator.adjacency_violations(162) == []
+    assert coordinator.ack("late", backfill, 170), "caught up: a new lease"
+    assert coordinator.waiting_for(171) == []
+    assert not Coordinator(Phase.SHADOW, 3).ack("stranger", old_only, 0)
+
+
+def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_up() -> None:
+    rig = Rig(SAFE)
+    late = rig.add_instance("late")
+    rig.add_instance("other")
+    rig.driver.advance_time(LEASE_NS + 1)  # late hears nothing; its lease runs out
+    rig.sync("other")
+    for _ in range(2):
+        assert rig.step_phase().type == "ok"
+        rig.sync("other")
+    now = rig.driver.time
+    late.learn(Published(Phase.OLD_ONLY, 0), now)  # all its late config store delivered
+    assert not rig.coordinator.ack("late", late.acknowledgement(now), now)
+    assert not late.view.may_serve(now)
+    refused = rig.run(late.upsert(rig.record("p000000", 2)))
+    assert refused.type == "fail" and "lease expired" in (refused.error or "")
+    late.learn(rig.coordinator.published, now)
+    assert rig.coordinator.ack("late", late.acknowledgement(now), now)
+    late.renew(now, LEASE_NS)
+    assert late.view.may_serve(now) and late.view.phase is Phase.BACKFILL
+
+
+@pytest.mark.parametrize(
+    ("lease", "poll", "margin", "timeout", "skew", "broken"),
+    [
+        (5000, 1000, 1000, 250, 300, 0),
+        (5000, 1000, 500, 250, 300, 1),  # margin < 250 + 600
+        (2000, 3000, 1000, 250, 0, 1),  # lease below the poll interval
+        (2000, 1000, 1000, 250, 0, 1),  # lease == poll + margin: lapses between polls
+        (300, 1000, 500, 600, 0, 2),
+    ],
+)
+def test_lease_rules_name_every_broken_rule(
+    lease: int, poll: int, margin: int, timeout: int, skew: int, broken: int
+) -> None:
+    ms = 1_000_000
+    rules = lease_rules(
+        lease_ns=lease * ms,
+        poll_ns=poll * ms,
+        margin_ns=margin * ms,
+        request_timeout_ns=timeout * ms,
+        max_skew_ns=skew * ms,
+    )
+    assert len(rules) == broken, rules
+
+
 def test_the_naive_plan_flips_phases_without_waiting() -> None:
     coordinator = Coordinator()
     coordinator.join("a", 0)
@@ -302,23 +375,44 @@ def test_cutover_gate_refuses_when_new_recall_trails() -> None:
     )
 
 
-def test_decommission_gate_needs_a_clean_soak() -> None:
+def test_decommission_gate_needs_a_clean_soak_and_a_verification_since_cutover() -> None:
     policy = GatePolicy(soak_ns=1_000)
     published = Published(Phase.CUTOVER, 4)
+    clean = Verification(0, 0, 10, 10, NOW - 100)
     early = gates.check(
-        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 10), policy
+        Phase.DECOMMISSIONED,
+        GateInputs(NOW, published, cutover_at=NOW - 10, verification=clean),
+        policy,
     )
     assert not early.ok and "soaked" in early.reasons[0]
     fell_back = gates.check(
         Phase.DECOMMISSIONED,
-        GateInputs(NOW, published, cutover_at=NOW - 5_000, last_fallback_to_old=NOW - 500),
+        GateInputs(
+            NOW,
+            published,
+            cutover_at=NOW - 5_000,
+            last_fallback_to_old=NOW - 500,
+            verification=clean,
+        ),
         policy,
     )
     assert not fell_back.ok
     assert fell_back.reasons == ("soaked 0.0 s of 0.0 s since the last read fallback to old",)
-    assert gates.check(
-        Phase.DECOMMISSIONED, GateInputs(NOW, published, cutover_at=NOW - 5_000), policy
-    ).ok
+    soaked = GateInputs(NOW, published, cutover_at=NOW - 5_000)
+    assert gates.check(Phase.DECOMMISSIONED, soaked, policy).reasons == (
+        "no verification diff since CUTOVER began",
+    )
+    before = Verification(0, 0, 10, 10, NOW - 6_000)
+    assert not gates.check(Phase.DECOMMISSIONED, replace(soaked, verification=before), policy).ok
+    differing = Verification(2, 1, 10, 10, NOW - 100, ("p1", "p2"))
+    assert (
+        "2 differing id(s)"
+        in gates.check(
+            Phase.DECOMMISSIONED, replace(soaked, verification=differing), policy
+        ).reasons[0]
+    )
+    assert gates.check(Phase.DECOMMISSIONED, replace(soaked, verification=clean), policy).ok
+    assert gates.check(Phase.DECOMMISSIONED, soaked, policy, verified=True).ok
 
 
 def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver() -> None:
@@ -336,7 +430,7 @@ def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver
             rig.coordinator.published.phase is Phase.BACKFILL
             and not rig.store.load_checkpoint().done
         ):
-            rig.run(rig.backfill.batch())
+            rig.run(rig.backfill.batch(rig.coordinator.published.epoch))
         rig.driver.step(run)
     assert rig.coordinator.published.phase is Phase.DECOMMISSIONED
     assert [p.value for _, p, _ in rig.controller.transitions] == [

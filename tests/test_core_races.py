@@ -60,7 +60,7 @@ def test_a_backfill_never_overwrites_a_newer_live_write(strategy: Strategy) -> N
     rig = Rig(strategy)
     app = rig.add_instance("app")
     to_backfill(rig)
-    batch = rig.driver.start(rig.backfill.batch())
+    batch = rig.driver.start(rig.backfill.batch(rig.coordinator.published.epoch))
     rig.driver.run_until(batch, is_upsert_to_new)
     assert rig.run(app.upsert(rig.record("p000001", 2))).type == "ok"
     rig.driver.run(batch)
@@ -77,7 +77,7 @@ def test_b_a_delete_during_backfill_stays_deleted(strategy: Strategy) -> None:
     rig = Rig(strategy)
     app = rig.add_instance("app")
     to_backfill(rig)
-    batch = rig.driver.start(rig.backfill.batch())
+    batch = rig.driver.start(rig.backfill.batch(rig.coordinator.published.epoch))
     rig.driver.run_until(batch, is_upsert_to_new)
     assert rig.run(app.delete("p000002", 3)).type == "ok"
     rig.driver.run(batch)
@@ -177,9 +177,9 @@ def test_f_a_layer_crash_mid_backfill_resumes_from_its_checkpoint(
     rig = Rig(strategy, store=SQLiteStore(path))
     app = rig.add_instance("app")
     to_backfill(rig)
-    rig.run(rig.backfill.batch())
+    rig.run(rig.backfill.batch(rig.coordinator.published.epoch))
     before = rig.store.load_checkpoint()
-    batch = rig.driver.start(rig.backfill.batch())
+    batch = rig.driver.start(rig.backfill.batch(rig.coordinator.published.epoch))
     rig.driver.run_until(batch, is_upsert_to_new)
     rig.driver.crash(batch)
     # The layer restarts: new store handle on the same file, a new backfill worker.
@@ -189,7 +189,7 @@ def test_f_a_layer_crash_mid_backfill_resumes_from_its_checkpoint(
     if strategy is SAFE:
         assert rig.store.load_checkpoint() == before
         assert before.cursor is not None and before.copied == 16
-    restarted = rig.driver.start(rig.backfill.batch())
+    restarted = rig.driver.start(rig.backfill.batch(rig.coordinator.published.epoch))
     rig.driver.run_until(restarted, is_upsert_to_new)
     assert rig.run(app.upsert(rig.record("p000001", 2))).type == "ok"
     rig.driver.run(restarted)

@@ -6,6 +6,10 @@ the core, the test here, beside the simulator that found it.
 
 from __future__ import annotations
 
+from vecmig.harness.clusters.base import Side, Timeout
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.layer import MigrationLayer
+from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.strategy import SAFE
 from vecmig.harness.drive.rig import Rig
 
@@ -44,3 +48,57 @@ def test_a_get_still_falls_back_when_the_fallback_side_is_current() -> None:
     assert read.type == "ok" and read.value["version"] == 2 and read.notes["fallback_side"] == "new"
     rig.heal_and_finish()
     assert rig.verdict().valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10, finding 4: a get that could answer must not fail.
+
+
+def _cutover_with_a_straggler() -> tuple[Rig, MigrationLayer, MigrationLayer]:
+    """CUTOVER is published and `app` runs it; `slow` still runs SHADOW (one step behind)."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    slow = rig.add_instance("slow")
+    rig.sync_all()
+    rig.advance_to_shadow()
+    assert rig.step_phase().type == "ok"
+    rig.sync("app")
+    assert (app.view.phase, slow.view.phase) == (Phase.CUTOVER, Phase.SHADOW)
+    return rig, app, slow
+
+
+def test_a_get_answers_from_new_when_only_an_indeterminate_write_may_be_missing_there() -> None:
+    """`slow` (SHADOW: old is primary) writes p000005; old times out, so the client gets info
+    and an indeterminate repair toward new is queued. A get in CUTOVER reads both sides for
+    that id; old cannot answer. New misses at most a write nobody was told succeeded, so its
+    answer is a correct one: the get must not fail (it did, for seconds, before)."""
+    rig, app, slow = _cutover_with_a_straggler()
+    write = rig.driver.start(slow.upsert(rig.record("p000005", 2)))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.Upsert) and r.side is Side.OLD)
+    rig.driver.step(write, error=Timeout("old: injected"))
+    assert rig.driver.run(write).type == "info"
+    assert rig.store.pending_for([("p000005", Side.NEW)]) == {("p000005", Side.NEW): True}
+    rig.old.start_fault("error-rate", rate=1.0)
+    read = rig.run(app.get("p000005"))
+    rig.old.stop_fault("error-rate")
+    assert read.type == "ok" and read.value == {"id": "p000005", "version": 1}, read
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_a_get_fails_when_new_may_miss_an_acknowledged_write() -> None:
+    """The contrast: `slow`'s write reaches old (acknowledged) but not new (a determinate
+    repair toward new). Old cannot answer the CUTOVER get: new alone would be stale."""
+    rig, app, slow = _cutover_with_a_straggler()
+    rig.new.start_fault("error-rate", rate=1.0)
+    written = rig.run(slow.upsert(rig.record("p000005", 2)))
+    rig.new.stop_fault("error-rate")
+    assert written.type == "ok" and written.notes["repair_queued"] == "new"
+    rig.old.start_fault("error-rate", rate=1.0)
+    read = rig.run(app.get("p000005"))
+    rig.old.stop_fault("error-rate")
+    assert read.type == "fail", read
+    assert rig.run(app.get("p000005")).value == {"id": "p000005", "version": 2}
+    rig.heal_and_finish()
+    verdict = rig.verdict()
+    assert verdict.stale_reads == 0 and verdict.failed_reads == 1, verdict.to_json()

@@ -20,14 +20,13 @@ import psutil
 import pytest
 
 import vecmig
-from vecmig.harness.cli import main
-from vecmig.harness.history.checker import Verdict
+from vecmig.harness.cli import EXIT_STALLED, main
 from vecmig.sim import simulation
 from vecmig.sim.scenario import load
 from vecmig.sim.sweep import SweepRun, plan, run
 from vecmig.sim.sweep_executors import InProcess, LocalPool, SweepError, connect
 from vecmig.sim.sweep_store import ResultStore, StoredResult, StoreError
-from vecmig.sim.sweep_task import SeedResult, Task, fingerprint
+from vecmig.sim.sweep_task import SeedResult, fingerprint
 
 ROOT = Path(vecmig.__file__).resolve().parent.parent
 
@@ -219,37 +218,56 @@ def _wait_for_rows(db: Path, at_least: int, child: subprocess.Popen[bytes]) -> i
 
 
 # ---------------------------------------------------------------------------------------------
-# Stalls and errors.
+# Stalls, runs that raise, buggify.
 
 
-@dataclasses.dataclass(frozen=True)
-class StalledVerdict(Verdict):
-    """A verdict as the checker will give it once it knows stalls (`stalled` in its JSON)."""
+@pytest.fixture(scope="module")
+def stuck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shop, with a CUTOVER gate that can never open (more mirrored reads than the run
+    makes): every run stalls in SHADOW after 3 s of the gate holding."""
+    path = tmp_path_factory.mktemp("scenarios") / "stuck.toml"
+    text = SHOP.replace("min_mirrored_reads = 20", "min_mirrored_reads = 100000")
+    path.write_text(text.replace("[migration]", "[migration]\nstall_after_s = 3"))
+    return path
 
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "valid": False, "stalled": True}
+
+def test_a_stalled_seed_is_counted_grouped_by_its_gate_and_exits_4(
+    stuck: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["sweep", str(stuck), "--seeds", "2", "--jobs", "1", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert code == EXIT_STALLED, capsys.readouterr().out
+    assert summary["verdicts"]["stalled"] == summary["stalls"] == 2
+    kinds = {
+        (g["signature"]["kind"], g["signature"]["phase"], g["signature"]["first_op"])
+        for g in summary["groups"]
+    }
+    assert kinds == {("stalled", "SHADOW", "gate to CUTOVER")}
+    failure = summary["failures"][0]
+    assert (tmp_path / failure["history"]).name == "history.jsonl", "a stalled seed keeps it"
 
 
-def test_a_stalled_seed_is_counted_and_grouped_as_stalled(
-    shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_anomalies_come_before_a_stall_as_in_the_exit_code(
+    stuck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = simulation.Simulation.run
 
-    def stalls(self: simulation.Simulation, *args: Any) -> simulation.RunResult:
+    def stale_too(self: simulation.Simulation, *args: Any) -> simulation.RunResult:
         result = original(self, *args)
-        return dataclasses.replace(result, verdict=StalledVerdict(valid=False, stale_reads=3))
+        verdict = dataclasses.replace(result.verdict, valid=False, stale_reads=3)
+        return dataclasses.replace(result, verdict=verdict)
 
-    monkeypatch.setattr(simulation.Simulation, "run", stalls)
-    _, rows = sweep(shop, range(7, 8), InProcess(), tmp_path)
-    row = rows[7]
-    assert (row.outcome, row.stalled) == ("stalled", True), "stalled, whatever the counts"
-    assert row.counts["stale_reads"] == 3
-    assert row.signature is not None and row.signature.kind == "stalled"
-    assert row.signature.phase == row.end_phase
-    assert row.history is not None, "a stalled seed keeps its history"
+    monkeypatch.setattr(simulation.Simulation, "run", stale_too)
+    scenario = load(str(stuck))
+    tasks = plan(str(stuck), scenario, [1], "safe")
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run(tasks, scenario, InProcess(), store, tmp_path)
+        (row,) = store.rows(store.keys())
+    assert (row.outcome, row.stalled) == ("anomalies", True)
+    assert row.signature is not None and row.signature.kind == "stale_reads"
 
 
-def test_a_seed_that_raises_is_an_error_result_not_a_crashed_sweep(
+def test_a_seed_that_raises_is_a_result_not_a_crashed_sweep(
     shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def boom(self: simulation.Simulation, *args: Any) -> simulation.RunResult:
@@ -257,18 +275,25 @@ def test_a_seed_that_raises_is_an_error_result_not_a_crashed_sweep(
 
     monkeypatch.setattr(simulation.Simulation, "run", boom)
     _, rows = sweep(shop, range(1, 3), InProcess(), tmp_path)
-    assert [rows[s].outcome for s in (1, 2)] == ["error", "error"]
+    assert [rows[s].outcome for s in (1, 2)] == ["raised", "raised"]
+    assert rows[1].raised == "RuntimeError: driver exploded"
     assert rows[1].signature is not None and rows[1].signature.first_op == "RuntimeError"
-    assert rows[1].history is not None, "an error keeps its report with the traceback"
+    assert rows[1].history is not None, "it keeps its report with the traceback"
     report = json.loads((tmp_path / rows[1].history).read_text())
-    assert "driver exploded" in report["error"]
+    assert "driver exploded" in report["error"] and "Traceback" in report["error"]
 
 
-def test_a_buggify_task_keeps_its_flag_in_the_key_and_the_replay() -> None:
-    task = Task("default", 3, "safe", buggify=True)
-    assert "buggify=1" in task.key("0" * 64)
-    assert task.key("0" * 64) != dataclasses.replace(task, buggify=False).key("0" * 64)
-    assert task.slug().endswith("-buggify")
+def test_a_buggify_seed_replays_with_buggify_and_without_swarm(shop: Path, tmp_path: Path) -> None:
+    scenario = load(str(shop))
+    (task,) = plan(str(shop), scenario, [3], "naive", buggify=True)
+    assert (task.buggify, task.swarm) == (True, False), "buggify draws its own faults"
+    assert "buggify=1" in task.key("0" * 64) and task.slug().endswith("-buggify")
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run([task], scenario, InProcess(), store, tmp_path)
+        (row,) = store.rows(store.keys())
+    assert row.task == task
+    assert row.replay.endswith("--seed 3 --strategy naive --buggify"), row.replay
+    assert row.replay.count("--buggify") == 1 and "--swarm" not in row.replay
 
 
 def test_ray_addresses_are_refused_with_the_way_to_dask() -> None:

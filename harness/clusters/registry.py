@@ -6,7 +6,10 @@
     qdrant://host:6333?collection=items            a Qdrant server (add &https=1, &api_key=...)
     qdrant+local:///path/to/dir?collection=items   Qdrant local mode persisted in a directory
     milvus+lite:///path/to/file.db?collection=items  Milvus Lite, embedded, in one file
-    http://host:port?timeout=5                     a cluster server (`vecmig cluster serve`)
+    http://host:port?timeout=5                     a cluster server (`vecmig cluster serve`);
+                                                   its token from $VECMIG_CLUSTER_TOKEN, or
+                                                   &token_file=PATH (mode 0600), or
+                                                   &token_env=NAME (another variable)
 
 `pgvector://auto`, `qdrant+local://auto` and `milvus+lite://auto` are for `vecmig loadtest`,
 which starts such a side itself and passes the real URL on; here they are refused.
@@ -21,7 +24,10 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import ClusterPort, Metric
 
-__all__ = ["SCHEMES", "open_cluster"]
+__all__ = ["CLUSTER_TOKEN_ENV", "SCHEMES", "open_cluster"]
+
+CLUSTER_TOKEN_ENV = "VECMIG_CLUSTER_TOKEN"
+"""Where a cluster server's token is found by default, by the server and by its clients."""
 
 SCHEMES = ("fake", "pgvector", "qdrant", "qdrant+local", "milvus+lite", "http")
 AUTO_SCHEMES = ("pgvector", "qdrant+local", "milvus+lite")
@@ -77,12 +83,20 @@ def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> Cl
 
         return MilvusCluster.lite(path, dim, metric, collection=collection)
     if scheme in ("http", "https"):
+        from vecmig.harness.tokens import TokenError, token_from
+
         from .remote import RemoteCluster
 
         timeout = float(query.pop("timeout", "5"))
+        token_file = query.pop("token_file", None)
+        token_env = query.pop("token_env", CLUSTER_TOKEN_ENV)
         _no_more(url, query)
+        try:
+            token = token_from(token_file, token_env)
+        except TokenError as exc:
+            raise ValueError(f"{url!r}: {exc}") from None
         base = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
-        side = RemoteCluster(base, timeout_s=timeout)
+        side = RemoteCluster(base, timeout_s=timeout, token=token)
         if (side.dim, side.metric) != (dim, metric):
             raise ValueError(
                 f"{url!r} serves {side.dim}-dimensional {side.metric.value} vectors; "

@@ -10,6 +10,7 @@ no gate and no waiting for acknowledgements, except that it lets the backfill fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from vecmig.harness.core.requests import (
     Now,
     Operation,
     Outcome,
+    RecordEvent,
     RepairBacklog,
     SaveCheckpoint,
     Sleep,
@@ -48,6 +50,27 @@ class Plan:
     """Minimum time to stay in a phase before stepping on."""
     retry_ns: int = 250 * MS
     verify_buckets: int = 64
+    stall_ns: int | None = None
+    """How long a gate may hold before the run counts as stalled (recorded with the plan, for
+    the checker); None: only a plan left unfinished is a stall."""
+
+    def problems(self, start: Phase) -> list[str]:
+        """Why the steps cannot be walked from `start` by the transition table (empty: they
+        can)."""
+        phase = start
+        for number, step in enumerate(self.steps, 1):
+            try:
+                phase = next_phase(phase, step)
+            except PhaseError as exc:
+                return [f"step {number} ({step.value}): {exc}"]
+        return []
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": [step.value for step in self.steps],
+            "hold_s": {phase.value: ns / SECOND for phase, ns in self.hold_ns.items()},
+            "stall_after_s": None if self.stall_ns is None else self.stall_ns / SECOND,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +109,8 @@ class Controller:
         self.cutover_at: int | None = None
         self.phase_since: int | None = None
         """When the published phase began, as far as this controller knows."""
+        self._last_recorded: tuple[Phase, tuple[str, ...], int] | None = None
+        """The last gate refusal recorded in the history: target, reasons, time."""
 
     def run(self, plan: Plan) -> Operation:
         return Operation(None, None, self._run(plan), kind="controller")
@@ -97,12 +122,17 @@ class Controller:
 
     def _attempt(self, step: Step, plan: Plan) -> Steps:
         now: int = yield Now()
-        target = next_phase(self.coordinator.published.phase, step)
+        try:
+            target = next_phase(self.coordinator.published.phase, step)
+        except PhaseError as exc:
+            return Outcome(
+                "fail", gates.GateResult(self.coordinator.published.phase, False, (str(exc),))
+            )
         result = yield from self._gate(target, step, now, plan)
         if result.ok:
             try:
                 published = self.coordinator.publish(
-                    step, now, wait_for_acks=self.strategy.phase_protocol
+                    step, now, wait_for_acks=self.strategy.adjacency_wait
                 )
             except PhaseError as exc:
                 result = gates.GateResult(target, False, (str(exc),))
@@ -111,8 +141,9 @@ class Controller:
                 self.transitions.append((now, published.phase, published.epoch))
                 self.phase_since = now
                 if step is Step.ABORT:
-                    # new is abandoned: a later attempt must copy again from the start, and
-                    # be verified again, since new missed every write made after the abort.
+                    # new is abandoned: a later attempt must copy again from the start (a new
+                    # BACKFILL epoch, see `Checkpoint.attempt`), and be verified again, since
+                    # new missed every write made after the abort.
                     yield SaveCheckpoint(Checkpoint())
                     self.backfill.reset()
                     self.backfill_done_at = None
@@ -124,10 +155,32 @@ class Controller:
                     self.cutover_at = now
                 return Outcome("ok", result)
         self.waits.append(GateWait(now, target, result.reasons))
+        yield from self._record_refusal(target, result.reasons, now)
         return Outcome("fail", result)
+
+    def _record_refusal(self, target: Phase, reasons: tuple[str, ...], now: int) -> Sub[None]:
+        """Record a gate refusal in the history: the first one for a target, then whenever
+        the reasons change, at most once a second (a held gate retries every few hundred ms)."""
+        last = self._last_recorded
+        if (
+            last is not None
+            and last[0] is target
+            and (last[1] == reasons or now - last[2] < SECOND)
+        ):
+            return
+        self._last_recorded = (target, reasons, now)
+        yield RecordEvent("gate", {"target": target.value, "open": False, "reasons": list(reasons)})
 
     def _run(self, plan: Plan) -> Steps:
         entered: int = yield Now()
+        start = self.coordinator.published.phase
+        problems = plan.problems(start)
+        yield RecordEvent(
+            "plan",
+            {**plan.to_json(), "from": start.value, **({"invalid": problems} if problems else {})},
+        )
+        if problems:
+            return Outcome("fail", {"phase": start.value}, error="; ".join(problems))
         for step in plan.steps:
             while True:
                 now: int = yield Now()
@@ -143,12 +196,13 @@ class Controller:
         return Outcome("ok", {"phase": self.coordinator.published.phase.value})
 
     def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Sub[gates.GateResult]:
-        if not self.strategy.phase_protocol:
-            return (yield from self._naive_gate(target))
+        strategy = self.strategy
         if step is not Step.ADVANCE:
+            reasons = []
             ok, why = self.coordinator.can_publish(now)
-            reasons = [] if ok else [why]
-            if step is Step.ABORT and self.strategy.repair_log:
+            if not ok and strategy.adjacency_wait:
+                reasons.append(why)
+            if step is Step.ABORT and strategy.abort_repairs_old:
                 # After ABORT old is the only side, and OLD_ONLY reads trust it: a write that
                 # reached new but not old (in CUTOVER, new is primary) must be on old first.
                 # Only repairs toward old count, so a new that is down cannot block the abort.
@@ -162,31 +216,23 @@ class Controller:
                         "versions as the only side"
                     )
             return gates.GateResult(target, not reasons, tuple(reasons))
-        checkpoint: Checkpoint = yield LoadCheckpoint()
+        published = self.coordinator.published
+        checkpoint: Checkpoint = (
+            (yield LoadCheckpoint()) if strategy.durable_checkpoint else self.backfill.checkpoint
+        )
+        if published.phase is Phase.BACKFILL and checkpoint.attempt != published.epoch:
+            checkpoint = Checkpoint(attempt=published.epoch)  # a copy of an earlier attempt
         if checkpoint.done and self.backfill_done_at is None:
             self.backfill_done_at = now
-        backlog: int = yield RepairBacklog()
-        if (
-            target is Phase.SHADOW
-            and checkpoint.done
-            and not backlog
-            and self.strategy.verify_before_shadow
-        ):
-            yield from self._verify_and_repair(plan)
-            backlog = yield RepairBacklog()
-        if target is Phase.CUTOVER and not backlog and self.strategy.verify_before_shadow:
-            # Verify again before reads move to new: a write new acknowledged and lost while
-            # in SHADOW (or a repair that never landed) shows up only here.
-            yield from self._verify_and_repair(plan)
-            backlog = yield RepairBacklog()
+        backlog: int = yield RepairBacklog(now)
         if self.phase_since is None:
             self.phase_since = now  # a controller restarted mid-phase: count from now
-        if self.coordinator.published.phase is Phase.CUTOVER and self.cutover_at is None:
+        if published.phase is Phase.CUTOVER and self.cutover_at is None:
             # A controller restarted in CUTOVER lost when it began: the soak starts again now.
             self.cutover_at = now
         inputs = gates.GateInputs(
             now=now,
-            published=self.coordinator.published,
+            published=published,
             waiting_for=tuple(self.coordinator.waiting_for(now)),
             checkpoint=checkpoint,
             backfill_done_at=self.backfill_done_at,
@@ -199,7 +245,21 @@ class Controller:
             last_fallback_to_old=self.shared.last_fallback_to_old,
             phase_since=self.phase_since,
         )
-        return gates.check(target, inputs, self.policy)
+        skip = frozenset(strategy.off)
+        verification = gates.VERIFICATION.get(target)
+        if verification is None or verification in skip:
+            return gates.check(target, inputs, self.policy, verified=True, skip=skip)
+        # The verification diff reads every record of both sides: take it only when the rest
+        # of the gate is open, then judge again with its result. It runs before SHADOW (after
+        # the backfill), again before CUTOVER (a write new acknowledged and lost in SHADOW
+        # shows up only here) and before DECOMMISSIONED (the last look at old before it
+        # retires).
+        if not gates.check(target, inputs, self.policy, verified=True, skip=skip).ok:
+            return gates.check(target, inputs, self.policy, skip=skip)
+        yield from self._verify_and_repair(plan)
+        backlog = yield RepairBacklog(now)
+        inputs = dataclasses.replace(inputs, repair_backlog=backlog, verification=self.verification)
+        return gates.check(target, inputs, self.policy, skip=skip)
 
     def _repairs_toward(self, side: Side) -> Sub[int]:
         entries: list[RepairEntry] = yield NextRepairs(1 << 30)
@@ -211,12 +271,6 @@ class Controller:
             self.verification = outcome.value
         if self.verification and self.verification.differences:
             yield from repair_pass(1024, self.lagged_sides).steps
-
-    def _naive_gate(self, target: Phase) -> Sub[gates.GateResult]:
-        if target is Phase.SHADOW and not self.backfill.checkpoint.done:
-            return gates.GateResult(target, False, ("backfill still copying",))
-        return gates.GateResult(target, True)
-        yield  # pragma: no cover - makes this a generator
 
     def report(self) -> dict[str, Any]:
         held: dict[str, float] = {}
@@ -250,40 +304,50 @@ class Controller:
 def backfill_worker(
     backfill: Backfill, coordinator: Coordinator, poll_ns: int = 100 * MS
 ) -> Operation:
-    """Runs backfill batches while the published phase is BACKFILL, until the copy is done."""
+    """Copies batches whenever BACKFILL is published and its copy is not done, and waits
+    otherwise; it never returns (the driver stops it). It outlives any one phase, because an
+    ABORT and a later advance need a new copy."""
     return Operation(None, None, _backfill_worker(backfill, coordinator, poll_ns), kind="backfill")
 
 
 def _backfill_worker(backfill: Backfill, coordinator: Coordinator, poll_ns: int) -> Steps:
     while True:
-        phase = coordinator.published.phase
-        if phase is Phase.BACKFILL:
-            outcome = yield from backfill.batch().steps
-            if outcome.type == "ok" and outcome.value["done"]:
-                return outcome
-            pause = (
-                backfill.throttle.pause_ns
-                if outcome.type == "ok"
-                else max(poll_ns, backfill.throttle.pause_ns)
-            )
-            if pause:
-                yield Sleep(pause)
-        elif phase in (Phase.OLD_ONLY, Phase.DUAL_WRITE):
+        published = coordinator.published
+        if published.phase is not Phase.BACKFILL:
             yield Sleep(poll_ns)
-        else:
-            return Outcome("ok", {"done": backfill.checkpoint.done})
+            continue
+        outcome = yield from backfill.batch(published.epoch).steps
+        if outcome.type == "ok" and outcome.value["done"]:
+            yield Sleep(poll_ns)
+            continue
+        pause = (
+            backfill.throttle.pause_ns
+            if outcome.type == "ok"
+            else max(poll_ns, backfill.throttle.pause_ns)
+        )
+        if pause:
+            yield Sleep(pause)
 
 
 def repair_worker(
-    interval_ns: int = 200 * MS, limit: int = 256, lagged: frozenset[Side] = frozenset()
+    coordinator: Coordinator,
+    interval_ns: int = 200 * MS,
+    limit: int = 256,
+    lagged: frozenset[Side] = frozenset(),
 ) -> Operation:
     """Drains the repair log forever; the driver stops it when the run ends. Pass the
-    layer's lagged sides, so that repairs there are noted in the visibility window."""
-    return Operation(None, None, _repair_worker(interval_ns, limit, lagged), kind="repair")
+    layer's lagged sides, so that repairs there are noted in the visibility window. Once
+    DECOMMISSIONED is published it only clears the log (see `repair_pass`)."""
+    return Operation(
+        None, None, _repair_worker(coordinator, interval_ns, limit, lagged), kind="repair"
+    )
 
 
-def _repair_worker(interval_ns: int, limit: int, lagged: frozenset[Side]) -> Steps:
+def _repair_worker(
+    coordinator: Coordinator, interval_ns: int, limit: int, lagged: frozenset[Side]
+) -> Steps:
     while True:
-        outcome = yield from repair_pass(limit, lagged).steps
-        if not outcome.value or not outcome.value.get("repaired"):
+        retired = coordinator.published.phase is Phase.DECOMMISSIONED
+        outcome = yield from repair_pass(limit, lagged, retired).steps
+        if not outcome.value or not (outcome.value.get("repaired") or outcome.value.get("dropped")):
             yield Sleep(interval_ns)

@@ -9,8 +9,9 @@
 | CUTOVER        | enough mirrored reads, mismatch rate within the noise floor, recall   |
 |                | parity, new's p99 latency within the SLO, repair log empty, and a     |
 |                | fresh verification diff with no differences                           |
-| DECOMMISSIONED | a soak period in CUTOVER with no read fallback to old, and no repair  |
-|                | backlog (a fallback starts the soak again)                            |
+| DECOMMISSIONED | a soak period in CUTOVER with no read fallback to old, no repair      |
+|                | backlog (a fallback starts the soak again), and a verification diff   |
+|                | with no differences taken since CUTOVER began                         |
 
 ROLLBACK and ABORT are emergency steps: they pass no gate but the acknowledgement rule.
 Every live instance must have acknowledged the current epoch before any step (see `phases`).
@@ -18,7 +19,7 @@ Every live instance must have acknowledged the current epoch before any step (se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vecmig.harness.core.compare import MirrorStats, NoiseFloor
 from vecmig.harness.core.phases import Phase, Published
@@ -75,81 +76,130 @@ class GateResult:
         return f"gate to {self.target.value}: held: " + "; ".join(self.reasons)
 
 
-def check(target: Phase, inputs: GateInputs, policy: GatePolicy | None = None) -> GateResult:
-    """Whether the migration may move to `target` now, and if not, every reason why not."""
+VERIFICATION: dict[Phase, str] = {
+    Phase.SHADOW: "verify-before-shadow",
+    Phase.CUTOVER: "verify-before-cutover",
+    Phase.DECOMMISSIONED: "verify-before-decommission",
+}
+"""The protection (see `strategy.PROTECTIONS`) that asks for each target's verification diff."""
+
+
+class _Reasons(list[str]):
+    """The reasons a gate holds, leaving out those of the protections switched off."""
+
+    def __init__(self, skip: frozenset[str]) -> None:
+        super().__init__()
+        self.skip = skip
+
+    def add(self, protection: str, reason: str) -> None:
+        if protection not in self.skip:
+            self.append(reason)
+
+
+def check(
+    target: Phase,
+    inputs: GateInputs,
+    policy: GatePolicy | None = None,
+    *,
+    verified: bool = False,
+    skip: frozenset[str] = frozenset(),
+) -> GateResult:
+    """Whether the migration may move to `target` now, and if not, every reason why not.
+
+    `verified`: judge as if a fresh verification diff had found no differences (the
+    controller asks so first, and takes the costly diff only when the rest is open).
+    `skip`: the protections whose conditions are switched off (an ablated strategy's)."""
     policy = policy or GatePolicy()
-    reasons: list[str] = []
-    if inputs.waiting_for:
-        reasons.append(
-            f"{len(inputs.waiting_for)} instance(s) still run an older epoch: "
-            + ", ".join(inputs.waiting_for[:5])
+    if verified:
+        inputs = replace(
+            inputs, verification=Verification(0, 0, 0, 0, inputs.now), backfill_done_at=None
         )
-    if target is Phase.BACKFILL:
-        pass  # the acknowledgement rule above is the whole gate: everyone dual-writes
-    elif target is Phase.SHADOW:
+    reasons = _Reasons(skip)
+    if inputs.waiting_for:
+        reasons.add(
+            "adjacency-wait",
+            f"{len(inputs.waiting_for)} instance(s) still run an older epoch: "
+            + ", ".join(inputs.waiting_for[:5]),
+        )
+    if target is Phase.SHADOW:
         _shadow_gate(inputs, reasons)
     elif target is Phase.CUTOVER:
         _cutover_gate(inputs, policy, reasons)
     elif target is Phase.DECOMMISSIONED:
         _decommission_gate(inputs, policy, reasons)
+    # BACKFILL: the acknowledgement rule above is the whole gate (everyone dual-writes).
     return GateResult(target, not reasons, tuple(reasons))
 
 
-def _shadow_gate(inputs: GateInputs, reasons: list[str]) -> None:
-    if not inputs.checkpoint.done:
-        reasons.append(
-            f"backfill not complete ({inputs.checkpoint.copied} copied, "
-            f"cursor at {inputs.checkpoint.cursor!r})"
-        )
+def _backlog(inputs: GateInputs, reasons: _Reasons) -> None:
     if inputs.repair_backlog:
-        reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+        reasons.add("repair-backlog-gate", f"repair log holds {inputs.repair_backlog} entries")
+
+
+def _differences(v: Verification, target: Phase, reasons: _Reasons) -> None:
+    if v.differences:
+        reasons.add(
+            VERIFICATION[target],
+            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
+            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued",
+        )
+
+
+def _shadow_gate(inputs: GateInputs, reasons: _Reasons) -> None:
+    if not inputs.checkpoint.done:
+        reasons.add(
+            "backfill-gate",
+            f"backfill not complete ({inputs.checkpoint.copied} copied, "
+            f"cursor at {inputs.checkpoint.cursor!r})",
+        )
+    _backlog(inputs, reasons)
     v = inputs.verification
     if v is None:
-        reasons.append("no verification diff yet")
+        reasons.add("verify-before-shadow", "no verification diff yet")
     elif inputs.backfill_done_at is not None and v.time < inputs.backfill_done_at:
-        reasons.append("the last verification diff predates the end of the backfill")
-    elif v.differences:
-        reasons.append(
-            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
-            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued"
+        reasons.add(
+            "verify-before-shadow", "the last verification diff predates the end of the backfill"
         )
+    else:
+        _differences(v, Phase.SHADOW, reasons)
 
 
-def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:
-    if inputs.repair_backlog:
-        reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: _Reasons) -> None:
+    _backlog(inputs, reasons)
     v = inputs.verification
     if v is None or (inputs.phase_since is not None and v.time < inputs.phase_since):
-        reasons.append("no verification diff since SHADOW began")
-    elif v.differences:
-        reasons.append(
-            f"verification found {v.differences} differing id(s) in {v.differing_buckets} "
-            f"bucket(s) (e.g. {', '.join(v.examples[:3])}); repairs queued"
-        )
+        reasons.add("verify-before-cutover", "no verification diff since SHADOW began")
+    else:
+        _differences(v, Phase.CUTOVER, reasons)
     m = inputs.mirror
     n = m.compared if m else 0
     if n < policy.min_mirrored_reads:
-        reasons.append(f"only {n} of {policy.min_mirrored_reads} mirrored reads compared")
+        reasons.add(
+            "mirror-gate", f"only {n} of {policy.min_mirrored_reads} mirrored reads compared"
+        )
     elif m is not None:
-        allowed = inputs.noise.allowed_rate(n) if inputs.noise else 0.0
+        allowed = inputs.noise.allowed_rate(n, m.live_noise_rate) if inputs.noise else 0.0
         if m.mismatch_rate > allowed:
-            reasons.append(
+            reasons.add(
+                "mirror-gate",
                 f"mismatch rate {m.mismatch_rate:.3f} exceeds the noise floor's allowance "
-                f"{allowed:.3f} over {n} mirrored reads"
+                f"{allowed:.3f} over {n} mirrored reads",
             )
         parity = m.recall_parity
         if parity is not None and parity < -policy.recall_parity_tolerance:
-            reasons.append(
+            reasons.add(
+                "mirror-gate",
                 f"new's recall trails old's by {-parity:.3f} (tolerance "
-                f"{policy.recall_parity_tolerance:.3f})"
+                f"{policy.recall_parity_tolerance:.3f})",
             )
     if inputs.new_p99_ms is not None and inputs.new_p99_ms > policy.slo_p99_ms:
-        reasons.append(
-            f"new's p99 {inputs.new_p99_ms:.1f} ms exceeds the SLO {policy.slo_p99_ms:.1f} ms"
+        reasons.add(
+            "mirror-gate",
+            f"new's p99 {inputs.new_p99_ms:.1f} ms exceeds the SLO {policy.slo_p99_ms:.1f} ms",
         )
 
 
-def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str]) -> None:
+def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: _Reasons) -> None:
     if inputs.cutover_at is None:
         reasons.append("not in CUTOVER")
         return
@@ -159,6 +209,13 @@ def _decommission_gate(inputs: GateInputs, policy: GatePolicy, reasons: list[str
         since, what = fell_back, "since the last read fallback to old"
     soaked = inputs.now - since
     if soaked < policy.soak_ns:
-        reasons.append(f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s {what}")
-    if inputs.repair_backlog:
-        reasons.append(f"repair log holds {inputs.repair_backlog} entries")
+        reasons.add(
+            "decommission-soak",
+            f"soaked {soaked / 1e9:.1f} s of {policy.soak_ns / 1e9:.1f} s {what}",
+        )
+    _backlog(inputs, reasons)
+    v = inputs.verification
+    if v is None or v.time < inputs.cutover_at:
+        reasons.add("verify-before-decommission", "no verification diff since CUTOVER began")
+    else:
+        _differences(v, Phase.DECOMMISSIONED, reasons)

@@ -6,17 +6,21 @@ rules, for the safe strategy:
 * A write goes to the phase's primary side first. If the primary refuses (`Unavailable`,
   `InvalidRequest`) the client gets `fail`: nothing was acknowledged. If it times out the
   client gets `info` (it may have applied), and the secondary is queued for repair so that
-  the two sides agree on whatever happened.
+  the two sides agree on whatever happened (an *indeterminate* entry: nobody was told the
+  write succeeded). A write the primary fenced out (it holds a newer version) is `ok` with
+  `notes["superseded"]`.
 * Then the secondary, fenced. If that fails the write is still acknowledged, because a
   durable repair entry now covers it; readers consult the repair log before trusting that
   side for that id.
 * A read goes to the phase's read side; for an id with a pending repair it reads both sides
   and keeps the newer version (fenced versions only grow, so the higher one is the latest).
-  When the read side cannot answer, it retries once (another replica), then falls back to
-  the other side where the phase keeps that side current.
-* Searches on a side whose writes become searchable late are corrected with the writes of
-  the visibility window (`freshness`); in SHADOW a sample of searches is mirrored to new off
-  the critical path and compared ANN-aware (`compare`).
+  When a side cannot answer, it retries once (another replica); an answer then stands alone
+  only from a side the phase reads or falls back to that misses no acknowledged write of the
+  id (no determinate repair pending there).
+* Searches on a side whose writes become searchable late re-read their hits by id before
+  answering (the visibility window's notes only add candidates, for recall), so no clock or
+  timing decides what they return; in SHADOW a sample of searches is mirrored to new off the
+  critical path and compared ANN-aware (`compare`).
 
 The naive strategy switches those protections off, one by one (`strategy`).
 """
@@ -44,12 +48,15 @@ from vecmig.harness.clusters.base import (
     Unavailable,
     Vector,
     distance,
+    matches,
 )
 from vecmig.harness.core import compare as cmp
 from vecmig.harness.core.freshness import correct_hits
 from vecmig.harness.core.phases import ROUTES, InstanceView, Phase, Published, Route
 from vecmig.harness.core.requests import (
+    AddIntent,
     AddRepairs,
+    ClearIntent,
     Delete,
     Exact,
     Get,
@@ -77,6 +84,15 @@ class LayerConfig:
     """Sides whose searches see writes only after a delay."""
     visibility_window_ns: int = 2_000_000_000
     """How long a write may stay unsearchable on a lagged side (refresh interval plus margin)."""
+    max_clock_skew_ns: int = 0
+    """The declared bound on how far instances' clocks may stray: notes in the visibility
+    window are stamped by the writer's clock and read against the reader's (recall only)."""
+    lease_margin_ns: int = 500_000_000
+    """How long before its lease runs out an instance stops serving (see `phases.lease_rules`)."""
+    intent_hold_ns: int = 5_000_000_000
+    """How long the intent a write queues for its secondary is left alone (see `_write`):
+    longer than any write takes (every request is bounded by the driver's timeout), plus
+    twice the clock-skew bound, since the repair worker reads it on another clock."""
     read_retries: int = 1
     mirror_sample_rate: float = 0.2
     mirror_phases: frozenset[Phase] = frozenset({Phase.SHADOW})
@@ -105,6 +121,7 @@ class MigrationLayer:
     ) -> None:
         self.view = view
         self.config = config or LayerConfig()
+        view.margin_ns = self.config.lease_margin_ns
         self.shared = shared or Shared()
         self.clock = HybridLogicalClock(node)
         self.background: deque[Operation] = deque()
@@ -115,12 +132,19 @@ class MigrationLayer:
         self._lapsed_until: int | None = None
         """The lease expiry this instance let lapse last (it missed the config store)."""
 
-    def learn(self, published: Published, now: int, lease_ns: int) -> bool:
+    def learn(self, published: Published, now: int) -> bool:
         """Take a phase from the config store (see `InstanceView.learn`), noting whether the
-        lease had lapsed meanwhile. Returns True if the phase changed."""
+        lease had lapsed meanwhile. Returns True if the phase changed.
+
+        Then acknowledge `acknowledgement(now)` to the coordinator, and `renew` the lease only
+        if the coordinator granted it (`Coordinator.ack`)."""
         if not self.view.may_serve(now):
             self._lapsed_until = self.view.lease_expires
-        return self.view.learn(published, now, lease_ns)
+        return self.view.learn(published)
+
+    def renew(self, now: int, lease_ns: int) -> None:
+        """The coordinator granted the lease asked for at `now` (this instance's clock)."""
+        self.view.renew(now, lease_ns)
 
     def acknowledgement(self, now: int | None = None) -> Published:
         """The phase this instance may acknowledge to the coordinator: the oldest one it still
@@ -133,6 +157,8 @@ class MigrationLayer:
         issued while the lease held and, as every request is bounded below the lease margin,
         has been answered or timed out by then."""
         current = Published(self.view.phase, self.view.epoch)
+        if not self.strategy.oldest_epoch_ack:
+            return current
         lapsed = self._lapsed_until
         counted = [
             (epoch, phase)
@@ -175,7 +201,7 @@ class MigrationLayer:
     def upsert(self, record: Record) -> Operation:
         return Operation(
             "upsert",
-            {"id": record.id, "version": record.version},
+            {"id": record.id, "version": record.version, "fields": dict(record.metadata)},
             self._tracked(self._write(record)),
         )
 
@@ -198,29 +224,60 @@ class MigrationLayer:
         route = self.route()
         fenced = self.strategy.fenced_writes
         landed: list[tuple[Side, int]] = []
+        notes: dict[str, Any] = {}
+        intent = yield from self._intent(item, route)
         try:
             applied = yield _write_request(route.primary, item, fenced)
         except (Unavailable, InvalidRequest) as exc:
+            if intent is not None:
+                yield ClearIntent(intent)
             return Outcome("fail", value, error=f"{route.primary.value}: {exc}")
         except Timeout as exc:
-            if route.secondary is not None and self.strategy.repair_log:
-                yield AddRepairs((RepairEntry(item.id, route.secondary),))
+            # It may land yet: the secondary is repaired to whatever the primary ends up with
+            # (a repair due now, in place of the intent). Nobody was told the write succeeded,
+            # so the entry is indeterminate.
+            if route.secondary is not None and self.strategy.repair_on_timeout:
+                yield AddRepairs((RepairEntry(item.id, route.secondary, indeterminate=True),))
+            if intent is not None:
+                yield ClearIntent(intent)
+            yield from self._landed(route.primary, item, None, landed)
+            yield from self._note_recent(landed, item)
             return Outcome("info", value, error=f"{route.primary.value}: {exc}")
+        if _superseded(applied, item.id):
+            notes["superseded"] = True
         yield from self._landed(route.primary, item, applied, landed)
-        notes: dict[str, Any] = {}
         if route.secondary is not None:
             try:
                 applied = yield _write_request(route.secondary, item, fenced)
             except ClusterError as exc:
-                if self.strategy.repair_log:
+                timed_out = isinstance(exc, Timeout)
+                s = self.strategy
+                if s.repair_on_timeout if timed_out else s.repair_on_refusal:
                     yield AddRepairs((RepairEntry(item.id, route.secondary),))
                     notes["repair_queued"] = route.secondary.value
                 else:
                     notes["secondary_lost"] = f"{route.secondary.value}: {exc}"
+                if timed_out:
+                    yield from self._landed(route.secondary, item, None, landed)
             else:
                 yield from self._landed(route.secondary, item, applied, landed)
+            if intent is not None:
+                yield ClearIntent(intent)
         yield from self._note_recent(landed, item)
         return Outcome("ok", value, notes=notes)
+
+    def _intent(self, item: Record | Tombstone, route: Route) -> Sub[int | None]:
+        """Before a write to two sides, note the intent to write the secondary, held for as
+        long as the write may take: write-ahead, so that an instance dying between the primary
+        and the secondary write leaves a durable note behind, which the repair worker takes
+        as a repair of the secondary once the hold ends. The write clears its own intent when
+        it is done (a failed secondary has queued its repair by then). Readers see the intent
+        as pending meanwhile and read both sides, which is right for an id being written."""
+        if route.secondary is None or not self.strategy.write_intents:
+            return None
+        now = yield Now()
+        intent: int = yield AddIntent(item.id, route.secondary, now + self.config.intent_hold_ns)
+        return intent
 
     def _landed(
         self,
@@ -229,15 +286,17 @@ class MigrationLayer:
         applied: Any,
         landed: list[tuple[Side, int]],
     ) -> Sub[None]:
-        """Remember when a write landed on a side whose searches lag, to note it in the window.
+        """Remember when a write reached a side whose searches lag, to note it in the window
+        (`applied` None: it timed out and may have landed).
 
-        The time is taken as the write returns, not when it is noted (after the other side's
-        write, which may be slow): noted later, it would outlive a newer write to the same id
-        in the window and be merged back over it. A write the side fenced out (it holds a newer
-        version) is not noted at all."""
+        The notes only add candidates to a search on that side, which re-reads every hit by id
+        before answering (`_freshen`), so a note never decides what a read returns. The time
+        is taken as the write returns, not when it is noted (after the other side's write,
+        which may be slow), so that the note ages out when the write would have. A write the
+        side fenced out (it holds a newer version) is not noted."""
         if side not in self.config.lagged_sides or not self.strategy.freshness_overlay:
             return
-        if isinstance(applied, Mapping) and not applied.get(item.id, True):
+        if applied is not None and _superseded(applied, item.id):
             return
         now = yield Now()
         landed.append((side, now))
@@ -255,7 +314,7 @@ class MigrationLayer:
             yield NoteRecent(side, (write,))
 
     def _refuse_if_lease_expired(self) -> Sub[Outcome | None]:
-        if not self.strategy.phase_protocol:
+        if not self.strategy.lease_check:
             return None
         now = yield Now()
         if self.view.may_serve(now):
@@ -277,33 +336,50 @@ class MigrationLayer:
             return Outcome(refused.type, None, error=refused.error)
         route = self.route()
         notes: dict[str, Any] = {}
+        pending: Mapping[tuple[str, Side], bool] = {}
+        if self._both_written(route) and self._consults_repairs():
+            pending = yield PendingFor(((record_id, route.reads), (record_id, route.reads.other)))
         sides = [route.reads]
-        if self._both_written(route) and self.strategy.repair_log:
-            pending = yield PendingFor(((record_id, route.reads),))
-            if pending:
-                sides = [route.reads, route.reads.other]
-                notes["read_both"] = True
-        found: list[Stored | None] = []
+        if (record_id, route.reads) in pending and self.strategy.read_both:
+            # The read side may miss the latest write of this id: read both, keep the newer.
+            sides.append(route.reads.other)
+            notes["read_both"] = True
+        answers: dict[Side, Stored | None] = {}
+        errors: list[str] = []
         for side in sides:
             try:
-                got = yield from self._read(side, Get(side, (record_id,)), route, notes)
-            except ClusterError as exc:
+                got = yield from _attempt(Get(side, (record_id,)), self._attempts())
+            except InvalidRequest as exc:
                 return Outcome("fail", None, error=str(exc), notes=notes)
-            found.append(got.get(record_id))
-        fallback = notes.get("fallback_side")
-        if fallback is not None and len(sides) == 1 and self.strategy.repair_log:
-            # The answer came from the fallback side: it is current only if no repair of this
-            # id is pending there (a failed secondary write); otherwise it may be stale.
-            behind = yield PendingFor(((record_id, Side(fallback)),))
-            if behind:
-                return Outcome(
-                    "fail",
-                    None,
-                    error=f"{route.reads.value} cannot answer and {fallback} may miss the latest "
-                    f"write of {record_id!r} (a repair is pending there)",
-                    notes=notes,
-                )
-        newest = _newest(found)
+            except ClusterError as exc:
+                errors.append(str(exc))
+                continue
+            answers[side] = got.get(record_id)
+        if len(answers) < len(sides):
+            # A side did not answer: an answer stands alone only from a side this phase may
+            # read that misses no acknowledged write of the id.
+            usable = [s for s in answers if self._current(s, record_id, route, pending)]
+            fallback = self._fallback(route)
+            if not usable and fallback is not None and fallback not in sides:
+                if self._current(fallback, record_id, route, pending):
+                    try:
+                        got = yield from _attempt(Get(fallback, (record_id,)), self._attempts())
+                    except ClusterError as exc:
+                        errors.append(str(exc))
+                    else:
+                        answers[fallback] = got.get(record_id)
+                        usable = [fallback]
+                else:
+                    errors.append(
+                        f"{fallback.value} may miss the latest write of {record_id!r} "
+                        "(a repair is pending there)"
+                    )
+            if not usable:
+                return Outcome("fail", None, error="; ".join(errors), notes=notes)
+            if route.reads not in usable:
+                yield from self._fell_back(usable[0], notes)
+            answers = {s: answers[s] for s in usable}
+        newest = _newest(list(answers.values()))
         version = None if newest is None or newest.deleted else newest.version
         return Outcome("ok", {"id": record_id, "version": version}, notes=notes)
 
@@ -325,26 +401,34 @@ class MigrationLayer:
             return Outcome(refused.type, None, error=refused.error)
         route = self.route()
         notes: dict[str, Any] = {}
-        try:
-            hits = yield from self._read(
-                route.reads, Search(route.reads, vector, k, filter), route, notes
-            )
-        except ClusterError as exc:
-            return Outcome("fail", None, error=str(exc), notes=notes)
-        side = notes.get("fallback_side", route.reads)
-        side = Side(side)
-        hits = yield from self._freshen(side, hits, vector, k, filter, route)
-        if (
-            self.view.phase in self.config.mirror_phases
-            and mirror_draw < self.config.mirror_sample_rate
-            and side is Side.OLD
-        ):
-            self.background.append(self.mirror(vector, k, filter, tuple(hits)))
-        value: dict[str, Any] = {"results": [[h.id, h.version, rounded(h.score)] for h in hits]}
-        exact = yield Exact(side, vector, k, filter)
-        if exact is not None:
-            value["exact"] = list(exact)
-        return Outcome("ok", value, notes=notes)
+        sides = [route.reads]
+        fallback = self._fallback(route)
+        if fallback is not None:
+            sides.append(fallback)
+        errors: list[str] = []
+        for side in sides:
+            try:
+                hits = yield from _attempt(Search(side, vector, k, filter), self._attempts())
+                hits = yield from self._freshen(side, hits, vector, k, filter, route)
+            except InvalidRequest as exc:
+                return Outcome("fail", None, error=str(exc), notes=notes)
+            except ClusterError as exc:
+                errors.append(str(exc))
+                continue
+            if side is not route.reads:
+                yield from self._fell_back(side, notes)
+            if (
+                self.view.phase in self.config.mirror_phases
+                and mirror_draw < self.config.mirror_sample_rate
+                and side is Side.OLD
+            ):
+                self.background.append(self.mirror(vector, k, filter, tuple(hits)))
+            value: dict[str, Any] = {"results": [[h.id, h.version, rounded(h.score)] for h in hits]}
+            exact = yield Exact(side, vector, k, filter)
+            if exact is not None:
+                value["exact"] = list(exact)
+            return Outcome("ok", value, notes=notes)
+        return Outcome("fail", None, error="; ".join(errors), notes=notes)
 
     def _freshen(
         self,
@@ -355,47 +439,68 @@ class MigrationLayer:
         filter: Filter | None,
         route: Route,
     ) -> Sub[list[Hit]]:
-        """Correct hits for `side`'s visibility lag, then for its pending repairs.
+        """Hits of a search on `side` that are true of what the sides hold now.
 
-        In that order: the visibility window holds only the writes that reached `side`, so a
-        write whose copy to `side` failed (a delete, say) is not in it, and the window may merge
-        back the version that write superseded. The pending-repair check then replaces every
-        such id, the merged ones included, with the newer of the two sides' copies."""
+        On a side whose searches lag, the hits may be versions since superseded or deleted,
+        and the freshest writes may be missing. The writes of the visibility window are merged
+        in (they only add candidates, for recall), then every remaining hit is re-read by id,
+        which such a side answers at once: a hit stands at the version the side now holds, if
+        that is live and still matches the filter. This judges every hit against the side
+        itself, so it holds whatever the clocks, and for writes that timed out, were fenced,
+        or came from a repair or the backfill. If the re-read fails, so does this side.
+
+        Then pending repairs: a side may miss a write whose copy to it failed. For those ids
+        the other side is read and the newer version kept; if it cannot be read, a hit whose
+        entry is determinate (an acknowledged write may be missing) is dropped."""
+        metric = self.config.metric
         if side in self.config.lagged_sides and self.strategy.freshness_overlay:
             now = yield Now()
-            recent = yield RecentSince(side, now - self.config.visibility_window_ns)
-            hits = correct_hits(hits, recent, vector, k, self.config.metric, filter)
-        if self._both_written(route) and self.strategy.repair_log and hits:
+            lookback = self.config.visibility_window_ns + 2 * self.config.max_clock_skew_ns
+            recent = yield RecentSince(side, now - lookback)
+            hits = correct_hits(hits, recent, vector, k, metric, filter)
+            if hits:
+                ids = tuple(h.id for h in hits)
+                held = yield from _attempt(Get(side, ids), self._attempts())
+                hits = _as_held(hits, held, vector, metric, filter)
+        if self._both_written(route) and self.strategy.read_both and hits:
             pending = yield PendingFor(tuple((h.id, side) for h in hits))
             if pending:
                 ids = tuple(sorted(i for i, _ in pending))
                 try:
-                    other = yield Get(side.other, ids)
-                    mine = yield Get(side, ids)
+                    other = yield from _attempt(Get(side.other, ids), self._attempts())
                 except ClusterError:
-                    other, mine = {}, {}
-                hits = _replace_versions(hits, ids, mine, other, vector, self.config.metric)
+                    hits = [h for h in hits if pending.get((h.id, side), True)]
+                else:
+                    hits = _newer_of(hits, ids, other, vector, metric, filter)
         return hits
 
-    def _read(
-        self, side: Side, request: Get | Search, route: Route, notes: dict[str, Any]
-    ) -> Sub[Any]:
-        """Carry out a read on `side`, retrying, then falling back where the phase allows."""
-        attempts = 1 + (self.config.read_retries if self.strategy.read_fallback else 0)
-        try:
-            return (yield from _attempt(request, attempts))
-        except InvalidRequest:
-            raise
-        except ClusterError:
-            fallback = route.fallback
-            if not (self.strategy.read_fallback and fallback is not None and fallback is not side):
-                raise
-        result = yield from _attempt(_retarget(request, fallback), attempts)
-        notes["fallback_side"] = fallback.value
+    def _attempts(self) -> int:
+        return 1 + (self.config.read_retries if self.strategy.read_retry else 0)
+
+    def _fallback(self, route: Route) -> Side | None:
+        """The side a read may fall back to in this phase, if any."""
+        fallback = route.fallback
+        if not self.strategy.read_fallback or fallback is None or fallback is route.reads:
+            return None
+        return fallback
+
+    def _current(
+        self, side: Side, record_id: str, route: Route, pending: Mapping[tuple[str, Side], bool]
+    ) -> bool:
+        """Whether `side` alone may answer a read of `record_id`: a side this phase reads (or
+        falls back to) that misses no acknowledged write of it (no determinate repair)."""
+        if side is not route.reads and side is not self._fallback(route):
+            return False
+        return pending.get((record_id, side), True) or not self.strategy.fallback_currency_check
+
+    def _consults_repairs(self) -> bool:
+        return self.strategy.read_both or self.strategy.fallback_currency_check
+
+    def _fell_back(self, side: Side, notes: dict[str, Any]) -> Sub[None]:
+        notes["fallback_side"] = side.value
         self.shared.fallbacks += 1
-        if fallback is Side.OLD:
+        if side is Side.OLD:
             self.shared.last_fallback_to_old = yield Now()
-        return result
 
     def _both_written(self, route: Route) -> bool:
         return route.secondary is not None
@@ -414,10 +519,10 @@ class MigrationLayer:
         route = self.route()
         try:
             new_hits = yield Search(Side.NEW, vector, k, filter)
+            new_hits = yield from self._freshen(Side.NEW, new_hits, vector, k, filter, route)
         except ClusterError as exc:
             stats.errors += 1
             return Outcome("fail", error=str(exc))
-        new_hits = yield from self._freshen(Side.NEW, new_hits, vector, k, filter, route)
         comparison = cmp.compare(old_hits, new_hits, k)
         if comparison.version_mismatches:
             comparison = yield from self._recheck_versions(comparison)
@@ -428,7 +533,7 @@ class MigrationLayer:
                 cmp.recall_against(old_hits, exact, k),
                 cmp.recall_against(new_hits, exact, k),
             )
-        if comparison.version_mismatches and self.strategy.repair_log:
+        if comparison.version_mismatches and self.strategy.mirror_repairs:
             # new is behind old on these ids after a re-read: not ANN noise but a lost or
             # missed write. Repair it both ways (the higher version wins on each side).
             yield AddRepairs(
@@ -444,7 +549,8 @@ class MigrationLayer:
         )
         query: dict[str, Any] = {"k": k, "filter": dict(filter) if filter else None}
         line = cmp.discrepancy_line(query, old_hits, new_hits, comparison) if discrepancy else None
-        stats.add(comparison, discrepancy, line, recalls)
+        stray = recalls is not None and noise is not None and recalls[0] < noise.threshold
+        stats.add(comparison, discrepancy, line, recalls, stray)
         return Outcome("ok", {"discrepancy": discrepancy})
 
     def _recheck_versions(self, comparison: cmp.Comparison) -> Sub[cmp.Comparison]:
@@ -495,10 +601,10 @@ def _write_request(side: Side, item: Record | Tombstone, fenced: bool) -> Upsert
     return Delete(side, (item,), fenced)
 
 
-def _retarget(request: Get | Search, side: Side) -> Get | Search:
-    if isinstance(request, Get):
-        return Get(side, request.ids)
-    return Search(side, request.vector, request.k, request.filter)
+def _superseded(applied: Any, record_id: str) -> bool:
+    """Whether a fenced write was refused because the side holds a newer version (the ports
+    answer a write with {id: applied})."""
+    return isinstance(applied, Mapping) and not applied.get(record_id, True)
 
 
 def _newest(found: Sequence[Stored | None]) -> Stored | None:
@@ -508,23 +614,58 @@ def _newest(found: Sequence[Stored | None]) -> Stored | None:
     return max(present, key=lambda s: s.version)
 
 
-def _replace_versions(
-    hits: list[Hit],
+def _hit(stored: Stored, query: Vector, metric: Metric) -> Hit:
+    assert stored.vector is not None
+    d = float(
+        distance(metric, np.asarray(query, dtype=np.float32), stored.vector[np.newaxis, :])[0]
+    )
+    return Hit(stored.id, stored.version, d)
+
+
+def _live_match(stored: Stored | None, filter: Filter | None) -> bool:
+    return (
+        stored is not None
+        and not stored.deleted
+        and stored.vector is not None
+        and matches(stored.metadata, filter)
+    )
+
+
+def _as_held(
+    hits: Sequence[Hit],
+    held: Mapping[str, Stored],
+    vector: Vector,
+    metric: Metric,
+    filter: Filter | None,
+) -> list[Hit]:
+    """The hits as the side holds them now: at the stored version (re-scored when it changed),
+    dropped when deleted, gone or no longer matching the filter."""
+    out: list[Hit] = []
+    for hit in hits:
+        stored = held.get(hit.id)
+        if not _live_match(stored, filter):
+            continue
+        assert stored is not None
+        out.append(hit if stored.version == hit.version else _hit(stored, vector, metric))
+    return sorted(out, key=lambda h: (h.score, h.id))
+
+
+def _newer_of(
+    hits: Sequence[Hit],
     ids: Sequence[str],
-    mine: Mapping[str, Stored],
     other: Mapping[str, Stored],
     vector: Vector,
     metric: Metric,
+    filter: Filter | None,
 ) -> list[Hit]:
-    """Hits with each pending id replaced by the newer of the two sides' copies (or dropped)."""
-    replaced: dict[str, Hit | None] = {}
-    for record_id in ids:
-        newest = _newest([mine.get(record_id), other.get(record_id)])
-        if newest is None or newest.deleted or newest.vector is None:
-            replaced[record_id] = None
-            continue
-        query = np.asarray(vector, dtype=np.float32)
-        d = float(distance(metric, query, newest.vector[np.newaxis, :])[0])
-        replaced[record_id] = Hit(record_id, newest.version, d)
-    out = [replaced.get(h.id, h) if h.id in replaced else h for h in hits]
-    return sorted((h for h in out if h is not None), key=lambda h: (h.score, h.id))
+    """Hits with each of `ids` replaced by the other side's copy where that is newer (dropped
+    when the newer copy is a delete or no longer matches the filter)."""
+    wanted = set(ids)
+    out: list[Hit] = []
+    for hit in hits:
+        stored = other.get(hit.id) if hit.id in wanted else None
+        if stored is None or stored.version <= hit.version:
+            out.append(hit)
+        elif _live_match(stored, filter):
+            out.append(_hit(stored, vector, metric))
+    return sorted(out, key=lambda h: (h.score, h.id))

@@ -124,10 +124,17 @@ class Coordinator:
     """
 
     def __init__(
-        self, phase: Phase = Phase.OLD_ONLY, epoch: int = 0, lease_ns: int = 5_000_000_000
-    ):
+        self,
+        phase: Phase = Phase.OLD_ONLY,
+        epoch: int = 0,
+        lease_ns: int = 5_000_000_000,
+        bind_leases: bool = True,
+    ) -> None:
+        """`bind_leases=False` is the ablation `lease-epoch-binding`: a lapsed lease is
+        renewed whatever epoch the instance acknowledges."""
         self.published = Published(phase, epoch)
         self.lease_ns = lease_ns
+        self.bind_leases = bind_leases
         self._members: dict[str, _Member] = {}
         self._previous: Phase = phase
 
@@ -140,15 +147,27 @@ class Coordinator:
         )
         return self.published
 
-    def ack(self, instance: str, seen: Published, now: int) -> None:
-        """An instance reports the phase it now runs, and so renews its lease."""
+    def ack(self, instance: str, seen: Published, now: int) -> bool:
+        """An instance reports the phase it now runs and asks to renew its lease. Returns
+        whether the lease was granted; an instance may serve only under a granted lease.
+
+        A lease is bound to the epoch it was granted under. While it holds, renewing it is
+        granted whatever the instance acknowledges (the coordinator waits for it). Once it has
+        lapsed, the coordinator may have counted the instance out and published past it, so a
+        new lease is granted only to an instance that acknowledges the current epoch: one that
+        comes back with an older phase (a late config, a partition from the store) must catch
+        up before it serves again, or two non-adjacent phases would be live at once."""
         member = self._members.get(instance)
+        lapsed = member is None or member.lease_expires <= now
+        if lapsed and self.bind_leases and seen.epoch != self.published.epoch:
+            return False
         if member is None:
             self._members[instance] = _Member(seen.epoch, seen.phase, now + self.lease_ns)
-            return
-        if seen.epoch >= member.acked_epoch:
+            return True
+        if seen.epoch >= member.acked_epoch or lapsed:
             member.acked_epoch, member.acked_phase = seen.epoch, seen.phase
         member.lease_expires = now + self.lease_ns
+        return True
 
     def leave(self, instance: str) -> None:
         self._members.pop(instance, None)
@@ -219,8 +238,10 @@ class Coordinator:
 class InstanceView:
     """What one app instance believes: the phase it runs and how long its lease holds.
 
-    The lease is trusted only until `lease_expires - margin_ns` on the instance's own clock,
-    so that a clock running somewhat slow does not keep serving past the coordinator's view.
+    The lease is trusted only until `lease_expires - margin_ns` on the instance's own clock.
+    The margin covers what may still land after the instance stops issuing requests (every
+    request is bounded by a timeout below the margin) and how far the instance's clock may
+    jump back meanwhile (clock skew): see `lease_rules`.
     """
 
     name: str
@@ -229,13 +250,18 @@ class InstanceView:
     lease_expires: int
     margin_ns: int = 500_000_000
 
-    def learn(self, published: Published, now: int, lease_ns: int) -> bool:
-        """Take a phase from the config store. Returns True if the phase changed."""
+    def learn(self, published: Published) -> bool:
+        """Take a phase from the config store. Returns True if the phase changed. Learning a
+        phase does not renew the lease: only the coordinator grants that (`renew`)."""
         changed = published.epoch > self.epoch
         if changed:
             self.phase, self.epoch = published.phase, published.epoch
-        self.lease_expires = max(self.lease_expires, now + lease_ns)
         return changed
+
+    def renew(self, now: int, lease_ns: int) -> None:
+        """The coordinator granted a lease to an acknowledgement sent at `now` (this instance's
+        clock, taken before the request left, so the lease never outlives the coordinator's)."""
+        self.lease_expires = max(self.lease_expires, now + lease_ns)
 
     def may_serve(self, now: int) -> bool:
         return now < self.lease_expires - self.margin_ns
@@ -243,3 +269,32 @@ class InstanceView:
     @property
     def route(self) -> Route:
         return ROUTES[self.phase]
+
+
+def lease_rules(
+    *, lease_ns: int, poll_ns: int, margin_ns: int, request_timeout_ns: int, max_skew_ns: int
+) -> list[str]:
+    """What the lease protocol needs of its settings, as the broken rules (empty: safe).
+
+    * A request issued just before an instance stops serving must land before the coordinator
+      counts the instance out, even if the instance's clock jumps back by up to twice the skew
+      bound meanwhile (from +bound to -bound): margin >= request timeout + 2 x max skew.
+    * An instance that polls on time must renew its lease before it stops serving:
+      lease > poll interval + margin, or it refuses work between polls and the coordinator
+      counts it out while it still runs.
+    """
+    broken = []
+    if margin_ns < request_timeout_ns + 2 * max_skew_ns:
+        broken.append(
+            f"the lease margin ({margin_ns / 1e6:g} ms) must be at least the request timeout "
+            f"({request_timeout_ns / 1e6:g} ms) plus twice the clock-skew bound "
+            f"({max_skew_ns / 1e6:g} ms): a write sent just before the instance stops serving "
+            "could land after the coordinator counted it out"
+        )
+    if lease_ns <= poll_ns + margin_ns:
+        broken.append(
+            f"the lease ({lease_ns / 1e6:g} ms) must exceed the poll interval "
+            f"({poll_ns / 1e6:g} ms) plus the lease margin ({margin_ns / 1e6:g} ms): an "
+            "instance polling on time would stop serving between polls"
+        )
+    return broken

@@ -78,22 +78,43 @@ class AddRepairs:
 
 
 @dataclass(frozen=True, slots=True)
+class AddIntent:
+    """Note a write about to reach `side` second (see `StateStore.add_intent`). Answer: the
+    intent's number, for `ClearIntent`."""
+
+    id: str
+    side: Side
+    hold_until: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearIntent:
+    intent: int
+
+
+@dataclass(frozen=True, slots=True)
 class NextRepairs:
-    """The oldest pending repairs, at most `limit`."""
+    """The oldest pending repairs, at most `limit`, then the intents whose hold ran out by
+    `now` (None: every intent)."""
 
     limit: int
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PendingFor:
-    """Which of these (id, side) pairs have a repair pending. Answer: a frozenset of them."""
+    """Which of these (id, side) pairs have a repair pending. Answer: a mapping of each such
+    pair to whether its entry is indeterminate (see `RepairEntry`)."""
 
     keys: tuple[tuple[str, Side], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class RepairBacklog:
-    """How many repairs are pending. Answer: an int."""
+    """How many repairs are pending, with the intents whose hold ran out by `now` (None:
+    every intent). Answer: an int."""
+
+    now: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +159,20 @@ class AnnouncePhase:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """Record one of the controller's own events in the history (process "controller", type
+    info): its `plan` when it starts walking one, and each `gate` refusal, so that the checker
+    can judge whether the migration kept making progress (see `controller`)."""
+
+    f: str
+    value: Mapping[str, Any]
+
+
 StateRequest = (
     AddRepairs
+    | AddIntent
+    | ClearIntent
     | NextRepairs
     | PendingFor
     | RepairBacklog
@@ -149,6 +182,7 @@ StateRequest = (
     | NoteRecent
     | RecentSince
     | AnnouncePhase
+    | RecordEvent
 )
 
 # -- requests to the driver itself -------------------------------------------------------------

@@ -83,6 +83,8 @@ class Backfill:
         self.strategy = strategy
         self.throttle = throttle or Throttle()
         self._memory = Checkpoint()
+        self.done_at: int | None = None
+        """When this worker copied the last batch of its attempt."""
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -92,24 +94,23 @@ class Backfill:
     def reset(self) -> None:
         """Forget this worker's progress (after an ABORT the copy starts over)."""
         self._memory = Checkpoint()
+        self.done_at = None
 
-    def batch(self) -> Operation:
-        return Operation(None, None, self._batch(), kind="backfill")
+    def batch(self, attempt: int) -> Operation:
+        """Copy the next batch of the copy that belongs to `attempt`, the epoch at which
+        BACKFILL was published (a checkpoint of another attempt starts the copy over)."""
+        return Operation(None, None, self._batch(attempt), kind="backfill")
 
-    def _batch(self) -> Steps:
-        durable = self.strategy.checkpointed_backfill
+    def _batch(self, attempt: int) -> Steps:
+        strategy = self.strategy
+        durable = strategy.durable_checkpoint
         checkpoint: Checkpoint = (yield LoadCheckpoint()) if durable else self._memory
+        if checkpoint.attempt != attempt:
+            checkpoint = Checkpoint(attempt=attempt)
         if checkpoint.done:
             return Outcome("ok", {"copied": 0, "done": True})
         try:
             page = yield Scan(Side.OLD, checkpoint.cursor, self.throttle.batch_size)
-            records = tuple(s.as_record() for s in page.items if not s.deleted)
-            tombstones = tuple(s.as_tombstone() for s in page.items if s.deleted)
-            fenced = self.strategy.fenced_writes
-            if records:
-                yield Upsert(Side.NEW, records, fenced)
-            if tombstones and durable:
-                yield Delete(Side.NEW, tombstones, fenced)
         except ClusterError as exc:
             self.throttle.observe(None, error=True)
             return Outcome("fail", {"copied": 0, "done": False}, error=str(exc))
@@ -117,27 +118,56 @@ class Backfill:
         last = page.items[-1].id if page.items else checkpoint.cursor
         if page.next_cursor is not None:
             last = page.next_cursor
-        advanced = Checkpoint(cursor=last, copied=checkpoint.copied + len(page.items), done=done)
-        if durable:
-            yield SaveCheckpoint(advanced)
-        self._memory = advanced
+        advanced = Checkpoint(last, checkpoint.copied + len(page.items), done, attempt)
+        if not strategy.checkpoint_after_write:
+            yield from self._save(advanced, durable)
+        try:
+            records = tuple(s.as_record() for s in page.items if not s.deleted)
+            tombstones = tuple(s.as_tombstone() for s in page.items if s.deleted)
+            fenced = strategy.fenced_backfill
+            if records:
+                yield Upsert(Side.NEW, records, fenced)
+            if tombstones and strategy.tombstone_copy:
+                yield Delete(Side.NEW, tombstones, fenced)
+        except ClusterError as exc:
+            self.throttle.observe(None, error=True)
+            return Outcome("fail", {"copied": 0, "done": False}, error=str(exc))
+        if strategy.checkpoint_after_write:
+            yield from self._save(advanced, durable)
+        if done:
+            self.done_at = yield Now()
         return Outcome("ok", {"copied": len(page.items), "done": done, "cursor": last})
+
+    def _save(self, checkpoint: Checkpoint, durable: bool) -> Sub[None]:
+        if durable:
+            yield SaveCheckpoint(checkpoint)
+        self._memory = checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
 # The repair worker.
 
 
-def repair_pass(limit: int = 256, lagged: frozenset[Side] = frozenset()) -> Operation:
+def repair_pass(
+    limit: int = 256, lagged: frozenset[Side] = frozenset(), retired: bool = False
+) -> Operation:
     """Re-apply, fenced, the latest state of every queued id to the side that may miss it.
 
     A repair written to a side in `lagged` (one whose searches see writes late) is noted in
-    the visibility window too, as a client write would be, before its entry is removed."""
-    return Operation(None, None, _repair_pass(limit, lagged), kind="repair")
+    the visibility window too, as a client write would be, before its entry is removed.
+    Once old is `retired` (DECOMMISSIONED) there is nothing left to repair: old is neither
+    written nor read, and copying its state to new could only bring back what it missed, so
+    the pass removes what it reads without copying."""
+    return Operation(None, None, _repair_pass(limit, lagged, retired), kind="repair")
 
 
-def _repair_pass(limit: int, lagged: frozenset[Side]) -> Steps:
-    entries: list[RepairEntry] = yield NextRepairs(limit)
+def _repair_pass(limit: int, lagged: frozenset[Side], retired: bool) -> Steps:
+    now = yield Now()
+    entries: list[RepairEntry] = yield NextRepairs(limit, now)
+    if retired:
+        if entries:
+            yield RemoveRepairs(tuple(entries))
+        return Outcome("ok", {"repaired": 0, "failed": 0, "dropped": len(entries)})
     done: list[RepairEntry] = []
     failed = 0
     for entry in entries:

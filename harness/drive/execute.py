@@ -34,12 +34,16 @@ def execute(request: Any, sides: Mapping[Side, ClusterPort], store: StateStore) 
             return sides[side].count()
         case rq.AddRepairs(entries):
             return store.add_repairs(entries)
-        case rq.NextRepairs(limit):
-            return store.next_repairs(limit)
+        case rq.AddIntent(record_id, side, hold_until):
+            return store.add_intent(record_id, side, hold_until)
+        case rq.ClearIntent(intent):
+            return store.clear_intent(intent)
+        case rq.NextRepairs(limit, now):
+            return store.next_repairs(limit, now)
         case rq.PendingFor(keys):
             return store.pending_for(keys)
-        case rq.RepairBacklog():
-            return store.repair_backlog()
+        case rq.RepairBacklog(now):
+            return store.repair_backlog(now)
         case rq.RemoveRepairs(entries):
             return store.remove_repairs(entries)
         case rq.LoadCheckpoint():

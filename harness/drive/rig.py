@@ -7,6 +7,8 @@ adapters as the sides (`Rig(old=..., new=...)`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vecmig.harness.catalog import Catalog
@@ -15,7 +17,7 @@ from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.core.controller import Controller, Plan
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
-from vecmig.harness.core.phases import Coordinator, InstanceView, Step
+from vecmig.harness.core.phases import Coordinator, InstanceView, Phase, Step
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.state import StateStore
 from vecmig.harness.core.strategy import SAFE, Strategy
@@ -47,6 +49,7 @@ class Rig:
         policy: GatePolicy | None = None,
         batch_size: int = 16,
         request_timeout_ns: int | None = None,
+        lease_ns: int = LEASE_NS,
     ) -> None:
         """`request_timeout_ns`: a side request pending longer than this times out instead of
         being carried out (see `StepDriver`); give one below the lease margin (e.g.
@@ -56,12 +59,21 @@ class Rig:
         self.old = (
             old
             if old is not None
-            else FakeCluster(dim, shards=2, replicas=2, seed=seed, name="old")
+            else FakeCluster(
+                dim, shards=2, replicas=2, seed=seed, name="old", catch_up=strategy.replica_catch_up
+            )
         )
         self.new = (
             new
             if new is not None
-            else FakeCluster(dim, shards=2, replicas=2, seed=seed + 1, name="new")
+            else FakeCluster(
+                dim,
+                shards=2,
+                replicas=2,
+                seed=seed + 1,
+                name="new",
+                catch_up=strategy.replica_catch_up,
+            )
         )
         self.sides: dict[Side, ClusterPort] = {Side.OLD: self.old, Side.NEW: self.new}
         self.store: StateStore = store if store is not None else MemoryStore()
@@ -73,7 +85,10 @@ class Rig:
             exact=self._exact,
             request_timeout_ns=request_timeout_ns,
         )
-        self.coordinator = Coordinator(lease_ns=LEASE_NS)
+        self.lease_ns = lease_ns
+        self.coordinator = Coordinator(lease_ns=lease_ns, bind_leases=strategy.lease_epoch_binding)
+        self.skews: dict[str, int] = {}
+        """Instance name -> how far its clock runs ahead of the driver's (ns; negative: behind)."""
         self.shared = Shared()
         self.config = LayerConfig(strategy=strategy, metric=self.old.metric, lagged_sides=lagged)
         self.instances: dict[str, MigrationLayer] = {}
@@ -88,25 +103,33 @@ class Rig:
         )
         loaded = self.catalog.records()
         self.old.upsert(loaded, fenced=False)
-        self.driver.record_load({r.id: r.version for r in loaded})
+        self.driver.record_load(loaded)
 
     # -- instances ---------------------------------------------------------------------------
 
     def add_instance(self, name: str) -> MigrationLayer:
         now = self.driver.time
         published = self.coordinator.join(name, now)
-        view = InstanceView(name, published.phase, published.epoch, now + LEASE_NS)
+        local = self.clock(name)(now)
+        view = InstanceView(name, published.phase, published.epoch, local + self.lease_ns)
         layer = MigrationLayer(view, self.config, self.shared, node=len(self.instances) % 1024)
         self.instances[name] = layer
         return layer
 
     def sync(self, name: str) -> bool:
-        """Instance `name` reads the config store now and acknowledges what it runs."""
+        """Instance `name` reads the config store now, acknowledges what it runs, and renews
+        its lease if the coordinator grants it (the instance counts time on its own clock)."""
         layer = self.instances[name]
         now = self.driver.time
-        changed = layer.learn(self.coordinator.published, now, LEASE_NS)
-        self.coordinator.ack(name, layer.acknowledgement(now), now)
+        local = self.clock(name)(now)
+        changed = layer.learn(self.coordinator.published, local)
+        if self.coordinator.ack(name, layer.acknowledgement(local), now):
+            layer.renew(local, self.lease_ns)
         return changed
+
+    def clock(self, name: str) -> Callable[[int], int]:
+        """Instance `name`'s clock: the driver's time plus its skew (read when asked)."""
+        return lambda now: now + self.skews.get(name, 0)
 
     def sync_all(self) -> None:
         for name in self.instances:
@@ -114,8 +137,13 @@ class Rig:
 
     # -- operations --------------------------------------------------------------------------
 
-    def run(self, op: Operation, process: int | str | None = None) -> Outcome:
-        return self.driver.run_op(op, process)
+    def run(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> Outcome:
+        return self.driver.run_op(op, process, clock)
 
     def step_phase(self, step: Step = Step.ADVANCE) -> Outcome:
         """One try at a phase step through its gate (see `Controller.attempt`)."""
@@ -134,16 +162,25 @@ class Rig:
 
     def finish_backfill(self, max_batches: int = 10_000) -> None:
         for _ in range(max_batches):
-            outcome = self.run(self.backfill.batch())
+            outcome = self.run(self.backfill.batch(self.coordinator.published.epoch))
             if outcome.type == "ok" and outcome.value["done"]:
                 return
         raise RuntimeError("backfill did not finish")
 
-    def drain_repairs(self, max_passes: int = 100) -> None:
+    def drain_repairs(self, max_passes: int = 100, *, wait_for_holds: bool = False) -> None:
+        """Run repair passes until no repair is due. With `wait_for_holds`, let time pass
+        until the intents of writes that may still be under way are due too, and repair them
+        (the end of a run: whatever a crashed writer left behind)."""
         for _ in range(max_passes):
-            if not self.store.repair_backlog():
+            if wait_for_holds and self.store.repair_backlog() > self.store.repair_backlog(
+                self.driver.time
+            ):
+                # Only intents are left, held: let time pass until the next one is due.
+                self.driver.advance_time(self.config.intent_hold_ns)
+            if not self.store.repair_backlog(self.driver.time):
                 return
-            self.run(repair_pass(lagged=self.config.lagged_sides))
+            retired = self.coordinator.published.phase is Phase.DECOMMISSIONED
+            self.run(repair_pass(lagged=self.config.lagged_sides, retired=retired))
         raise RuntimeError(f"repair log still holds {self.store.repair_backlog()} entries")
 
     def verify(self) -> Outcome:
@@ -170,15 +207,14 @@ class Rig:
     # -- judging -----------------------------------------------------------------------------
 
     def heal_and_finish(self) -> None:
-        """End of a run: heal faults, drain repairs, reconcile both sides, record finals."""
+        """End of a run: heal faults, let the layer's repair worker drain its log (as it would
+        in production), and record what each side holds. Nothing here verifies or copies on
+        the layer's behalf: the checker judges the sides as the layer left them."""
         for side in (self.old, self.new):
             heal = getattr(side, "heal_all", None)
             if callable(heal):
                 heal()
-        if self.strategy.repair_log:
-            self.drain_repairs()
-            self.verify()
-            self.drain_repairs()
+        self.drain_repairs(wait_for_holds=True)
         self.driver.record_finals()
 
     def verdict(self) -> Verdict:

@@ -6,18 +6,18 @@ side or to the state store) is a point where the caller may switch to another op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from vecmig.harness.clusters.base import ClusterError, ClusterPort, Side, Timeout
+from vecmig.harness.clusters.base import ClusterError, ClusterPort, Record, Side, Timeout
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.phases import Published
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.state import StateStore
 from vecmig.harness.drive.execute import execute
-from vecmig.harness.history.ops import CONTROLLER, LOADER, Recorder
+from vecmig.harness.history.ops import CONTROLLER, LOADER, Recorder, load_value
 
 ExactFn = Callable[[Side, Any, int, Any], "tuple[str, ...] | None"]
 
@@ -31,6 +31,8 @@ class InFlight:
     """The request the operation waits on: carried out by the next `step`."""
     since: int = 0
     """When `pending` was issued."""
+    clock: Callable[[int], int] | None = None
+    """The clock of the app instance running the op (its skew): answers `Now`."""
 
 
 class StepDriver:
@@ -61,8 +63,14 @@ class StepDriver:
 
     # -- starting and advancing -------------------------------------------------------------------
 
-    def start(self, op: Operation, process: int | str | None = None) -> int:
-        """Invoke `op` and run it up to its first request. Returns its handle."""
+    def start(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> int:
+        """Invoke `op` and run it up to its first request. Returns its handle. `clock` maps
+        the driver's time to the clock of the instance running the op (default: the same)."""
         handle = self._next_handle
         self._next_handle += 1
         if process is None:
@@ -71,7 +79,7 @@ class StepDriver:
         self._tick()
         if op.f is not None:
             self.recorder.invoke(process, op.f, op.invoke_value, self.time)
-        flight = InFlight(handle, op, process, None)
+        flight = InFlight(handle, op, process, None, clock=clock)
         self.in_flight[handle] = flight
         self._resume(flight, lambda: next(flight.op.steps))
         return handle
@@ -113,8 +121,13 @@ class StepDriver:
             self.step(handle)
         raise RuntimeError(f"operation {handle} did not finish in {max_steps} steps")
 
-    def run_op(self, op: Operation, process: int | str | None = None) -> Outcome:
-        return self.run(self.start(op, process))
+    def run_op(
+        self,
+        op: Operation,
+        process: int | str | None = None,
+        clock: Callable[[int], int] | None = None,
+    ) -> Outcome:
+        return self.run(self.start(op, process, clock))
 
     def run_until(
         self, handle: int, predicate: Callable[[Any], bool], max_steps: int = 10_000
@@ -142,9 +155,10 @@ class StepDriver:
 
     # -- history helpers ---------------------------------------------------------------------
 
-    def record_load(self, records: Mapping[str, int]) -> None:
+    def record_load(self, records: Sequence[Record]) -> None:
+        """The initial catalog: each record's version and fields (its metadata)."""
         self._tick()
-        self.recorder.ok(LOADER, "load", {"records": dict(records)}, self.time)
+        self.recorder.ok(LOADER, "load", load_value(records), self.time)
 
     def record_fault(self, family: str, action: str, **detail: Any) -> None:
         self._tick()
@@ -175,17 +189,17 @@ class StepDriver:
             except StopIteration as stop:
                 self._finish(flight, stop.value)
                 return
-            immediate, value = self._immediate(request)
+            immediate, value = self._immediate(request, flight)
             if not immediate:
                 flight.pending = request
                 flight.since = self.time
                 return
             advance = partial(flight.op.steps.send, value)
 
-    def _immediate(self, request: Any) -> tuple[bool, Any]:
+    def _immediate(self, request: Any, flight: InFlight) -> tuple[bool, Any]:
         """Requests that are no interleaving point: the driver answers them at once."""
         if isinstance(request, rq.Now):
-            return True, self.time
+            return True, self.time if flight.clock is None else flight.clock(self.time)
         if isinstance(request, rq.Exact):
             fn = self.exact
             return True, None if fn is None else fn(
@@ -201,6 +215,9 @@ class StepDriver:
             )
             if self.on_phase is not None:
                 self.on_phase(Published(request.phase, request.epoch))
+            return True, None
+        if isinstance(request, rq.RecordEvent):
+            self.recorder.info(CONTROLLER, request.f, dict(request.value), self.time)
             return True, None
         return False, None
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.cli import EXIT_BAD_INPUT, exit_code
 from vecmig.harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
 from vecmig.harness.history.ops import Event, MalformedHistory, iter_numbered
 
@@ -27,6 +27,11 @@ the property tests) and report every anomaly with a count and its first examples
                        not-found while the newest such op was an upsert and no newer delete
                        was even in flight.
   garbage reads        a returned (id, version) that no load or upsert ever carried.
+  filter violations    a hit of a filtered search whose version, by the fields its load or
+                       upsert carried ("fields" in the history), does not match the filter
+                       (every filter field equal). The version may be fresh: the result set
+                       is wrong about the item. Hits of versions whose fields no write
+                       recorded are not judged; the notes say how many.
   lost writes          an id whose newest acknowledged op is an upsert of version u, while the
                        final state of the side serving reads (new after CUTOVER, else old)
                        holds no version >= u (unless an indeterminate newer delete explains a
@@ -47,6 +52,7 @@ exit codes:
   0  valid
   1  anomalies found, or the verdict is unknown (no final state, or the checker crashed)
   2  bad input: a missing file, or a malformed history (the message names the line)
+  4  the run stalled: its plan did not finish, or a gate held past the plan's bound
 
 examples:
   vecmig check tests/data/example_history.jsonl
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(verdict.to_json(), indent=2))
     else:
         print_verdict(verdict, args.history)
-    return EXIT_VALID if verdict.valid else EXIT_ANOMALIES
+    return exit_code(verdict)
 
 
 def print_verdict(verdict: Verdict, source: str) -> None:
@@ -123,12 +129,16 @@ def print_verdict(verdict: Verdict, source: str) -> None:
     console.print(f"ops invoked: {ops}", highlight=False)
     for note in verdict.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
+    if verdict.stall is not None:
+        console.print(f"stalled: {verdict.stall.describe()}", highlight=False, markup=False)
     if verdict.valid:
         console.print("[bold green]valid[/bold green]")
     elif verdict.unknown:
         console.print("[bold yellow]unknown[/bold yellow]: see the notes above")
-    else:
+    elif any(verdict.counts().values()):
         console.print("[bold red]anomalies found[/bold red]")
+    else:
+        console.print("[bold red]stalled[/bold red]: the migration stopped making progress")
 
 
 def describe(example: dict[str, Any]) -> str:

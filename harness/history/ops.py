@@ -8,8 +8,9 @@
 `type` is `invoke`, `ok`, `fail` (certainly no effect) or `info` (indeterminate). Each
 completion follows its own invoke on the same `process`; a process that got `info` never
 invokes again. `time` is nanoseconds on a clock shared by every process. Besides client ops
-(`upsert`, `delete`, `get`, `search`) there are `load`, `phase`, `fault` and `final` events;
-their process is a name (`"loader"`, `"controller"`, `"nemesis"`, `"checker"`).
+(`upsert`, `delete`, `get`, `search`) there are `load`, `phase`, `fault` and `final` events,
+and the controller's `plan` and `gate` events (see `liveness`); their process is a name
+(`"loader"`, `"controller"`, `"nemesis"`, `"checker"`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vecmig.harness.clusters.base import Record
 
 EventType = Literal["invoke", "ok", "fail", "info"]
 EVENT_TYPES: frozenset[str] = frozenset({"invoke", "ok", "fail", "info"})
 CLIENT_FS: frozenset[str] = frozenset({"upsert", "delete", "get", "search"})
-OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final"})
+OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final", "plan", "gate"})
 READ_FS: frozenset[str] = frozenset({"get", "search"})
 WRITE_FS: frozenset[str] = frozenset({"upsert", "delete"})
 
@@ -63,6 +67,16 @@ class Event:
             separators=(", ", ": "),
             allow_nan=False,
         )
+
+
+def load_value(records: Iterable[Record]) -> dict[str, Any]:
+    """The value of a `load` event: each record's version, and its fields (its metadata, what
+    filters match), so that the checker can judge filtered hits of the loaded versions."""
+    loaded = list(records)
+    return {
+        "records": {r.id: r.version for r in loaded},
+        "fields": {r.id: dict(r.metadata) for r in loaded},
+    }
 
 
 def score(value: float) -> float:

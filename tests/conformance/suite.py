@@ -170,6 +170,19 @@ class ClusterConformance:
         np.testing.assert_allclose(got.vector, r.vector, rtol=self.vector_rtol, atol=1e-6)
         assert dict(got.metadata) == dict(r.metadata)
 
+    def test_a_get_sees_every_acknowledged_write_at_once(self, cluster: ClusterPort) -> None:
+        """Gets are read-your-writes, even on an engine whose searches lag: the safe layer
+        re-reads search hits by id to correct a lagging index (docs/core-guide.md)."""
+        for version, write in ((1, "upsert"), (2, "upsert"), (3, "delete"), (4, "upsert")):
+            if write == "upsert":
+                cluster.upsert([record("rw", version, seed=version, category=version)])
+            else:
+                cluster.delete([Tombstone("rw", version)])
+            got = cluster.get(["rw"])["rw"]
+            assert (got.version, got.deleted) == (version, write == "delete")
+            if write == "upsert":
+                assert got.metadata["category"] == version and got.vector is not None
+
     def test_fenced_upsert_reports_applied_or_skipped_per_id(self, cluster: ClusterPort) -> None:
         cluster.upsert([record("a", 5), record("b", 5)])
         result = cluster.upsert([record("a", 6, seed=60), record("b", 4, seed=40), record("c", 1)])
