@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from vecmig.harness.core.phases import Phase, Step, next_phase
+from vecmig.sim.faults import FAMILY_KEYS, TIMING_KEYS, FaultLimits, FaultSpec, fault_problems
 from vecmig.sim.scenario import Scenario, from_dict
 
 STREAM = 0xB0661F7
@@ -61,9 +62,49 @@ def buggify(base: Scenario, seed: int) -> Scenario:
     _latency(draw, table["latency"])
     _instances(draw, table["instances"], table["latency"])
     _traffic(draw, table["traffic"])
+    keep_lagged = draw.chance(0.5)
     _migration(draw, table)
-    table["faults"] = _faults(draw, table)
+    if keep_lagged:
+        # The base scenario's own lag (e.g. eventually-consistent's), half of the time.
+        table["migration"]["lagged_sides"] = list(base.migration.lagged_sides)
+    table["faults"] = _base_faults(draw, base, table) + _faults(draw, table)
     return from_dict(table, source=base.source)
+
+
+def _base_faults(draw: _Draw, base: Scenario, table: dict[str, Any]) -> list[dict[str, Any]]:
+    """Half of the time, the base scenario's own faults (its character), those of them that
+    the drawn settings still let run (a node fault needs two replicas, and so on)."""
+    if not base.faults or not draw.chance(0.5):
+        return []
+    limits = FaultLimits(
+        instances=table["instances"]["count"],
+        shards=table["clusters"]["shards"],
+        replicas=table["clusters"]["replicas"],
+        lagged_sides=table["migration"]["lagged_sides"],
+        max_skew_ms=table["instances"]["max_clock_skew_ms"],
+    )
+    kept = []
+    for spec in base.faults:
+        if spec.family in ("error-rate", "partition", "index-rebuild"):
+            # Written for the base's own plan: bound it to where the other side serves reads,
+            # since the drawn plan may step back (ROLLBACK, ABORT) while it lasts.
+            if spec.phase not in ROLE_PHASES[spec.side]:
+                continue
+            spec = dataclasses.replace(spec, until_phase=ROLE_UNTIL[spec.side])
+        if not fault_problems(spec, limits, "faults[0]"):
+            kept.append(_fault_table(spec))
+    return kept
+
+
+def _fault_table(spec: FaultSpec) -> dict[str, Any]:
+    """A fault as the TOML table the loader reads back: its family's keys and its timing."""
+    keys = ("family", *FAMILY_KEYS[spec.family], *TIMING_KEYS[1:])
+    defaults = FaultSpec()
+    return {
+        key: getattr(spec, key)
+        for key in keys
+        if key == "family" or getattr(spec, key) != getattr(defaults, key)
+    }
 
 
 class _Draw:
