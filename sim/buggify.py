@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from vecmig.harness.clusters._node import parse_node_id
 from vecmig.harness.core.phases import Phase, Step, next_phase
 from vecmig.sim.faults import FAMILY_KEYS, TIMING_KEYS, FaultLimits, FaultSpec, fault_problems
 from vecmig.sim.scenario import Scenario, from_dict
@@ -67,13 +68,21 @@ def buggify(base: Scenario, seed: int) -> Scenario:
     if keep_lagged:
         # The base scenario's own lag (e.g. eventually-consistent's), half of the time.
         table["migration"]["lagged_sides"] = list(base.migration.lagged_sides)
-    table["faults"] = _base_faults(draw, base, table) + _faults(draw, table)
+    victim = draw.integer(0, 1)  # the replica number every node fault hits
+    table["faults"] = _base_faults(draw, base, table, victim) + _faults(draw, table, victim)
     return from_dict(table, source=base.source)
 
 
-def _base_faults(draw: _Draw, base: Scenario, table: dict[str, Any]) -> list[dict[str, Any]]:
+def _base_faults(
+    draw: _Draw, base: Scenario, table: dict[str, Any], victim: int
+) -> list[dict[str, Any]]:
     """Half of the time, the base scenario's own faults (its character), those of them that
-    the drawn settings still let run (a node fault needs two replicas, and so on)."""
+    the drawn settings still let run (a node fault needs two replicas, and so on).
+
+    The base's node faults move to the replica number `victim` that the drawn ones hit: the
+    base spaced them out in time for its own plan, and under a drawn plan a crash of `s1r0`
+    and a pause of `s1r1` can overlap, leaving a shard of that side with no serving copy
+    while the other side is partitioned (seed 2 of `default`), which no layer survives."""
     if not base.faults or not draw.chance(0.5):
         return []
     limits = FaultLimits(
@@ -91,6 +100,12 @@ def _base_faults(draw: _Draw, base: Scenario, table: dict[str, Any]) -> list[dic
             if spec.phase not in ROLE_PHASES[spec.side]:
                 continue
             spec = dataclasses.replace(spec, until_phase=ROLE_UNTIL[spec.side])
+        if spec.family in ("node-crash", "node-pause", "slow-replica"):
+            shards, replicas = table["clusters"]["shards"], table["clusters"]["replicas"]
+            shard = draw.integer(0, shards - 1)
+            if spec.node:
+                shard = min(parse_node_id(spec.node)[0], shards - 1)
+            spec = dataclasses.replace(spec, node=f"s{shard}r{min(victim, replicas - 1)}")
         if not fault_problems(spec, limits, "faults[0]"):
             kept.append(_fault_table(spec))
     return kept
@@ -282,9 +297,8 @@ FAMILIES = (
 )
 
 
-def _faults(draw: _Draw, table: dict[str, Any]) -> list[dict[str, Any]]:
+def _faults(draw: _Draw, table: dict[str, Any], victim: int) -> list[dict[str, Any]]:
     count = draw.pick((0, 1, 2, 3, 4, 6, 8, 10))
-    victim = draw.integer(0, 1)  # the replica number every node fault hits
     return [
         fault
         for _ in range(count)
