@@ -17,9 +17,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from vecmig.harness.cli import (
     EXIT_ANOMALIES,
@@ -29,10 +27,13 @@ from vecmig.harness.cli import (
     strategy_argument,
 )
 from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
+from vecmig.harness.extras import require
 from vecmig.harness.history.checker import ANOMALIES
 
-from .chaos import RunPlan
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
+
+if TYPE_CHECKING:
+    from .chaos import RunPlan
 
 DESCRIPTION = """\
 Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
@@ -150,6 +151,8 @@ class Processes:
 
 
 def wait_healthy(url: str, deadline_s: float, what: str) -> None:
+    import httpx
+
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
@@ -162,6 +165,8 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("service", "vecmig loadtest")
+    require("loadtest", "vecmig loadtest")
     if args.duration < 20 or args.users < 2 or args.catalog < 100:
         print(
             "vecmig loadtest: needs --duration >= 20, --users >= 2 and --catalog >= 100",
@@ -267,6 +272,8 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
 def _run(
     args: argparse.Namespace, out: Path, logs: Path, processes: Processes, engines: ExitStack
 ) -> int:
+    from .chaos import RunPlan
+
     python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
     ports = {"service": free_port()}
@@ -446,6 +453,8 @@ def _echo(log: Path, stop: threading.Event) -> None:
 
 
 def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
+    import httpx
+
     client = httpx.Client(headers={"Authorization": f"Bearer {plan.admin_token}"}, timeout=2.0)
     while not stop.wait(5.0):
         elapsed = time.monotonic() - started

@@ -214,7 +214,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             task = progress.add_task("sim", total=scenario.duration_s)
             result = sim.run(lambda t, end: progress.update(task, completed=t / 1e9))
     wall = time.perf_counter() - started
-    report = rep.write(result, out, name, wall)
+    written = rep.write(result, out, name, wall)
+    report = written.report
+    if written.plots_missing:
+        print(f"{written.plots_missing} (wrote all but the plots)", file=sys.stderr)
     if not args.quiet:
         rep.print_summary(console, report)
     valid = report["verdict"]["valid"]

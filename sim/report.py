@@ -14,6 +14,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vecmig.harness.extras import as_missing_extra
 from vecmig.harness.history.checker import ANOMALIES
 from vecmig.harness.history.ops import write_jsonl
 from vecmig.sim.scenario import SECOND
@@ -153,7 +155,20 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
 # Files.
 
 
-def write(result: RunResult, out: Path, scenario_arg: str, wall_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Written:
+    """What `write` left in the run's folder."""
+
+    report: dict[str, Any]
+    plots: list[str]
+    """The PNG files written (none without matplotlib)."""
+    plots_missing: str | None
+    """Why there are no plots: the one line naming the extra to install, or None."""
+
+
+def write(result: RunResult, out: Path, scenario_arg: str, wall_s: float) -> Written:
+    """Write the history, report.json, the plots and report.html into `out`. Without
+    matplotlib (the plots extra) everything but the plots is written, and `Written` says so."""
     out.mkdir(parents=True, exist_ok=True)
     data = history_bytes(result)
     (out / "history.jsonl").write_bytes(data)
@@ -162,9 +177,19 @@ def write(result: RunResult, out: Path, scenario_arg: str, wall_s: float) -> dic
     (out / "report.json").write_text(
         json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
     )
-    plots = write_plots(result, out)
-    (out / "report.html").write_text(render_html(report, out, plots), encoding="utf-8")
-    return report
+    plots: list[str] = []
+    plots_missing = None
+    try:
+        plots = write_plots(result, out)
+    except ModuleNotFoundError as exc:
+        missing = as_missing_extra(exc, "vecmig simulate")
+        if missing is None:
+            raise
+        plots_missing = str(missing)
+    (out / "report.html").write_text(
+        render_html(report, out, plots, plots_missing), encoding="utf-8"
+    )
+    return Written(report, plots, plots_missing)
 
 
 def write_history(result: RunResult, path: Path) -> None:
@@ -285,7 +310,9 @@ def write_plots(result: RunResult, out: Path) -> list[str]:
     return names
 
 
-def render_html(report: dict[str, Any], out: Path, plots: Sequence[str]) -> str:
+def render_html(
+    report: dict[str, Any], out: Path, plots: Sequence[str], plots_missing: str | None = None
+) -> str:
     e = html.escape
     verdict = report["verdict"]
     status = (
@@ -330,7 +357,7 @@ def render_html(report: dict[str, Any], out: Path, plots: Sequence[str]) -> str:
         f"<tr><td>{e(w['target'])}</td><td class=n>{w['count']}</td><td class=n>{w['first_s']:.1f}-{w['last_s']:.1f}</td><td>{e(w['reason'])}</td></tr>"
         for w in report["gate_waits"]
     )
-    images = "".join(
+    images = e(plots_missing or "") + "".join(
         f'<p><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()}"></p>'
         for name in plots
     )

