@@ -407,7 +407,7 @@ def _run(
         raise RuntimeError(f"Locust exited {code} without a verdict")
     report = json.loads(report_path.read_text())
     _summary(report, out)
-    if report["valid"]:
+    if report["verdict"]["valid"]:
         return EXIT_VALID
     replay = [
         "vecmig",
@@ -473,14 +473,17 @@ def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:
-    ops = ", ".join(f"{f} {n}" for f, n in sorted(report.get("ops", {}).items()))
-    phases = " -> ".join(p["phase"] for p in report.get("phases", [])) or "OLD_ONLY"
+    verdict = report["verdict"]
+    ops = ", ".join(f"{f} {counts['invoke']}" for f, counts in report["ops"].items())
+    phases = " -> ".join(p["phase"] for p in report["phases"]) or "OLD_ONLY"
     print(f"phases: {phases}")
-    print(f"ops: {ops}; faults: {len(report.get('faults', []))} events")
+    print(f"ops: {ops}; faults: {len(report['faults'])}")
     for kind in ANOMALIES:
-        print(f"  {kind.replace('_', ' '):<20} {report[kind]}")
-    for kind, examples in report.get("examples", {}).items():
+        print(f"  {kind.replace('_', ' '):<20} {verdict[kind]}")
+    for kind, examples in report["examples"].items():
         if examples:
             print(f"  first {kind.replace('_', ' ')}: {json.dumps(examples[0])[:300]}")
-    verdict = "valid" if report["valid"] else ("unknown" if report.get("unknown") else "ANOMALIES")
-    print(f"verdict: {verdict}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")
+    if verdict["stall"]:
+        print(f"  stalled: {verdict['stall']['description']}")
+    word = "valid" if verdict["valid"] else ("unknown" if verdict["unknown"] else "ANOMALIES")
+    print(f"verdict: {word}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")

@@ -127,7 +127,16 @@ def _quitting(environment: Environment, **_: Any) -> None:
         P.chaos.close()
         if P.chaos_history is not None:
             P.chaos_history.close()
-    verdict, report = judge(P.plan.history_dir, P.plan.out_dir)
+    plan = P.plan
+    verdict, report = judge(
+        plan.history_dir,
+        plan.out_dir,
+        seed=plan.seed,
+        catalog=plan.catalog,
+        dim=plan.dim,
+        duration_s=plan.duration_s,
+        chaos=plan.chaos,
+    )
     counts = ", ".join(f"{k} {v}" for k, v in verdict.counts().items())
     _say(
         f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); {report['events']} events"

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from vecmig.harness.extras import as_missing_extra
 from vecmig.harness.history.checker import ANOMALIES
-from vecmig.harness.history.ops import write_jsonl
+from vecmig.harness.history.report import build as build_report
 from vecmig.sim.scenario import SECOND
 from vecmig.sim.simulation import RunResult
 
@@ -92,13 +92,6 @@ def gate_waits(result: RunResult) -> list[dict[str, Any]]:
     return list(grouped.values())
 
 
-def ops_counts(result: RunResult) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for c in result.completed:
-        counts[c.f][c.type] += 1
-    return {f: dict(sorted(v.items())) for f, v in sorted(counts.items())}
-
-
 def history_bytes(result: RunResult) -> bytes:
     return "".join(e.to_json() + "\n" for e in result.events).encode("utf-8")
 
@@ -109,46 +102,31 @@ def replay_command(result: RunResult, scenario_arg: str) -> str:
 
 
 def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float) -> dict[str, Any]:
-    v = result.verdict
-    return {
-        "seed": result.seed,
-        "strategy": result.strategy,
-        "scenario": result.scenario.name,
-        "scenario_source": result.scenario.source,
-        "swarm": result.swarm,
-        "buggify": result.buggify,
-        "history_sha256": sha256,
-        "replay": replay_command(result, scenario_arg),
-        "verdict": {
-            "valid": v.valid,
-            "unknown": v.unknown,
-            "stalled": v.stalled,
-            **v.counts(),
-            "stall": None if v.stall is None else v.stall.to_json(),
-            "unjudged_filtered_hits": v.unjudged_filtered_hits,
-        },
-        "examples": v.examples,
-        "notes": list(v.notes) + result.notes,
-        "ops": ops_counts(result),
-        "phases": [{**p, "time_s": p["time"] / SECOND} for p in result.phases],
-        "end_phase": result.end_phase,
-        "faults": [
-            {
-                **f,
-                "start_s": f["start"] / SECOND,
-                "stop_s": None if f["stop"] is None else f["stop"] / SECOND,
-            }
-            for f in result.faults
-        ],
-        "latency_ms": latency_by_phase(result),
-        "recall": v.recall,
-        "backfill": result.backfill,
-        "gate_waits": gate_waits(result),
-        "controller": {k: v for k, v in result.controller.items() if k != "gate_waits"},
-        "simulated_s": result.sim_end_ns / SECOND,
-        "wall_s": round(wall_s, 3),
-        "driver_bugs": result.bugs,
-    }
+    """report.json: the report every engine writes (`vecmig.harness.history.report`, schema in
+    docs/report.schema.json), with the simulator's own fields."""
+    report = build_report(
+        "simulate",
+        result.verdict,
+        result.events,
+        seed=result.seed,
+        strategy=result.strategy,
+        scenario=result.scenario.name,
+        scenario_source=result.scenario.source,
+        swarm=result.swarm,
+        buggify=result.buggify,
+        history_sha256=sha256,
+        replay=replay_command(result, scenario_arg),
+        end_phase=result.end_phase,
+        latency_ms=latency_by_phase(result),
+        backfill=result.backfill,
+        gate_waits=gate_waits(result),
+        controller={k: v for k, v in result.controller.items() if k != "gate_waits"},
+        simulated_s=result.sim_end_ns / SECOND,
+        wall_s=round(wall_s, 3),
+        driver_bugs=result.bugs,
+    )
+    report["notes"] += result.notes
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +168,6 @@ def write(result: RunResult, out: Path, scenario_arg: str, wall_s: float) -> Wri
         render_html(report, out, plots, plots_missing), encoding="utf-8"
     )
     return Written(report, plots, plots_missing)
-
-
-def write_history(result: RunResult, path: Path) -> None:
-    write_jsonl(result.events, path)
 
 
 def write_plots(result: RunResult, out: Path) -> list[str]:
@@ -419,7 +393,7 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     table.add_row(
         "phases",
         report["end_phase"],
-        " -> ".join(f"{p['phase']}@{p['time_s']:.1f}s" for p in report["phases"][1:]),
+        " -> ".join(f"{p['phase']}@{p['time_s']:.1f}s" for p in report["phases"]),
     )
     stall = verdict.get("stall")
     table.add_row(
@@ -453,7 +427,7 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             )
         console.print(waits)
     ops = ", ".join(
-        f"{f} {sum(t.values())} ({', '.join(f'{k} {n}' for k, n in t.items())})"
+        f"{f} {t['invoke']} ({', '.join(f'{k} {t[k]}' for k in ('ok', 'fail', 'info') if t[k])})"
         for f, t in report["ops"].items()
     )
     console.print(f"ops: {ops}", highlight=False)

@@ -44,7 +44,7 @@ def vecmig_without(modules: list[str], *argv: str, cwd: Path) -> subprocess.Comp
 def test_check_runs_on_a_core_install(tmp_path: Path) -> None:
     done = vecmig_without(OPTIONAL, "check", str(EXAMPLE), "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["valid"] is True
+    assert json.loads(done.stdout)["verdict"]["valid"] is True
 
 
 def test_simulate_on_a_core_install_writes_all_but_the_plots_and_says_so(tmp_path: Path) -> None:
