@@ -79,11 +79,6 @@ def load_value(records: Iterable[Record]) -> dict[str, Any]:
     }
 
 
-def score(value: float) -> float:
-    """Scores are written rounded, so that a replayed run writes the same bytes."""
-    return round(float(value), 6)
-
-
 class Recorder:
     """Appends events with consecutive indexes; optionally streams them to a file.
 
