@@ -28,7 +28,8 @@ then, with every instance keeping up, the controller's loop must reach DECOMMISS
 
 `MigrationMachine` runs the safe strategy; the same machine on the naive plan must break (see
 `test_the_machine_finds_the_naive_plan_broken`). To run it against your adapters, subclass it
-and override `make_sides`, or set `VECMIG_ADAPTER` (docs/property-tests.md).
+and override `make_sides`, or use the pytest plugin's `AdapterMigrationTest`
+(`vecmig.harness.testing.migration`, docs/property-tests.md).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conformance.your_adapter import ENV, adapter_factory
 from hypothesis import HealthCheck, event, settings
 from hypothesis import Phase as Stage
 from hypothesis import strategies as st
@@ -60,7 +60,6 @@ from vecmig.harness.catalog import product_id
 from vecmig.harness.clusters.base import (
     ClusterError,
     ClusterPort,
-    Metric,
     Side,
     Timeout,
     Unavailable,
@@ -1075,26 +1074,6 @@ def test_the_machine_finds_the_naive_plan_broken(machine: type[MigrationMachine]
     rules = [s for s in steps if re.match(r"(state\.|ops_\d+ = )", s)][:-1]  # not teardown
     assert rules, f"Hypothesis printed no steps: {getattr(error, '__notes__', None)}"
     assert len(rules) <= MAX_RULES, "\n".join(steps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Your adapters: VECMIG_ADAPTER=package.module:factory, where factory(dim, metric) returns a
-# fresh, empty ClusterPort (the shape of the conformance suite's make_cluster). Fault rules
-# touch only fake clusters; failed requests, crashes and lagging instances apply to any side.
-
-
-class AdapterMigration(MigrationMachine):
-    """The safe migration between two sides made by VECMIG_ADAPTER's factory."""
-
-    def make_sides(self) -> tuple[ClusterPort, ClusterPort]:
-        factory = adapter_factory()
-        assert factory is not None, f"set {ENV}=package.module:factory"
-        return factory(DIM, Metric.COSINE), factory(DIM, Metric.COSINE)
-
-
-@pytest.mark.skipif(adapter_factory() is None, reason=f"set {ENV}=package.module:factory")
-def test_the_safe_migration_on_your_adapter() -> None:
-    run_state_machine_as_test(AdapterMigration, settings=TestSafeMigration.settings)
 
 
 @pytest.mark.slow

@@ -16,22 +16,60 @@ which starts such a side itself and passes the real URL on; here they are refuse
 
 Engine client packages are imported only when their scheme is used (`pip install
 'vecmig[engines]'` brings them all).
+
+Other packages add schemes through the entry-point group `vecmig.adapters`: an entry point
+named after the scheme whose object opens a side, `open(url, dim, metric) -> ClusterPort`.
+With this in a package's pyproject.toml, `vecmig serve --old myengine://host/db` works:
+
+    [project.entry-points."vecmig.adapters"]
+    myengine = "myengine.vecmig:open_side"
+
+The schemes above come first; an entry point cannot replace one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import ClusterPort, Metric
 
-__all__ = ["CLUSTER_TOKEN_ENV", "SCHEMES", "open_cluster"]
+__all__ = [
+    "ADAPTER_GROUP",
+    "CLUSTER_TOKEN_ENV",
+    "SCHEMES",
+    "OpenSide",
+    "adapter_schemes",
+    "open_cluster",
+    "schemes",
+]
 
 CLUSTER_TOKEN_ENV = "VECMIG_CLUSTER_TOKEN"
 """Where a cluster server's token is found by default, by the server and by its clients."""
 
 SCHEMES = ("fake", "pgvector", "qdrant", "qdrant+local", "milvus+lite", "http")
+"""The schemes vecmig opens itself."""
 AUTO_SCHEMES = ("pgvector", "qdrant+local", "milvus+lite")
 """Schemes whose `scheme://auto` means "a throwaway side that `vecmig loadtest` starts"."""
+ADAPTER_GROUP = "vecmig.adapters"
+"""The entry-point group through which installed packages add schemes."""
+
+OpenSide = Callable[[str, int, Metric], ClusterPort]
+"""What a `vecmig.adapters` entry point loads: `open(url, dim, metric)` gives the side."""
+
+
+def adapter_schemes() -> dict[str, EntryPoint]:
+    """The schemes installed packages register (entry-point group `vecmig.adapters`), by
+    lower-cased name, leaving out those that would shadow one of vecmig's own."""
+    found = {ep.name.lower(): ep for ep in entry_points(group=ADAPTER_GROUP)}
+    own = {*SCHEMES, "https"}
+    return {name: ep for name, ep in sorted(found.items()) if name not in own}
+
+
+def schemes() -> tuple[str, ...]:
+    """Every scheme `open_cluster` knows: vecmig's own, then the installed packages'."""
+    return (*SCHEMES, *adapter_schemes())
 
 
 def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> ClusterPort:
@@ -103,7 +141,29 @@ def open_cluster(url: str, dim: int, metric: Metric | str = Metric.COSINE) -> Cl
                 f"expected {dim}-dimensional {metric.value}"
             )
         return side
+    registered = adapter_schemes().get(scheme)
+    if registered is not None:
+        return _open_registered(registered, url, dim, metric)
     raise ValueError(f"{url!r} has unknown scheme {scheme!r}; valid schemes: {_valid()}")
+
+
+def _open_registered(entry: EntryPoint, url: str, dim: int, metric: Metric) -> ClusterPort:
+    where = f"the {entry.name!r} adapter ({entry.value}, entry point group {ADAPTER_GROUP})"
+    try:
+        opener = entry.load()
+    except Exception as exc:  # whatever broke the import, the user must learn which package
+        raise ValueError(f"{url!r}: cannot load {where}: {exc!r}") from exc
+    if not callable(opener):
+        raise ValueError(f"{url!r}: {where} is {opener!r}, not open(url, dim, metric)")
+    side = opener(url, dim, metric)
+    if not isinstance(side, ClusterPort):
+        raise ValueError(f"{url!r}: {where} returned {side!r}, which is no ClusterPort")
+    if (side.dim, side.metric) != (dim, metric):
+        raise ValueError(
+            f"{url!r}: {where} opened a {side.dim}-dimensional {side.metric} side; "
+            f"expected {dim}-dimensional {metric.value}"
+        )
+    return side
 
 
 def _qdrant(dim: int, metric: Metric, query: dict[str, str], **client_args: object) -> ClusterPort:
@@ -146,4 +206,4 @@ def _no_more(url: str, query: dict[str, str]) -> None:
 
 
 def _valid() -> str:
-    return ", ".join(f"{s}://" for s in SCHEMES)
+    return ", ".join(f"{s}://" for s in schemes())

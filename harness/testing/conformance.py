@@ -1,14 +1,23 @@
 """The conformance suite every `ClusterPort` adapter must pass, whatever engine is behind it.
 
-Use it by subclassing `ClusterConformance` in a `test_<adapter>.py` module and overriding the
-`make_cluster` fixture with one that returns a factory `(dim, metric) -> ClusterPort`; each call
-must give a fresh, empty side (the fixture cleans up after the test). Every rule checked here is
-one that `harness/clusters/base.py` states in a docstring; a test's name says which.
+Use it by subclassing `ClusterConformance` in a test module of your own:
+
+    from vecmig.harness.testing.conformance import ClusterConformance
+
+    class TestMyEngine(ClusterConformance):
+        recall_floor = 0.9   # optional knobs: recall_floor, property_examples, vector_rtol
+
+The sides come from the `make_cluster` fixture, a factory `(dim, metric) -> ClusterPort` whose
+every call gives a fresh, empty side. By default it is the pytest plugin's `vecmig_adapter`
+(`--vecmig-adapter`, the `vecmig_adapter` ini option or `VECMIG_ADAPTER`; see
+`vecmig.harness.testing.plugin`); override `make_cluster` in the class to build sides yourself
+(and clean them up after the test). Every rule checked here is one that
+`harness/clusters/base.py` states in a docstring; a test's name says which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +41,7 @@ from vecmig.harness.clusters.base import (
 )
 
 MakeCluster = Callable[[int, Metric], ClusterPort]
+"""`make_cluster(dim, metric)`: a fresh, empty side."""
 
 DIM = 16
 CATEGORIES = 5
@@ -119,7 +129,7 @@ def state_of(
 
 
 class ClusterConformance:
-    """Rules of the cluster port. Subclasses override `make_cluster`."""
+    """Rules of the cluster port, run against the sides `make_cluster` makes."""
 
     #: recall@10 against brute force that search must reach on the clustered catalog
     recall_floor = 0.8
@@ -129,11 +139,9 @@ class ClusterConformance:
     vector_rtol = 1e-5
 
     @pytest.fixture
-    def make_cluster(self) -> Iterator[MakeCluster]:
-        raise NotImplementedError(
-            f"{type(self).__name__} must override the make_cluster fixture with a factory "
-            "(dim, metric) -> ClusterPort that returns a fresh, empty side"
-        )
+    def make_cluster(self, vecmig_adapter: MakeCluster) -> MakeCluster:
+        """The plugin's adapter; override this fixture to make the sides yourself."""
+        return vecmig_adapter
 
     @pytest.fixture
     def cluster(self, make_cluster: MakeCluster) -> ClusterPort:
