@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "loadtest",
-        help="run the service under Locust load and chaos against two cluster servers, and judge it",
+        help="run the service under Locust load and chaos against two sides, and judge it",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,32 +120,27 @@ class Processes:
     def start(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        out.close()
+        with open(log, "ab") as out:  # the child keeps its own copy
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         self.groups.append(process.pid)
         return process
 
     def kill_all(self) -> None:
         groups = list(self.groups)
         for path in self.pid_files:  # a service the chaos controller restarted
-            try:
+            with suppress(OSError, ValueError):
                 groups.append(int(path.read_text().strip()))
-            except (OSError, ValueError):
-                pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in groups:
-                try:
+                with suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
             if sig == signal.SIGTERM:
                 time.sleep(0.5)
 
@@ -263,6 +258,7 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 timeout=300,
+                check=False,
             )
         if done.returncode != 0:
             tail = log.read_text(errors="replace")[-1500:]

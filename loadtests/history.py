@@ -42,7 +42,7 @@ class ProcessHistory:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name or f"{os.getpid()}"
         self.path = self.directory / f"part-{self.name}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
         self.recorder = Recorder(self._file, keep=False)
 
     @staticmethod

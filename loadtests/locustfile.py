@@ -24,7 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 import numpy as np
@@ -36,8 +36,8 @@ from vecmig.harness.catalog import product_id
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
 from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
-# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
-# gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
+# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used;
+# once gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
 # than ImportError. Nothing here runs trio: make the probe fail the way httpcore expects.
 sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
 
@@ -55,8 +55,8 @@ class _Process:
     versions: VersionClock
     catalog: Any
     vectors: dict[str, Any]
-    new_ids: deque[str] = deque(maxlen=500)
-    delisted: deque[str] = deque(maxlen=500)
+    new_ids: ClassVar[deque[str]] = deque(maxlen=500)
+    delisted: ClassVar[deque[str]] = deque(maxlen=500)
     """Products a merchant of this process delisted, for `relist`."""
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
@@ -87,7 +87,8 @@ def _init(environment: Environment, **_: Any) -> None:
     path = environment.parsed_options.vecmig_run
     if not path:
         sys.exit(
-            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); vecmig loadtest writes one"
+            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); "
+            "vecmig loadtest writes one"
         )
     P.plan = RunPlan.load(path)
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
@@ -139,7 +140,8 @@ def _quitting(environment: Environment, **_: Any) -> None:
     )
     counts = ", ".join(f"{k} {v}" for k, v in verdict.counts().items())
     _say(
-        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); {report['events']} events"
+        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); "
+        f"{report['events']} events"
     )
     for note in verdict.notes:
         _say(f"checker note: {note}")

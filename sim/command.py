@@ -315,7 +315,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         for future in concurrent.futures.as_completed(futures):
             try:
                 rows.append(future.result())
-            except Exception as exc:  # a seed that raised is a result too; keep the others
+            except Exception as exc:  # noqa: BLE001 - a seed that raised is a result; keep the rest
                 rows.append(_raised(args, scenario, futures[future], exc))
             progress.advance(task)
     rows.sort(key=lambda r: r["seed"])

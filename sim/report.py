@@ -203,7 +203,8 @@ def render_html(
 def print_summary(console: Console, report: dict[str, Any]) -> None:
     verdict = report["verdict"]
     table = Table(
-        title=f"vecmig simulate {report['scenario']} --strategy {report['strategy']} --seed {report['seed']}",
+        title=f"vecmig simulate {report['scenario']} --strategy {report['strategy']} "
+        f"--seed {report['seed']}",
         title_justify="left",
     )
     table.add_column("check")
@@ -271,10 +272,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         for f, t in report["ops"].items()
     )
     console.print(f"ops: {ops}", highlight=False)
-    console.print(
-        f"faults: {len(report['faults'])} started ({', '.join(sorted({f['family'] for f in report['faults']})) or 'none'})",
-        highlight=False,
-    )
+    families = ", ".join(sorted({f["family"] for f in report["faults"]})) or "none"
+    console.print(f"faults: {len(report['faults'])} started ({families})", highlight=False)
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
     for bug in report["driver_bugs"][:5]:

@@ -251,7 +251,8 @@ class Simulation:
                 max_skew_ms=s.instances.max_clock_skew_ms,
             )
         filled = []
-        for spec in specs:
+        for given in specs:
+            spec = given
             if spec.duration_s is None and spec.family == "app-instance-crash":
                 spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
             if spec.duration_s is None and spec.family == "backfill-worker-crash":

@@ -37,7 +37,12 @@ def vecmig_without(modules: list[str], *argv: str, cwd: Path) -> subprocess.Comp
         f"sys.exit(main({list(argv)!r}))\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 

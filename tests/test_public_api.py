@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import vecmig
-import vecmig.harness.core as core
+from vecmig.harness import core
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -115,7 +115,7 @@ __all__ = [
     "ScenarioError",
     "load_scenario",
 ]
-"""The names above, `_EXPORTS` and the imports for type checkers agree (tests/test_public_api.py)."""
+"""The names above, `_EXPORTS` and the imports for type checkers agree (a test checks)."""
 
 
 def __getattr__(name: str) -> Any:
@@ -142,4 +142,4 @@ if (
     not (Path(__file__).resolve().parent / "harness").is_dir()
     and (_root / "harness" / "__init__.py").is_file()
 ):
-    __path__.append(str(_root))  # noqa: F821 - a package's __path__ is defined at import
+    __path__.append(str(_root))  # a package's __path__, defined at import

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +291,7 @@ def _run_pg(
 
 def _stop_quietly(root: Path, bindir: Path, user: str | None) -> None:
     if (root / "data" / "postmaster.pid").exists():
-        try:
+        with suppress(OSError, subprocess.SubprocessError):
             _run_pg(
                 bindir,
                 root,
@@ -305,8 +305,6 @@ def _stop_quietly(root: Path, bindir: Path, user: str | None) -> None:
                 "stop",
                 check=False,
             )
-        except (OSError, subprocess.SubprocessError):
-            pass
 
 
 def _has_vector(bindir: Path) -> bool:

@@ -1,9 +1,12 @@
 """The history: one JSON line per event, in the style of Jepsen, shared by all three engines.
 
 ```
-{"index": 17, "process": 3, "type": "invoke", "f": "upsert", "value": {"id": "p42", "version": 9}, "time": 123456789}
-{"index": 18, "process": 3, "type": "ok", "f": "upsert", "value": {"id": "p42", "version": 9}, "time": 123459999}
+{"index": 17, "process": 3, "type": "invoke", "f": "upsert",
+ "value": {"id": "p42", "version": 9}, "time": 123456789}
+{"index": 18, "process": 3, "type": "ok", "f": "upsert",
+ "value": {"id": "p42", "version": 9}, "time": 123459999}
 ```
+(one line each in a file; wrapped here).
 
 `type` is `invoke`, `ok`, `fail` (certainly no effect) or `info` (indeterminate). Each
 completion follows its own invoke on the same `process`; a process that got `info` never
@@ -162,7 +165,7 @@ def iter_numbered(path: str | Path) -> Iterator[tuple[int, Event]]:
     number = 0
     with open(path, encoding="utf-8") as lines:
         try:
-            for number, text in enumerate(lines, start=1):  # noqa: B007 - used after the loop
+            for number, text in enumerate(lines, start=1):
                 if not text.strip():
                     continue
                 try:

@@ -52,7 +52,8 @@ examples:
   vecmig cluster serve --dim 32 --port 8101 &  vecmig cluster serve --dim 32 --port 8102 &
   VECMIG_ADMIN_TOKEN=s3cret vecmig serve --old http://127.0.0.1:8101 \\
       --new http://127.0.0.1:8102 --dim 32 --state /tmp/mig.sqlite --init --port 8100
-  vecmig serve --old 'pgvector://app@db/shop?table=items' --new 'qdrant://qdrant:6333?collection=items' \\
+  vecmig serve --old 'pgvector://app@db/shop?table=items' \\
+      --new 'qdrant://qdrant:6333?collection=items' \\
       --dim 768 --state /var/lib/vecmig/state.sqlite --admin-token-file /etc/vecmig/token
 """
 

@@ -418,7 +418,7 @@ class ClusterConformance:
 
     # -- scan -----------------------------------------------------------------------------------
 
-    IDS = ["b", "a", "B", "a-1", "a_1", "a.1", "Z9", "_x", "a1", "~", "product:42", "é", "aa", "a"]
+    IDS = ("b", "a", "B", "a-1", "a_1", "a.1", "Z9", "_x", "a1", "~", "product:42", "é", "aa", "a")
 
     def test_scan_is_ascending_by_id_includes_tombstones_and_visits_each_id_once(
         self, cluster: ClusterPort
@@ -483,7 +483,7 @@ class ClusterConformance:
 
     # -- bad input ------------------------------------------------------------------------------
 
-    BAD_IDS: list[Any] = ["", "x" * (MAX_ID_LENGTH + 1), "tab\there", "nl\n", 42, None]
+    BAD_IDS: tuple[Any, ...] = ("", "x" * (MAX_ID_LENGTH + 1), "tab\there", "nl\n", 42, None)
 
     def assert_untouched(self, cluster: ClusterPort) -> None:
         got = cluster.get(["keep", "good"])

@@ -1,7 +1,7 @@
 """The conformance suite and the migration state machine on the adapter the pytest plugin is
 given (skipped, saying how, while it is given none):
 
-    python -m pytest tests/conformance/test_your_adapter.py --vecmig-adapter=mypackage.sides:make_side
+    python -m pytest tests/conformance/test_your_adapter.py --vecmig-adapter=mypkg.sides:make_side
     VECMIG_ADAPTER=myengine://... python -m pytest tests/conformance/test_your_adapter.py
 
 Your own project needs no vecmig checkout for this: the same two classes, subclassed in a test
