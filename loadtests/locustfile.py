@@ -19,6 +19,7 @@ history process.
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import time
@@ -33,6 +34,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from vecmig.harness.catalog import product_id
+from vecmig.harness.history.ops import EventType
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
 from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
@@ -84,7 +86,7 @@ def _options(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    path = environment.parsed_options.vecmig_run
+    path = _options_of(environment).vecmig_run
     if not path:
         sys.exit(
             "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); "
@@ -100,6 +102,14 @@ def _init(environment: Environment, **_: Any) -> None:
     P.vectors = {r.id: r for r in P.catalog.records()}
 
 
+def _options_of(environment: Environment) -> argparse.Namespace:
+    """The parsed command line (Locust parses it before any of these hooks runs)."""
+    options: argparse.Namespace | None = environment.parsed_options
+    if options is None:
+        raise RuntimeError("Locust gave the vecmig hooks no parsed options")
+    return options
+
+
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
@@ -108,8 +118,9 @@ def _test_start(environment: Environment, **_: Any) -> None:
     P.chaos = Chaos(P.plan, P.chaos_history.recorder, say=_say)
     if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
-    if P.plan.chaos and not environment.parsed_options.vecmig_no_chaos:
-        run_time = environment.parsed_options.run_time or P.plan.duration_s
+    options = _options_of(environment)
+    if P.plan.chaos and not options.vecmig_no_chaos:
+        run_time = options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
         schedule = schedule_for(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
@@ -201,7 +212,7 @@ class MigrationUser(FastHttpUser):
         path: str,
         body: dict[str, Any],
         result: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> tuple[str, Any]:
+    ) -> tuple[EventType, Any]:
         read = f in READS
         give_up = time.monotonic() + RETRY_WINDOW_S
         while True:
@@ -217,11 +228,11 @@ class MigrationUser(FastHttpUser):
                     if (refused or read) and time.monotonic() < give_up:
                         gevent.sleep(0.1)
                         continue
-                    failed = "fail" if refused else "info"
+                    failed: EventType = "fail" if refused else "info"
                     return failed, _failed(invoke, read, f"{type(error).__name__}: {error}")
                 message = _error_of(response)
                 response.failure(f"HTTP {status}: {message}")
-                outcome = "info" if status == 504 else "fail"
+                outcome: EventType = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
 

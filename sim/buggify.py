@@ -165,7 +165,8 @@ def _traffic(draw: _Draw, traffic: dict[str, Any]) -> None:
 def _plan(draw: _Draw) -> list[str]:
     """A walk of the phase table: mostly forward, with up to two ROLLBACKs or ABORTs, ending
     in SHADOW, CUTOVER or (most often) DECOMMISSIONED."""
-    phase, steps, back = Phase.OLD_ONLY, [], 0
+    phase, back = Phase.OLD_ONLY, 0
+    steps: list[str] = []
     while phase is not Phase.DECOMMISSIONED and len(steps) < 16:
         if phase in (Phase.SHADOW, Phase.CUTOVER) and draw.chance(0.06):
             break

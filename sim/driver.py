@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ from vecmig.harness.history.ops import CONTROLLER, Recorder
 from vecmig.sim.scenario import MS, Distribution, LatencyConfig
 
 Clock = Callable[[int], int]
+SimProcess = Generator[simpy.Event, Any, None]
+"""A SimPy process: a generator of events to wait for."""
 
 _OP_NAME: Mapping[type, str] = {
     rq.Upsert: "upsert",
@@ -388,7 +390,7 @@ class SimDriver:
                     advance = _sender(op, None)
                 else:
                     yield env.timeout(self.store_latency())
-                    advance = _sender(op, execute(request, self.ports, self.store))  # type: ignore[arg-type]
+                    advance = _sender(op, execute(request, self.ports, self.store))
             except simpy.Interrupt as interrupt:
                 cause = interrupt.cause
                 if isinstance(cause, tuple) and cause[0] == "reroute":

@@ -37,12 +37,12 @@ from vecmig.sim.simulation import RunResult
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
-        return {"p50": None, "p99": None, "n": 0}  # type: ignore[dict-item]
+        return {"p50": None, "p99": None, "n": 0}
     arr = np.asarray(values, dtype=float)
     return {
         "p50": round(float(np.percentile(arr, 50)), 3),
         "p99": round(float(np.percentile(arr, 99)), 3),
-        "n": len(values),  # type: ignore[dict-item]
+        "n": len(values),
     }
 
 

@@ -122,9 +122,10 @@ def vecmig_machine_settings(pytestconfig: pytest.Config) -> settings:
     from hypothesis import HealthCheck, settings
 
     examples = pytestconfig.getoption(EXAMPLES_OPTION) or pytestconfig.getini(EXAMPLES_OPTION)
+    profile = settings()  # the active profile's settings
     return settings(
-        settings.default,
-        max_examples=int(examples) if examples else settings.default.max_examples,
+        profile,
+        max_examples=int(examples) if examples else profile.max_examples,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
