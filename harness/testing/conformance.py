@@ -75,6 +75,18 @@ def clustered_catalog(
     return records, centres
 
 
+def clustered_catalog_for(metric: Metric, n: int) -> tuple[list[Record], np.ndarray]:
+    """`clustered_catalog(n)` for `metric`: unit vectors for the inner product, whose distance
+    (1 - dot) orders neighbours as cosine does only between unit vectors."""
+    records, centres = clustered_catalog(n)
+    if metric is Metric.INNER_PRODUCT:
+        records = [
+            Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
+            for r in records
+        ]
+    return records, centres
+
+
 def queries_near(centres: np.ndarray, count: int, seed: int = 11) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(centres), size=count)
@@ -318,12 +330,7 @@ class ClusterConformance:
         self, make_cluster: MakeCluster, metric: Metric
     ) -> None:
         c = make_cluster(DIM, metric)
-        records, centres = clustered_catalog(80)
-        if metric is Metric.INNER_PRODUCT:
-            records = [
-                Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
-                for r in records
-            ]
+        records, centres = clustered_catalog_for(metric, 80)
         c.upsert(records)
         by_id = {r.id: r for r in records}
         q = queries_near(centres, 1)[0]
@@ -337,12 +344,7 @@ class ClusterConformance:
         self, make_cluster: MakeCluster, metric: Metric
     ) -> None:
         c = make_cluster(DIM, metric)
-        records, centres = clustered_catalog(600)
-        if metric is Metric.INNER_PRODUCT:
-            records = [
-                Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
-                for r in records
-            ]
+        records, centres = clustered_catalog_for(metric, 600)
         c.upsert(records)
         recalls = []
         for q in queries_near(centres, 20):
