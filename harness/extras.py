@@ -17,11 +17,12 @@ core command loads, so a missing library surfaces as `ModuleNotFoundError` insid
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["EXTRAS", "MissingExtra", "as_missing_extra", "extra_for", "require"]
+__all__ = ["EXTRAS", "MissingExtra", "as_missing_extra", "extra_for", "installed", "require"]
 
 EXTRAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -56,13 +57,22 @@ def extra_for(module: str | None) -> str | None:
 
 
 def require(extra: str, needed_for: str) -> None:
-    """Import every library of `extra` now, so that a command with a missing extra stops
-    before it starts anything, saying which extra to install."""
+    """Check that every library of `extra` is installed, so that a command with a missing
+    extra stops before it starts anything, saying which extra to install. Nothing is
+    imported: importing Locust, for one, monkey-patches the process with gevent."""
     for module in EXTRAS[extra]:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise MissingExtra(extra, module, needed_for) from None
+        if not installed(module):
+            raise MissingExtra(extra, module, needed_for)
+
+
+def installed(module: str) -> bool:
+    """Whether top-level `module` can be imported (found, not imported)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def as_missing_extra(exc: ImportError, needed_for: str) -> MissingExtra | None:

@@ -110,6 +110,21 @@ def test_an_engine_url_without_the_engines_extra_names_it(tmp_path: Path) -> Non
     )
 
 
+def test_checking_an_extra_imports_nothing(tmp_path: Path) -> None:
+    """`vecmig loadtest` checks for Locust before it starts; importing it would monkey-patch
+    the command's own process with gevent (and break httpx there)."""
+    code = (
+        "import sys\n"
+        "from vecmig.harness.extras import require\n"
+        "require('loadtest', 'x'); require('service', 'x')\n"
+        "print(sorted({'locust', 'gevent', 'starlette', 'httpx'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_module_no_extra_brings_is_a_bug_not_a_missing_extra() -> None:
     assert extra_for("vecmig.harness.nothing") is None
     assert as_missing_extra(ModuleNotFoundError("x", name="not_a_library"), "vecmig x") is None
