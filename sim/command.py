@@ -34,8 +34,11 @@ SIMULATE_EPILOG = """\
 writes, in --out (default out/<scenario>-<strategy>-<seed>):
   history.jsonl   every event (vecmig check can judge it again)
   report.json     verdict, ops, phases, faults, latency by phase, recall, the history's sha256
+                  (docs/report.schema.json: the shape of every engine's report)
   report.html     the same, with the plots embedded
-  latency.png backfill.png mismatch.png
+  timeline.png    phases, faults, latency, throughput, recall and mismatch on one time axis
+  backfill.png    the backfill's progress and the repair log (both plots need matplotlib:
+                  pip install 'vecmig[plots]')
 
 exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key),
 4 stalled (the plan did not finish, or a gate held past migration.stall_after_s).
@@ -174,7 +177,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             task = progress.add_task("sim", total=scenario.duration_s)
             result = sim.run(lambda t, end: progress.update(task, completed=t / 1e9))
     wall = time.perf_counter() - started
-    report = rep.write(result, out, name, wall)
+    written = rep.write(result, out, name, wall)
+    report = written.report
+    if written.plots_missing:
+        print(f"{written.plots_missing} (wrote all but the plots)", file=sys.stderr)
     if not args.quiet:
         rep.print_summary(console, report)
     valid = report["verdict"]["valid"]

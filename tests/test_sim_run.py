@@ -132,9 +132,8 @@ def test_simulate_safe_is_valid_and_writes_its_files(tiny: Path, tmp_path: Path)
         "history.jsonl",
         "report.json",
         "report.html",
-        "latency.png",
+        "timeline.png",
         "backfill.png",
-        "mismatch.png",
     ):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())

@@ -133,7 +133,7 @@ class LiveDriver:
         except asyncio.CancelledError:
             steps.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - a crash of the op must be visible, not silent
+        except Exception as exc:  # a crash of the op must be visible (logged), not silent
             steps.close()
             self.crashes += 1
             log.exception("operation %s crashed", op.kind)
