@@ -94,21 +94,29 @@ def _base_faults(
     )
     kept = []
     for spec in base.faults:
-        if spec.family in ("error-rate", "partition", "index-rebuild"):
-            # Written for the base's own plan: bound it to where the other side serves reads,
-            # since the drawn plan may step back (ROLLBACK, ABORT) while it lasts.
-            if spec.phase not in ROLE_PHASES[spec.side]:
-                continue
-            spec = dataclasses.replace(spec, until_phase=ROLE_UNTIL[spec.side])
-        if spec.family in ("node-crash", "node-pause", "slow-replica"):
-            shards, replicas = table["clusters"]["shards"], table["clusters"]["replicas"]
-            shard = draw.integer(0, shards - 1)
-            if spec.node:
-                shard = min(parse_node_id(spec.node)[0], shards - 1)
-            spec = dataclasses.replace(spec, node=f"s{shard}r{min(victim, replicas - 1)}")
-        if not fault_problems(spec, limits, "faults[0]"):
-            kept.append(_fault_table(spec))
+        fitted = _fit_base_fault(draw, spec, table, victim)
+        if fitted is not None and not fault_problems(fitted, limits, "faults[0]"):
+            kept.append(_fault_table(fitted))
     return kept
+
+
+def _fit_base_fault(
+    draw: _Draw, spec: FaultSpec, table: dict[str, Any], victim: int
+) -> FaultSpec | None:
+    """A base fault fitted to the fault model of the module docstring, or None to drop it."""
+    if spec.family in ("error-rate", "partition", "index-rebuild"):
+        # Written for the base's own plan: bound it to where the other side serves reads,
+        # since the drawn plan may step back (ROLLBACK, ABORT) while it lasts.
+        if spec.phase not in ROLE_PHASES[spec.side]:
+            return None
+        return dataclasses.replace(spec, until_phase=ROLE_UNTIL[spec.side])
+    if spec.family in ("node-crash", "node-pause", "slow-replica"):
+        shards, replicas = table["clusters"]["shards"], table["clusters"]["replicas"]
+        shard = draw.integer(0, shards - 1)
+        if spec.node:
+            shard = min(parse_node_id(spec.node)[0], shards - 1)
+        return dataclasses.replace(spec, node=f"s{shard}r{min(victim, replicas - 1)}")
+    return spec
 
 
 def _fault_table(spec: FaultSpec) -> dict[str, Any]:

@@ -141,7 +141,8 @@ class LocalPool:
                     yield (
                         items[index],
                         Lost(
-                            f"its worker process died {attempts[index]} times (killed, out of memory)"
+                            f"its worker process died {attempts[index]} times "
+                            "(killed, out of memory)"
                         ),
                     )
 

@@ -100,7 +100,7 @@ def groups(failing: Sequence[StoredResult]) -> list[dict[str, Any]]:
     grouped: dict[Signature | None, list[StoredResult]] = defaultdict(list)
     for row in failing:
         grouped[row.signature].append(row)
-    out = []
+    out: list[dict[str, Any]] = []
     for signature, members in grouped.items():
         smallest = min(members, key=lambda row: row.task.seed)
         out.append(
@@ -114,7 +114,7 @@ def groups(failing: Sequence[StoredResult]) -> list[dict[str, Any]]:
                 "seeds": sorted(row.task.seed for row in members),
             }
         )
-    out.sort(key=lambda g: (-g["count"], g["smallest_seed"]))
+    out.sort(key=lambda group: (-len(group["seeds"]), group["smallest_seed"]))
     return out
 
 

@@ -132,7 +132,8 @@ class ResultStore:
         wanted = set(keys)
         cursor = self.db.execute(
             "SELECT key, scenario, strategy, seed, swarm, buggify, duration, outcome, stalled, "
-            "counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, raised, stored_at "
+            "counts, signature, end_phase, families, replay, history, wall_s, cpu_s, worker, "
+            "raised, stored_at "
             "FROM results ORDER BY seed"
         )
         for row in cursor:
