@@ -198,9 +198,9 @@ def test_pgvector_to_qdrant_under_load_and_chaos_with_zero_anomalies(tmp_path: P
     command = [
         sys.executable, "-m", "vecmig", "loadtest",
         "--old", "pgvector://auto", "--new", "qdrant+local://auto",
-        "--duration", "45", "--users", "8", "--catalog", "1000", "--out", str(out),
+        "--duration", "60", "--users", "8", "--catalog", "1000", "--out", str(out),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=170, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     output = done.stdout + done.stderr
     assert (out / "report.json").exists(), output
     report = json.loads((out / "report.json").read_text())
