@@ -20,7 +20,7 @@ The swarm draws only faults that `fault_problems` accepts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -374,7 +374,7 @@ def swarm_problems(config: SwarmConfig, limits: FaultLimits) -> list[str]:
 
 
 # per-family draws; the per-family fault registry (issue 12) takes them (C901)
-def swarm_schedule(  # noqa: C901
+def swarm_schedule(
     config: SwarmConfig,
     rng: np.random.Generator,
     *,
@@ -406,175 +406,174 @@ def swarm_schedule(  # noqa: C901
     chosen = sorted(
         rng.choice(len(families), size=int(rng.integers(low, high + 1)), replace=False).tolist()
     )
-    if config.window_s:
-        start, end = config.window_s
-    else:
-        start, end = 0.1 * duration_s, 0.9 * duration_s
-    victim = int(rng.integers(0, 2))  # replica number every node fault hits
+    start, end = config.window_s or (0.1 * duration_s, 0.9 * duration_s)
+    draw = _SwarmDraw(rng, (start, end), victim=int(rng.integers(0, 2)), max_skew_ms=max_skew_ms)
     out: list[FaultSpec] = []
-
-    def at() -> float:
-        return round(float(rng.uniform(start, end)), 3)
-
-    def lasting(low_s: float, high_s: float) -> float:
-        return round(float(rng.uniform(low_s, high_s)), 3)
-
     for index in chosen:
         family = families[index]
-        node = f"s{int(rng.integers(0, shards))}r{victim}"
-        if family == "node-crash":
-            out.append(
-                FaultSpec(
-                    family,
-                    side=_side(rng),
-                    node=node,
-                    lose_data=bool(rng.random() < 0.5),
-                    at_s=at(),
-                    duration_s=lasting(2, 15),
-                )
-            )
-        elif family == "node-pause":
-            out.append(
-                FaultSpec(family, side=_side(rng), node=node, at_s=at(), duration_s=lasting(1, 10))
-            )
-        elif family == "slow-replica":
-            out.append(
-                FaultSpec(
-                    family,
-                    side=_side(rng),
-                    node=node,
-                    factor=round(float(rng.uniform(2, 10)), 2),
-                    at_s=at(),
-                    duration_s=lasting(2, 20),
-                )
-            )
-        elif family == "error-rate":
-            # New before CUTOVER (it serves no reads yet), old during CUTOVER (new serves).
-            if rng.random() < 0.5:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="new",
-                        rate=round(float(rng.uniform(0.01, 0.2)), 3),
-                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
-                        after_s=lasting(0, 5),
-                        duration_s=lasting(2, 20),
-                        until_phase="CUTOVER",
-                    )
-                )
-            else:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="old",
-                        rate=round(float(rng.uniform(0.01, 0.2)), 3),
-                        phase="CUTOVER",
-                        after_s=lasting(0, 5),
-                        duration_s=lasting(2, 20),
-                    )
-                )
-        elif family == "lost-ack":
-            out.append(
-                FaultSpec(
-                    family,
-                    side="new",
-                    rate=round(float(rng.uniform(0.01, 0.1)), 3),
-                    phase="DUAL_WRITE",
-                    after_s=lasting(0, 2),
-                    duration_s=lasting(1, 10),
-                    until_phase="BACKFILL",
-                )
-            )
-        elif family == "index-rebuild":
-            # Searches fail on the rebuilding side: new before CUTOVER (it serves no reads
-            # yet), or old during CUTOVER (new serves); never both, so a fallback exists.
-            if rng.random() < 0.5:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="new",
-                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
-                        after_s=lasting(0, 5),
-                        duration_s=lasting(1, 8),
-                        until_phase="CUTOVER",
-                    )
-                )
-            else:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="old",
-                        phase="CUTOVER",
-                        after_s=lasting(0, 5),
-                        duration_s=lasting(1, 8),
-                    )
-                )
-        elif family == "latency-spike":
-            out.append(
-                FaultSpec(
-                    family,
-                    side=_side(rng),
-                    factor=round(float(rng.uniform(2, 8)), 2),
-                    at_s=at(),
-                    duration_s=lasting(1, 10),
-                )
-            )
-        elif family == "partition":
-            mode = _pick(rng, PARTITION_MODES)
-            if rng.random() < 0.5:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="new",
-                        mode=mode,
-                        phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
-                        after_s=lasting(0, 5),
-                        duration_s=lasting(1, 8),
-                        until_phase="CUTOVER",
-                    )
-                )
-            else:
-                out.append(
-                    FaultSpec(
-                        family,
-                        side="old",
-                        mode=mode,
-                        phase="CUTOVER",
-                        after_s=lasting(0, 3),
-                        duration_s=lasting(1, 8),
-                    )
-                )
-        elif family == "app-instance-crash":
-            out.append(FaultSpec(family, at_s=at(), duration_s=lasting(1, 10)))
-        elif family == "late-config":
-            out.append(
-                FaultSpec(
-                    family,
-                    delay_s=lasting(3, 30),
-                    phase=_pick(rng, ("DUAL_WRITE", "BACKFILL", "SHADOW")),
-                    duration_s=lasting(10, 40),
-                )
-            )
-        elif family == "clock-skew":
-            out.append(
-                FaultSpec(
-                    family,
-                    offset_ms=_within(
-                        round(float(rng.uniform(-max_skew_ms, max_skew_ms)), 1), max_skew_ms
-                    ),
-                    at_s=at(),
-                    duration_s=lasting(5, 30),
-                )
-            )
-        elif family == "backfill-worker-crash":
-            out.append(
-                FaultSpec(
-                    family, phase="BACKFILL", after_s=lasting(0.2, 5), duration_s=lasting(0.5, 3)
-                )
-            )
-        elif family == "visibility-lag":
-            out.append(FaultSpec(family, side="new", at_s=0.0))
+        draw.node = f"s{int(rng.integers(0, shards))}r{draw.victim}"
+        out.append(_SWARM_DRAWERS[family](draw, family))
     return out
+
+
+@dataclass
+class _SwarmDraw:
+    """What one swarm fault is drawn from. The draws happen in the order the drawers make
+    them, which fixes a seed's schedule: reorder nothing, or every recorded replay changes."""
+
+    rng: np.random.Generator
+    window: tuple[float, float]
+    victim: int  # the replica number every node fault hits
+    max_skew_ms: float
+    node: str = ""
+
+    def at(self) -> float:
+        return round(float(self.rng.uniform(*self.window)), 3)
+
+    def lasting(self, low_s: float, high_s: float) -> float:
+        return round(float(self.rng.uniform(low_s, high_s)), 3)
+
+    def factor(self, low: float, high: float) -> float:
+        return round(float(self.rng.uniform(low, high)), 2)
+
+    def rate(self, high: float) -> float:
+        return round(float(self.rng.uniform(0.01, high)), 3)
+
+    def side(self) -> str:
+        return _side(self.rng)
+
+    def pick(self, options: Sequence[str]) -> str:
+        return _pick(self.rng, options)
+
+    def while_other_serves(
+        self,
+        family: str,
+        *,
+        old_after_s: float,
+        lasting_s: tuple[float, float],
+        **keys: Callable[[], Any],
+    ) -> FaultSpec:
+        """An availability fault on a side that serves no reads meanwhile: new before CUTOVER
+        (stopped by CUTOVER), or old during CUTOVER (new serves); never both, so a read
+        always has a side to fall back to."""
+        if self.rng.random() < 0.5:
+            values = {key: value() for key, value in keys.items()}
+            return FaultSpec(
+                family,
+                side="new",
+                **values,
+                phase=self.pick(("DUAL_WRITE", "BACKFILL", "SHADOW")),
+                after_s=self.lasting(0, 5),
+                duration_s=self.lasting(*lasting_s),
+                until_phase="CUTOVER",
+            )
+        values = {key: value() for key, value in keys.items()}
+        return FaultSpec(
+            family,
+            side="old",
+            **values,
+            phase="CUTOVER",
+            after_s=self.lasting(0, old_after_s),
+            duration_s=self.lasting(*lasting_s),
+        )
+
+
+def _node_crash(d: _SwarmDraw, family: str) -> FaultSpec:
+    side = d.side()
+    lose_data = bool(d.rng.random() < 0.5)
+    return FaultSpec(
+        family,
+        side=side,
+        node=d.node,
+        lose_data=lose_data,
+        at_s=d.at(),
+        duration_s=d.lasting(2, 15),
+    )
+
+
+def _node_pause(d: _SwarmDraw, family: str) -> FaultSpec:
+    return FaultSpec(family, side=d.side(), node=d.node, at_s=d.at(), duration_s=d.lasting(1, 10))
+
+
+def _slow_replica(d: _SwarmDraw, family: str) -> FaultSpec:
+    side = d.side()
+    factor = d.factor(2, 10)
+    return FaultSpec(
+        family, side=side, node=d.node, factor=factor, at_s=d.at(), duration_s=d.lasting(2, 20)
+    )
+
+
+def _error_rate(d: _SwarmDraw, family: str) -> FaultSpec:
+    return d.while_other_serves(family, old_after_s=5, lasting_s=(2, 20), rate=lambda: d.rate(0.2))
+
+
+def _index_rebuild(d: _SwarmDraw, family: str) -> FaultSpec:
+    return d.while_other_serves(family, old_after_s=5, lasting_s=(1, 8))
+
+
+def _partition(d: _SwarmDraw, family: str) -> FaultSpec:
+    mode = d.pick(PARTITION_MODES)
+    return d.while_other_serves(family, old_after_s=3, lasting_s=(1, 8), mode=lambda: mode)
+
+
+def _lost_ack(d: _SwarmDraw, family: str) -> FaultSpec:
+    return FaultSpec(
+        family,
+        side="new",
+        rate=d.rate(0.1),
+        phase="DUAL_WRITE",
+        after_s=d.lasting(0, 2),
+        duration_s=d.lasting(1, 10),
+        until_phase="BACKFILL",
+    )
+
+
+def _latency_spike(d: _SwarmDraw, family: str) -> FaultSpec:
+    side = d.side()
+    factor = d.factor(2, 8)
+    return FaultSpec(family, side=side, factor=factor, at_s=d.at(), duration_s=d.lasting(1, 10))
+
+
+def _app_instance_crash(d: _SwarmDraw, family: str) -> FaultSpec:
+    return FaultSpec(family, at_s=d.at(), duration_s=d.lasting(1, 10))
+
+
+def _late_config(d: _SwarmDraw, family: str) -> FaultSpec:
+    delay_s = d.lasting(3, 30)
+    phase = d.pick(("DUAL_WRITE", "BACKFILL", "SHADOW"))
+    return FaultSpec(family, delay_s=delay_s, phase=phase, duration_s=d.lasting(10, 40))
+
+
+def _clock_skew(d: _SwarmDraw, family: str) -> FaultSpec:
+    offset = _within(round(float(d.rng.uniform(-d.max_skew_ms, d.max_skew_ms)), 1), d.max_skew_ms)
+    return FaultSpec(family, offset_ms=offset, at_s=d.at(), duration_s=d.lasting(5, 30))
+
+
+def _backfill_worker_crash(d: _SwarmDraw, family: str) -> FaultSpec:
+    after_s = d.lasting(0.2, 5)
+    return FaultSpec(family, phase="BACKFILL", after_s=after_s, duration_s=d.lasting(0.5, 3))
+
+
+def _visibility_lag(d: _SwarmDraw, family: str) -> FaultSpec:
+    return FaultSpec(family, side="new", at_s=0.0)
+
+
+_SWARM_DRAWERS: dict[str, Callable[[_SwarmDraw, str], FaultSpec]] = {
+    "node-crash": _node_crash,
+    "node-pause": _node_pause,
+    "slow-replica": _slow_replica,
+    "error-rate": _error_rate,
+    "lost-ack": _lost_ack,
+    "index-rebuild": _index_rebuild,
+    "latency-spike": _latency_spike,
+    "partition": _partition,
+    "app-instance-crash": _app_instance_crash,
+    "late-config": _late_config,
+    "clock-skew": _clock_skew,
+    "backfill-worker-crash": _backfill_worker_crash,
+    "visibility-lag": _visibility_lag,
+}
+"""One drawer per family swarm mode draws (SWARM_FAMILIES, and visibility-lag)."""
 
 
 def _within(value: float, bound: float) -> float:
