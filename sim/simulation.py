@@ -109,9 +109,51 @@ class Simulation:
                 strict=True,
             )
         )
-        s = scenario
         self.env = simpy.Environment()
         self.recorder = Recorder()
+        self._build_sides(scenario)
+        self._build_fleet(scenario, rngs)
+        self._build_migration(scenario, rngs)
+        s = scenario
+        self.traffic = Traffic(
+            self.env,
+            self.fleet,
+            self.catalog,
+            s.traffic,
+            int(s.duration_s * SECOND),
+            rngs["traffic"],
+            rngs["content"],
+        )
+        self.schedule = self._schedule(rngs["swarm"])
+        self.nemesis = Nemesis(
+            self.env,
+            self.schedule,
+            self.clusters,
+            self.driver,
+            self.fleet,
+            self.recorder,
+            rngs["faults"],
+            self._crash_backfill_worker,
+            self._start_backfill_worker,
+        )
+        self.phases: list[dict[str, Any]] = []
+        self.series: dict[str, list[Any]] = {
+            "time": [],
+            "backfill_copied": [],
+            "mismatch_rate": [],
+            "repair_backlog": [],
+            "batch_size": [],
+        }
+        self._backfill_flight: Flight | None = None
+        self._repair_flight: Flight | None = None
+        self._controller_flight: Flight | None = None
+        self.backfill_started: int | None = None
+        self.backfill_finished: int | None = None
+        self.final_backlog = 0
+        self._ending = False
+
+    def _build_sides(self, s: Scenario) -> None:
+        """The catalog and the two fake clusters it migrates between."""
         self.catalog = Catalog.generate(
             s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed
         )
@@ -129,6 +171,9 @@ class Simulation:
             )
             for offset, side in enumerate((Side.OLD, Side.NEW))
         }
+
+    def _build_fleet(self, s: Scenario, rngs: dict[str, np.random.Generator]) -> None:
+        """The config store, the coordinator, the layer's settings, the driver, the instances."""
         self.store = MemoryStore()
         self.coordinator = Coordinator(
             lease_ns=int(s.instances.lease_ms * MS),
@@ -169,6 +214,9 @@ class Simulation:
             self.shared,
             Draws(rngs["instances"]),
         )
+
+    def _build_migration(self, s: Scenario, rngs: dict[str, np.random.Generator]) -> None:
+        """The backfill (with its throttle) and the controller that walks the plan."""
         self.throttle = PacedThrottle(
             slo_p99_ms=s.migration.slo_p99_ms,
             batch_size=s.migration.batch_size,
@@ -197,44 +245,8 @@ class Simulation:
             ),
             new_p99_ms=lambda: self.driver.side_p99_ms(Side.NEW),
             calibration_queries=calibration,
-            lagged_sides=lagged,
+            lagged_sides=self.lagged,
         )
-        self.traffic = Traffic(
-            self.env,
-            self.fleet,
-            self.catalog,
-            s.traffic,
-            int(s.duration_s * SECOND),
-            rngs["traffic"],
-            rngs["content"],
-        )
-        self.schedule = self._schedule(rngs["swarm"])
-        self.nemesis = Nemesis(
-            self.env,
-            self.schedule,
-            self.clusters,
-            self.driver,
-            self.fleet,
-            self.recorder,
-            rngs["faults"],
-            self._crash_backfill_worker,
-            self._start_backfill_worker,
-        )
-        self.phases: list[dict[str, Any]] = []
-        self.series: dict[str, list[Any]] = {
-            "time": [],
-            "backfill_copied": [],
-            "mismatch_rate": [],
-            "repair_backlog": [],
-            "batch_size": [],
-        }
-        self._backfill_flight: Flight | None = None
-        self._repair_flight: Flight | None = None
-        self._controller_flight: Flight | None = None
-        self.backfill_started: int | None = None
-        self.backfill_finished: int | None = None
-        self.final_backlog = 0
-        self._ending = False
 
     def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
         s = self.scenario
