@@ -11,7 +11,7 @@ import pytest
 from vecmig.harness.clusters.base import Side
 from vecmig.harness.core import gates
 from vecmig.harness.core import requests as rq
-from vecmig.harness.core.compare import MirrorStats, NoiseFloor, compare
+from vecmig.harness.core.compare import MirrorStats, MirrorWindow, NoiseFloor, compare
 from vecmig.harness.core.gates import GateInputs, GatePolicy, Verification
 from vecmig.harness.core.phases import (
     ROUTES,
@@ -304,11 +304,16 @@ def test_shadow_gate_passes_when_backfilled_repaired_and_verified() -> None:
     assert gates.check(Phase.SHADOW, shadow_inputs()).ok
 
 
-def mirror(compared: int, discrepancies: int) -> MirrorStats:
+def mirror(compared: int, discrepancies: int, *, burst_first: bool = False) -> MirrorStats:
+    """Mirrored-read figures with `discrepancies` spread evenly over `compared` reads (or all of
+    them first, as a fault that has since healed leaves them)."""
     stats = MirrorStats()
     same = compare([], [], 10)
     for i in range(compared):
-        stats.add(same, i < discrepancies)
+        spread = (
+            discrepancies and i * discrepancies // compared != (i + 1) * discrepancies // compared
+        )
+        stats.add(same, i < discrepancies if burst_first else bool(spread))
     return stats
 
 
@@ -365,15 +370,41 @@ def test_cutover_gate_passes_within_the_noise_floor() -> None:
 
 
 def test_cutover_gate_refuses_when_new_recall_trails() -> None:
-    stats = mirror(400, 0)
-    stats.old_recall_sum, stats.new_recall_sum, stats.recall_samples = 99.0, 90.0, 100
+    stats = mirror(300, 0)
+    for _ in range(100):
+        stats.add(compare([], [], 10), False, recalls=(0.99, 0.90))
     inputs = GateInputs(
         NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE, verification=VERIFIED
     )
     result = gates.check(Phase.CUTOVER, inputs, POLICY)
     assert not result.ok and result.reasons == (
-        "new's recall trails old's by 0.090 (tolerance 0.020)",
+        "new's recall trails old's by 0.090 over the last 100 mirrored reads (tolerance 0.020)",
     )
+
+
+def test_cutover_gate_judges_the_last_window_of_mirrored_reads() -> None:
+    """A burst of discrepancies while a side was faulty, then clean reads: over the running
+    totals the gate would stay shut until clean reads diluted the burst (the deep profile of
+    the state machine found a run stuck in SHADOW so), and the longer the fault, the longer
+    the wait, without bound. The gate judges the last window of reads instead: it opens one
+    window after the burst, and a discrepancy rate that lasts shows in every window."""
+
+    def cutover(stats: MirrorStats) -> gates.GateResult:
+        inputs = GateInputs(
+            NOW, Published(Phase.SHADOW, 3), mirror=stats, noise=NOISE, verification=VERIFIED
+        )
+        return gates.check(Phase.CUTOVER, inputs, POLICY)
+
+    burst = mirror(1_000, 300, burst_first=True)
+    assert burst.mismatch_rate > NOISE.allowed_rate(1_000)  # the running totals would refuse
+    assert cutover(burst).ok
+    assert burst.window(100) == MirrorWindow(100, 0, 0, 0, 0.0)
+    still = mirror(1_000, 300, burst_first=True)
+    for _ in range(20):
+        still.add(compare([], [], 10), True)  # ... unless the discrepancies come back
+    assert [r for r in cutover(still).reasons if "over the last 100 mirrored reads" in r]
+    steady = mirror(1_000, 150)  # 15% throughout: refused whatever the window
+    assert not cutover(steady).ok
 
 
 def test_decommission_gate_needs_a_clean_soak_and_a_verification_since_cutover() -> None:

@@ -777,11 +777,15 @@ class MigrationMachine(RuleBasedStateMachine):
         self.migration_can_finish()
 
     def _mirrored_traffic(self) -> None:
-        """Searches sampled for mirrored reads, by the first instance (every id, with and
-        without its category)."""
-        for near in IDS:
-            for category in (None, self.rig.record(near, 0).metadata["category"]):
-                self.search("a", near, category, mirrored=True, fail=None, interleaved=False)
+        """One gate window of searches sampled for mirrored reads, by the first instance (every
+        id, with and without its category, round after round): once the faults have healed,
+        the CUTOVER gate opens on one window of clean reads, whatever came before."""
+        policy = self.rig.controller.policy
+        window = max(policy.mirror_window, policy.min_mirrored_reads)
+        for _ in range(-(-window // (2 * len(IDS)))):
+            for near in IDS:
+                for category in (None, self.rig.record(near, 0).metadata["category"]):
+                    self.search("a", near, category, mirrored=True, fail=None, interleaved=False)
 
     def migration_can_finish(self) -> None:
         """Liveness: once the faults are healed and every instance keeps up, the controller's

@@ -12,6 +12,7 @@ not ANN noise.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,34 @@ def calibrate(
     return NoiseFloor(threshold=threshold, rate=below / n, samples=n, old_recall=recall_sum / n)
 
 
+MIRROR_WINDOW_LIMIT = 4096
+"""The most recent mirrored reads `MirrorStats` keeps one by one (the gate's window is smaller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorWindow:
+    """The figures of the last `compared` mirrored reads, which the CUTOVER gate judges."""
+
+    compared: int
+    discrepancies: int
+    old_strays: int
+    recall_samples: int
+    recall_gap_sum: float
+    """Sum of new's recall minus old's, over the reads that had an exact answer."""
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.discrepancies / self.compared if self.compared else 0.0
+
+    @property
+    def live_noise_rate(self) -> float | None:
+        return self.old_strays / self.recall_samples if self.recall_samples else None
+
+    @property
+    def recall_parity(self) -> float | None:
+        return self.recall_gap_sum / self.recall_samples if self.recall_samples else None
+
+
 @dataclass(slots=True)
 class MirrorStats:
     """Running figures of the mirrored reads, which the CUTOVER gate reads."""
@@ -164,6 +193,10 @@ class MirrorStats:
     errors: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     log_limit: int = 1000
+    recent: deque[tuple[bool, bool, float | None]] = field(
+        default_factory=lambda: deque(maxlen=MIRROR_WINDOW_LIMIT)
+    )
+    """(discrepancy, old strayed, new's recall minus old's) of each recent mirrored read."""
 
     def add(
         self,
@@ -186,6 +219,25 @@ class MirrorStats:
             self.old_recall_sum += recalls[0]
             self.new_recall_sum += recalls[1]
             self.recall_samples += 1
+        gap = None if recalls is None else recalls[1] - recalls[0]
+        self.recent.append((discrepancy, old_stray, gap))
+
+    def window(self, size: int) -> MirrorWindow:
+        """The figures of the last `size` mirrored reads (all of them, if fewer). The CUTOVER
+        gate judges these, not the running totals: a burst of discrepancies while a side was
+        faulty would otherwise keep the gate shut until enough clean reads diluted it, without
+        bound; over a window, the gate opens after one window of clean reads, and a problem
+        that lasts still shows in every window."""
+        size = min(size, len(self.recent))
+        last = list(self.recent)[len(self.recent) - size :]
+        gaps = [gap for _, _, gap in last if gap is not None]
+        return MirrorWindow(
+            compared=size,
+            discrepancies=sum(discrepancy for discrepancy, _, _ in last),
+            old_strays=sum(stray for _, stray, gap in last if gap is not None),
+            recall_samples=len(gaps),
+            recall_gap_sum=sum(gaps),
+        )
 
     @property
     def mismatch_rate(self) -> float:

@@ -41,6 +41,9 @@ class Verification:
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
     min_mirrored_reads: int = 200
+    mirror_window: int = 100
+    """The CUTOVER gate judges the last max(mirror_window, min_mirrored_reads) mirrored reads
+    (`MirrorStats.window`), so that it opens one window of clean reads after a fault heals."""
     recall_parity_tolerance: float = 0.02
     slo_p99_ms: float = 50.0
     soak_ns: int = 10_000_000_000
@@ -178,19 +181,21 @@ def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: _Reasons) -> 
             "mirror-gate", f"only {n} of {policy.min_mirrored_reads} mirrored reads compared"
         )
     elif m is not None:
-        allowed = inputs.noise.allowed_rate(n, m.live_noise_rate) if inputs.noise else 0.0
-        if m.mismatch_rate > allowed:
+        recent = m.window(max(policy.mirror_window, policy.min_mirrored_reads))
+        w = recent.compared
+        allowed = inputs.noise.allowed_rate(w, recent.live_noise_rate) if inputs.noise else 0.0
+        if recent.mismatch_rate > allowed:
             reasons.add(
                 "mirror-gate",
-                f"mismatch rate {m.mismatch_rate:.3f} exceeds the noise floor's allowance "
-                f"{allowed:.3f} over {n} mirrored reads",
+                f"mismatch rate {recent.mismatch_rate:.3f} exceeds the noise floor's allowance "
+                f"{allowed:.3f} over the last {w} mirrored reads",
             )
-        parity = m.recall_parity
+        parity = recent.recall_parity
         if parity is not None and parity < -policy.recall_parity_tolerance:
             reasons.add(
                 "mirror-gate",
-                f"new's recall trails old's by {-parity:.3f} (tolerance "
-                f"{policy.recall_parity_tolerance:.3f})",
+                f"new's recall trails old's by {-parity:.3f} over the last {w} mirrored reads "
+                f"(tolerance {policy.recall_parity_tolerance:.3f})",
             )
     if inputs.new_p99_ms is not None and inputs.new_p99_ms > policy.slo_p99_ms:
         reasons.add(
