@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vecmig.harness.clusters._node import parse_node_id
+from vecmig.harness.clusters.fake import parse_node_id
 from vecmig.harness.core.phases import Phase, Step, next_phase
 from vecmig.sim.faults import FAMILY_KEYS, TIMING_KEYS, FaultLimits, FaultSpec, fault_problems
 from vecmig.sim.scenario import Scenario, from_dict

@@ -214,7 +214,7 @@ def _parameter_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list
 
 
 def _node_problems(node: str, limits: FaultLimits, path: str) -> list[str]:
-    from vecmig.harness.clusters._node import parse_node_id
+    from vecmig.harness.clusters.fake import parse_node_id
 
     try:
         shard, replica = parse_node_id(node)

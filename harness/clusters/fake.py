@@ -66,7 +66,7 @@ from .base import (
 )
 from .faults import CLUSTER_FAULT_FAMILIES, ActiveFaults, Dice
 
-__all__ = ["CLUSTER_FAULT_FAMILIES", "FakeCluster"]
+__all__ = ["CLUSTER_FAULT_FAMILIES", "FakeCluster", "node_id", "parse_node_id"]
 
 READ_OPS = ("get", "search", "scan", "count", "checksums")
 WRITE_OPS = ("upsert", "delete")
