@@ -323,6 +323,8 @@ class MigrationLayer:
             "fail",
             error=f"instance {self.view.name} has not heard from the config store in time "
             f"(lease expired at {self.view.lease_expires}); it refuses work until it catches up",
+            # Nothing was sent: a load balancer may send the request to another instance.
+            notes={"refused": "lease"},
         )
 
     # -- reads -------------------------------------------------------------------------------
