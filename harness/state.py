@@ -123,22 +123,26 @@ class StateLock:
     beside it, released by the kernel when the process dies, SIGKILL included). The holder
     writes who it is into the lock file, so that the refusal can name it."""
 
-    def __init__(self, path: str | Path, holder: str = "") -> None:
+    def __init__(self, path: str | Path, holder: str = "", *, shared: bool = False) -> None:
+        """`shared`: a fleet's processes (`vecmig serve --config-store`, `vecmig control`)
+        share the state with each other, never with a standalone service."""
         self.path = Path(f"{path}.lock")
         try:
             self._file = open(self.path, "a+", encoding="utf-8")
         except OSError as exc:
             raise StateError(f"cannot create the state lock {self.path}: {exc.strerror}") from None
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.seek(0)
             who = self._file.read().strip() or "another process"
             self._file.close()
             raise StateError(
-                f"the state {path} is in use by {who}; one service per state file (stop that "
-                "one first, or give this one a state of its own)"
+                f"the state {path} is in use by {who}; one standalone service per state file, "
+                "or a fleet sharing it (stop that one first, or give this one a state of its own)"
             ) from None
+        if shared:
+            return  # the holders of a shared lock do not overwrite each other's names
         self._file.seek(0)
         self._file.truncate()
         since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -201,16 +205,19 @@ class SQLiteStore:
             self.migration_id = str(row[0])
 
     @classmethod
-    def open(cls, path: str | Path, *, init: bool = False, holder: str = "") -> SQLiteStore:
-        """The state at `path`, locked for this process. With `init`, a new migration's state
-        (refused if `path` already holds one); without, an existing one (refused if there is
-        none). Every refusal is a `StateError` naming the path."""
+    def open(
+        cls, path: str | Path, *, init: bool = False, holder: str = "", shared: bool = False
+    ) -> SQLiteStore:
+        """The state at `path`, locked for this process (`shared`: for the processes of one
+        fleet). With `init`, a new migration's state (refused if `path` already holds one);
+        without, an existing one (refused if there is none). Every refusal is a `StateError`
+        naming the path."""
         where = Path(path)
         if where.is_dir():
             raise StateError(f"the state path {where} is a directory; give a file path")
         if not where.parent.is_dir():
             raise StateError(f"the state's directory {where.parent} does not exist")
-        lock = StateLock(where, holder)
+        lock = StateLock(where, holder, shared=shared)
         try:
             store = cls._checked(where, init)
         except BaseException:
