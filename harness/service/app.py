@@ -186,9 +186,16 @@ class ServiceApp:
             return JSONResponse(layer.to_json())
         body = json_object(await read_json(request, self.body_limit), "the body")
         action, family, side, ms, seconds = _fault_request(body)
-        if family == "config-lag":
+        if family in ("config-lag", "config-cut"):
             lag = seconds if action == "start" else 0.0
-            layer.config_lag_until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
+            until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
+            if family == "config-lag":
+                layer.config_lag_until = until
+            else:
+                layer.config_cut_until = until
+            return JSONResponse(layer.to_json())
+        if family == "clock-skew":
+            layer.clock_skew_ns = int(ms * 1e6) if action == "start" else 0
             return JSONResponse(layer.to_json())
         if side is None:
             raise BadInput("side must be 'old' or 'new'", field="side")
@@ -253,19 +260,21 @@ def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, 
         )
     if "side" in body and side not in ("old", "new"):
         raise BadInput(f"side must be 'old' or 'new', got {side!r:.40}", field="side")
-    ms = inputs.number(body, "ms", 0, 60_000) if "ms" in body else 0.0
+    low = -60_000 if family == "clock-skew" else 0  # a clock may run behind
+    ms = inputs.number(body, "ms", low, 60_000) if "ms" in body else 0.0
     seconds = inputs.number(body, "seconds", 0, 3600) if "seconds" in body else 0.0
-    if action == "start" and family == "latency" and "ms" not in body:
-        raise BadInput("a latency fault needs 'ms' (0 to 60000)", field="ms")
-    if action == "start" and family == "config-lag" and "seconds" not in body:
-        raise BadInput("a config-lag fault needs 'seconds' (0 to 3600)", field="seconds")
+    if action == "start" and family in ("latency", "clock-skew") and "ms" not in body:
+        raise BadInput(f"a {family} fault needs 'ms' ({low} to 60000)", field="ms")
+    if action == "start" and family in ("config-lag", "config-cut") and "seconds" not in body:
+        raise BadInput(f"a {family} fault needs 'seconds' (0 to 3600)", field="seconds")
     return str(action), str(family), None if side is None else Side(side), ms, seconds
 
 
 def _answer(outcome: Outcome) -> JSONResponse:
     if outcome.type == "ok":
         return JSONResponse(outcome.value)
-    return JSONResponse(
-        {"error": outcome.error or outcome.type, "outcome": outcome.type, "kind": outcome.type},
-        status_code=OUTCOME_STATUS[outcome.type],
-    )
+    body = {"error": outcome.error or outcome.type, "outcome": outcome.type, "kind": outcome.type}
+    if outcome.notes.get("refused") == "lease":
+        # Refused before anything was sent: a load balancer may send it to another instance.
+        body["not_ready"] = True
+    return JSONResponse(body, status_code=OUTCOME_STATUS[outcome.type])
