@@ -25,14 +25,18 @@ from vecmig.harness.cli import (
     EXIT_ANOMALIES,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
+    EXIT_STALLED,
     EXIT_VALID,
     strategy_argument,
 )
 from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
 from vecmig.harness.history.checker import ANOMALIES
 
+from . import fleetrun
 from .chaos import RunPlan
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
+
+DEFAULT_RATE = 450.0
 
 DESCRIPTION = """\
 Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
@@ -78,7 +82,50 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--duration", type=float, default=60.0, metavar="S", help="Locust run time (s)"
     )
     parser.add_argument(
-        "--users", type=int, default=12, metavar="N", help="Locust users (3 shoppers : 1 merchant)"
+        "--instances",
+        type=int,
+        default=3,
+        metavar="N",
+        help="layer instances, each a `vecmig serve` process of a fleet with its own clock and "
+        "lease, coordinated through a config store by `vecmig control` (0: one standalone "
+        "service, as before fleets)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="OPS",
+        help="the arrival rate Locust aims at, requests per second over all users (a fleet)",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Locust users, 3 shoppers : 1 merchant (default: a fleet, --rate / 10; "
+        "standalone, 12 users with think times)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        metavar="P",
+        help="Locust worker processes (distributed mode: the master runs the chaos, the "
+        "workers the users; 0: one Locust process)",
+    )
+    parser.add_argument(
+        "--config-store",
+        default="sqlite",
+        metavar="KIND",
+        help="a fleet's config store: sqlite (a file on this machine) or postgres (a server "
+        "this run starts, crashed and restarted by the chaos)",
+    )
+    parser.add_argument("--lease-s", type=float, default=6.0, help="a fleet's instance lease")
+    parser.add_argument(
+        "--max-skew-ms",
+        type=float,
+        default=200.0,
+        help="the clock-skew bound a fleet's leases allow (the chaos skews one instance within it)",
     )
     parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
     parser.add_argument(
@@ -162,11 +209,25 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.duration < 20 or args.users < 2 or args.catalog < 100:
+    if args.users is None and args.instances == 0:
+        args.users = 12
+    if (
+        args.duration < 20
+        or (args.users is not None and args.users < 2)
+        or args.catalog < 100
+        or args.instances < 0
+        or args.processes < 0
+        or not args.rate > 0
+    ):
         print(
-            "vecmig loadtest: needs --duration >= 20, --users >= 2 and --catalog >= 100",
+            "vecmig loadtest: needs --duration >= 20, --users >= 2, --catalog >= 100, "
+            "--instances >= 0, --processes >= 0 and --rate > 0",
             file=sys.stderr,
         )
+        return EXIT_BAD_INPUT
+    problem = fleetrun.refusal(args)
+    if problem:
+        print(f"vecmig loadtest: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out = Path(args.out or f"out/loadtest-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if (out / "report.json").exists() or (out / "history").exists():
@@ -269,6 +330,8 @@ def _run(
 ) -> int:
     python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
+    fleet = args.instances > 0
+    layout = fleetrun.config_store(args, out, engines) if fleet else None
     ports = {"service": free_port()}
     urls = {"service": f"http://127.0.0.1:{ports['service']}"}
     urls.update({name: side.url for name, side in sides.items()})
@@ -279,14 +342,12 @@ def _run(
     env = {**os.environ, "VECMIG_ADMIN_TOKEN": token}
     pid_file = out / "service.pid"
     processes.pid_files.append(pid_file)
-    # Pace the backfill to last about a third of the run, so that chaos can kill it midway.
+    # Pace the backfill to last about a third of the run (standalone: so that chaos can kill
+    # it midway), a sixth for a fleet (whose plan holds every phase besides).
     batch = 50
-    pause = max(0.02, batch * 0.3 * args.duration / args.catalog)
-    service_argv = [
-        python,
-        "-m",
-        "vecmig",
-        "serve",
+    share = 0.15 if fleet else 0.3
+    pause = max(0.02, batch * share * args.duration / args.catalog)
+    service_args = [
         "--old",
         urls["old"],
         "--new",
@@ -294,13 +355,9 @@ def _run(
         "--dim",
         str(args.dim),
         "--state",
-        str(out / "state.sqlite"),
+        layout.state_url if layout is not None else str(out / "state.sqlite"),
         "--strategy",
         args.strategy,
-        "--port",
-        str(ports["service"]),
-        "--pid-file",
-        str(pid_file),
         "--backfill-batch",
         str(batch),
         "--backfill-pause-s",
@@ -324,6 +381,9 @@ def _run(
         "--log-level",
         "warning",
     ]
+    service_argv = [python, "-m", "vecmig", "serve", *service_args]
+    service_argv += ["--port", str(ports["service"]), "--pid-file", str(pid_file)]
+    users, user_rate = fleetrun.users_and_rate(args) if fleet else (args.users, 0.0)
     plan = RunPlan(
         service=urls["service"],
         admin_token=token,
@@ -336,21 +396,41 @@ def _run(
         out_dir=str(out),
         duration_s=args.duration,
         chaos=not args.no_chaos,
-        restart_argv=service_argv,
-        service_pid_file=str(pid_file),
+        restart_argv=[] if fleet else service_argv,
+        service_pid_file="" if fleet else str(pid_file),
         service_log=str(logs / "service.log"),
         lagged=lagged,
         servers={name: side.server for name, side in sides.items() if side.server},
         catalog_loaded=True,
+        lease_s=args.lease_s,
+        user_rate=user_rate,
     )
     plan_path = out / "run.json"
-    plan.save(plan_path)
-    plan_path.chmod(0o600)  # it holds the admin token
     for name, side in sides.items():
         print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
+    plan.save(plan_path)
+    plan_path.chmod(0o600)  # it holds the admin token
     _prepare(plan_path, logs, sides)
-    processes.start([*service_argv, "--init"], logs / "service.log", env=env)
-    wait_healthy(urls["service"] + "/health", 60, "the migration service")
+    if layout is not None:
+        fleetrun.start(
+            args, out, logs, layout, service_args, processes.start, wait_healthy, free_port, env
+        )
+        processes.pid_files += fleetrun.pid_files(layout)
+        plan.service = layout.control_url
+        plan.instances = layout.instances
+        plan.control = layout.control
+        plan.config_store = layout.config_store
+        plan.save(plan_path)
+        urls["service"] = layout.control_url
+        host = layout.instances[0]["url"]
+        where = (
+            f"{args.instances} instances ({', '.join(i['url'] for i in layout.instances)}), "
+            f"controller {layout.control_url}, config store {layout.config_store['kind']}"
+        )
+    else:
+        processes.start([*service_argv, "--init"], logs / "service.log", env=env)
+        wait_healthy(urls["service"] + "/health", 60, "the migration service")
+        host, where = urls["service"], f"service {urls['service']}"
     locustfile = Path(__file__).with_name("locustfile.py")
     locust_argv = [
         python,
@@ -360,13 +440,13 @@ def _run(
         str(locustfile),
         "--headless",
         "-u",
-        str(args.users),
+        str(users),
         "-r",
-        str(args.users),
+        str(users),
         "-t",
         f"{int(args.duration)}s",
         "--host",
-        urls["service"],
+        host,
         "--csv",
         str(out / "locust"),
         "--html",
@@ -376,11 +456,13 @@ def _run(
         "5",
         "--vecmig-run",
         str(plan_path),
+        *(["--processes", str(args.processes)] if args.processes else []),
     ]
+    pace = f"aiming at {args.rate:g} req/s, " if user_rate else ""
     print(
-        f"vecmig loadtest: {args.strategy} strategy, {args.users} users for {args.duration:.0f}s, "
-        f"catalog {args.catalog}; old {urls['old']}, new {urls['new']}, service {urls['service']}; "
-        f"output in {out}",
+        f"vecmig loadtest: {args.strategy} strategy, {users} users ({pace}"
+        f"{args.processes or 1} Locust process(es)) for {args.duration:.0f}s, catalog "
+        f"{args.catalog}; old {urls['old']}, new {urls['new']}, {where}; output in {out}",
         flush=True,
     )
     locust = processes.start(locust_argv, logs / "locust.log", env=env)
@@ -402,13 +484,22 @@ def _run(
     _summary(report, out)
     if report["valid"]:
         return EXIT_VALID
+    fleet_args = [
+        "--instances",
+        str(args.instances),
+        "--processes",
+        str(args.processes),
+        "--config-store",
+        args.config_store,
+        *(["--rate", f"{args.rate:g}"] if args.instances else []),
+    ]
     replay = [
         "vecmig",
         "loadtest",
         "--duration",
         f"{args.duration:g}",
-        "--users",
-        str(args.users),
+        *(["--users", str(args.users)] if args.users else []),
+        *fleet_args,
         "--strategy",
         args.strategy,
         "--seed",
@@ -428,7 +519,8 @@ def _run(
     ]
     print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
     print(f"run it again:           {shlex.join(replay)}")
-    return EXIT_ANOMALIES
+    anomalies = report.get("unknown") or any(report[kind] for kind in ANOMALIES)
+    return EXIT_STALLED if report.get("stalled") and not anomalies else EXIT_ANOMALIES
 
 
 def _echo(log: Path, stop: threading.Event) -> None:
@@ -468,6 +560,14 @@ def _summary(report: dict[str, Any], out: Path) -> None:
     phases = " -> ".join(p["phase"] for p in report.get("phases", [])) or "OLD_ONLY"
     print(f"phases: {phases}")
     print(f"ops: {ops}; faults: {len(report.get('faults', []))} events")
+    rows = report.get("throughput") or []
+    if rows:
+        print(f"throughput: {report.get('ops_per_s')} ops/s over the run")
+        for r in rows:
+            print(
+                f"  {r['phase']:<14} {r['seconds']:6.1f} s  {r['ops_per_s']:7.1f} ops/s "
+                f"({r['ok_per_s']:.1f} ok/s)  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"
+            )
     for kind in ANOMALIES:
         print(f"  {kind.replace('_', ' '):<20} {report[kind]}")
     for kind, examples in report.get("examples", {}).items():

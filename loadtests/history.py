@@ -14,12 +14,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from vecmig.harness.history.checker import Verdict, check_safely
 from vecmig.harness.history.ops import (
+    CLIENT_FS,
     Event,
     MalformedHistory,
     Recorder,
@@ -30,8 +31,10 @@ from vecmig.harness.history.ops import (
 
 PART_GLOB = "part-*.jsonl"
 
-_NUMBERS = itertools.count((os.getpid() % 20_000) * 100_000)
 _NUMBERS_LOCK = threading.Lock()
+_numbers: tuple[int, itertools.count[int]] | None = None
+"""(pid, counter): counted per process, and begun again in a child that Locust forked
+(`--processes`), which inherits the parent's counter otherwise."""
 
 
 class ProcessHistory:
@@ -49,8 +52,12 @@ class ProcessHistory:
     def new_process() -> int:
         """A process number no other user on this machine holds (pid-based, one counter per
         Locust process, whichever part records it)."""
+        global _numbers
         with _NUMBERS_LOCK:
-            return next(_NUMBERS)
+            pid = os.getpid()
+            if _numbers is None or _numbers[0] != pid:
+                _numbers = (pid, itertools.count((pid % 20_000) * 100_000))
+            return next(_numbers[1])
 
     def close(self) -> None:
         self._file.close()
@@ -89,6 +96,61 @@ def phases_and_faults(events: Iterable[Event]) -> tuple[list[dict[str, Any]], li
     return phases, faults
 
 
+def throughput(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """Client operations per phase: how many completed (and how many ok) per second of the
+    phase, and their latency (p50, p99), from the history alone. A phase runs from its
+    `phase` event to the next (the first from the first client invoke); an op counts in the
+    phase it completed in. Open ops (cut off by the end of the run) are not counted."""
+    windows: list[tuple[str, int]] = []
+    invoked: dict[Any, int] = {}
+    per: dict[int, list[tuple[str, int]]] = {}
+    first = last = None
+    for event in events:
+        if event.f == "phase":
+            windows.append((str(event.value.get("phase")), event.time))
+            continue
+        if event.f not in CLIENT_FS:
+            continue
+        if event.type == "invoke":
+            invoked[event.process] = event.time
+            first = event.time if first is None else first
+            continue
+        started = invoked.pop(event.process, None)
+        if started is None:
+            continue
+        last = event.time
+        per.setdefault(len(windows), []).append((event.type, event.time - started))
+    if first is None or last is None:
+        return []
+    bounds = [("OLD_ONLY", first), *windows]
+    rows = []
+    for n, (phase, begin) in enumerate(bounds):
+        end = bounds[n + 1][1] if n + 1 < len(bounds) else last
+        done = per.get(n, [])
+        seconds = max(end - max(begin, first), 1) / 1e9
+        latencies = sorted(ns for _, ns in done)
+        ok = sum(1 for kind, _ in done if kind == "ok")
+        rows.append(
+            {
+                "phase": phase,
+                "seconds": round(seconds, 3),
+                "ops": len(done),
+                "ok": ok,
+                "ops_per_s": round(len(done) / seconds, 1),
+                "ok_per_s": round(ok / seconds, 1),
+                "p50_ms": _percentile_ms(latencies, 0.5),
+                "p99_ms": _percentile_ms(latencies, 0.99),
+            }
+        )
+    return rows
+
+
+def _percentile_ms(sorted_ns: Sequence[int], share: float) -> float | None:
+    if not sorted_ns:
+        return None
+    return round(sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * share))] / 1e6, 2)
+
+
 def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, Any]]:
     """Merge the parts, write `out`/history.jsonl and `out`/report.json, return the verdict."""
     events = collect(directory)
@@ -100,11 +162,15 @@ def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, An
     except MalformedHistory as exc:  # our own recording is wrong: say so, never "valid"
         verdict = Verdict(valid=False, unknown=True, notes=[f"the history is malformed: {exc}"])
     phases, faults = phases_and_faults(events)
+    rows = throughput(events)
+    client_s = sum(r["seconds"] for r in rows)
     report = {
         **verdict.to_json(),
         "phases": phases,
         "faults": faults,
         "events": len(events),
+        "throughput": rows,
+        "ops_per_s": round(sum(r["ops"] for r in rows) / client_s, 1) if client_s else None,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return verdict, report

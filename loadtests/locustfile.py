@@ -15,6 +15,11 @@ as while it restarts) is sent again until `RETRY_WINDOW_S` passes; a read is als
 when the connection breaks, since reading twice has no effect. A write whose connection
 breaks, or that times out, is `info` (indeterminate), and that user continues as a new
 history process.
+
+With a fleet (the run plan's `instances`), each user sticks to one instance, as an app session
+does, and a request that instance never took -- refused before it was sent (`not_ready`: its
+lease lapsed), or a connection refused (it is down) -- goes to the next instance, as a load
+balancer's health check would send it; so does a read whose connection broke.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from typing import Any
 
 import gevent
 import numpy as np
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from vecmig.harness.catalog import product_id
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
+from vecmig.loadtests.fleetchaos import FleetChaos, schedule_for_fleet
 from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
 # httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
@@ -61,6 +67,10 @@ class _Process:
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
     chaos_greenlet: Any = None
+    targets: list[str] = []
+    """The instances users stick to (a fleet), or the one service."""
+    pace: Any = None
+    """`constant_throughput` at the plan's user rate, or None (think times)."""
 
 
 P = _Process()
@@ -97,6 +107,8 @@ def _init(environment: Environment, **_: Any) -> None:
     P.versions = VersionClock()
     P.catalog = P.plan.catalog_records()
     P.vectors = {r.id: r for r in P.catalog.records()}
+    P.targets = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
+    P.pace = constant_throughput(P.plan.user_rate) if P.plan.user_rate > 0 else None
 
 
 @events.test_start.add_listener
@@ -104,13 +116,14 @@ def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     P.chaos_history = ProcessHistory(P.plan.history_dir, name="chaos")
-    P.chaos = Chaos(P.plan, P.chaos_history.recorder, say=_say)
+    fleet = bool(P.plan.instances)
+    P.chaos = (FleetChaos if fleet else Chaos)(P.plan, P.chaos_history.recorder, say=_say)
     if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
     if P.plan.chaos and not environment.parsed_options.vecmig_no_chaos:
         run_time = environment.parsed_options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
-        schedule = schedule_for(P.plan, run_time)
+        schedule = (schedule_for_fleet if fleet else schedule_for)(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
 
 
@@ -150,12 +163,20 @@ class MigrationUser(FastHttpUser):
     abstract = True
     network_timeout = 10.0
     connection_timeout = 2.0
+    think: Any = between(0.05, 0.3)
+
+    def wait_time(self) -> float:
+        """The plan's pace when it sets one (a fleet's load), else the role's think time."""
+        pace = P.pace if P.pace is not None else type(self).think
+        return float(pace(self))
 
     def on_start(self) -> None:
         self.process = P.history.new_process()
         seed = self.process
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
+        self.home = seed % len(P.targets)
+        """The instance this user sticks to (its index in `P.targets`)."""
 
     def call(
         self,
@@ -193,8 +214,13 @@ class MigrationUser(FastHttpUser):
     ) -> tuple[str, Any]:
         read = f in READS
         give_up = time.monotonic() + RETRY_WINDOW_S
+        targets, tries = P.targets, 0
         while True:
-            with self.client.post(path, json=body, catch_response=True, name=f) as response:
+            if tries and tries % len(targets) == 0:
+                gevent.sleep(0.1)  # every instance turned it down once: wait before the next round
+            url = targets[(self.home + tries) % len(targets)] + path
+            tries += 1
+            with self.client.post(url, json=body, catch_response=True, name=f) as response:
                 status = response.status_code
                 if status == 200:
                     response.success()
@@ -204,12 +230,14 @@ class MigrationUser(FastHttpUser):
                     refused = isinstance(error, ConnectionRefusedError)
                     response.failure(f"{type(error).__name__}: {error}")
                     if (refused or read) and time.monotonic() < give_up:
-                        gevent.sleep(0.1)
                         continue
                     failed = "fail" if refused else "info"
                     return failed, _failed(invoke, read, f"{type(error).__name__}: {error}")
-                message = _error_of(response)
+                answer = _body_of(response)
+                message = str(answer.get("error", "")) or (response.text or "")[:200]
                 response.failure(f"HTTP {status}: {message}")
+                if status == 503 and answer.get("not_ready") and time.monotonic() < give_up:
+                    continue  # that instance sent nothing (its lease lapsed): the next one
                 outcome = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
@@ -218,16 +246,17 @@ def _failed(invoke: dict[str, Any], read: bool, message: str) -> dict[str, Any]:
     return {**invoke, "error": message} if read else invoke
 
 
-def _error_of(response: Any) -> str:
+def _body_of(response: Any) -> dict[str, Any]:
     try:
-        return str(response.json().get("error"))
+        body = response.json()
     except Exception:  # noqa: BLE001 - whatever the body is, the status says enough
-        return (response.text or "")[:200]
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 class Shopper(MigrationUser):
     weight = 3
-    wait_time = between(0.02, 0.2)
+    think = between(0.02, 0.2)
 
     @task(5)
     def view(self) -> None:
@@ -276,7 +305,7 @@ def _search_value(response: dict[str, Any]) -> dict[str, Any]:
 
 class Merchant(MigrationUser):
     weight = 1
-    wait_time = between(0.05, 0.3)
+    think = between(0.05, 0.3)
 
     def on_start(self) -> None:
         super().on_start()

@@ -234,6 +234,13 @@ def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_
     assert not late.view.may_serve(now)
     refused = rig.run(late.upsert(rig.record("p000000", 2)))
     assert refused.type == "fail" and "lease expired" in (refused.error or "")
+    # Nothing was sent, and every refusal says so: a balancer may send it elsewhere.
+    for op in (
+        late.upsert(rig.record("p000000", 3)),
+        late.get("p000000"),
+        late.search(rig.query(), 5),
+    ):
+        assert rig.run(op).notes.get("refused") == "lease"
     late.learn(rig.coordinator.published, now)
     assert rig.coordinator.ack("late", late.acknowledgement(now), now)
     late.renew(now, LEASE_NS)

@@ -335,7 +335,7 @@ class MigrationLayer:
     def _get(self, record_id: str) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
         if refused is not None:
-            return Outcome(refused.type, None, error=refused.error)
+            return Outcome(refused.type, None, error=refused.error, notes=refused.notes)
         route = self.route()
         notes: dict[str, Any] = {}
         pending: Mapping[tuple[str, Side], bool] = {}
@@ -400,7 +400,7 @@ class MigrationLayer:
     def _search(self, vector: Vector, k: int, filter: Filter | None, mirror_draw: float) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
         if refused is not None:
-            return Outcome(refused.type, None, error=refused.error)
+            return Outcome(refused.type, None, error=refused.error, notes=refused.notes)
         route = self.route()
         notes: dict[str, Any] = {}
         sides = [route.reads]

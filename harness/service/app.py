@@ -74,6 +74,7 @@ class ServiceApp:
             Route("/admin/rollback", admin(self._phase_step(Step.ROLLBACK)), methods=["POST"]),
             Route("/admin/abort", admin(self._phase_step(Step.ABORT)), methods=["POST"]),
             Route("/admin/verify", admin(self.verify), methods=["POST"]),
+            Route("/admin/walk", admin(self.walk), methods=["POST"]),
             Route("/admin/faults", admin(self.faults), methods=["GET", "POST"]),
             Route("/admin/faults/heal", admin(self.heal), methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
@@ -175,6 +176,18 @@ class ServiceApp:
             return JSONResponse(body, status_code=200 if result.ok else 409)
 
         return endpoint
+
+    async def walk(self, request: Request) -> Response:
+        """Begin the plan a fleet's controller waits to walk (`vecmig control --plan-waits`)."""
+        await no_body(request)
+        link = self.migration.controller_link
+        if link is None or not link.start_walk():
+            body = {
+                "ok": False,
+                "error": "no plan waits here (vecmig control --plan-to ... --plan-waits)",
+            }
+            return JSONResponse(body, status_code=409)
+        return JSONResponse({"ok": True})
 
     async def verify(self, request: Request) -> Response:
         await no_body(request)

@@ -41,6 +41,7 @@ log = logging.getLogger("vecmig.service")
 
 REPORT_PREFIX = "instance/"
 NOISE_KEY = "noise-floor"
+WALK_KEY = "plan-began"
 COUNTERS = tuple(f.name for f in dataclasses.fields(MirrorStats) if f.name not in ("log",))
 COUNTERS = tuple(c for c in COUNTERS if c != "log_limit")
 
@@ -161,6 +162,7 @@ class ControllerLink:
         self._noise_put: dict[str, Any] | None = None
         self.recorder: Recorder | None = None
         self._history: Any = None
+        self.walk_now = asyncio.Event()
 
     async def telemetry_loop(self, interval_s: float = 0.5) -> None:
         while True:
@@ -206,9 +208,32 @@ class ControllerLink:
             value = {"phase": published.phase.value, "epoch": published.epoch, "step": step}
             self.recorder.info(CONTROLLER, "phase", value, self._clock())
 
-    async def walk(self, plan: Plan) -> None:
-        """Walk `plan` through the gates; the history says how far it got and why it held."""
+    def start_walk(self) -> bool:
+        """Let a waiting plan begin (`POST /admin/walk`); False if there is no plan."""
+        if self.migration.plan is None:
+            return False
+        self.walk_now.set()
+        return True
+
+    async def walk(self, plan: Plan, waits: bool = False) -> None:
+        """Walk `plan` through the gates; the history says how far it got and why it held.
+        With `waits`, begin only once told to (`start_walk`), or at once if the config store
+        says the plan began before (this controller was restarted)."""
         m = self.migration
+        while waits and not self.walk_now.is_set():
+            try:
+                if await asyncio.to_thread(self.store.values, WALK_KEY):
+                    break
+            except ConfigStoreError:
+                pass
+            try:
+                await asyncio.wait_for(self.walk_now.wait(), 0.2)
+            except TimeoutError:
+                pass
+        try:
+            await asyncio.to_thread(self.store.put, WALK_KEY, {"time": time.time_ns()})
+        except ConfigStoreError as exc:
+            log.warning("could not note in the config store that the plan began: %s", exc)
         if not m.controller.calibration_queries:
             m.controller.calibration_queries = tuple(await m.calibration_queries())
         outcome = await m.driver.run(m.controller.run(plan))

@@ -53,6 +53,12 @@ def control_arguments(control: argparse.ArgumentParser) -> None:
         default=None,
         help="a gate held longer than this makes the run stalled (recorded with the plan)",
     )
+    add(
+        "--plan-waits",
+        action="store_true",
+        help="begin the plan only at POST /admin/walk (or at once, if the config store says it "
+        "began before: a restarted controller)",
+    )
     add("--history", default=None, metavar="PATH", help="the controller's part of the history")
     add(
         "--history-clock",
@@ -145,3 +151,4 @@ def start_controller(args: argparse.Namespace, migration: Any, plan: Any) -> Non
         clock = time.monotonic_ns if args.history_clock == "monotonic" else time.time_ns
         link.open_history(args.history, clock)
     migration.plan = plan
+    migration.plan_waits = args.plan_waits

@@ -227,6 +227,7 @@ class Migration:
         self.controller_link: Any = None
         self.plan: Plan | None = None
         """The plan the controller walks once it starts (`vecmig control --plan-to`)."""
+        self.plan_waits = False
         if self.fleet:
             from .fleet import ControllerLink, InstanceLink
 
@@ -338,10 +339,12 @@ class Migration:
                 self._tasks.append(asyncio.create_task(self._recalibrate(), name="recalibrate"))
 
     def run_plan(self, plan: Plan) -> None:
-        """The controller walks `plan` in the background (`vecmig control --plan-to`)."""
+        """The controller walks `plan` in the background (`vecmig control --plan-to`), at
+        once or, with `plan_waits`, once told to (`POST /admin/walk`)."""
         if self.controller_link is None:
             raise ValueError("only the controller (vecmig control) walks a plan")
-        task = asyncio.create_task(self.controller_link.walk(plan), name="plan")
+        walk = self.controller_link.walk(plan, self.plan_waits)
+        task = asyncio.create_task(walk, name="plan")
         self._tasks.append(task)
 
     def joined(self, published: Published, local: int) -> None:
