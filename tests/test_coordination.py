@@ -264,3 +264,29 @@ def test_intents_are_numbered_uniquely_across_processes(where: Callable[[str], s
     for process in workers:
         process.join(60)
     assert len(numbers) == len(set(numbers)) == 120
+
+
+def test_the_recent_window_is_shared_and_read_back_whole(where: Callable[[str], str]) -> None:
+    """Searches on a lagged side correct their hits with the writes of the window, whoever
+    wrote them; the reader keeps what it decoded, and must still see every new row."""
+    import numpy as np
+
+    from vecmig.harness.core.state import RecentWrite
+
+    url = _state_url(where, "recent")
+    a = open_shared_state(url, init=True)
+    b = open_shared_state(url)
+    vector = np.arange(8, dtype=np.float32) / 7
+    a.note_recent(Side.OLD, [RecentWrite("p1", 5, False, 100, vector, {"category": 2})])
+    first = b.recent_since(Side.OLD, 50)
+    a.note_recent(Side.OLD, [RecentWrite("p2", 6, True, 200)])
+    second = b.recent_since(Side.OLD, 50)
+    assert [(w.id, w.version, w.deleted, w.time) for w in second] == [
+        ("p1", 5, False, 100),
+        ("p2", 6, True, 200),
+    ]
+    assert second[0] is first[0], "a row decoded once is not decoded again"
+    assert np.array_equal(second[0].vector, vector) and second[0].metadata == {"category": 2}
+    assert second[1].vector is None
+    assert [w.id for w in b.recent_since(Side.OLD, 150)] == ["p2"]
+    assert b.recent_since(Side.NEW, 0) == ()

@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import numpy as np
-
 from vecmig.harness.clusters.base import Side
 from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
-from vecmig.harness.state import StateError
+from vecmig.harness.state import StateError, vector_bytes, vector_of
 
 from .base import redact
 
 T = TypeVar("T")
 
 SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS vecmig_seq;
 CREATE TABLE IF NOT EXISTS vecmig_meta (one INTEGER PRIMARY KEY CHECK (one = 1),
     migration TEXT NOT NULL, created BIGINT NOT NULL, format INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vecmig_phase (one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -43,11 +43,10 @@ CREATE INDEX IF NOT EXISTS vecmig_repairs_seq ON vecmig_repairs (seq);
 CREATE TABLE IF NOT EXISTS vecmig_intents (intent BIGINT PRIMARY KEY, id TEXT NOT NULL,
     side TEXT NOT NULL, hold_until BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS vecmig_intents_key ON vecmig_intents (id, side);
-CREATE TABLE IF NOT EXISTS vecmig_recent (side TEXT NOT NULL, time BIGINT NOT NULL,
-    id TEXT NOT NULL, version BIGINT NOT NULL, deleted BOOLEAN NOT NULL, vector TEXT,
-    metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vecmig_recent (seq BIGINT PRIMARY KEY DEFAULT nextval('vecmig_seq'),
+    side TEXT NOT NULL, time BIGINT NOT NULL, id TEXT NOT NULL, version BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL, vector BYTEA, metadata TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS vecmig_recent_time ON vecmig_recent (side, time);
-CREATE SEQUENCE IF NOT EXISTS vecmig_seq;
 """
 FORMAT = 1
 
@@ -64,6 +63,8 @@ class PostgresStateStore:
         for _ in range(connections):
             self._pool.put(None)
         self._recent_keep_ns = 60_000_000_000
+        self._recent_cache: dict[int, RecentWrite] = {}
+        self._cache_lock = threading.Lock()
         self.migration_id = ""
 
     @classmethod
@@ -288,7 +289,7 @@ class PostgresStateStore:
                 w.id,
                 w.version,
                 w.deleted,
-                None if w.vector is None else json.dumps([float(x) for x in w.vector]),
+                None if w.vector is None else vector_bytes(w.vector),
                 json.dumps(dict(w.metadata)),
             )
             for w in writes
@@ -296,26 +297,38 @@ class PostgresStateStore:
         horizon = max(w.time for w in writes) - self._recent_keep_ns
         with self._connection() as conn, conn.transaction():
             conn.cursor().executemany(
-                "INSERT INTO vecmig_recent VALUES (%s, %s, %s, %s, %s, %s, %s)", rows
+                "INSERT INTO vecmig_recent (side, time, id, version, deleted, vector, metadata) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                rows,
             )
             conn.execute(
                 "DELETE FROM vecmig_recent WHERE side = %s AND time < %s", (side.value, horizon)
             )
 
     def recent_since(self, side: Side, since: int) -> tuple[RecentWrite, ...]:
+        """As `SQLiteStore.recent_since`: the window's light columns, and the vectors and
+        metadata only of rows this process has not decoded yet (rows never change)."""
         rows = self._all(
-            "SELECT id, version, deleted, time, vector, metadata FROM vecmig_recent "
-            "WHERE side = %s AND time >= %s ORDER BY time",
+            "SELECT seq FROM vecmig_recent WHERE side = %s AND time >= %s ORDER BY time, seq",
             (side.value, since),
         )
-        return tuple(
-            RecentWrite(
-                r[0],
-                int(r[1]),
-                bool(r[2]),
-                int(r[3]),
-                None if r[4] is None else np.asarray(json.loads(r[4]), dtype=np.float32),
-                json.loads(r[5]),
-            )
-            for r in rows
-        )
+        with self._cache_lock:
+            missing = [r[0] for r in rows if r[0] not in self._recent_cache]
+        fetched = {}
+        if missing:
+            for r in self._all(
+                "SELECT seq, id, version, deleted, time, vector, metadata FROM vecmig_recent "
+                "WHERE seq = ANY(%s)",
+                (missing,),
+            ):
+                vector = None if r[5] is None else vector_of(bytes(r[5]))
+                fetched[int(r[0])] = RecentWrite(
+                    r[1], int(r[2]), bool(r[3]), int(r[4]), vector, json.loads(r[6])
+                )
+        with self._cache_lock:
+            cache = self._recent_cache
+            cache.update(fetched)
+            if len(cache) > 2 * max(len(rows), 1000):
+                keep = {r[0] for r in rows}
+                self._recent_cache = cache = {k: v for k, v in cache.items() if k in keep}
+            return tuple(cache[r[0]] for r in rows if r[0] in cache)
