@@ -34,6 +34,7 @@ from vecmig.harness.history.checker import ANOMALIES
 
 from . import fleetrun
 from .chaos import RunPlan
+from .fleetchaos import SPAWNED
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
 
 DEFAULT_RATE = 450.0
@@ -102,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=None,
         metavar="N",
-        help="Locust users, 3 shoppers : 1 merchant (default: a fleet, --rate / 10; "
+        help="Locust users, 3 shoppers : 1 merchant (default: a fleet, --rate / 4; "
         "standalone, 12 users with think times)",
     )
     parser.add_argument(
@@ -162,6 +163,7 @@ class Processes:
     def __init__(self) -> None:
         self.groups: list[int] = []
         self.pid_files: list[Path] = []
+        self.spawned: list[Path] = []
 
     def start(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
@@ -184,6 +186,11 @@ class Processes:
         for path in self.pid_files:  # a service the chaos controller restarted
             try:
                 groups.append(int(path.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        for path in self.spawned:  # every member a fleet's chaos controller started again
+            try:
+                groups += [int(line) for line in path.read_text().split()]
             except (OSError, ValueError):
                 pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -416,6 +423,7 @@ def _run(
             args, out, logs, layout, service_args, processes.start, wait_healthy, free_port, env
         )
         processes.pid_files += fleetrun.pid_files(layout)
+        processes.spawned.append(out / SPAWNED)
         plan.service = layout.control_url
         plan.instances = layout.instances
         plan.control = layout.control

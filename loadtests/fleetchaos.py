@@ -29,6 +29,9 @@ from .chaos import Chaos, RunPlan, Step, _alive, _sleep_until
 from .history import now
 from .sides import POSTGRES_NODE, is_cluster_server
 
+SPAWNED = "spawned.pids"
+"""The pids of the members the chaos controller started again (one a line)."""
+
 
 def fleet_schedule(
     duration_s: float,
@@ -155,6 +158,7 @@ class FleetChaos(Chaos):
         super().__init__(plan, recorder, say)
         self.members = {i["name"]: i for i in plan.instances}
         self.paused: set[int] = set()
+        self.spawned: dict[str, int] = {}  # the pid of each member started again, by name
 
     def _step(self, step: Step, deadline: float) -> None:
         kind = step[0]
@@ -287,8 +291,10 @@ class FleetChaos(Chaos):
             self.note("rolling-restart", "stop", name)
 
     def _spawn(self, member: dict[str, Any]) -> None:
+        """Start a member again, in a session of its own; its pid goes to SPAWNED in the run's
+        directory, so that `vecmig loadtest` stops it at the end whatever became of it."""
         log = open(member.get("log") or os.devnull, "ab")
-        subprocess.Popen(
+        process = subprocess.Popen(
             member["argv"],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -296,6 +302,9 @@ class FleetChaos(Chaos):
             start_new_session=True,
         )
         log.close()
+        self.spawned[str(member.get("name") or "controller")] = process.pid
+        with open(Path(self.plan.out_dir) / SPAWNED, "a", encoding="utf-8") as pids:
+            pids.write(f"{process.pid}\n")
 
     def _wait_up(self, member: dict[str, Any], deadline: float, ready: bool = False) -> None:
         url = member.get("url") or self.plan.service
@@ -309,21 +318,27 @@ class FleetChaos(Chaos):
             _sleep_until(time.monotonic() + 0.1)
         raise RuntimeError(f"{url} did not come up in time")
 
+    def _member_alive(self, name: str, member: dict[str, Any]) -> bool:
+        pids = [self.spawned[name]] if name in self.spawned else []
+        try:
+            pids.append(int(Path(member["pid_file"]).read_text().strip()))
+        except (OSError, ValueError):
+            pass
+        return any(_alive(pid) for pid in pids)
+
     # -- the end ---------------------------------------------------------------------------------
 
     def finish(self, drain_s: float = 30.0) -> dict[str, Any]:
         for pid in list(self.paused):
             os.kill(pid, signal.SIGCONT)
-        # A member the schedule was cut off from starting again (the run ended mid-step).
+        # A member the schedule was cut off from starting again (the run ended mid-step) is
+        # started again; one whose process lives (the pid it wrote, or the pid it was started
+        # again with, if it has not written its own yet) is waited for, never doubled.
         for name, member in [*self.members.items(), ("controller", self.plan.control)]:
-            try:
-                alive = _alive(int(Path(member["pid_file"]).read_text().strip()))
-            except (OSError, ValueError):
-                alive = False
-            if not alive:
+            if not self._member_alive(name, member):
                 self.say(f"{name} is down at the end of the run: starting it again")
                 self._spawn(member)
-                self._wait_up(member, time.monotonic() + 60)
+            self._wait_up(member, time.monotonic() + 60)
         for member in self.members.values():
             try:
                 self.admin.post(member["url"] + "/admin/faults/heal").raise_for_status()

@@ -81,8 +81,9 @@ def config_store(args: argparse.Namespace, out: Path, engines: ExitStack) -> Fle
 
 def users_and_rate(args: argparse.Namespace) -> tuple[int, float]:
     """(users, each user's requests per second) for `--rate` (total arrival rate) and
-    `--users` (default: enough users that each sends about 10 a second)."""
-    users = args.users or max(2 * max(1, args.processes), math.ceil(args.rate / 10))
+    `--users` (default: enough users that each sends about 4 a second, which each can
+    while a request takes up to 250 ms, as on a busy 2-core machine)."""
+    users = args.users or max(2 * max(1, args.processes), math.ceil(args.rate / 4))
     return users, args.rate / users
 
 
