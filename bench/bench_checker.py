@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vecmig.harness.history import ops  # noqa: E402
-from vecmig.harness.history.checker import check  # noqa: E402
-from vecmig.harness.history.command import read_history  # noqa: E402
-from vecmig.harness.history.ops import Event, Recorder  # noqa: E402
+from vecmig.harness.history import ops
+from vecmig.harness.history.checker import check
+from vecmig.harness.history.command import read_history
+from vecmig.harness.history.ops import Event, Recorder
 
 PHASES = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")
 
 
-def generate(
+def generate(  # noqa: C901 - a synthetic history, one branch per kind of op; a benchmark
     n_ops: int,
     seed: int,
     n_ids: int = 100_000,
@@ -162,7 +162,8 @@ def main() -> None:
     started = time.perf_counter()
     events = generate(args.ops, args.seed, with_fields=not args.no_fields)
     print(
-        f"generated {args.ops:,} ops = {len(events):,} events in {time.perf_counter() - started:.1f}s"
+        f"generated {args.ops:,} ops = {len(events):,} events "
+        f"in {time.perf_counter() - started:.1f}s"
     )
 
     started = time.perf_counter()
@@ -184,7 +185,8 @@ def main() -> None:
         check_took = time.perf_counter() - started
     print(
         f"read JSONL ({size / 1e6:.0f} MB): {read_took:.2f}s, {args.ops / read_took:,.0f} ops/s; "
-        f"then check: {check_took:.2f}s; file to verdict {args.ops / (read_took + check_took):,.0f} ops/s"
+        f"then check: {check_took:.2f}s; "
+        f"file to verdict {args.ops / (read_took + check_took):,.0f} ops/s"
     )
 
 

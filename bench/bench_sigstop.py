@@ -146,13 +146,14 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, argv: list[str]) -> None:
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "vecmig", *argv, "--port", str(ports[name])],
-            stdout=open(workdir / f"{name}.log", "wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "vecmig", *argv, "--port", str(ports[name])],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
 
     for name in ("old", "new"):
         start(name, ["cluster", "serve", "--dim", str(args.dim), "--name", name])
@@ -300,7 +301,8 @@ def _line(row: dict[str, Any]) -> str:
     client = row["client"]
     other_ratio = ratio(side)
     served = (
-        f"client read p99 {client['normal']['p99_ms']:.1f} -> {client['stopped']['p99_ms']:.1f} ms, "
+        f"client read p99 {client['normal']['p99_ms']:.1f} -> "
+        f"{client['stopped']['p99_ms']:.1f} ms, "
         f"failed {client['normal']['failed']} -> {client['stopped']['failed']}"
         if row["other_serves_reads"] and client["stopped"]["p99_ms"] is not None
         else f"(stopped side serves the reads: failed {client['stopped']['failed']} "

@@ -143,7 +143,7 @@ class StateLock:
         share the state with each other, never with a standalone service."""
         self.path = Path(f"{path}.lock")
         try:
-            self._file = open(self.path, "a+", encoding="utf-8")
+            self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held till release
         except OSError as exc:
             raise StateError(f"cannot create the state lock {self.path}: {exc.strerror}") from None
         try:
@@ -176,7 +176,8 @@ class SQLiteStore:
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), migration TEXT,
         created INTEGER, format INTEGER);
-    CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT, epoch INTEGER);
+    CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT,
+        epoch INTEGER);
     CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1),
         cursor TEXT, copied INTEGER, done INTEGER, attempt INTEGER NOT NULL DEFAULT -1);
     CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER,

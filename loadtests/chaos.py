@@ -413,15 +413,14 @@ class Chaos:
         )
 
     def restart_service(self, deadline: float) -> None:
-        log = open(self.plan.service_log or os.devnull, "ab")
-        subprocess.Popen(
-            self.plan.restart_argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.plan.service_log or os.devnull, "ab") as log:  # the child keeps it
+            subprocess.Popen(
+                self.plan.restart_argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         while time.monotonic() < deadline:
             try:
                 status = self.status()
@@ -511,6 +510,7 @@ class Chaos:
             capture_output=True,
             text=True,
             timeout=timeout_s,
+            check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the final scan failed:\n{(done.stdout + done.stderr)[-2000:]}")

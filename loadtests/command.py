@@ -15,11 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from vecmig.harness.cli import (
     EXIT_ANOMALIES,
@@ -30,12 +28,15 @@ from vecmig.harness.cli import (
     strategy_argument,
 )
 from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
+from vecmig.harness.extras import require
 from vecmig.harness.history.checker import ANOMALIES
 
 from . import fleetrun
-from .chaos import RunPlan
-from .fleetchaos import SPAWNED
+from .fleetrun import SPAWNED
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
+
+if TYPE_CHECKING:
+    from .chaos import RunPlan
 
 DEFAULT_RATE = 450.0
 
@@ -74,7 +75,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "loadtest",
-        help="run the service under Locust load and chaos against two cluster servers, and judge it",
+        help="run the service under Locust load and chaos against two sides, and judge it",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -168,42 +169,37 @@ class Processes:
     def start(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        out.close()
+        with open(log, "ab") as out:  # the child keeps its own copy
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         self.groups.append(process.pid)
         return process
 
     def kill_all(self) -> None:
         groups = list(self.groups)
         for path in self.pid_files:  # a service the chaos controller restarted
-            try:
+            with suppress(OSError, ValueError):
                 groups.append(int(path.read_text().strip()))
-            except (OSError, ValueError):
-                pass
         for path in self.spawned:  # every member a fleet's chaos controller started again
-            try:
+            with suppress(OSError, ValueError):
                 groups += [int(line) for line in path.read_text().split()]
-            except (OSError, ValueError):
-                pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in groups:
-                try:
+                with suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
             if sig == signal.SIGTERM:
                 time.sleep(0.5)
 
 
 def wait_healthy(url: str, deadline_s: float, what: str) -> None:
+    import httpx
+
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
@@ -216,6 +212,8 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("service", "vecmig loadtest")
+    require("loadtest", "vecmig loadtest")
     if args.users is None and args.instances == 0:
         args.users = 12
     if (
@@ -241,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vecmig loadtest: {out} holds an earlier run; pick another --out", file=sys.stderr)
         return EXIT_BAD_INPUT
     for given in (args.old, args.new):
-        problem = given is not None and refusal(given)
+        problem = refusal(given) if given is not None else None
         if problem:
             print(f"vecmig loadtest: {problem}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -326,6 +324,7 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 timeout=300,
+                check=False,
             )
         if done.returncode != 0:
             tail = log.read_text(errors="replace")[-1500:]
@@ -335,6 +334,8 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
 def _run(
     args: argparse.Namespace, out: Path, logs: Path, processes: Processes, engines: ExitStack
 ) -> int:
+    from .chaos import RunPlan
+
     python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
     fleet = args.instances > 0
@@ -490,7 +491,7 @@ def _run(
         raise RuntimeError(f"Locust exited {code} without a verdict")
     report = json.loads(report_path.read_text())
     _summary(report, out)
-    if report["valid"]:
+    if report["verdict"]["valid"]:
         return EXIT_VALID
     fleet_args = [
         "--instances",
@@ -546,6 +547,8 @@ def _echo(log: Path, stop: threading.Event) -> None:
 
 
 def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
+    import httpx
+
     client = httpx.Client(headers={"Authorization": f"Bearer {plan.admin_token}"}, timeout=2.0)
     while not stop.wait(5.0):
         elapsed = time.monotonic() - started
@@ -564,10 +567,11 @@ def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:
-    ops = ", ".join(f"{f} {n}" for f, n in sorted(report.get("ops", {}).items()))
-    phases = " -> ".join(p["phase"] for p in report.get("phases", [])) or "OLD_ONLY"
+    verdict = report["verdict"]
+    ops = ", ".join(f"{f} {counts['invoke']}" for f, counts in report["ops"].items())
+    phases = " -> ".join(p["phase"] for p in report["phases"]) or "OLD_ONLY"
     print(f"phases: {phases}")
-    print(f"ops: {ops}; faults: {len(report.get('faults', []))} events")
+    print(f"ops: {ops}; faults: {len(report['faults'])}")
     rows = report.get("throughput") or []
     if rows:
         print(f"throughput: {report.get('ops_per_s')} ops/s over the run")
@@ -577,9 +581,11 @@ def _summary(report: dict[str, Any], out: Path) -> None:
                 f"({r['ok_per_s']:.1f} ok/s)  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"
             )
     for kind in ANOMALIES:
-        print(f"  {kind.replace('_', ' '):<20} {report[kind]}")
-    for kind, examples in report.get("examples", {}).items():
+        print(f"  {kind.replace('_', ' '):<20} {verdict[kind]}")
+    for kind, examples in report["examples"].items():
         if examples:
             print(f"  first {kind.replace('_', ' ')}: {json.dumps(examples[0])[:300]}")
-    verdict = "valid" if report["valid"] else ("unknown" if report.get("unknown") else "ANOMALIES")
-    print(f"verdict: {verdict}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")
+    if verdict["stall"]:
+        print(f"  stalled: {verdict['stall']['description']}")
+    word = "valid" if verdict["valid"] else ("unknown" if verdict["unknown"] else "ANOMALIES")
+    print(f"verdict: {word}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")

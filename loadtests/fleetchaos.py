@@ -11,6 +11,7 @@ by name, or to every instance (`"layer"`). Every fault is a history `fault` even
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -26,11 +27,9 @@ from vecmig.harness.history.checker import PHASES
 from vecmig.harness.history.ops import NEMESIS
 
 from .chaos import Chaos, RunPlan, Step, _alive, _sleep_until
+from .fleetrun import SPAWNED
 from .history import now
 from .sides import POSTGRES_NODE, is_cluster_server
-
-SPAWNED = "spawned.pids"
-"""The pids of the members the chaos controller started again (one a line)."""
 
 
 def fleet_schedule(
@@ -293,15 +292,14 @@ class FleetChaos(Chaos):
     def _spawn(self, member: dict[str, Any]) -> None:
         """Start a member again, in a session of its own; its pid goes to SPAWNED in the run's
         directory, so that `vecmig loadtest` stops it at the end whatever became of it."""
-        log = open(member.get("log") or os.devnull, "ab")
-        process = subprocess.Popen(
-            member["argv"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        with open(member.get("log") or os.devnull, "ab") as log:
+            process = subprocess.Popen(
+                member["argv"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.spawned[str(member.get("name") or "controller")] = process.pid
         with open(Path(self.plan.out_dir) / SPAWNED, "a", encoding="utf-8") as pids:
             pids.write(f"{process.pid}\n")
@@ -320,10 +318,8 @@ class FleetChaos(Chaos):
 
     def _member_alive(self, name: str, member: dict[str, Any]) -> bool:
         pids = [self.spawned[name]] if name in self.spawned else []
-        try:
+        with contextlib.suppress(OSError, ValueError):
             pids.append(int(Path(member["pid_file"]).read_text().strip()))
-        except (OSError, ValueError):
-            pass
         return any(_alive(pid) for pid in pids)
 
     # -- the end ---------------------------------------------------------------------------------

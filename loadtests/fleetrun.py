@@ -20,6 +20,10 @@ from typing import Any
 
 from .sides import is_in_process
 
+SPAWNED = "spawned.pids"
+"""The pids of the members a fleet's chaos controller started again (one a line), in the
+run's directory: `vecmig loadtest` stops them at the end."""
+
 
 @dataclass
 class FleetLayout:

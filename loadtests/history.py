@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ from vecmig.harness.history.ops import (
     merge,
     write_jsonl,
 )
+from vecmig.harness.history.report import build as build_report
 
 PART_GLOB = "part-*.jsonl"
 
 _NUMBERS_LOCK = threading.Lock()
-_numbers: tuple[int, itertools.count[int]] | None = None
-"""(pid, counter): counted per process, and begun again in a child that Locust forked
-(`--processes`), which inherits the parent's counter otherwise."""
+_NUMBERS: dict[int, itertools.count[int]] = {}
+"""A counter per pid: begun again in a child that Locust forked (`--processes`), which
+inherits the parent's counter otherwise."""
 
 
 class ProcessHistory:
@@ -45,19 +46,19 @@ class ProcessHistory:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name or f"{os.getpid()}"
         self.path = self.directory / f"part-{self.name}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
         self.recorder = Recorder(self._file, keep=False)
 
     @staticmethod
     def new_process() -> int:
         """A process number no other user on this machine holds (pid-based, one counter per
         Locust process, whichever part records it)."""
-        global _numbers
         with _NUMBERS_LOCK:
             pid = os.getpid()
-            if _numbers is None or _numbers[0] != pid:
-                _numbers = (pid, itertools.count((pid % 20_000) * 100_000))
-            return next(_numbers[1])
+            if pid not in _NUMBERS:
+                _NUMBERS.clear()
+                _NUMBERS[pid] = itertools.count((pid % 20_000) * 100_000)
+            return next(_NUMBERS[pid])
 
     def close(self) -> None:
         self._file.close()
@@ -88,12 +89,6 @@ def collect(directory: str | Path) -> list[Event]:
     """Every part in `directory`, merged by time and renumbered."""
     parts = sorted(Path(directory).glob(PART_GLOB))
     return merge(list(iter_jsonl(p)) for p in parts)
-
-
-def phases_and_faults(events: Iterable[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    phases = [{"time": e.time, **e.value} for e in events if e.f == "phase"]
-    faults = [{"time": e.time, **e.value} for e in events if e.f == "fault"]
-    return phases, faults
 
 
 def throughput(events: Sequence[Event]) -> list[dict[str, Any]]:
@@ -151,8 +146,10 @@ def _percentile_ms(sorted_ns: Sequence[int], share: float) -> float | None:
     return round(sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * share))] / 1e6, 2)
 
 
-def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, Any]]:
-    """Merge the parts, write `out`/history.jsonl and `out`/report.json, return the verdict."""
+def judge(directory: str | Path, out: str | Path, **run: Any) -> tuple[Verdict, dict[str, Any]]:
+    """Merge the parts, write `out`/history.jsonl and `out`/report.json (the report every
+    engine writes, with the run's settings `run` and the throughput per phase), return the
+    verdict and the report."""
     events = collect(directory)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,17 +158,10 @@ def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, An
         verdict = check_safely(events, source=str(out / "history.jsonl"))
     except MalformedHistory as exc:  # our own recording is wrong: say so, never "valid"
         verdict = Verdict(valid=False, unknown=True, notes=[f"the history is malformed: {exc}"])
-    phases, faults = phases_and_faults(events)
     rows = throughput(events)
     client_s = sum(r["seconds"] for r in rows)
-    report = {
-        **verdict.to_json(),
-        "phases": phases,
-        "faults": faults,
-        "events": len(events),
-        "throughput": rows,
-        "ops_per_s": round(sum(r["ops"] for r in rows) / client_s, 1) if client_s else None,
-    }
+    ops_per_s = round(sum(r["ops"] for r in rows) / client_s, 1) if client_s else None
+    report = build_report("loadtest", verdict, events, throughput=rows, ops_per_s=ops_per_s, **run)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return verdict, report
 
@@ -186,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m vecmig.loadtests.history PARTS_DIR [OUT_DIR]", file=sys.stderr)
         return 2
     verdict, report = judge(args[0], args[1] if len(args) == 2 else args[0])
-    print(json.dumps({k: report[k] for k in ("valid", *verdict.counts(), "ops")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("verdict", "ops")}, indent=2))
     return 0 if verdict.valid else 1
 
 

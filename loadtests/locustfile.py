@@ -24,12 +24,13 @@ balancer's health check would send it; so does a read whose connection broke.
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 import numpy as np
@@ -38,12 +39,13 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from vecmig.harness.catalog import product_id
+from vecmig.harness.history.ops import EventType
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
 from vecmig.loadtests.fleetchaos import FleetChaos, schedule_for_fleet
 from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
-# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
-# gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
+# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used;
+# once gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
 # than ImportError. Nothing here runs trio: make the probe fail the way httpcore expects.
 sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
 
@@ -61,13 +63,13 @@ class _Process:
     versions: VersionClock
     catalog: Any
     vectors: dict[str, Any]
-    new_ids: deque[str] = deque(maxlen=500)
-    delisted: deque[str] = deque(maxlen=500)
+    new_ids: ClassVar[deque[str]] = deque(maxlen=500)
+    delisted: ClassVar[deque[str]] = deque(maxlen=500)
     """Products a merchant of this process delisted, for `relist`."""
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
     chaos_greenlet: Any = None
-    targets: list[str] = []
+    targets: ClassVar[list[str]] = []
     """The instances users stick to (a fleet), or the one service."""
     pace: Any = None
     """`constant_throughput` at the plan's user rate, or None (think times)."""
@@ -94,10 +96,11 @@ def _options(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    path = environment.parsed_options.vecmig_run
+    path = _options_of(environment).vecmig_run
     if not path:
         sys.exit(
-            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); vecmig loadtest writes one"
+            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); "
+            "vecmig loadtest writes one"
         )
     P.plan = RunPlan.load(path)
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
@@ -107,8 +110,16 @@ def _init(environment: Environment, **_: Any) -> None:
     P.versions = VersionClock()
     P.catalog = P.plan.catalog_records()
     P.vectors = {r.id: r for r in P.catalog.records()}
-    P.targets = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
+    P.targets[:] = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
     P.pace = constant_throughput(P.plan.user_rate) if P.plan.user_rate > 0 else None
+
+
+def _options_of(environment: Environment) -> argparse.Namespace:
+    """The parsed command line (Locust parses it before any of these hooks runs)."""
+    options: argparse.Namespace | None = environment.parsed_options
+    if options is None:
+        raise RuntimeError("Locust gave the vecmig hooks no parsed options")
+    return options
 
 
 @events.test_start.add_listener
@@ -120,8 +131,9 @@ def _test_start(environment: Environment, **_: Any) -> None:
     P.chaos = (FleetChaos if fleet else Chaos)(P.plan, P.chaos_history.recorder, say=_say)
     if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
-    if P.plan.chaos and not environment.parsed_options.vecmig_no_chaos:
-        run_time = environment.parsed_options.run_time or P.plan.duration_s
+    options = _options_of(environment)
+    if P.plan.chaos and not options.vecmig_no_chaos:
+        run_time = options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
         schedule = (schedule_for_fleet if fleet else schedule_for)(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
@@ -140,10 +152,20 @@ def _quitting(environment: Environment, **_: Any) -> None:
         P.chaos.close()
         if P.chaos_history is not None:
             P.chaos_history.close()
-    verdict, report = judge(P.plan.history_dir, P.plan.out_dir)
+    plan = P.plan
+    verdict, report = judge(
+        plan.history_dir,
+        plan.out_dir,
+        seed=plan.seed,
+        catalog=plan.catalog,
+        dim=plan.dim,
+        duration_s=plan.duration_s,
+        chaos=plan.chaos,
+    )
     counts = ", ".join(f"{k} {v}" for k, v in verdict.counts().items())
     _say(
-        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); {report['events']} events"
+        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); "
+        f"{report['events']} events"
     )
     for note in verdict.notes:
         _say(f"checker note: {note}")
@@ -211,7 +233,7 @@ class MigrationUser(FastHttpUser):
         path: str,
         body: dict[str, Any],
         result: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> tuple[str, Any]:
+    ) -> tuple[EventType, Any]:
         read = f in READS
         give_up = time.monotonic() + RETRY_WINDOW_S
         targets, tries = P.targets, 0
@@ -231,14 +253,14 @@ class MigrationUser(FastHttpUser):
                     response.failure(f"{type(error).__name__}: {error}")
                     if (refused or read) and time.monotonic() < give_up:
                         continue
-                    failed = "fail" if refused else "info"
+                    failed: EventType = "fail" if refused else "info"
                     return failed, _failed(invoke, read, f"{type(error).__name__}: {error}")
                 answer = _body_of(response)
                 message = str(answer.get("error", "")) or (response.text or "")[:200]
                 response.failure(f"HTTP {status}: {message}")
                 if status == 503 and answer.get("not_ready") and time.monotonic() < give_up:
                     continue  # that instance sent nothing (its lease lapsed): the next one
-                outcome = "info" if status == 504 else "fail"
+                outcome: EventType = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
 

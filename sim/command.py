@@ -1,26 +1,21 @@
-"""`vecmig simulate` and `vecmig sweep`: run the SimPy model of a live migration and judge it."""
+"""`vecmig simulate`: run the SimPy model of a live migration and judge it (`vecmig sweep`, many
+seeds at once, is `vecmig.sim.sweep`)."""
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import math
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from vecmig.harness.cli import (
-    EXIT_ANOMALIES,
     EXIT_BAD_INPUT,
     EXIT_STALLED,
-    EXIT_VALID,
     exit_code,
     strategy_argument,
 )
@@ -39,8 +34,11 @@ SIMULATE_EPILOG = """\
 writes, in --out (default out/<scenario>-<strategy>-<seed>):
   history.jsonl   every event (vecmig check can judge it again)
   report.json     verdict, ops, phases, faults, latency by phase, recall, the history's sha256
+                  (docs/report.schema.json: the shape of every engine's report)
   report.html     the same, with the plots embedded
-  latency.png backfill.png mismatch.png
+  timeline.png    phases, faults, latency, throughput, recall and mismatch on one time axis
+  backfill.png    the backfill's progress and the repair log (both plots need matplotlib:
+                  pip install 'vecmig[plots]')
 
 exit codes: 0 valid, 1 anomalies found, 2 bad input (a malformed scenario names the key),
 4 stalled (the plan did not finish, or a gate held past migration.stall_after_s).
@@ -59,12 +57,6 @@ examples:
   vecmig simulate
   vecmig simulate black-friday --strategy naive --seed 7
   vecmig simulate my-plan.toml --swarm --out /tmp/run
-"""
-
-SWEEP_DESCRIPTION = """\
-Run one scenario over many seeds in parallel processes, with swarm faults (a random subset of
-fault families with random timings per seed), and print a summary; every failing seed comes
-with the exact command that replays it.
 """
 
 
@@ -108,35 +100,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
-
-    sweep = subparsers.add_parser(
-        "sweep",
-        help="many seeds in parallel with swarm faults; replay commands for the failures",
-        description=SWEEP_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 every seed valid, 1 some seed found anomalies or raised (its error "
-        "and replay command are printed; the other seeds still run), 2 bad input.\n\n"
-        "example:\n  vecmig sweep default --seeds 32 --jobs 4",
-    )
-    sweep.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
-    sweep.add_argument("--seeds", type=_at_least(1), default=8, help="how many seeds (default 8)")
-    sweep.add_argument("--first-seed", type=_at_least(0), default=1)
-    sweep.add_argument(
-        "--jobs", type=_at_least(1), default=2, help="parallel processes (default 2)"
-    )
-    sweep.add_argument(
-        "--strategy",
-        type=strategy_argument,
-        default="safe",
-        metavar="STRATEGY",
-        help="safe (default), naive, or safe-without:PROTECTION[,PROTECTION]",
-    )
-    sweep.add_argument("--no-swarm", action="store_true", help="only the scenario's own faults")
-    sweep.add_argument(
-        "--buggify", action="store_true", help="draw each seed's settings and faults too"
-    )
-    sweep.add_argument("--duration", type=_seconds, default=None, metavar="S")
-    sweep.set_defaults(handler=run_sweep)
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -214,7 +177,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             task = progress.add_task("sim", total=scenario.duration_s)
             result = sim.run(lambda t, end: progress.update(task, completed=t / 1e9))
     wall = time.perf_counter() - started
-    report = rep.write(result, out, name, wall)
+    written = rep.write(result, out, name, wall)
+    report = written.report
+    if written.plots_missing:
+        print(f"{written.plots_missing} (wrote all but the plots)", file=sys.stderr)
     if not args.quiet:
         rep.print_summary(console, report)
     valid = report["verdict"]["valid"]
@@ -237,150 +203,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"replay: {report['replay']}")
         print(f"judge again: vecmig check {out / 'history.jsonl'}")
     return code
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _sweep_one(
-    given: str, duration: float | None, strategy: str, seed: int, swarm: bool, buggify: bool
-) -> dict[str, Any]:
-    from vecmig.sim.simulation import Simulation
-
-    scenario = _load(given, duration)
-    started = time.perf_counter()
-    result = Simulation(
-        scenario, strategy, seed, swarm=swarm and not buggify, buggify=buggify
-    ).run()
-    wall = time.perf_counter() - started
-    return {
-        "seed": seed,
-        "valid": result.verdict.valid,
-        "stalled": result.verdict.stalled,
-        "counts": result.verdict.counts(),
-        "end_phase": result.end_phase,
-        "families": sorted({f["family"] for f in result.faults}),
-        "faults": len(result.faults),
-        "wall_s": wall,
-        "replay": rep.replay_command(
-            result,
-            scenario_arg(given, scenario)
-            + ("" if duration is None else f" --duration {duration:g}"),
-        ),
-        "bugs": result.bugs[:3],
-    }
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    console = Console()
-    err = Console(stderr=True)
-    try:
-        scenario = _load(args.scenario, args.duration)
-    except ScenarioError as exc:
-        print(f"vecmig sweep: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    with (
-        concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool,
-        Progress(
-            TextColumn(f"sweep {args.scenario} ({args.strategy})"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} seeds"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress,
-    ):
-        task = progress.add_task("sweep", total=len(seeds))
-        futures = {
-            pool.submit(
-                _sweep_one,
-                args.scenario,
-                args.duration,
-                args.strategy,
-                seed,
-                not args.no_swarm,
-                args.buggify,
-            ): seed
-            for seed in seeds
-        }
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                rows.append(future.result())
-            except Exception as exc:  # a seed that raised is a result too; keep the others
-                rows.append(_raised(args, scenario, futures[future], exc))
-            progress.advance(task)
-    rows.sort(key=lambda r: r["seed"])
-    table = Table(
-        title=f"vecmig sweep {args.scenario} --strategy {args.strategy}: {len(rows)} seeds",
-        title_justify="left",
-    )
-    table.add_column("seed", justify="right")
-    table.add_column("verdict")
-    table.add_column("anomalies", overflow="fold")
-    table.add_column("ended in")
-    table.add_column("faults", justify="right")
-    table.add_column("wall s", justify="right")
-    for r in rows:
-        anomalies = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["counts"].items() if n)
-        if r["stalled"]:
-            anomalies = ", ".join(x for x in (anomalies, "stalled") if x)
-        verdict = "[green]valid[/green]" if r["valid"] else "[red]ANOMALIES[/red]"
-        if "error" in r:
-            verdict, anomalies = "[red]RAISED[/red]", r["error"]
-        table.add_row(
-            str(r["seed"]),
-            verdict,
-            anomalies,
-            r["end_phase"],
-            str(r["faults"]),
-            f"{r['wall_s']:.1f}",
-        )
-    console.print(table)
-    failing = [r for r in rows if not r["valid"]]
-    raised = sum("error" in r for r in rows)
-    console.print(
-        f"{len(rows) - len(failing)} of {len(rows)} seeds valid"
-        + (f", {raised} raised" if raised else "")
-        + f" in {time.perf_counter() - started:.1f} s",
-        highlight=False,
-    )
-    for r in failing:
-        print(f"replay seed {r['seed']}: {r['replay']}")
-        if "error" in r:
-            print(f"  raised: {r['error']}")
-        else:
-            print(f"  fault families: {', '.join(r['families'])}")
-    return EXIT_ANOMALIES if failing else EXIT_VALID
-
-
-def _raised(
-    args: argparse.Namespace, scenario: Scenario, seed: int, exc: BaseException
-) -> dict[str, Any]:
-    """The row of a seed whose run raised: its error, and the command that shows the traceback
-    (the verdict is unknown, so the seed counts as failing)."""
-    given = scenario_arg(args.scenario, scenario)
-    if args.duration is not None:
-        given += f" --duration {args.duration:g}"
-    replay = f"vecmig simulate {given} --seed {seed} --strategy {args.strategy}"
-    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return {
-        "seed": seed,
-        "valid": False,
-        "stalled": False,
-        "counts": {},
-        "end_phase": "-",
-        "families": [],
-        "faults": 0,
-        "wall_s": 0.0,
-        "replay": replay
-        + (" --swarm" if not args.no_swarm and not args.buggify else "")
-        + (" --buggify" if args.buggify else ""),
-        "bugs": [],
-        "error": error,
-    }
 
 
 if __name__ == "__main__":  # pragma: no cover

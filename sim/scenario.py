@@ -272,7 +272,7 @@ class Scenario:
     source: str = field(default="", metadata={"internal": True})
 
     def ns(self, seconds: float) -> int:
-        return int(round(seconds * SECOND))
+        return round(seconds * SECOND)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def _scalar(hint: Any, raw: Any, path: str, meta: Mapping[str, Any]) -> Any:
     else:  # pragma: no cover - a schema mistake, not an input mistake
         raise TypeError(f"no loader for {hint!r} at {path}")
     low, high = meta.get("min"), meta.get("max")
-    if low is not None and value < low or high is not None and value > high:
+    if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ScenarioError(f"{path} must be {bounds}, got {raw!r}")
     return value

@@ -31,7 +31,7 @@ from vecmig.harness.drive.step import live_versions
 from vecmig.harness.history.checker import Verdict, check
 from vecmig.harness.history.ops import CHECKER, LOADER, Event, Recorder
 from vecmig.harness.state import MemoryStore
-from vecmig.sim.driver import Draws, Flight, SimDriver
+from vecmig.sim.driver import Draws, Flight, SimDriver, SimProcess
 from vecmig.sim.faults import FaultSpec, swarm_schedule
 from vecmig.sim.fleet import Fleet
 from vecmig.sim.nemesis import Nemesis
@@ -251,7 +251,8 @@ class Simulation:
                 max_skew_ms=s.instances.max_clock_skew_ms,
             )
         filled = []
-        for spec in specs:
+        for given in specs:
+            spec = given
             if spec.duration_s is None and spec.family == "app-instance-crash":
                 spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
             if spec.duration_s is None and spec.family == "backfill-worker-crash":
@@ -302,7 +303,7 @@ class Simulation:
         verdict = check(self.recorder.events)
         return self._result(verdict)
 
-    def _controller(self, start_ns: int):  # type: ignore[no-untyped-def]
+    def _controller(self, start_ns: int) -> SimProcess:
         yield self.env.timeout(start_ns)
         m = self.scenario.migration
         plan = Plan(
@@ -356,13 +357,13 @@ class Simulation:
         self.backfill = Backfill(self.strategy, self.throttle)
         self.controller.backfill = self.backfill
 
-    def _refresher(self, side: Side):  # type: ignore[no-untyped-def]
+    def _refresher(self, side: Side) -> SimProcess:
         interval = int(self.scenario.migration.refresh_interval_ms * MS)
         while True:
             yield self.env.timeout(interval)
             self.clusters[side].refresh()
 
-    def _sampler(self):  # type: ignore[no-untyped-def]
+    def _sampler(self) -> SimProcess:
         """Once a second: feed the backfill throttle and take the series the plots show."""
         while True:
             yield self.env.timeout(SECOND)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import simpy
@@ -19,7 +20,7 @@ import simpy
 from vecmig.harness.catalog import Catalog, product_id
 from vecmig.harness.clusters.base import Record, Vector
 from vecmig.harness.core.requests import Operation, Outcome
-from vecmig.sim.driver import Draws, Flight
+from vecmig.sim.driver import Draws, Flight, SimProcess
 from vecmig.sim.fleet import AppInstance, Fleet
 from vecmig.sim.scenario import MERCHANT_ACTIONS, SECOND, TrafficConfig
 
@@ -87,7 +88,7 @@ class Traffic:
                 rate *= spike.factor
         return max(rate, 0.0)
 
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self) -> SimProcess:
         """The arrivals (a SimPy process): ends when the traffic's duration is over."""
         env = self.env
         if self.config.bulk_reembed is not None and self.config.bulk_reembed.count:
@@ -197,9 +198,8 @@ class Traffic:
             return instance.layer.delete(record_id, version)
         metadata = dict(product.metadata)
         if action == "price":
-            metadata["price"] = round(
-                float(metadata.get("price", 10.0)) * float(self.content.uniform(0.8, 1.2)), 2
-            )  # type: ignore[arg-type]
+            price = cast(float, metadata.get("price", 10.0))
+            metadata["price"] = round(price * float(self.content.uniform(0.8, 1.2)), 2)
         elif action == "stock":
             metadata["in_stock"] = not metadata.get("in_stock", True)
         vector = product.vector
@@ -256,7 +256,7 @@ class Traffic:
 
     # -- the bulk job ------------------------------------------------------------------------------
 
-    def _bulk_reembed(self):  # type: ignore[no-untyped-def]
+    def _bulk_reembed(self) -> SimProcess:
         """Re-embed products in id order at a steady rate (a new embedding model rolls out)."""
         job = self.config.bulk_reembed
         assert job is not None

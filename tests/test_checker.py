@@ -927,7 +927,7 @@ def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:
     assert main(["check", str(path)]) == EXIT_VALID
 
 
-def test_vecmig_check_exits_1_on_anomalies_and_json_has_the_keys(
+def test_vecmig_check_exits_1_on_anomalies_and_its_json_is_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "stale.jsonl"
@@ -938,12 +938,16 @@ def test_vecmig_check_exits_1_on_anomalies_and_json_has_the_keys(
     assert main(["check", str(path)]) == EXIT_ANOMALIES
     assert "stale reads" in capsys.readouterr().out
     assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
-    verdict = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert {"engine", "verdict", "examples", "recall", "ops", "notes"} <= report.keys()
+    assert report["engine"] == "check" and report["history"] == str(path)
+    verdict = report["verdict"]
     required = {"valid", "failed_reads", "stale_reads", "garbage_reads", "lost_writes"}
     required |= {"filter_violations", "unjudged_filtered_hits", "resurrected_deletes"}
-    required |= {"divergence", "examples", "recall", "ops", "notes"}
-    assert required <= verdict.keys()
+    required |= {"divergence", "stalled", "stall", "unknown"}
+    assert required == verdict.keys()
     assert verdict["valid"] is False and verdict["stale_reads"] == 1
+    assert report["examples"]["stale_reads"][0]["id"] == "a"
 
 
 def test_vecmig_check_shows_filter_violations_and_unjudged_hits(
@@ -963,7 +967,7 @@ def test_vecmig_check_shows_filter_violations_and_unjudged_hits(
     assert "filter violations" in out and "'in_stock': False" in out
     assert "note: 1 hit(s) of filtered searches not judged" in out
     assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
-    verdict = json.loads(capsys.readouterr().out)
+    verdict = json.loads(capsys.readouterr().out)["verdict"]
     assert verdict["filter_violations"] == 1 and verdict["unjudged_filtered_hits"] == 1
 
 

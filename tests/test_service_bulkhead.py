@@ -93,7 +93,6 @@ async def reads_while_writes_hang(migration: Migration, writes: int, reads: int)
         outcome = await migration.get(f"p{i % 20:06d}")
         assert outcome.type == "ok" and outcome.value["version"] is not None, outcome
     assert not any(task.done() for task in pending), "a write finished while new was hung"
-    return None
 
 
 def config(**extra: Any) -> ServiceConfig:
@@ -132,7 +131,7 @@ def test_a_hung_secondary_leaves_the_primarys_reads_their_own_threads(tmp_path: 
     asyncio.run(scenario())
 
 
-# -- the same with real processes and SIGSTOP ---------------------------------------------------------
+# -- the same with real processes and SIGSTOP ------------------------------------------------------
 
 
 def free_port() -> int:

@@ -95,16 +95,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, *argv: str) -> None:
-        log = open(workdir / f"{name}.log", "wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "vecmig", *argv, "--port", str(ports[name])],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
+        with open(workdir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "vecmig", *argv, "--port", str(ports[name])],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
             )
-        )
 
     try:
         for name in ("old", "new", "lone"):

@@ -143,7 +143,7 @@ def test_bucket_of_takes_every_id_validate_id_lets_through() -> None:
         assert 0 <= bucket_of(validate_id(record_id), 64) < 64
 
 
-# -- finding 3: versions ----------------------------------------------------------------------------
+# -- finding 3: versions ---------------------------------------------------------------------------
 
 
 def test_a_version_beyond_the_horizon_is_refused_and_changes_nothing(
@@ -199,7 +199,7 @@ def test_the_op_log_records_what_the_client_was_told(
     assert [c["value"]["result"] for c in completions] == ["applied", "superseded"]
 
 
-# -- finding 4: the cluster server's limits and token -----------------------------------------------
+# -- finding 4: the cluster server's limits and token ----------------------------------------------
 
 
 def test_a_checksum_call_cannot_ask_for_unbounded_buckets(cluster_client: TestClient) -> None:
@@ -226,7 +226,7 @@ def test_the_cluster_server_needs_its_token(method: str, path: str) -> None:
     assert open_door.get("/v1/health").status_code == 200  # probes need no token
 
 
-# -- finding 10: the smaller ones -------------------------------------------------------------------
+# -- finding 10: the smaller ones ------------------------------------------------------------------
 
 
 def test_errors_quote_the_input_briefly(client: TestClient) -> None:

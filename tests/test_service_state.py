@@ -81,7 +81,7 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
 def test_a_second_holder_of_the_state_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     first = SQLiteStore.open(path, init=True, holder="vecmig serve, port 8100")
-    with pytest.raises(StateError, match="in use by pid .* port 8100"):
+    with pytest.raises(StateError, match=r"in use by pid .* port 8100"):
         SQLiteStore.open(path)
     first.close()
     SQLiteStore.open(path).close()  # released with the first holder
@@ -138,7 +138,7 @@ def test_a_checkpoint_ahead_of_new_is_refused() -> None:
     assert resume_problems(fine, "m1", both, fresh=False) == []
 
 
-# -- the command ------------------------------------------------------------------------------------
+# -- the command -----------------------------------------------------------------------------------
 
 
 def serve(state: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:

@@ -83,7 +83,10 @@ def test_swarm_with_one_replica_runs_without_node_faults(one_replica: Path, tmp_
     reason="the failing run is patched into the parent; only forked workers inherit it",
 )
 def test_a_sweep_reports_a_seed_that_raised_and_keeps_the_others(
-    one_replica: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    one_replica: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Finding 8: one seed that raised aborted the sweep and lost every other seed's result."""
     run = Simulation.run
@@ -94,7 +97,11 @@ def test_a_sweep_reports_a_seed_that_raised_and_keeps_the_others(
         return run(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Simulation, "run", run_or_raise)
-    code = main(["sweep", str(one_replica), "--seeds", "3", "--jobs", "2", "--duration", "4"])
+    out_dir = str(tmp_path / "sweep")
+    code = main(
+        ["sweep", str(one_replica), "--seeds", "3", "--jobs", "2", "--duration", "4"]
+        + ["--out", out_dir]
+    )
     out = capsys.readouterr().out
     assert code == EXIT_ANOMALIES, out
     assert "of 3 seeds valid, 1 raised" in out, out

@@ -253,9 +253,7 @@ def test_a_swarm_window_of_start_and_end_loads() -> None:
     assert from_dict({"swarm": {"window_s": [0, 30]}}).swarm.window_s == [0.0, 30.0]
 
 
-def test_the_swarm_leaves_out_node_faults_with_one_replica_and_instance_crashes_with_one_instance() -> (
-    None
-):
+def test_the_swarm_leaves_out_node_faults_with_one_replica_and_crashes_with_one_instance() -> None:
     """Finding 8: swarm mode with one replica crashed (ValueError: unknown node 's0r1')."""
     scenario = from_dict({"clusters": {"replicas": 1}, "instances": {"count": 1}})
     drawable = set(scenario.swarm.families)

@@ -43,7 +43,7 @@ def _traffic(seed: int = 0) -> tuple[Traffic, Any]:
 
 
 def test_relist_is_a_merchant_action_a_scenario_can_weigh() -> None:
-    assert "relist" in MERCHANT_ACTIONS and SESSION_KINDS == ("shopper", *MERCHANT_ACTIONS)
+    assert "relist" in MERCHANT_ACTIONS and ("shopper", *MERCHANT_ACTIONS) == SESSION_KINDS
 
 
 def test_relist_lists_each_delisted_product_again_with_the_version_after_its_delete() -> None:

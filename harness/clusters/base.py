@@ -31,7 +31,8 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float32]
 Metadata = Mapping[str, Any]
 Filter = Mapping[str, Any]
-"""A metadata filter: every key must equal the given value (e.g. {"category": 3, "in_stock": True})."""
+"""A metadata filter: every key must equal the given value, e.g.
+`{"category": 3, "in_stock": True}`."""
 
 MAX_ID_LENGTH = 128
 MAX_SCAN_LIMIT = 100_000
@@ -430,7 +431,8 @@ def matches(metadata: Metadata, filter: Filter | None) -> bool:
 def distance(
     metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
-    """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is closer)."""
+    """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is
+    closer)."""
     if metric is Metric.L2:
         diff = vectors - query
         squared: npt.NDArray[np.float32] = np.einsum("ij,ij->i", diff, diff).astype(np.float32)

@@ -11,6 +11,7 @@ instance sees a repair queued by a write on another as soon as it committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -124,10 +125,8 @@ class PostgresStateStore:
             try:
                 yield conn
             except psycopg.Error as exc:
-                try:
+                with contextlib.suppress(Exception):  # broken already
                     conn.close()
-                except Exception:  # noqa: BLE001 - broken already
-                    pass
                 conn = None
                 raise StateError(f"the state store {self.path}: {exc}") from None
         finally:

@@ -15,6 +15,7 @@ the update, and `NOTIFY vecmig_config` when it publishes. Every statement is bou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import threading
@@ -182,10 +183,8 @@ class PostgresConfigStore:
                 return False
             except (psycopg.Error, ConfigStoreError, OSError, ValueError):
                 if self._listener is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # it is broken already
                         self._listener.close()
-                    except Exception:  # noqa: BLE001 - it is broken already
-                        pass
                 self._listener = None
         time.sleep(max(0.0, deadline - time.monotonic()))
         return False

@@ -12,11 +12,12 @@ every lease is lapsed then (the instances restarted anyway).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,40 +149,25 @@ class SQLiteConfigStore:
             "(`vecmig control --init`)"
         )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self)
-
-
-class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT` under the connection's lock; any SQLite error (a lock
-    held past the timeout, a file gone) becomes `ConfigStoreError`."""
-
-    def __init__(self, store: SQLiteConfigStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        self.store._lock.acquire()
-        try:
-            self.store._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self.store._lock.release()
-            raise ConfigStoreError(f"{self.store.url}: {exc}") from None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        db = self.store._db
-        try:
-            if kind is None:
-                try:
-                    db.execute("COMMIT")
-                except sqlite3.Error as error:
-                    db.execute("ROLLBACK")
-                    raise ConfigStoreError(f"{self.store.url}: {error}") from None
-            else:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """`BEGIN IMMEDIATE` ... `COMMIT` under the connection's lock; any SQLite error (a
+        lock held past the timeout, a file gone) becomes `ConfigStoreError`."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise ConfigStoreError(f"{self.url}: {exc}") from None
+            try:
+                yield
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise ConfigStoreError(f"{self.store.url}: {exc}") from None
-        finally:
-            self.store._lock.release()
+                    raise ConfigStoreError(f"{self.url}: {exc}") from None
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._db.execute("ROLLBACK")
+                raise ConfigStoreError(f"{self.url}: {error}") from None

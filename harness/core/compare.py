@@ -129,7 +129,8 @@ def calibrate(
     k: int,
     threshold: float = 0.7,
 ) -> NoiseFloor:
-    """Measure the noise floor from calibration queries answered by old, exactly, and by old again."""
+    """Measure the noise floor from calibration queries answered by old, exactly, and by old
+    again."""
     if not (len(old_answers) == len(exact_answers) == len(old_again)):
         raise ValueError("calibration needs one exact answer and one repeat per old answer")
     n = len(old_answers)

@@ -147,10 +147,7 @@ def fields_match(fields: Fields, wanted: tuple[tuple[str, Any], ...]) -> bool:
     """Whether a version's fields satisfy a filter, given as its items: every field equal, a
     missing field equal to nothing. The semantics of `harness.clusters.base.matches`, which
     every cluster applies; here on the filter's items, computed once per search."""
-    for key, want in wanted:
-        if not fields.get(key) == want:
-            return False
-    return True
+    return all(fields.get(key) == want for key, want in wanted)
 
 
 @contextmanager
@@ -294,7 +291,7 @@ class _Judge:
         self.ops[f] = self.ops.get(f, 0) + 1
         id_: str | None = None
         version: Version | None = None
-        if f == "upsert" or f == "delete":
+        if f in {"upsert", "delete"}:
             id_, version = self.id_version(pos, event)
             if f == "upsert":
                 fields = value.get("fields")
@@ -353,7 +350,7 @@ class _Judge:
                 f"{event.f} id must be a string (records maps key ids as JSON strings), "
                 f"got {id_!r}",
             )
-        if type(version) not in _NUMBER or version != version:
+        if type(version) not in _NUMBER or version != version:  # noqa: PLR0124 - NaN, fast
             raise self.bad(pos, f"{event.f} version must be a number, got {version!r}")
         return id_, version
 
@@ -380,7 +377,7 @@ class _Judge:
             )
         if type_ == "info":
             self.crashed[process] = pos
-        if f == "upsert" or f == "delete":
+        if f in {"upsert", "delete"}:
             assert id_ is not None and version is not None
             if type_ == "ok":
                 self.acknowledge(seq, id_, version, f == "upsert")
@@ -557,57 +554,73 @@ class _Judge:
     # -- load, phase, fault, final -----------------------------------------------------------
 
     def other(self, seq: int, pos: int, event: Event) -> None:
-        f, value = event.f, event.value
+        f = event.f
         expected = "info" if f in ("phase", "fault", "plan", "gate") else "ok"
         if event.type != expected:
             raise self.bad(pos, f"a {f} event has type {expected!r}, got {event.type!r}")
-        if f == "load":
-            records = self.records(pos, event)
-            fields = self.load_fields(pos, event)
-            carried = self.carried
-            for id_, version in records.items():
-                known = fields.get(id_)
-                if carried.setdefault((id_, version), known) is not known:
-                    self.carry_again(id_, version, known)
-                self.acknowledge(seq, id_, version, True)
-        elif f == "phase":
-            name = value.get("phase") if isinstance(value, dict) else None
-            if name not in PHASES:
-                raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
-            self.phase = name
-            self.progress.phase_published(event.time, name)
-        elif f == "plan":
-            steps = value.get("steps") if isinstance(value, dict) else None
-            if not isinstance(steps, list):
-                raise self.bad(pos, f'a plan value holds "steps": [step, ...], got {value!r}')
-            self.progress.plan(event.time, value)
-        elif f == "gate":
-            if not isinstance(value, dict) or not isinstance(value.get("reasons", []), list):
-                raise self.bad(
-                    pos, f'a gate value holds {{"target", "reasons": [...]}}, got {value!r}'
-                )
-            self.progress.gate(event.time, value)
-        elif f == "fault":
-            if (
-                not isinstance(value, dict)
-                or type(value.get("family")) is not str
-                or value.get("action") not in ("start", "stop")
-            ):
-                raise self.bad(
-                    pos,
-                    f'a fault value holds {{"family": str, "action": "start"|"stop"}}, got {value!r}',
-                )
-            family = value["family"]
-            self.faults[family] = self.faults.get(family, 0) + (
-                1 if value["action"] == "start" else -1
+        handle = {
+            "load": self.on_load,
+            "phase": self.on_phase,
+            "plan": self.on_plan,
+            "gate": self.on_gate,
+            "fault": self.on_fault,
+            "final": self.on_final,
+        }[f]
+        handle(seq, pos, event)
+
+    def on_load(self, seq: int, pos: int, event: Event) -> None:
+        records = self.records(pos, event)
+        fields = self.load_fields(pos, event)
+        carried = self.carried
+        for id_, version in records.items():
+            known = fields.get(id_)
+            if carried.setdefault((id_, version), known) is not known:
+                self.carry_again(id_, version, known)
+            self.acknowledge(seq, id_, version, True)
+
+    def on_phase(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        name = value.get("phase") if isinstance(value, dict) else None
+        if name not in PHASES:
+            raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
+        self.phase = name
+        self.progress.phase_published(event.time, name)
+
+    def on_plan(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        steps = value.get("steps") if isinstance(value, dict) else None
+        if not isinstance(steps, list):
+            raise self.bad(pos, f'a plan value holds "steps": [step, ...], got {value!r}')
+        self.progress.plan(event.time, value)
+
+    def on_gate(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        if not isinstance(value, dict) or not isinstance(value.get("reasons", []), list):
+            raise self.bad(pos, f'a gate value holds {{"target", "reasons": [...]}}, got {value!r}')
+        self.progress.gate(event.time, value)
+
+    def on_fault(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        if (
+            not isinstance(value, dict)
+            or type(value.get("family")) is not str
+            or value.get("action") not in ("start", "stop")
+        ):
+            raise self.bad(
+                pos,
+                f'a fault value holds {{"family": str, "action": "start"|"stop"}}, got {value!r}',
             )
-        else:  # final
-            side = value.get("side") if isinstance(value, dict) else None
-            if side not in SIDES:
-                raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
-            if side in self.finals:
-                self.notes.append(f"more than one final of side {side!r}; the last one counts")
-            self.finals[side] = self.records(pos, event)
+        family = value["family"]
+        self.faults[family] = self.faults.get(family, 0) + (1 if value["action"] == "start" else -1)
+
+    def on_final(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        side = value.get("side") if isinstance(value, dict) else None
+        if side not in SIDES:
+            raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
+        if side in self.finals:
+            self.notes.append(f"more than one final of side {side!r}; the last one counts")
+        self.finals[side] = self.records(pos, event)
 
     def records(self, pos: int, event: Event) -> Mapping[str, Version]:
         value = event.value
@@ -617,10 +630,12 @@ class _Judge:
                 pos, f'a {event.f} value holds "records": {{id: version}}, got {value!r}'
             )
         for id_, version in records.items():
-            if type(id_) is not str or type(version) not in _NUMBER or version != version:
+            bad_version = type(version) not in _NUMBER or version != version  # noqa: PLR0124 - NaN
+            if type(id_) is not str or bad_version:
                 raise self.bad(
                     pos,
-                    f"{event.f} records map string ids to numeric versions, got {id_!r}: {version!r}",
+                    f"{event.f} records map string ids to numeric versions, "
+                    f"got {id_!r}: {version!r}",
                 )
         return records
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from vecmig.harness.cli import EXIT_BAD_INPUT, exit_code
 from vecmig.harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
 from vecmig.harness.history.ops import Event, MalformedHistory, iter_numbered
+from vecmig.harness.history.report import build as build_report
 
 DESCRIPTION = """\
 Judge a history (JSON lines, one event per line, written by the simulator, the live service or
@@ -56,7 +57,7 @@ exit codes:
 
 examples:
   vecmig check tests/data/example_history.jsonl
-  vecmig check out/run-42.jsonl --json | jq .stale_reads
+  vecmig check out/run-42.jsonl --json | jq .verdict.stale_reads
 """
 
 
@@ -70,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("history", metavar="HISTORY", help="a history file (JSON lines)")
     parser.add_argument(
-        "--json", action="store_true", help="print the verdict as one JSON object instead"
+        "--json",
+        action="store_true",
+        help="print the report instead: one JSON object, the shape of every engine's "
+        "report.json (docs/report.schema.json)",
     )
     parser.set_defaults(handler=run)
 
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vecmig check: {args.history}: cannot read it ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps(verdict.to_json(), indent=2))
+        report = build_report("check", verdict, events, history=str(args.history))
+        print(json.dumps(report, indent=2))
     else:
         print_verdict(verdict, args.history)
     return exit_code(verdict)

@@ -23,6 +23,7 @@ against the side's capacity meanwhile: that is what keeps it from taking more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,10 +125,8 @@ class Bulkhead:
 def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Run `callback` on the loop's thread (counters are touched there alone); after the loop
     closed there is nothing left to count."""
-    try:
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback)
-    except RuntimeError:
-        pass
 
 
 def _retrieve(waiting: asyncio.Future[Any]) -> None:

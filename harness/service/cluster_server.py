@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from prometheus_client import (
@@ -111,15 +111,13 @@ class ClusterServer:
 
     async def search(self, body: dict[str, Any]) -> Any:
         await self._delay("search")
-        hits = self.cluster.search(
-            _vector(body, self.cluster.dim), body.get("k"), search_filter(body)
-        )  # type: ignore[arg-type]
+        k = cast(int, body.get("k"))  # the cluster checks k and refuses a bad one (400)
+        hits = self.cluster.search(_vector(body, self.cluster.dim), k, search_filter(body))
         return {"hits": hits_to_wire(hits)}
 
     async def exact(self, body: dict[str, Any]) -> Any:
-        hits = self.cluster.exact_search(
-            _vector(body, self.cluster.dim), body.get("k"), search_filter(body)
-        )  # type: ignore[arg-type]
+        k = cast(int, body.get("k"))  # the cluster checks k and refuses a bad one (400)
+        hits = self.cluster.exact_search(_vector(body, self.cluster.dim), k, search_filter(body))
         return {"hits": hits_to_wire(hits)}
 
     async def scan(self, body: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID, strategy_argument
+from vecmig.harness.extras import require
 from vecmig.harness.tokens import TokenError, is_loopback, read_token_file, token_from
 
 from .fleetcli import CONTROL_DESCRIPTION, CONTROL_EPILOG
@@ -54,7 +55,8 @@ examples:
   vecmig cluster serve --dim 32 --port 8101 &  vecmig cluster serve --dim 32 --port 8102 &
   VECMIG_ADMIN_TOKEN=s3cret vecmig serve --old http://127.0.0.1:8101 \\
       --new http://127.0.0.1:8102 --dim 32 --state /tmp/mig.sqlite --init --port 8100
-  vecmig serve --old 'pgvector://app@db/shop?table=items' --new 'qdrant://qdrant:6333?collection=items' \\
+  vecmig serve --old 'pgvector://app@db/shop?table=items' \\
+      --new 'qdrant://qdrant:6333?collection=items' \\
       --dim 768 --state /var/lib/vecmig/state.sqlite --admin-token-file /etc/vecmig/token
 """
 
@@ -282,10 +284,12 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    require("service", "vecmig serve")
     return _run(args, "instance" if args.config_store else "standalone")
 
 
 def run_control(args: argparse.Namespace) -> int:
+    require("service", "vecmig control")
     return _run(args, "controller")
 
 
@@ -500,6 +504,7 @@ def _warn_if_exposed(command: str, host: str) -> None:
 
 
 def run_cluster_serve(args: argparse.Namespace) -> int:
+    require("service", "vecmig cluster serve")
     from vecmig.harness.clusters.fake import FakeCluster
     from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
 

@@ -152,7 +152,7 @@ class LiveDriver:
         except asyncio.CancelledError:
             steps.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - a crash of the op must be visible, not silent
+        except Exception as exc:  # a crash of the op must be visible (logged), not silent
             steps.close()
             self.crashes += 1
             log.exception("operation %s crashed", op.kind)
@@ -169,17 +169,7 @@ class LiveDriver:
             send_by = writes_by if isinstance(request, rq.Upsert | rq.Delete) else None
             return await self._side_call(side, request, send_by)
         if isinstance(request, rq.Exact):
-            if self.exact is None or kind not in self.exact_kinds:
-                return None
-            if random.random() >= self.exact_rate.get(kind, 1.0):
-                return None
-            fn = self.exact
-            try:
-                return await self.bulkheads[request.side].call(
-                    fn, request.side, request.vector, request.k, request.filter
-                )
-            except ClusterError:
-                return None  # ground truth is a nicety: without it there is no recall figure
+            return await self._exact(request, kind)
         if isinstance(request, rq.AnnouncePhase):
             self.store.save_phase(request.phase, request.epoch)
             if self.on_phase is not None:
@@ -196,6 +186,20 @@ class LiveDriver:
         if self.store_calls is not None:
             return await self.store_calls(execute, request, self.sides, self.store)
         return execute(request, self.sides, self.store)
+
+    async def _exact(self, request: rq.Exact, kind: str) -> Any:
+        """The exact top-k for a sampled share of `kind`'s searches, or None."""
+        if self.exact is None or kind not in self.exact_kinds:
+            return None
+        if random.random() >= self.exact_rate.get(kind, 1.0):
+            return None
+        fn = self.exact
+        try:
+            return await self.bulkheads[request.side].call(
+                fn, request.side, request.vector, request.k, request.filter
+            )
+        except ClusterError:
+            return None  # ground truth is a nicety: without it there is no recall figure
 
     async def _side_call(self, side: Side, request: Any, send_by: int | None = None) -> Any:
         delay = self.faults.latency_ms.get(side)

@@ -19,6 +19,7 @@ checker judges liveness from them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -115,10 +116,8 @@ class InstanceLink:
                 await self.sync()
                 # A push wakes the instance as soon as a phase is published (PostgreSQL's
                 # LISTEN); without one this is a sleep of one poll interval.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.to_thread(self.store.wait, poll), poll + 2.0)
-                except TimeoutError:
-                    pass
             else:
                 await asyncio.sleep(poll)
 
@@ -194,7 +193,7 @@ class ControllerLink:
     # -- the plan and its history --------------------------------------------------------------
 
     def open_history(self, path: str | Path, clock: Callable[[], int]) -> None:
-        self._history = open(path, "a", encoding="utf-8", buffering=1)
+        self._history = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
         self.recorder = Recorder(self._history, keep=False)
         self._clock = clock
 
@@ -226,10 +225,8 @@ class ControllerLink:
                     break
             except ConfigStoreError:
                 pass
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.walk_now.wait(), 0.2)
-            except TimeoutError:
-                pass
         try:
             await asyncio.to_thread(self.store.put, WALK_KEY, {"time": time.time_ns()})
         except ConfigStoreError as exc:

@@ -243,7 +243,11 @@ class Migration:
         self.in_flight: dict[int, int] = {}
         """epoch -> client operations started under it and not yet finished."""
         self.live_latency: deque[tuple[int, float]] = deque(maxlen=8192)
-        self._oplog_file = open(config.op_log, "a", encoding="utf-8") if config.op_log else None
+        self._oplog_file = (
+            open(config.op_log, "a", encoding="utf-8")  # noqa: SIM115 - open for the service's life
+            if config.op_log
+            else None
+        )
         self.oplog = Recorder(self._oplog_file, keep=False) if self._oplog_file else None
         # Op-log process numbers start from this process's start second, so that a restarted
         # service appending to the same log never reuses one (an op cut off by a kill stays open).
@@ -334,9 +338,12 @@ class Migration:
         if controller is not None and self.plan is not None:
             self.run_plan(self.plan)
         standalone_shadow = controller is None and instance is None
-        if self.view.phase is Phase.SHADOW and self.config.strategy.adjacency_wait:
-            if standalone_shadow or controller is not None:
-                self._tasks.append(asyncio.create_task(self._recalibrate(), name="recalibrate"))
+        if (
+            self.view.phase is Phase.SHADOW
+            and self.config.strategy.adjacency_wait
+            and (standalone_shadow or controller is not None)
+        ):
+            self._tasks.append(asyncio.create_task(self._recalibrate(), name="recalibrate"))
 
     def run_plan(self, plan: Plan) -> None:
         """The controller walks `plan` in the background (`vecmig control --plan-to`), at
@@ -521,7 +528,7 @@ class Migration:
         real queries of this data without the service knowing its distribution."""
         try:
             page = await self.bulkheads[Side.OLD].call(self.sides[Side.OLD].scan, None, 512)
-        except Exception:  # noqa: BLE001 - no calibration queries means no noise floor, not a crash
+        except Exception:  # no calibration queries means no noise floor, not a crash
             log.warning("could not sample calibration queries from old", exc_info=True)
             return []
         vectors = [s.vector for s in page.items if not s.deleted and s.vector is not None]

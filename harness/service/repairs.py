@@ -100,7 +100,7 @@ class CachedRepairLog:
     def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
         return self.store.next_repairs(limit, now)
 
-    # -- the rest, straight to the store ------------------------------------------------------------
+    # -- the rest, straight to the store -----------------------------------------------------------
 
     def load(self) -> MigrationState:
         return self.store.load()

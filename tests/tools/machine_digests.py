@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import conftest  # noqa: E402,F401 - registers and loads the Hypothesis profiles
-import test_stateful_migration as machine  # noqa: E402
-from hypothesis import settings  # noqa: E402
-from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
+import conftest  # noqa: F401 - registers and loads the Hypothesis profiles
+import test_stateful_migration as machine
+from hypothesis import settings
+from hypothesis.stateful import run_state_machine_as_test
 
 
 class Digested(machine.MigrationMachine):
