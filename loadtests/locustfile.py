@@ -19,7 +19,9 @@ history process.
 With a fleet (the run plan's `instances`), each user sticks to one instance, as an app session
 does, and a request that instance never took -- refused before it was sent (`not_ready`: its
 lease lapsed), or a connection refused (it is down) -- goes to the next instance, as a load
-balancer's health check would send it; so does a read whose connection broke.
+balancer's health check would send it; so does a read whose connection broke, or that
+certainly failed (503: a side's bulkhead of that instance was full, say), since reading again
+has no effect.
 """
 
 from __future__ import annotations
@@ -258,8 +260,14 @@ class MigrationUser(FastHttpUser):
                 answer = _body_of(response)
                 message = str(answer.get("error", "")) or (response.text or "")[:200]
                 response.failure(f"HTTP {status}: {message}")
-                if status == 503 and answer.get("not_ready") and time.monotonic() < give_up:
-                    continue  # that instance sent nothing (its lease lapsed): the next one
+                if (
+                    status == 503
+                    and (read or answer.get("not_ready"))
+                    and time.monotonic() < give_up
+                ):
+                    # That instance sent nothing (its lease lapsed), or the read certainly failed
+                    # (a side's bulkhead was full, say): the next instance, as an app's client does.
+                    continue
                 outcome: EventType = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
