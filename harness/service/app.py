@@ -286,7 +286,11 @@ def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, 
 def _answer(outcome: Outcome) -> JSONResponse:
     if outcome.type == "ok":
         return JSONResponse(outcome.value)
-    body: dict[str, Any] = {"error": outcome.error or outcome.type, "outcome": outcome.type, "kind": outcome.type}
+    body: dict[str, Any] = {
+        "error": outcome.error or outcome.type,
+        "outcome": outcome.type,
+        "kind": outcome.type,
+    }
     if outcome.notes.get("refused") == "lease":
         # Refused before anything was sent: a load balancer may send it to another instance.
         body["not_ready"] = True
