@@ -74,7 +74,8 @@ class RunPlan:
     """Each user's pace in requests per second (0: the shoppers' and merchants' think times)."""
     clock: str = "monotonic"
     """The history's clock: monotonic (every recorder on one machine, no error) or wall (each
-    Locust worker measures its error bound against the master)."""
+    Locust process sets its wall clock to the controller's history clock, `service`'s
+    /health, and records its error bound; see `vecmig.loadtests.history`)."""
 
     @classmethod
     def load(cls, path: str | Path) -> RunPlan:

@@ -129,6 +129,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=200.0,
         help="the clock-skew bound a fleet's leases allow (the chaos skews one instance within it)",
     )
+    parser.add_argument(
+        "--clock",
+        default="monotonic",
+        choices=("monotonic", "wall"),
+        help="a fleet's history clock: monotonic (one machine: every recorder exact) or wall "
+        "(each Locust process sets its wall clock to the controller's and records its error "
+        "bound, as workers on other machines must)",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
     parser.add_argument(
         "--strategy",
@@ -223,10 +231,11 @@ def run(args: argparse.Namespace) -> int:
         or args.instances < 0
         or args.processes < 0
         or not args.rate > 0
+        or (args.clock == "wall" and args.instances < 1)
     ):
         print(
             "vecmig loadtest: needs --duration >= 20, --users >= 2, --catalog >= 100, "
-            "--instances >= 0, --processes >= 0 and --rate > 0",
+            "--instances >= 0, --processes >= 0 and --rate > 0 (--clock wall: a fleet)",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -412,6 +421,7 @@ def _run(
         catalog_loaded=True,
         lease_s=args.lease_s,
         user_rate=user_rate,
+        clock=args.clock,
     )
     plan_path = out / "run.json"
     for name, side in sides.items():
@@ -501,6 +511,7 @@ def _run(
         "--config-store",
         args.config_store,
         *(["--rate", f"{args.rate:g}"] if args.instances else []),
+        *(["--clock", args.clock] if args.clock != "monotonic" else []),
     ]
     replay = [
         "vecmig",
@@ -528,8 +539,9 @@ def _run(
     ]
     print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
     print(f"run it again:           {shlex.join(replay)}")
-    anomalies = report.get("unknown") or any(report[kind] for kind in ANOMALIES)
-    return EXIT_STALLED if report.get("stalled") and not anomalies else EXIT_ANOMALIES
+    verdict = report["verdict"]
+    anomalies = verdict["unknown"] or any(verdict[kind] for kind in ANOMALIES)
+    return EXIT_STALLED if verdict["stalled"] and not anomalies else EXIT_ANOMALIES
 
 
 def _echo(log: Path, stop: threading.Event) -> None:

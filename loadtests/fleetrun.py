@@ -129,7 +129,11 @@ def start(
     history.parent.mkdir(parents=True, exist_ok=True)
     control = [python, "-m", "vecmig", "control", *common, "--port", str(port)]
     control += ["--pid-file", str(pid_file), "--history", str(history), "--plan-to", "CUTOVER"]
-    control += ["--plan-waits"]  # the chaos controller begins it once the load runs
+    control += [
+        "--plan-waits",
+        "--history-clock",
+        args.clock,
+    ]  # the chaos controller begins it once the load runs
     for phase, seconds in holds(args.duration).items():
         control += ["--hold", f"{phase}={seconds:.1f}"]
     layout.control = {

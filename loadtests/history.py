@@ -5,6 +5,15 @@ Every simulated user is a history process; a process whose op ended indeterminat
 never invokes again, so its user takes a new process number. Process numbers are unique
 across the Locust processes of one machine (pid-based), and `time` is `time.monotonic_ns()`,
 the clock every process of the machine shares.
+
+Across machines (`vecmig loadtest --clock wall`, or a run plan whose `clock` is `wall`), each
+Locust process reads its wall clock and sets it to the reference's -- the controller's
+history clock, read from its /health -- by an offset measured as NTP does: of a few round
+trips, the shortest's midpoint, so the true offset lies within half that round trip. Every
+event then carries `error`, that half plus `DRIFT_ALLOWANCE_NS`; at the end the process
+measures again and records how far the offset moved (a `clock` event with `drift_ns`, the
+worst case). The checker judges ops that overlap within their bounds as concurrent, and a
+clock that moved beyond its bound makes the verdict unknown (see `vecmig.harness.history.ops`).
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,64 @@ from vecmig.harness.history.ops import (
 from vecmig.harness.history.report import build as build_report
 
 PART_GLOB = "part-*.jsonl"
+DRIFT_ALLOWANCE_NS = 5_000_000
+"""What a measured clock's bound allows beyond half its round trip: its drift over a run and
+the end measurement's own error (a loaded machine's loopback answers within a few ms)."""
+
+
+class HistoryClock:
+    """How this process times its events: `read() + offset_ns`, within `error_ns` of the
+    reference (0 and 0 on one machine, where every process reads the same monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] = time.monotonic_ns
+        self.offset_ns = 0
+        self.error_ns = 0
+        self.name = ""
+
+    def now(self) -> int:
+        return self.read() + self.offset_ns
+
+
+CLOCK = HistoryClock()
+
+
+def measure_offset(
+    reference: Callable[[], int], read: Callable[[], int], samples: int = 8
+) -> tuple[int, int]:
+    """(offset, error): the reference's reading minus `read`'s, taken from the sample with the
+    shortest round trip, and half that round trip, within which the true offset lies."""
+    best: tuple[int, int] | None = None
+    for _ in range(samples):
+        sent = read()
+        theirs = reference()
+        back = read()
+        if best is None or back - sent < best[1]:
+            best = (theirs - (sent + back) // 2, back - sent)
+    assert best is not None
+    return best[0], best[1] // 2 + 1
+
+
+def set_clock(name: str, reference: Callable[[], int], read: Callable[[], int]) -> None:
+    """Time this process's events on `read`, set to `reference` (see the module's note)."""
+    offset, error = measure_offset(reference, read)
+    CLOCK.name, CLOCK.read, CLOCK.offset_ns = name, read, offset
+    CLOCK.error_ns = error + DRIFT_ALLOWANCE_NS
+
+
+def clock_value(reference: Callable[[], int] | None = None) -> dict[str, Any]:
+    """The value of this process's `clock` event: at the start (no `reference`), or at the end,
+    measured again against `reference` (`drift_ns`: how far the offset may have moved, the
+    measured move plus the new measurement's error, signed)."""
+    value: dict[str, Any] = {"clock": CLOCK.name, "error_ns": CLOCK.error_ns}
+    value["offset_ns"] = CLOCK.offset_ns
+    if reference is None:
+        return {**value, "at": "start"}
+    offset, error = measure_offset(reference, CLOCK.read)
+    moved = offset - CLOCK.offset_ns
+    drift = abs(moved) + error
+    return {**value, "at": "end", "drift_ns": drift if moved >= 0 else -drift}
+
 
 _NUMBERS_LOCK = threading.Lock()
 _NUMBERS: dict[int, itertools.count[int]] = {}
@@ -47,7 +114,7 @@ class ProcessHistory:
         self.name = name or f"{os.getpid()}"
         self.path = self.directory / f"part-{self.name}.jsonl"
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
-        self.recorder = Recorder(self._file, keep=False)
+        self.recorder = Recorder(self._file, keep=False, error=CLOCK.error_ns)
 
     @staticmethod
     def new_process() -> int:
@@ -82,7 +149,8 @@ class VersionClock:
 
 
 def now() -> int:
-    return time.monotonic_ns()
+    """The time of a history event: this process's clock (see `HistoryClock`)."""
+    return CLOCK.now()
 
 
 def collect(directory: str | Path) -> list[Event]:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
+import httpx
 import numpy as np
 from locust import FastHttpUser, between, constant_throughput, events, task
 from locust.env import Environment
@@ -44,7 +45,14 @@ from vecmig.harness.catalog import product_id
 from vecmig.harness.history.ops import EventType
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
 from vecmig.loadtests.fleetchaos import FleetChaos, schedule_for_fleet
-from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
+from vecmig.loadtests.history import (
+    ProcessHistory,
+    VersionClock,
+    clock_value,
+    judge,
+    now,
+    set_clock,
+)
 
 # httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used;
 # once gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
@@ -106,14 +114,24 @@ def _init(environment: Environment, **_: Any) -> None:
         )
     P.plan = RunPlan.load(path)
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
-    P.history = ProcessHistory(
-        P.plan.history_dir, name=f"{role}-{id(environment):x}-{time.time_ns()}"
-    )
+    name = f"{role}-{id(environment):x}-{time.time_ns()}"
+    if P.plan.clock == "wall":
+        set_clock(name, _reference_clock, time.time_ns)
+    P.history = ProcessHistory(P.plan.history_dir, name=name)
+    if P.plan.clock == "wall":
+        P.history.recorder.info(name, "clock", clock_value(), now())
     P.versions = VersionClock()
     P.catalog = P.plan.catalog_records()
     P.vectors = {r.id: r for r in P.catalog.records()}
     P.targets[:] = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
     P.pace = constant_throughput(P.plan.user_rate) if P.plan.user_rate > 0 else None
+
+
+def _reference_clock() -> int:
+    """The reference clock's reading: the controller's history clock, from its /health."""
+    response = httpx.get(P.plan.service + "/health", timeout=10.0)
+    response.raise_for_status()
+    return int(response.json()["clock_ns"])
 
 
 def _options_of(environment: Environment) -> argparse.Namespace:
@@ -143,6 +161,8 @@ def _test_start(environment: Environment, **_: Any) -> None:
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
+    if P.plan.clock == "wall":
+        P.history.recorder.info(P.history.name, "clock", clock_value(_reference_clock), now())
     P.history.close()
     if isinstance(environment.runner, WorkerRunner) or P.chaos is None:
         return

@@ -103,6 +103,14 @@ def test_a_clock_beyond_its_bound_is_caught_at_the_end_and_the_verdict_is_unknow
     assert verdict.stale_reads == 1 and verdict.unknown
 
 
+def test_a_clock_never_checked_at_the_end_leaves_the_verdict_unknown() -> None:
+    worker = Clock("worker-1", skew_ns=1 * MS, error_ns=6 * MS)
+    events = [e for e in race(worker, 50 * MS, returned=2) if "drift_ns" not in e.value]
+    verdict = check(events)
+    assert verdict.unknown and not verdict.valid
+    assert any("never checked at the end" in note for note in verdict.notes), verdict.notes
+
+
 def _drift(event: Event, drift_ns: int) -> Event:
     value = {**event.value, "drift_ns": drift_ns}
     return Event(event.index, event.process, event.type, event.f, value, event.time, event.error)

@@ -293,6 +293,7 @@ class _Judge:
         self.order: Sequence[int] = range(len(history))
         self.progress = Progress()
         self.stall: Stall | None = None
+        self.clocks_unchecked: set[str] = set()  # clocks set at the start, not checked at the end
 
     # -- errors and examples -----------------------------------------------------------------
 
@@ -701,7 +702,9 @@ class _Judge:
                 pos, f'a clock value holds {{"clock": name, "error_ns": int, ...}}, got {value!r}'
             )
         if drift is None:
+            self.clocks_unchecked.add(value["clock"])
             return
+        self.clocks_unchecked.discard(value["clock"])
         if type(drift) is not int:
             raise self.bad(pos, f"a clock's drift_ns is an integer, got {drift!r}")
         if abs(drift) > bound:
@@ -710,6 +713,15 @@ class _Judge:
                 f"clock {value['clock']} moved {drift / 1e6:g} ms from the offset it used, beyond "
                 f"its bound of {bound / 1e6:g} ms: the times it gave cannot be ordered against "
                 "other clocks' within their bounds, so this history cannot be judged"
+            )
+
+    def finish_clocks(self) -> None:
+        if self.clocks_unchecked:
+            self.unknown = True
+            self.notes.append(
+                f"clock(s) {', '.join(sorted(self.clocks_unchecked))} were set at the start but "
+                "never checked at the end: whether they stayed within their bounds is unknown, "
+                "so this history cannot be judged"
             )
 
     def on_final(self, seq: int, pos: int, event: Event) -> None:
@@ -754,6 +766,7 @@ class _Judge:
     # -- the end of the run ------------------------------------------------------------------
 
     def finish(self) -> None:
+        self.finish_clocks()
         if self.order:
             self.stall = self.progress.finish(self.history[self.order[-1]].time)
         open_reads = 0

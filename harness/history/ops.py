@@ -24,7 +24,8 @@ on one machine, where every process reads the same monotonic clock. A `clock` ev
 `info`, process the clock's name) says how a clock was set: `{"clock": name, "error_ns":
 bound, "offset_ns": offset, "at": "start" | "end"}`, and at the end `"drift_ns"`, how far
 the offset measured again has moved from the one used; a drift beyond the bound means the
-times that clock gave cannot be trusted within it, and the verdict is unknown.
+times that clock gave cannot be trusted within it, and the verdict is unknown (as it is when
+a clock set at the start is never checked at the end).
 """
 
 from __future__ import annotations

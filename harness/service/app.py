@@ -233,7 +233,10 @@ class ServiceApp:
     async def health(self, _: Request) -> Response:
         """Liveness: the process answers. Whether it can serve is `/ready`'s question."""
         published = self.migration.coordinator.published
-        return JSONResponse({"ok": True, "phase": published.phase.value, "epoch": published.epoch})
+        link = self.migration.controller_link
+        clock = link.clock_ns() if link is not None else time.monotonic_ns()
+        body = {"ok": True, "phase": published.phase.value, "epoch": published.epoch}
+        return JSONResponse({**body, "clock_ns": clock})
 
     async def ready(self, _: Request) -> Response:
         """Readiness: both sides answer their health check, the state store answers, and this

@@ -197,6 +197,11 @@ class ControllerLink:
         self.recorder = Recorder(self._history, keep=False)
         self._clock = clock
 
+    def clock_ns(self) -> int:
+        """The reading of the history's clock (the reference a fleet's Locust processes
+        measure their own against, see `vecmig.loadtests.history`)."""
+        return self._clock() if self.recorder is not None else time.monotonic_ns()
+
     def record_event(self, event: rq.RecordEvent) -> None:
         if self.recorder is not None:
             self.recorder.info(CONTROLLER, event.f, dict(event.value), self._clock())
