@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
+import gevent.event
 import httpx
 import numpy as np
 from locust import FastHttpUser, between, constant_throughput, events, task
@@ -68,6 +69,9 @@ READS = ("get", "search")
 class _Process:
     """What this Locust process shares between its users."""
 
+    ready = gevent.event.Event()
+    """Set once `_init` is done: with a wall clock, measuring it yields to other greenlets,
+    and a user may be spawned meanwhile; it waits for the clock before recording anything."""
     plan: RunPlan
     history: ProcessHistory
     versions: VersionClock
@@ -116,7 +120,8 @@ def _init(environment: Environment, **_: Any) -> None:
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
     name = f"{role}-{id(environment):x}-{time.time_ns()}"
     if P.plan.clock == "wall":
-        set_clock(name, _reference_clock, time.time_ns)
+        with httpx.Client(timeout=10.0) as client:
+            set_clock(name, lambda: _reference_clock(client), time.time_ns)
     P.history = ProcessHistory(P.plan.history_dir, name=name)
     if P.plan.clock == "wall":
         P.history.recorder.info(name, "clock", clock_value(), now())
@@ -125,11 +130,12 @@ def _init(environment: Environment, **_: Any) -> None:
     P.vectors = {r.id: r for r in P.catalog.records()}
     P.targets[:] = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
     P.pace = constant_throughput(P.plan.user_rate) if P.plan.user_rate > 0 else None
+    P.ready.set()
 
 
-def _reference_clock() -> int:
+def _reference_clock(client: httpx.Client) -> int:
     """The reference clock's reading: the controller's history clock, from its /health."""
-    response = httpx.get(P.plan.service + "/health", timeout=10.0)
+    response = client.get(P.plan.service + "/health")
     response.raise_for_status()
     return int(response.json()["clock_ns"])
 
@@ -146,6 +152,7 @@ def _options_of(environment: Environment) -> argparse.Namespace:
 def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
+    P.ready.wait()
     P.chaos_history = ProcessHistory(P.plan.history_dir, name="chaos")
     fleet = bool(P.plan.instances)
     P.chaos = (FleetChaos if fleet else Chaos)(P.plan, P.chaos_history.recorder, say=_say)
@@ -162,7 +169,9 @@ def _test_start(environment: Environment, **_: Any) -> None:
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
     if P.plan.clock == "wall":
-        P.history.recorder.info(P.history.name, "clock", clock_value(_reference_clock), now())
+        with httpx.Client(timeout=10.0) as client:
+            end = clock_value(lambda: _reference_clock(client))
+        P.history.recorder.info(P.history.name, "clock", end, now())
     P.history.close()
     if isinstance(environment.runner, WorkerRunner) or P.chaos is None:
         return
@@ -215,6 +224,7 @@ class MigrationUser(FastHttpUser):
         return float(pace(self))
 
     def on_start(self) -> None:
+        P.ready.wait()
         self.process = P.history.new_process()
         seed = self.process
         self.rng = random.Random(seed)
