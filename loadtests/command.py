@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .chaos import RunPlan
 
 DEFAULT_RATE = 450.0
+DEFAULT_INSTANCES = 3
 
 DESCRIPTION = """\
 Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
@@ -48,6 +49,12 @@ with shoppers and merchants; a chaos controller walks the phases through their g
 and kills the service with SIGKILL mid-backfill and restarts it (it must resume from its SQLite
 state). At the end every fault is healed, the repair log drains, both sides are scanned, and
 the checker judges the merged history.
+
+A fleet (--instances N, the default): N `vecmig serve` instances and a `vecmig control`
+sharing a config store, Locust distributed (--processes workers) at --rate, and chaos aimed at
+the fleet: late config on one instance, the controller and one instance SIGKILLed and started
+again, one SIGSTOPped past its lease, one cut off from the config store, the config store
+restarted, a rolling restart (see docs/loadtest.md).
 
 real engines (--old/--new take any `vecmig serve` URL, and these, which the run starts itself):
   pgvector://auto       a throwaway PostgreSQL with pgvector, crashed and restarted mid-run
@@ -65,8 +72,9 @@ EPILOG = """\
 exit codes: 0 valid, 1 anomalies found (or the verdict is unknown), 2 bad input, 3 internal error.
 
 examples:
-  vecmig loadtest --duration 60 --users 12 --out out/lt
-  vecmig loadtest --duration 60 --strategy naive --out out/lt-naive   # must find anomalies
+  vecmig loadtest --instances 3 --duration 120 --out out/fleet       # a fleet (the default)
+  vecmig loadtest --instances 3 --duration 120 --strategy naive      # must find anomalies
+  vecmig loadtest --instances 0 --duration 60 --users 12 --out out/lt   # one standalone service
   vecmig loadtest --old pgvector://auto --new qdrant+local://auto \\
       --duration 45 --users 8 --catalog 1000 --out out/lt-pg-qdrant   # a real migration
 """
@@ -86,11 +94,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--instances",
         type=int,
-        default=3,
+        default=None,
         metavar="N",
         help="layer instances, each a `vecmig serve` process of a fleet with its own clock and "
         "lease, coordinated through a config store by `vecmig control` (0: one standalone "
-        "service, as before fleets)",
+        f"service; default {DEFAULT_INSTANCES}, or 0 when a side runs inside the service's "
+        "process: qdrant+local://, milvus+lite://)",
     )
     parser.add_argument(
         "--rate",
@@ -222,6 +231,8 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     require("service", "vecmig loadtest")
     require("loadtest", "vecmig loadtest")
+    if args.instances is None:
+        args.instances = fleetrun.default_instances(args, DEFAULT_INSTANCES)
     if args.users is None and args.instances == 0:
         args.users = 12
     if (

@@ -37,6 +37,24 @@ class FleetLayout:
     control_url: str = ""
 
 
+def default_instances(args: argparse.Namespace, fleet: int) -> int:
+    """`fleet`, or 0 (one standalone service, said on standard error) when a side runs inside
+    the service's process, which a fleet's instances cannot share."""
+    inside = [f"--{n} {getattr(args, n)}" for n in ("old", "new") if _inside(getattr(args, n))]
+    if not inside:
+        return fleet
+    print(
+        f"vecmig loadtest: {' and '.join(inside)} runs inside the service's process: one "
+        "standalone service (--instances 0), not a fleet",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _inside(given: str | None) -> bool:
+    return given is not None and is_in_process(given)
+
+
 def refusal(args: argparse.Namespace) -> str | None:
     """Why this run cannot be a fleet, or None."""
     if args.instances < 1:

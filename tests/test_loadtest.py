@@ -1,5 +1,6 @@
-"""The load test: its history plumbing and schedule (fast), and two real runs (slow): the safe
-strategy under the default chaos -- faults in every phase, the service SIGKILLed mid-backfill
+"""The load test: its history plumbing and schedule (fast), and two real runs of one
+standalone service (slow; a fleet's are in test_loadtest_fleet): the safe strategy under the
+default chaos -- faults in every phase, the service SIGKILLed mid-backfill
 and restarted -- ends with zero anomalies; the naive strategy under the same chaos does not."""
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def run_loadtest(out: Path, *args: str, timeout: float) -> tuple[int, dict[str, 
 @pytest.mark.slow
 def test_the_safe_strategy_survives_the_chaos_with_zero_anomalies(tmp_path: Path) -> None:
     code, report, output = run_loadtest(
-        tmp_path / "safe", "--duration", "60", "--users", "8", timeout=170
+        tmp_path / "safe", "--instances", "0", "--duration", "60", "--users", "8", timeout=170
     )
     assert code == 0, output
     assert_valid_report(report, "loadtest")
@@ -198,7 +199,9 @@ def test_the_safe_strategy_survives_the_chaos_with_zero_anomalies(tmp_path: Path
 @pytest.mark.slow
 def test_the_naive_strategy_breaks_under_the_same_chaos(tmp_path: Path) -> None:
     code, report, output = run_loadtest(
-        tmp_path / "naive", "--duration", "45", "--users", "8", "--strategy", "naive", timeout=150
+        tmp_path / "naive",
+        *("--instances", "0", "--duration", "45", "--users", "8", "--strategy", "naive"),
+        timeout=150,
     )
     assert code == 1, output
     assert_valid_report(report, "loadtest")
