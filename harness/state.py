@@ -21,12 +21,27 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vecmig.harness.clusters.base import Side
 from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.state import Checkpoint, MigrationState, RecentWrite, RepairEntry
+
+
+def vector_bytes(vector: Any) -> bytes:
+    """A vector as the state keeps it: little-endian float32 bytes."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def vector_of(stored: bytes | str | None) -> Any:
+    """A stored vector: bytes (`vector_bytes`), or a JSON list (state files of vecmig 0.2)."""
+    if stored is None:
+        return None
+    if isinstance(stored, str):
+        return np.asarray(json.loads(stored), dtype=np.float32)
+    return np.frombuffer(stored, dtype="<f4").astype(np.float32)
 
 
 class MemoryStore:
@@ -123,22 +138,26 @@ class StateLock:
     beside it, released by the kernel when the process dies, SIGKILL included). The holder
     writes who it is into the lock file, so that the refusal can name it."""
 
-    def __init__(self, path: str | Path, holder: str = "") -> None:
+    def __init__(self, path: str | Path, holder: str = "", *, shared: bool = False) -> None:
+        """`shared`: a fleet's processes (`vecmig serve --config-store`, `vecmig control`)
+        share the state with each other, never with a standalone service."""
         self.path = Path(f"{path}.lock")
         try:
             self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held till release
         except OSError as exc:
             raise StateError(f"cannot create the state lock {self.path}: {exc.strerror}") from None
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.seek(0)
             who = self._file.read().strip() or "another process"
             self._file.close()
             raise StateError(
-                f"the state {path} is in use by {who}; one service per state file (stop that "
-                "one first, or give this one a state of its own)"
+                f"the state {path} is in use by {who}; one standalone service per state file, "
+                "or a fleet sharing it (stop that one first, or give this one a state of its own)"
             ) from None
+        if shared:
+            return  # the holders of a shared lock do not overwrite each other's names
         self._file.seek(0)
         self._file.truncate()
         since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -190,6 +209,7 @@ class SQLiteStore:
                     f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT {default}"
                 )
         self._recent_keep_ns = recent_keep_ns
+        self._recent_cache: dict[int, tuple[tuple[int, str, int], RecentWrite]] = {}
         self.state_lock: StateLock | None = None
         row = self._db.execute("SELECT migration FROM meta").fetchone()
         if row is None:
@@ -202,16 +222,19 @@ class SQLiteStore:
             self.migration_id = str(row[0])
 
     @classmethod
-    def open(cls, path: str | Path, *, init: bool = False, holder: str = "") -> SQLiteStore:
-        """The state at `path`, locked for this process. With `init`, a new migration's state
-        (refused if `path` already holds one); without, an existing one (refused if there is
-        none). Every refusal is a `StateError` naming the path."""
+    def open(
+        cls, path: str | Path, *, init: bool = False, holder: str = "", shared: bool = False
+    ) -> SQLiteStore:
+        """The state at `path`, locked for this process (`shared`: for the processes of one
+        fleet). With `init`, a new migration's state (refused if `path` already holds one);
+        without, an existing one (refused if there is none). Every refusal is a `StateError`
+        naming the path."""
         where = Path(path)
         if where.is_dir():
             raise StateError(f"the state path {where} is a directory; give a file path")
         if not where.parent.is_dir():
             raise StateError(f"the state's directory {where.parent} does not exist")
-        lock = StateLock(where, holder)
+        lock = StateLock(where, holder, shared=shared)
         try:
             store = cls._checked(where, init)
         except BaseException:
@@ -429,7 +452,7 @@ class SQLiteStore:
                 w.id,
                 w.version,
                 int(w.deleted),
-                None if w.vector is None else json.dumps([float(x) for x in w.vector]),
+                None if w.vector is None else vector_bytes(w.vector),
                 json.dumps(dict(w.metadata)),
             )
             for w in writes
@@ -442,20 +465,34 @@ class SQLiteStore:
             )
 
     def recent_since(self, side: Side, since: int) -> tuple[RecentWrite, ...]:
+        """Every search on a lagged side asks for the writes of the last visibility window,
+        hundreds under load. Rows never change once written (they are only aged out), so
+        this process keeps the ones it decoded (vector and metadata) and reads only the
+        light columns of the window, plus the heavy ones of rows it has not seen (noted by
+        another process too: the table is shared). A row is known by its rowid together with
+        its time, id and version, so a rowid SQLite reuses is not mistaken for the old row."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, version, deleted, time, vector, metadata FROM recent "
+                "SELECT rowid, id, version, time FROM recent "
                 "WHERE side = ? AND time >= ? ORDER BY time",
                 (side.value, since),
             ).fetchall()
-        return tuple(
-            RecentWrite(
-                r[0],
-                int(r[1]),
-                bool(r[2]),
-                int(r[3]),
-                None if r[4] is None else np.asarray(json.loads(r[4]), dtype=np.float32),
-                json.loads(r[5]),
-            )
-            for r in rows
-        )
+            cache = self._recent_cache
+            missing = [r[0] for r in rows if cache.get(r[0], (None,))[0] != (r[3], r[1], r[2])]
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in self._db.execute(
+                    "SELECT rowid, id, version, deleted, time, vector, metadata FROM recent "
+                    f"WHERE rowid IN ({marks})",
+                    chunk,
+                ):
+                    write = RecentWrite(
+                        r[1], int(r[2]), bool(r[3]), int(r[4]), vector_of(r[5]), json.loads(r[6])
+                    )
+                    cache[r[0]] = ((write.time, write.id, write.version), write)
+            if len(cache) > 2 * max(len(rows), 1000):
+                keep = {r[0] for r in rows}
+                self._recent_cache = {k: v for k, v in cache.items() if k in keep}
+                cache = self._recent_cache
+        return tuple(cache[r[0]][1] for r in rows if r[0] in cache)

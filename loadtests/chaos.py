@@ -61,6 +61,21 @@ class RunPlan:
     """Sides whose PostgreSQL this run started (side -> its directory): crashed and restarted."""
     catalog_loaded: bool = False
     """The catalog is in old already (`vecmig loadtest` loads it before the service starts)."""
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    """A fleet's instances (`vecmig serve --config-store`), each {"name", "url", "argv",
+    "pid_file", "log"}; empty: `service` is a standalone service. Users stick to one each."""
+    control: dict[str, Any] = field(default_factory=dict)
+    """A fleet's controller (`vecmig control`): {"argv", "pid_file", "log"}; its URL is
+    `service`, where the chaos controller reads the phase and the gates."""
+    config_store: dict[str, Any] = field(default_factory=dict)
+    """{"url", "kind": "sqlite"|"postgres", "server": a PostgreSQL this run started}."""
+    lease_s: float = 5.0
+    user_rate: float = 0.0
+    """Each user's pace in requests per second (0: the shoppers' and merchants' think times)."""
+    clock: str = "monotonic"
+    """The history's clock: monotonic (every recorder on one machine, no error) or wall (each
+    Locust process sets its wall clock to the controller's history clock, `service`'s
+    /health, and records its error bound; see `vecmig.loadtests.history`)."""
 
     @classmethod
     def load(cls, path: str | Path) -> RunPlan:

@@ -23,6 +23,7 @@ from vecmig.harness.cli import (
     EXIT_ANOMALIES,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
+    EXIT_STALLED,
     EXIT_VALID,
     strategy_argument,
 )
@@ -30,10 +31,15 @@ from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
 from vecmig.harness.extras import require
 from vecmig.harness.history.checker import ANOMALIES
 
+from . import fleetrun
+from .fleetrun import SPAWNED
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
 
 if TYPE_CHECKING:
     from .chaos import RunPlan
+
+DEFAULT_RATE = 450.0
+DEFAULT_INSTANCES = 3
 
 DESCRIPTION = """\
 Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
@@ -43,6 +49,12 @@ with shoppers and merchants; a chaos controller walks the phases through their g
 and kills the service with SIGKILL mid-backfill and restarts it (it must resume from its SQLite
 state). At the end every fault is healed, the repair log drains, both sides are scanned, and
 the checker judges the merged history.
+
+A fleet (--instances N, the default): N `vecmig serve` instances and a `vecmig control`
+sharing a config store, Locust distributed (--processes workers) at --rate, and chaos aimed at
+the fleet: late config on one instance, the controller and one instance SIGKILLed and started
+again, one SIGSTOPped past its lease, one cut off from the config store, the config store
+restarted, a rolling restart (see docs/loadtest.md).
 
 real engines (--old/--new take any `vecmig serve` URL, and these, which the run starts itself):
   pgvector://auto       a throwaway PostgreSQL with pgvector, crashed and restarted mid-run
@@ -60,8 +72,9 @@ EPILOG = """\
 exit codes: 0 valid, 1 anomalies found (or the verdict is unknown), 2 bad input, 3 internal error.
 
 examples:
-  vecmig loadtest --duration 60 --users 12 --out out/lt
-  vecmig loadtest --duration 60 --strategy naive --out out/lt-naive   # must find anomalies
+  vecmig loadtest --instances 3 --duration 120 --out out/fleet       # a fleet (the default)
+  vecmig loadtest --instances 3 --duration 120 --strategy naive      # must find anomalies
+  vecmig loadtest --instances 0 --duration 60 --users 12 --out out/lt   # one standalone service
   vecmig loadtest --old pgvector://auto --new qdrant+local://auto \\
       --duration 45 --users 8 --catalog 1000 --out out/lt-pg-qdrant   # a real migration
 """
@@ -79,7 +92,59 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--duration", type=float, default=60.0, metavar="S", help="Locust run time (s)"
     )
     parser.add_argument(
-        "--users", type=int, default=12, metavar="N", help="Locust users (3 shoppers : 1 merchant)"
+        "--instances",
+        type=int,
+        default=None,
+        metavar="N",
+        help="layer instances, each a `vecmig serve` process of a fleet with its own clock and "
+        "lease, coordinated through a config store by `vecmig control` (0: one standalone "
+        f"service; default {DEFAULT_INSTANCES}, or 0 when a side runs inside the service's "
+        "process: qdrant+local://, milvus+lite://)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="OPS",
+        help="the arrival rate Locust aims at, requests per second over all users (a fleet)",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Locust users, 3 shoppers : 1 merchant (default: a fleet, --rate / 4; "
+        "standalone, 12 users with think times)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        metavar="P",
+        help="Locust worker processes (distributed mode: the master runs the chaos, the "
+        "workers the users; 0: one Locust process)",
+    )
+    parser.add_argument(
+        "--config-store",
+        default="sqlite",
+        metavar="KIND",
+        help="a fleet's config store: sqlite (a file on this machine) or postgres (a server "
+        "this run starts, crashed and restarted by the chaos)",
+    )
+    parser.add_argument("--lease-s", type=float, default=6.0, help="a fleet's instance lease")
+    parser.add_argument(
+        "--max-skew-ms",
+        type=float,
+        default=200.0,
+        help="the clock-skew bound a fleet's leases allow (the chaos skews one instance within it)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="monotonic",
+        choices=("monotonic", "wall"),
+        help="a fleet's history clock: monotonic (one machine: every recorder exact) or wall "
+        "(each Locust process sets its wall clock to the controller's and records its error "
+        "bound, as workers on other machines must)",
     )
     parser.add_argument("--out", default=None, metavar="DIR", help="default: out/loadtest-TIME")
     parser.add_argument(
@@ -116,6 +181,7 @@ class Processes:
     def __init__(self) -> None:
         self.groups: list[int] = []
         self.pid_files: list[Path] = []
+        self.spawned: list[Path] = []
 
     def start(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
@@ -137,6 +203,9 @@ class Processes:
         for path in self.pid_files:  # a service the chaos controller restarted
             with suppress(OSError, ValueError):
                 groups.append(int(path.read_text().strip()))
+        for path in self.spawned:  # every member a fleet's chaos controller started again
+            with suppress(OSError, ValueError):
+                groups += [int(line) for line in path.read_text().split()]
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in groups:
                 with suppress(ProcessLookupError, PermissionError):
@@ -162,18 +231,35 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     require("service", "vecmig loadtest")
     require("loadtest", "vecmig loadtest")
-    if args.duration < 20 or args.users < 2 or args.catalog < 100:
+    if args.instances is None:
+        args.instances = fleetrun.default_instances(args, DEFAULT_INSTANCES)
+    if args.users is None and args.instances == 0:
+        args.users = 12
+    if (
+        args.duration < 20
+        or (args.users is not None and args.users < 2)
+        or args.catalog < 100
+        or args.instances < 0
+        or args.processes < 0
+        or not args.rate > 0
+        or (args.clock == "wall" and args.instances < 1)
+    ):
         print(
-            "vecmig loadtest: needs --duration >= 20, --users >= 2 and --catalog >= 100",
+            "vecmig loadtest: needs --duration >= 20, --users >= 2, --catalog >= 100, "
+            "--instances >= 0, --processes >= 0 and --rate > 0 (--clock wall: a fleet)",
             file=sys.stderr,
         )
+        return EXIT_BAD_INPUT
+    problem = fleetrun.refusal(args)
+    if problem:
+        print(f"vecmig loadtest: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out = Path(args.out or f"out/loadtest-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if (out / "report.json").exists() or (out / "history").exists():
         print(f"vecmig loadtest: {out} holds an earlier run; pick another --out", file=sys.stderr)
         return EXIT_BAD_INPUT
     for given in (args.old, args.new):
-        problem = given is not None and refusal(given)
+        problem = refusal(given) if given is not None else None
         if problem:
             print(f"vecmig loadtest: {problem}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -272,6 +358,8 @@ def _run(
 
     python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
+    fleet = args.instances > 0
+    layout = fleetrun.config_store(args, out, engines) if fleet else None
     ports = {"service": free_port()}
     urls = {"service": f"http://127.0.0.1:{ports['service']}"}
     urls.update({name: side.url for name, side in sides.items()})
@@ -282,14 +370,12 @@ def _run(
     env = {**os.environ, "VECMIG_ADMIN_TOKEN": token}
     pid_file = out / "service.pid"
     processes.pid_files.append(pid_file)
-    # Pace the backfill to last about a third of the run, so that chaos can kill it midway.
+    # Pace the backfill to last about a third of the run (standalone: so that chaos can kill
+    # it midway), a sixth for a fleet (whose plan holds every phase besides).
     batch = 50
-    pause = max(0.02, batch * 0.3 * args.duration / args.catalog)
-    service_argv = [
-        python,
-        "-m",
-        "vecmig",
-        "serve",
+    share = 0.15 if fleet else 0.3
+    pause = max(0.02, batch * share * args.duration / args.catalog)
+    service_args = [
         "--old",
         urls["old"],
         "--new",
@@ -297,13 +383,9 @@ def _run(
         "--dim",
         str(args.dim),
         "--state",
-        str(out / "state.sqlite"),
+        layout.state_url if layout is not None else str(out / "state.sqlite"),
         "--strategy",
         args.strategy,
-        "--port",
-        str(ports["service"]),
-        "--pid-file",
-        str(pid_file),
         "--backfill-batch",
         str(batch),
         "--backfill-pause-s",
@@ -327,6 +409,9 @@ def _run(
         "--log-level",
         "warning",
     ]
+    service_argv = [python, "-m", "vecmig", "serve", *service_args]
+    service_argv += ["--port", str(ports["service"]), "--pid-file", str(pid_file)]
+    users, user_rate = fleetrun.users_and_rate(args) if fleet else (args.users, 0.0)
     plan = RunPlan(
         service=urls["service"],
         admin_token=token,
@@ -339,21 +424,43 @@ def _run(
         out_dir=str(out),
         duration_s=args.duration,
         chaos=not args.no_chaos,
-        restart_argv=service_argv,
-        service_pid_file=str(pid_file),
+        restart_argv=[] if fleet else service_argv,
+        service_pid_file="" if fleet else str(pid_file),
         service_log=str(logs / "service.log"),
         lagged=lagged,
         servers={name: side.server for name, side in sides.items() if side.server},
         catalog_loaded=True,
+        lease_s=args.lease_s,
+        user_rate=user_rate,
+        clock=args.clock,
     )
     plan_path = out / "run.json"
-    plan.save(plan_path)
-    plan_path.chmod(0o600)  # it holds the admin token
     for name, side in sides.items():
         print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
+    plan.save(plan_path)
+    plan_path.chmod(0o600)  # it holds the admin token
     _prepare(plan_path, logs, sides)
-    processes.start([*service_argv, "--init"], logs / "service.log", env=env)
-    wait_healthy(urls["service"] + "/health", 60, "the migration service")
+    if layout is not None:
+        fleetrun.start(
+            args, out, logs, layout, service_args, processes.start, wait_healthy, free_port, env
+        )
+        processes.pid_files += fleetrun.pid_files(layout)
+        processes.spawned.append(out / SPAWNED)
+        plan.service = layout.control_url
+        plan.instances = layout.instances
+        plan.control = layout.control
+        plan.config_store = layout.config_store
+        plan.save(plan_path)
+        urls["service"] = layout.control_url
+        host = layout.instances[0]["url"]
+        where = (
+            f"{args.instances} instances ({', '.join(i['url'] for i in layout.instances)}), "
+            f"controller {layout.control_url}, config store {layout.config_store['kind']}"
+        )
+    else:
+        processes.start([*service_argv, "--init"], logs / "service.log", env=env)
+        wait_healthy(urls["service"] + "/health", 60, "the migration service")
+        host, where = urls["service"], f"service {urls['service']}"
     locustfile = Path(__file__).with_name("locustfile.py")
     locust_argv = [
         python,
@@ -363,13 +470,13 @@ def _run(
         str(locustfile),
         "--headless",
         "-u",
-        str(args.users),
+        str(users),
         "-r",
-        str(args.users),
+        str(users),
         "-t",
         f"{int(args.duration)}s",
         "--host",
-        urls["service"],
+        host,
         "--csv",
         str(out / "locust"),
         "--html",
@@ -379,11 +486,13 @@ def _run(
         "5",
         "--vecmig-run",
         str(plan_path),
+        *(["--processes", str(args.processes)] if args.processes else []),
     ]
+    pace = f"aiming at {args.rate:g} req/s, " if user_rate else ""
     print(
-        f"vecmig loadtest: {args.strategy} strategy, {args.users} users for {args.duration:.0f}s, "
-        f"catalog {args.catalog}; old {urls['old']}, new {urls['new']}, service {urls['service']}; "
-        f"output in {out}",
+        f"vecmig loadtest: {args.strategy} strategy, {users} users ({pace}"
+        f"{args.processes or 1} Locust process(es)) for {args.duration:.0f}s, catalog "
+        f"{args.catalog}; old {urls['old']}, new {urls['new']}, {where}; output in {out}",
         flush=True,
     )
     locust = processes.start(locust_argv, logs / "locust.log", env=env)
@@ -405,13 +514,23 @@ def _run(
     _summary(report, out)
     if report["verdict"]["valid"]:
         return EXIT_VALID
+    fleet_args = [
+        "--instances",
+        str(args.instances),
+        "--processes",
+        str(args.processes),
+        "--config-store",
+        args.config_store,
+        *(["--rate", f"{args.rate:g}"] if args.instances else []),
+        *(["--clock", args.clock] if args.clock != "monotonic" else []),
+    ]
     replay = [
         "vecmig",
         "loadtest",
         "--duration",
         f"{args.duration:g}",
-        "--users",
-        str(args.users),
+        *(["--users", str(args.users)] if args.users else []),
+        *fleet_args,
         "--strategy",
         args.strategy,
         "--seed",
@@ -431,7 +550,9 @@ def _run(
     ]
     print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
     print(f"run it again:           {shlex.join(replay)}")
-    return EXIT_ANOMALIES
+    verdict = report["verdict"]
+    anomalies = verdict["unknown"] or any(verdict[kind] for kind in ANOMALIES)
+    return EXIT_STALLED if verdict["stalled"] and not anomalies else EXIT_ANOMALIES
 
 
 def _echo(log: Path, stop: threading.Event) -> None:
@@ -474,6 +595,14 @@ def _summary(report: dict[str, Any], out: Path) -> None:
     phases = " -> ".join(p["phase"] for p in report["phases"]) or "OLD_ONLY"
     print(f"phases: {phases}")
     print(f"ops: {ops}; faults: {len(report['faults'])}")
+    rows = report.get("throughput") or []
+    if rows:
+        print(f"throughput: {report.get('ops_per_s')} ops/s over the run")
+        for r in rows:
+            print(
+                f"  {r['phase']:<14} {r['seconds']:6.1f} s  {r['ops_per_s']:7.1f} ops/s "
+                f"({r['ok_per_s']:.1f} ok/s)  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"
+            )
     for kind in ANOMALIES:
         print(f"  {kind.replace('_', ' '):<20} {verdict[kind]}")
     for kind, examples in report["examples"].items():

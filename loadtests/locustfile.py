@@ -15,6 +15,13 @@ as while it restarts) is sent again until `RETRY_WINDOW_S` passes; a read is als
 when the connection breaks, since reading twice has no effect. A write whose connection
 breaks, or that times out, is `info` (indeterminate), and that user continues as a new
 history process.
+
+With a fleet (the run plan's `instances`), each user sticks to one instance, as an app session
+does, and a request that instance never took -- refused before it was sent (`not_ready`: its
+lease lapsed), or a connection refused (it is down) -- goes to the next instance, as a load
+balancer's health check would send it; so does a read whose connection broke, or that
+certainly failed (503: a side's bulkhead of that instance was full, say), since reading again
+has no effect.
 """
 
 from __future__ import annotations
@@ -28,15 +35,25 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
+import gevent.event
+import httpx
 import numpy as np
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from vecmig.harness.catalog import product_id
 from vecmig.harness.history.ops import EventType
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
-from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
+from vecmig.loadtests.fleetchaos import FleetChaos, schedule_for_fleet
+from vecmig.loadtests.history import (
+    ProcessHistory,
+    VersionClock,
+    clock_value,
+    judge,
+    now,
+    set_clock,
+)
 
 # httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used;
 # once gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
@@ -52,6 +69,9 @@ READS = ("get", "search")
 class _Process:
     """What this Locust process shares between its users."""
 
+    ready = gevent.event.Event()
+    """Set once `_init` is done: with a wall clock, measuring it yields to other greenlets,
+    and a user may be spawned meanwhile; it waits for the clock before recording anything."""
     plan: RunPlan
     history: ProcessHistory
     versions: VersionClock
@@ -63,6 +83,10 @@ class _Process:
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
     chaos_greenlet: Any = None
+    targets: ClassVar[list[str]] = []
+    """The instances users stick to (a fleet), or the one service."""
+    pace: Any = None
+    """`constant_throughput` at the plan's user rate, or None (think times)."""
 
 
 P = _Process()
@@ -94,12 +118,26 @@ def _init(environment: Environment, **_: Any) -> None:
         )
     P.plan = RunPlan.load(path)
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
-    P.history = ProcessHistory(
-        P.plan.history_dir, name=f"{role}-{id(environment):x}-{time.time_ns()}"
-    )
+    name = f"{role}-{id(environment):x}-{time.time_ns()}"
+    if P.plan.clock == "wall":
+        with httpx.Client(timeout=10.0) as client:
+            set_clock(name, lambda: _reference_clock(client), time.time_ns)
+    P.history = ProcessHistory(P.plan.history_dir, name=name)
+    if P.plan.clock == "wall":
+        P.history.recorder.info(name, "clock", clock_value(), now())
     P.versions = VersionClock()
     P.catalog = P.plan.catalog_records()
     P.vectors = {r.id: r for r in P.catalog.records()}
+    P.targets[:] = [i["url"] for i in P.plan.instances] or [environment.host or P.plan.service]
+    P.pace = constant_throughput(P.plan.user_rate) if P.plan.user_rate > 0 else None
+    P.ready.set()
+
+
+def _reference_clock(client: httpx.Client) -> int:
+    """The reference clock's reading: the controller's history clock, from its /health."""
+    response = client.get(P.plan.service + "/health")
+    response.raise_for_status()
+    return int(response.json()["clock_ns"])
 
 
 def _options_of(environment: Environment) -> argparse.Namespace:
@@ -114,20 +152,26 @@ def _options_of(environment: Environment) -> argparse.Namespace:
 def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
+    P.ready.wait()
     P.chaos_history = ProcessHistory(P.plan.history_dir, name="chaos")
-    P.chaos = Chaos(P.plan, P.chaos_history.recorder, say=_say)
+    fleet = bool(P.plan.instances)
+    P.chaos = (FleetChaos if fleet else Chaos)(P.plan, P.chaos_history.recorder, say=_say)
     if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
     options = _options_of(environment)
     if P.plan.chaos and not options.vecmig_no_chaos:
         run_time = options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
-        schedule = schedule_for(P.plan, run_time)
+        schedule = (schedule_for_fleet if fleet else schedule_for)(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
 
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
+    if P.plan.clock == "wall":
+        with httpx.Client(timeout=10.0) as client:
+            end = clock_value(lambda: _reference_clock(client))
+        P.history.recorder.info(P.history.name, "clock", end, now())
     P.history.close()
     if isinstance(environment.runner, WorkerRunner) or P.chaos is None:
         return
@@ -172,12 +216,21 @@ class MigrationUser(FastHttpUser):
     abstract = True
     network_timeout = 10.0
     connection_timeout = 2.0
+    think: Any = between(0.05, 0.3)
+
+    def wait_time(self) -> float:
+        """The plan's pace when it sets one (a fleet's load), else the role's think time."""
+        pace = P.pace if P.pace is not None else type(self).think
+        return float(pace(self))
 
     def on_start(self) -> None:
+        P.ready.wait()
         self.process = P.history.new_process()
         seed = self.process
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
+        self.home = seed % len(P.targets)
+        """The instance this user sticks to (its index in `P.targets`)."""
 
     def call(
         self,
@@ -215,8 +268,13 @@ class MigrationUser(FastHttpUser):
     ) -> tuple[EventType, Any]:
         read = f in READS
         give_up = time.monotonic() + RETRY_WINDOW_S
+        targets, tries = P.targets, 0
         while True:
-            with self.client.post(path, json=body, catch_response=True, name=f) as response:
+            if tries and tries % len(targets) == 0:
+                gevent.sleep(0.1)  # every instance turned it down once: wait before the next round
+            url = targets[(self.home + tries) % len(targets)] + path
+            tries += 1
+            with self.client.post(url, json=body, catch_response=True, name=f) as response:
                 status = response.status_code
                 if status == 200:
                     response.success()
@@ -226,12 +284,20 @@ class MigrationUser(FastHttpUser):
                     refused = isinstance(error, ConnectionRefusedError)
                     response.failure(f"{type(error).__name__}: {error}")
                     if (refused or read) and time.monotonic() < give_up:
-                        gevent.sleep(0.1)
                         continue
                     failed: EventType = "fail" if refused else "info"
                     return failed, _failed(invoke, read, f"{type(error).__name__}: {error}")
-                message = _error_of(response)
+                answer = _body_of(response)
+                message = str(answer.get("error", "")) or (response.text or "")[:200]
                 response.failure(f"HTTP {status}: {message}")
+                if (
+                    status == 503
+                    and (read or answer.get("not_ready"))
+                    and time.monotonic() < give_up
+                ):
+                    # That instance sent nothing (its lease lapsed), or the read certainly failed
+                    # (a side's bulkhead was full, say): the next instance, as an app's client does.
+                    continue
                 outcome: EventType = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
@@ -240,16 +306,17 @@ def _failed(invoke: dict[str, Any], read: bool, message: str) -> dict[str, Any]:
     return {**invoke, "error": message} if read else invoke
 
 
-def _error_of(response: Any) -> str:
+def _body_of(response: Any) -> dict[str, Any]:
     try:
-        return str(response.json().get("error"))
+        body = response.json()
     except Exception:  # noqa: BLE001 - whatever the body is, the status says enough
-        return (response.text or "")[:200]
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 class Shopper(MigrationUser):
     weight = 3
-    wait_time = between(0.02, 0.2)
+    think = between(0.02, 0.2)
 
     @task(5)
     def view(self) -> None:
@@ -298,7 +365,7 @@ def _search_value(response: dict[str, Any]) -> dict[str, Any]:
 
 class Merchant(MigrationUser):
     weight = 1
-    wait_time = between(0.05, 0.3)
+    think = between(0.05, 0.3)
 
     def on_start(self) -> None:
         super().on_start()

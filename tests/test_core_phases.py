@@ -198,6 +198,28 @@ def test_a_lease_is_bound_to_the_epoch_it_was_granted_under() -> None:
     assert not Coordinator(Phase.SHADOW, 3).ack("stranger", old_only, 0)
 
 
+def test_a_coordinator_restored_from_its_json_takes_the_same_decisions() -> None:
+    """A config store keeps `to_json` and runs every decision on a restored copy: the copy
+    must hold the same members, leases and epochs, so that it decides as the original."""
+    coordinator = Coordinator(lease_ns=100, bind_leases=True)
+    coordinator.join("a", 0)
+    coordinator.join("late", 0)
+    old_only = coordinator.published
+    dual_write = coordinator.publish(Step.ADVANCE, 1)
+    coordinator.ack("a", dual_write, 40)
+    copy = Coordinator.from_json(coordinator.to_json())
+    assert copy.to_json() == coordinator.to_json()
+    for now in (60, 99, 101, 150, 151):
+        assert copy.waiting_for(now) == coordinator.waiting_for(now)
+        assert copy.live_instances(now) == coordinator.live_instances(now)
+    assert copy.ack("late", old_only, 151) is coordinator.ack("late", old_only, 151) is False
+    assert copy.publish(Step.ADVANCE, 152) == coordinator.publish(Step.ADVANCE, 152)
+    unbound = Coordinator.from_json({**coordinator.to_json(), "bind_leases": False})
+    assert unbound.ack("late", old_only, 300), "the ablation's switch is kept too"
+    with pytest.raises(ValueError, match="not a coordinator's state"):
+        Coordinator.from_json({"phase": "NOWHERE", "epoch": 0})
+
+
 def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_up() -> None:
     rig = Rig(SAFE)
     late = rig.add_instance("late")
@@ -213,6 +235,13 @@ def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_
     assert not late.view.may_serve(now)
     refused = rig.run(late.upsert(rig.record("p000000", 2)))
     assert refused.type == "fail" and "lease expired" in (refused.error or "")
+    # Nothing was sent, and every refusal says so: a balancer may send it elsewhere.
+    for op in (
+        late.upsert(rig.record("p000000", 3)),
+        late.get("p000000"),
+        late.search(rig.query(), 5),
+    ):
+        assert rig.run(op).notes.get("refused") == "lease"
     late.learn(rig.coordinator.published, now)
     assert rig.coordinator.ack("late", late.acknowledgement(now), now)
     late.renew(now, LEASE_NS)

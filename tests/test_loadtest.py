@@ -1,5 +1,6 @@
-"""The load test: its history plumbing and schedule (fast), and two real runs (slow): the safe
-strategy under the default chaos -- faults in every phase, the service SIGKILLed mid-backfill
+"""The load test: its history plumbing and schedule (fast), and two real runs of one
+standalone service (slow; a fleet's are in test_loadtest_fleet): the safe strategy under the
+default chaos -- faults in every phase, the service SIGKILLed mid-backfill
 and restarted -- ends with zero anomalies; the naive strategy under the same chaos does not."""
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 from vecmig.harness.history.checker import ANOMALIES, PHASES
 from vecmig.harness.service.cluster_server import SERVER_FAULT_FAMILIES
 from vecmig.harness.service.driver import LAYER_FAULT_FAMILIES
+from vecmig.loadtests import history
 from vecmig.loadtests.chaos import RunPlan, default_schedule
-from vecmig.loadtests.history import ProcessHistory, VersionClock, collect, judge
+from vecmig.loadtests.history import (
+    DRIFT_ALLOWANCE_NS,
+    ProcessHistory,
+    VersionClock,
+    clock_value,
+    collect,
+    judge,
+    measure_offset,
+    set_clock,
+)
+
+MS = 1_000_000
 
 
 def test_versions_strictly_increase_and_differ_between_processes() -> None:
@@ -47,6 +60,83 @@ def test_parts_merge_by_time_and_are_judged(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written == report and written["engine"] == "loadtest" and written["seed"] == 3
     assert set(ANOMALIES) <= set(written["verdict"])
+
+
+class FakeClocks:
+    """A reference clock and a worker's clock `skew` ns ahead of it; every reading advances
+    true time by `step` ns, so a round trip (read, reference, read) takes 2 steps."""
+
+    def __init__(self, skew: int, step: int = 1 * MS) -> None:
+        self.true, self.skew, self.step = 0, skew, step
+
+    def reference(self) -> int:
+        self.true += self.step
+        return self.true
+
+    def worker(self) -> int:
+        self.true += self.step
+        return self.true + self.skew
+
+
+@pytest.fixture
+def clock_restored() -> Any:
+    saved = vars(history.CLOCK).copy()
+    yield history.CLOCK
+    vars(history.CLOCK).update(saved)
+
+
+def test_an_offset_is_measured_within_half_the_round_trip() -> None:
+    clocks = FakeClocks(skew=37 * MS)
+    offset, error = measure_offset(clocks.reference, clocks.worker)
+    assert abs(offset - (-37 * MS)) <= error and error == 1 * MS + 1
+
+
+def test_a_skewed_worker_set_to_the_reference_is_judged_exactly_enough(
+    tmp_path: Path, clock_restored: Any
+) -> None:
+    """A worker 37 ms ahead measures its offset, records a read that truly began 2 ms before
+    an upsert's acknowledgement (concurrent: v1 is fair) and one 40 ms after (stale); the
+    merged history keeps the fair one and finds the stale one. Measured again 20 ms ahead at
+    the end, the clock left its bound: the verdict is unknown."""
+    clocks = FakeClocks(skew=37 * MS)
+    set_clock("w1", clocks.reference, clocks.worker)
+    assert clock_restored.error_ns == 1 * MS + 1 + DRIFT_ALLOWANCE_NS
+    reference = ProcessHistory(tmp_path, "master")  # made before: bound 0
+    reference.recorder.error = 0
+    worker = ProcessHistory(tmp_path, "worker")
+    worker.recorder.info("w1", "clock", clock_value(), 0)
+    reference.recorder.ok("loader", "load", {"records": {"p1": 1}}, 0)
+    reference.recorder.invoke(1, "upsert", {"id": "p1", "version": 2}, 100 * MS)
+    reference.recorder.ok(1, "upsert", {"id": "p1", "version": 2}, 110 * MS)
+
+    def worker_time(true_ns: int) -> int:  # what the worker records: its clock set back
+        return true_ns + clocks.skew + clock_restored.offset_ns
+
+    for process, true_ns in ((2, 108 * MS), (3, 150 * MS)):
+        worker.recorder.invoke(process, "get", {"id": "p1"}, worker_time(true_ns))
+        answer = {"id": "p1", "version": 1}
+        worker.recorder.ok(process, "get", answer, worker_time(true_ns + MS))
+    worker.recorder.info("w1", "clock", clock_value(clocks.reference), 200 * MS)
+    final = {"side": "old", "records": {"p1": 2}}
+    reference.recorder.ok("checker", "final", final, 300 * MS)
+    reference.recorder.ok("checker", "final", {**final, "side": "new"}, 300 * MS)
+    reference.close()
+    worker.close()
+    verdict, report = judge(tmp_path, tmp_path / "out")
+    assert verdict.stale_reads == 1 and not verdict.unknown, report["notes"]
+    assert report["examples"]["stale_reads"][0]["process"] == 3
+    assert_valid_report(report, "loadtest")
+
+    clocks.skew += 20 * MS  # the worker's clock steps: the end check sees it
+    late = tmp_path / "late"
+    again = ProcessHistory(late, "worker")
+    again.recorder.info("w1", "clock", clock_value(), 0)
+    again.recorder.info("w1", "clock", clock_value(clocks.reference), 200 * MS)
+    again.recorder.ok("checker", "final", final, 300 * MS)
+    again.recorder.ok("checker", "final", {**final, "side": "new"}, 300 * MS)
+    again.close()
+    verdict, report = judge(late, late / "out")
+    assert verdict.unknown and any("beyond its bound" in n for n in verdict.notes)
 
 
 def test_the_default_schedule_fits_its_run_and_names_real_faults() -> None:
@@ -91,7 +181,7 @@ def run_loadtest(out: Path, *args: str, timeout: float) -> tuple[int, dict[str, 
 @pytest.mark.slow
 def test_the_safe_strategy_survives_the_chaos_with_zero_anomalies(tmp_path: Path) -> None:
     code, report, output = run_loadtest(
-        tmp_path / "safe", "--duration", "60", "--users", "8", timeout=170
+        tmp_path / "safe", "--instances", "0", "--duration", "60", "--users", "8", timeout=170
     )
     assert code == 0, output
     assert_valid_report(report, "loadtest")
@@ -109,7 +199,9 @@ def test_the_safe_strategy_survives_the_chaos_with_zero_anomalies(tmp_path: Path
 @pytest.mark.slow
 def test_the_naive_strategy_breaks_under_the_same_chaos(tmp_path: Path) -> None:
     code, report, output = run_loadtest(
-        tmp_path / "naive", "--duration", "45", "--users", "8", "--strategy", "naive", timeout=150
+        tmp_path / "naive",
+        *("--instances", "0", "--duration", "45", "--users", "8", "--strategy", "naive"),
+        timeout=150,
     )
     assert code == 1, output
     assert_valid_report(report, "loadtest")

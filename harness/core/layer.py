@@ -335,6 +335,8 @@ class MigrationLayer:
             "fail",
             error=f"instance {self.view.name} has not heard from the config store in time "
             f"(lease expired at {self.view.lease_expires}); it refuses work until it catches up",
+            # Nothing was sent: a load balancer may send the request to another instance.
+            notes={"refused": "lease"},
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -345,7 +347,7 @@ class MigrationLayer:
     def _get(self, record_id: str) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
         if refused is not None:
-            return Outcome(refused.type, None, error=refused.error)
+            return Outcome(refused.type, None, error=refused.error, notes=refused.notes)
         route = self.route()
         notes: dict[str, Any] = {}
         pending: Mapping[tuple[str, Side], bool] = {}
@@ -425,7 +427,7 @@ class MigrationLayer:
     def _search(self, vector: Vector, k: int, filter: Filter | None, mirror_draw: float) -> Steps:
         refused = yield from self._refuse_if_lease_expired()
         if refused is not None:
-            return Outcome(refused.type, None, error=refused.error)
+            return Outcome(refused.type, None, error=refused.error, notes=refused.notes)
         route = self.route()
         notes: dict[str, Any] = {}
         sides = [route.reads]

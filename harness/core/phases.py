@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from vecmig.harness.clusters.base import Side
 
@@ -171,6 +172,41 @@ class Coordinator:
 
     def leave(self, instance: str) -> None:
         self._members.pop(instance, None)
+
+    # -- the state, for a config store that keeps it -----------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything the coordinator knows, as JSON: a config store keeps this and runs each
+        decision (`ack`, `publish`, ...) on a copy restored from it, inside one transaction
+        and on the store's clock, so that every process takes the same decisions."""
+        return {
+            "phase": self.published.phase.value,
+            "epoch": self.published.epoch,
+            "previous": self._previous.value,
+            "lease_ns": self.lease_ns,
+            "bind_leases": self.bind_leases,
+            "members": {
+                name: [m.acked_epoch, m.acked_phase.value, m.lease_expires]
+                for name, m in sorted(self._members.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Coordinator:
+        """The coordinator `to_json` described. Raises `ValueError` naming what is wrong."""
+        try:
+            coordinator = cls(
+                Phase(data["phase"]),
+                int(data["epoch"]),
+                lease_ns=int(data["lease_ns"]),
+                bind_leases=bool(data["bind_leases"]),
+            )
+            coordinator._previous = Phase(data.get("previous", data["phase"]))
+            for name, (epoch, phase, expires) in dict(data["members"]).items():
+                coordinator._members[str(name)] = _Member(int(epoch), Phase(phase), int(expires))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a coordinator's state ({type(exc).__name__}: {exc})") from None
+        return coordinator
 
     def live_instances(self, now: int) -> dict[str, Published]:
         """Instances whose lease has not expired, with the phase each acknowledged."""

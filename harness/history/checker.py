@@ -14,6 +14,15 @@ search is judged against the fields of the version it returned. Lost writes, res
 deletes and divergence are judged at the end against the `final` scans. Malformed input
 raises `MalformedHistory` naming the line.
 
+Clock bounds. An event may carry `error`, a bound on how far its time may be from the
+reference clock's (see `ops`). Before the pass such a history is widened (`widen`): an
+invoke moves `error` earlier and every other event `error` later, so an op's interval holds
+every time it may truly have taken, and "completed before R was invoked" holds only when it
+does whatever the clocks' errors within their bounds. Widening only makes more ops
+concurrent: a history judged exactly (every bound 0) is judged as before, and a bound too
+large hides anomalies rather than inventing them. A `clock` event whose `drift_ns` exceeds
+its `error_ns` says a clock left its bound; then the verdict is unknown.
+
 Counting: a failed read is one get or search; a stale, garbage or filter-violating read is
 one returned (id, version) pair, so a search can count several; lost writes, resurrected
 deletes and divergence count ids. A hit is judged for each property apart: a stale hit whose
@@ -119,8 +128,23 @@ def check(
         history = events if isinstance(events, list) else list(events)
         if lines is not None and len(lines) != len(history):
             raise ValueError(f"got {len(lines)} line numbers for {len(history)} events")
+        widened = widen(history, lines, source)
+        if widened is None:
+            judge = _Judge(history, lines, source)
+            judge.run()
+            return judge.verdict()
+        history, lines, processes = widened
         judge = _Judge(history, lines, source)
+        judge.notes.append(
+            f"times carry clock-error bounds (up to {max(e.error for e in history) / 1e6:g} ms): "
+            "ops that overlap within their bounds are judged concurrent, and the times in "
+            "examples are the widened ones"
+        )
         judge.run()
+        for examples in judge.examples.values():
+            for example in examples:
+                if "process" in example:
+                    example["process"] = processes.get(example["process"], example["process"])
         return judge.verdict()
 
 
@@ -176,6 +200,55 @@ def time_order(history: Sequence[Event]) -> list[int] | None:
     return sorted(range(len(history)), key=lambda p: (history[p].time, history[p].index))
 
 
+def widen(
+    history: Sequence[Event], lines: Sequence[int] | None, source: str
+) -> tuple[list[Event], list[int], dict[int | str, int | str]] | None:
+    """A history some of whose events carry clock-error bounds, widened for the pass: each
+    invoke `error` earlier, every other event `error` later, in (time, index) order, with the
+    file line of each event and each client op on a process of its own (two ops of one
+    process may overlap once widened; they ran one after the other on one clock, which the
+    checks here make sure of first). Returns (events, lines, {new process: the original}),
+    or None when every bound is 0 (the history is judged as it is)."""
+    if not any(e.error for e in history):
+        return None
+    line_of = (lambda p: lines[p]) if lines is not None else (lambda p: p + 1)
+    order = time_order(history) or range(len(history))
+    open_op: dict[int | str, Event] = {}
+    crashed: set[int | str] = set()
+    processes: dict[int | str, int | str] = {}
+    renamed: dict[int | str, int | str] = {}
+    widened: list[tuple[int, int, int, Event]] = []
+    for pos in order:
+        e = history[pos]
+        process = e.process
+        if e.f in CLIENT_FS:
+            if e.type == "invoke":
+                if process in open_op or process in crashed:
+                    why = "is still open" if process in open_op else "got info"
+                    raise MalformedHistory(
+                        line_of(pos),
+                        f"process {process!r} invokes {e.f} while an earlier op of it {why}",
+                        source,
+                    )
+                open_op[process] = e
+                renamed[process] = f"{process}~{e.index}"
+                processes[renamed[process]] = process
+            elif open_op.pop(process, None) is None:
+                raise MalformedHistory(
+                    line_of(pos),
+                    f"{e.type} {e.f} on process {process!r} has no open invoke",
+                    source,
+                )
+            elif e.type == "info":
+                crashed.add(process)
+            process = renamed.get(process, process)
+        shift = -e.error if e.type == "invoke" and e.f in CLIENT_FS else e.error
+        moved = Event(e.index, process, e.type, e.f, e.value, e.time + shift, e.error)
+        widened.append((moved.time, e.index, pos, moved))
+    widened.sort(key=lambda t: (t[0], t[1]))
+    return [t[3] for t in widened], [line_of(t[2]) for t in widened], processes
+
+
 # An op in flight on a process: (seq of its invoke, position, the invoke event, id, version).
 _Open = tuple[int, int, Event, str | None, Version | None]
 
@@ -220,6 +293,7 @@ class _Judge:
         self.order: Sequence[int] = range(len(history))
         self.progress = Progress()
         self.stall: Stall | None = None
+        self.clocks_unchecked: set[str] = set()  # clocks set at the start, not checked at the end
 
     # -- errors and examples -----------------------------------------------------------------
 
@@ -555,7 +629,7 @@ class _Judge:
 
     def other(self, seq: int, pos: int, event: Event) -> None:
         f = event.f
-        expected = "info" if f in ("phase", "fault", "plan", "gate") else "ok"
+        expected = "info" if f in ("phase", "fault", "plan", "gate", "clock") else "ok"
         if event.type != expected:
             raise self.bad(pos, f"a {f} event has type {expected!r}, got {event.type!r}")
         handle = {
@@ -565,6 +639,7 @@ class _Judge:
             "gate": self.on_gate,
             "fault": self.on_fault,
             "final": self.on_final,
+            "clock": self.on_clock,
         }[f]
         handle(seq, pos, event)
 
@@ -613,6 +688,42 @@ class _Judge:
         family = value["family"]
         self.faults[family] = self.faults.get(family, 0) + (1 if value["action"] == "start" else -1)
 
+    def on_clock(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        bound, drift = (
+            value.get(k) if isinstance(value, dict) else None for k in ("error_ns", "drift_ns")
+        )
+        if (
+            not isinstance(value, dict)
+            or type(value.get("clock")) is not str
+            or type(bound) is not int
+        ):
+            raise self.bad(
+                pos, f'a clock value holds {{"clock": name, "error_ns": int, ...}}, got {value!r}'
+            )
+        if drift is None:
+            self.clocks_unchecked.add(value["clock"])
+            return
+        self.clocks_unchecked.discard(value["clock"])
+        if type(drift) is not int:
+            raise self.bad(pos, f"a clock's drift_ns is an integer, got {drift!r}")
+        if abs(drift) > bound:
+            self.unknown = True
+            self.notes.append(
+                f"clock {value['clock']} moved {drift / 1e6:g} ms from the offset it used, beyond "
+                f"its bound of {bound / 1e6:g} ms: the times it gave cannot be ordered against "
+                "other clocks' within their bounds, so this history cannot be judged"
+            )
+
+    def finish_clocks(self) -> None:
+        if self.clocks_unchecked:
+            self.unknown = True
+            self.notes.append(
+                f"clock(s) {', '.join(sorted(self.clocks_unchecked))} were set at the start but "
+                "never checked at the end: whether they stayed within their bounds is unknown, "
+                "so this history cannot be judged"
+            )
+
     def on_final(self, seq: int, pos: int, event: Event) -> None:
         value = event.value
         side = value.get("side") if isinstance(value, dict) else None
@@ -655,6 +766,7 @@ class _Judge:
     # -- the end of the run ------------------------------------------------------------------
 
     def finish(self) -> None:
+        self.finish_clocks()
         if self.order:
             self.stall = self.progress.finish(self.history[self.order[-1]].time)
         open_reads = 0

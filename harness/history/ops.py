@@ -14,6 +14,18 @@ invokes again. `time` is nanoseconds on a clock shared by every process. Besides
 (`upsert`, `delete`, `get`, `search`) there are `load`, `phase`, `fault` and `final` events,
 and the controller's `plan` and `gate` events (see `liveness`); their process is a name
 (`"loader"`, `"controller"`, `"nemesis"`, `"checker"`).
+
+Histories from many clocks. An event recorded on a clock that is not the reference (a Locust
+worker on another machine, its clock set to the reference's by an offset measured as NTP
+does) carries `"error": ns`, a bound on how far its `time` may be from the reference's: the
+true time lies in [time - error, time + error]. The checker judges two ops whose intervals
+overlap within their bounds as concurrent. An event without `error` is exact (error 0), as
+on one machine, where every process reads the same monotonic clock. A `clock` event (type
+`info`, process the clock's name) says how a clock was set: `{"clock": name, "error_ns":
+bound, "offset_ns": offset, "at": "start" | "end"}`, and at the end `"drift_ns"`, how far
+the offset measured again has moved from the one used; a drift beyond the bound means the
+times that clock gave cannot be trusted within it, and the verdict is unknown (as it is when
+a clock set at the start is never checked at the end).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ if TYPE_CHECKING:
 EventType = Literal["invoke", "ok", "fail", "info"]
 EVENT_TYPES: frozenset[str] = frozenset({"invoke", "ok", "fail", "info"})
 CLIENT_FS: frozenset[str] = frozenset({"upsert", "delete", "get", "search"})
-OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final", "plan", "gate"})
+OTHER_FS: frozenset[str] = frozenset({"load", "phase", "fault", "final", "plan", "gate", "clock"})
 READ_FS: frozenset[str] = frozenset({"get", "search"})
 WRITE_FS: frozenset[str] = frozenset({"upsert", "delete"})
 
@@ -56,20 +68,21 @@ class Event:
     f: str
     value: Any
     time: int
+    error: int = 0
+    """A bound (ns) on how far `time` may be from the reference clock's; 0: exact."""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "index": self.index,
-                "process": self.process,
-                "type": self.type,
-                "f": self.f,
-                "value": self.value,
-                "time": self.time,
-            },
-            separators=(", ", ": "),
-            allow_nan=False,
-        )
+        data = {
+            "index": self.index,
+            "process": self.process,
+            "type": self.type,
+            "f": self.f,
+            "value": self.value,
+            "time": self.time,
+        }
+        if self.error:
+            data["error"] = self.error
+        return json.dumps(data, separators=(", ", ": "), allow_nan=False)
 
 
 def load_value(records: Iterable[Record]) -> dict[str, Any]:
@@ -88,7 +101,9 @@ class Recorder:
     Thread-safe, so that a live driver's worker threads and an event loop can share it.
     """
 
-    def __init__(self, sink: IO[str] | None = None, keep: bool = True) -> None:
+    def __init__(self, sink: IO[str] | None = None, keep: bool = True, error: int = 0) -> None:
+        self.error = error
+        """The bound every event this recorder records carries (see the module's note)."""
         self._events: list[Event] = []
         self._sink = sink
         self._keep = keep
@@ -101,7 +116,7 @@ class Recorder:
 
     def record(self, process: int | str, type: EventType, f: str, value: Any, time: int) -> Event:
         with self._lock:
-            event = Event(self._next_index, process, type, f, value, int(time))
+            event = Event(self._next_index, process, type, f, value, int(time), self.error)
             self._next_index += 1
             if self._keep:
                 self._events.append(event)
@@ -156,7 +171,10 @@ def parse_event(data: Mapping[str, Any], line: int, source: str = "history") -> 
         raise bad(f"f must be one of {sorted(CLIENT_FS | OTHER_FS)}, got {f!r}")
     if isinstance(time, bool) or not isinstance(time, int):
         raise bad(f"time must be integer nanoseconds, got {time!r}")
-    return Event(index, process, type_, f, data["value"], time)
+    error = data.get("error", 0)
+    if isinstance(error, bool) or not isinstance(error, int) or error < 0:
+        raise bad(f"error must be a bound in integer nanoseconds, 0 or more, got {error!r}")
+    return Event(index, process, type_, f, data["value"], time, error)
 
 
 def iter_numbered(path: str | Path) -> Iterator[tuple[int, Event]]:
@@ -196,5 +214,6 @@ def merge(histories: Iterable[Iterable[Event]]) -> list[Event]:
     ]
     tagged.sort(key=lambda t: (t[0], t[1], t[2]))
     return [
-        Event(i, e.process, e.type, e.f, e.value, e.time) for i, (_, _, _, e) in enumerate(tagged)
+        Event(i, e.process, e.type, e.f, e.value, e.time, e.error)
+        for i, (_, _, _, e) in enumerate(tagged)
     ]

@@ -74,6 +74,7 @@ class ServiceApp:
             Route("/admin/rollback", admin(self._phase_step(Step.ROLLBACK)), methods=["POST"]),
             Route("/admin/abort", admin(self._phase_step(Step.ABORT)), methods=["POST"]),
             Route("/admin/verify", admin(self.verify), methods=["POST"]),
+            Route("/admin/walk", admin(self.walk), methods=["POST"]),
             Route("/admin/faults", admin(self.faults), methods=["GET", "POST"]),
             Route("/admin/faults/heal", admin(self.heal), methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
@@ -176,6 +177,18 @@ class ServiceApp:
 
         return endpoint
 
+    async def walk(self, request: Request) -> Response:
+        """Begin the plan a fleet's controller waits to walk (`vecmig control --plan-waits`)."""
+        await no_body(request)
+        link = self.migration.controller_link
+        if link is None or not link.start_walk():
+            body = {
+                "ok": False,
+                "error": "no plan waits here (vecmig control --plan-to ... --plan-waits)",
+            }
+            return JSONResponse(body, status_code=409)
+        return JSONResponse({"ok": True})
+
     async def verify(self, request: Request) -> Response:
         await no_body(request)
         return JSONResponse(await self.migration.verify_and_repair())
@@ -186,9 +199,16 @@ class ServiceApp:
             return JSONResponse(layer.to_json())
         body = json_object(await read_json(request, self.body_limit), "the body")
         action, family, side, ms, seconds = _fault_request(body)
-        if family == "config-lag":
+        if family in ("config-lag", "config-cut"):
             lag = seconds if action == "start" else 0.0
-            layer.config_lag_until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
+            until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
+            if family == "config-lag":
+                layer.config_lag_until = until
+            else:
+                layer.config_cut_until = until
+            return JSONResponse(layer.to_json())
+        if family == "clock-skew":
+            layer.clock_skew_ns = int(ms * 1e6) if action == "start" else 0
             return JSONResponse(layer.to_json())
         if side is None:
             raise BadInput("side must be 'old' or 'new'", field="side")
@@ -213,7 +233,10 @@ class ServiceApp:
     async def health(self, _: Request) -> Response:
         """Liveness: the process answers. Whether it can serve is `/ready`'s question."""
         published = self.migration.coordinator.published
-        return JSONResponse({"ok": True, "phase": published.phase.value, "epoch": published.epoch})
+        link = self.migration.controller_link
+        clock = link.clock_ns() if link is not None else time.monotonic_ns()
+        body = {"ok": True, "phase": published.phase.value, "epoch": published.epoch}
+        return JSONResponse({**body, "clock_ns": clock})
 
     async def ready(self, _: Request) -> Response:
         """Readiness: both sides answer their health check, the state store answers, and this
@@ -253,19 +276,25 @@ def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, 
         )
     if "side" in body and side not in ("old", "new"):
         raise BadInput(f"side must be 'old' or 'new', got {side!r:.40}", field="side")
-    ms = inputs.number(body, "ms", 0, 60_000) if "ms" in body else 0.0
+    low = -60_000 if family == "clock-skew" else 0  # a clock may run behind
+    ms = inputs.number(body, "ms", low, 60_000) if "ms" in body else 0.0
     seconds = inputs.number(body, "seconds", 0, 3600) if "seconds" in body else 0.0
-    if action == "start" and family == "latency" and "ms" not in body:
-        raise BadInput("a latency fault needs 'ms' (0 to 60000)", field="ms")
-    if action == "start" and family == "config-lag" and "seconds" not in body:
-        raise BadInput("a config-lag fault needs 'seconds' (0 to 3600)", field="seconds")
+    if action == "start" and family in ("latency", "clock-skew") and "ms" not in body:
+        raise BadInput(f"a {family} fault needs 'ms' ({low} to 60000)", field="ms")
+    if action == "start" and family in ("config-lag", "config-cut") and "seconds" not in body:
+        raise BadInput(f"a {family} fault needs 'seconds' (0 to 3600)", field="seconds")
     return str(action), str(family), None if side is None else Side(side), ms, seconds
 
 
 def _answer(outcome: Outcome) -> JSONResponse:
     if outcome.type == "ok":
         return JSONResponse(outcome.value)
-    return JSONResponse(
-        {"error": outcome.error or outcome.type, "outcome": outcome.type, "kind": outcome.type},
-        status_code=OUTCOME_STATUS[outcome.type],
-    )
+    body: dict[str, Any] = {
+        "error": outcome.error or outcome.type,
+        "outcome": outcome.type,
+        "kind": outcome.type,
+    }
+    if outcome.notes.get("refused") == "lease":
+        # Refused before anything was sent: a load balancer may send it to another instance.
+        body["not_ready"] = True
+    return JSONResponse(body, status_code=OUTCOME_STATUS[outcome.type])

@@ -8,6 +8,11 @@ pool, so a hung side slows only the calls that need it:
 
 * a call waits at most `deadline_s` for its answer. One that never got a thread had no effect
   and ends `Unavailable`; one that was running may still take effect and ends `Timeout`;
+* a call is never *sent* after its deadline, nor after the time its caller says it must be
+  sent by (`send_by_ns`: a write must leave while the instance's lease holds). The thread
+  checks before it calls the port, so a call queued, or held up by a paused process
+  (SIGSTOP, a long GC), is not sent late on resume: it ends `Unavailable`, having had no
+  effect. (What stays open is the instant between that check and the socket write.)
 * at most `threads + queue` calls are in flight per side; past that a call is refused at once
   (`Unavailable`: it was never sent) instead of joining a queue that cannot drain.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,10 +49,19 @@ class Bulkhead:
         """Calls submitted and not yet finished on a thread (timed-out ones included)."""
         self.refused = 0
         self.timed_out = 0
+        self.sent_late_refused = 0
+        """Calls a thread took up too late to send (counted on the threads)."""
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"vecmig-{side.value}")
 
-    async def call(self, fn: Callable[..., T], *args: Any, deadline_s: float | None = None) -> T:
-        """`fn(*args)` on one of this side's threads, within the deadline."""
+    async def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline_s: float | None = None,
+        send_by_ns: int | None = None,
+    ) -> T:
+        """`fn(*args)` on one of this side's threads, within the deadline; not sent after
+        `send_by_ns` (`time.monotonic_ns()`) either, if given."""
         if self.in_flight >= self.capacity:
             self.refused += 1
             raise Unavailable(
@@ -55,12 +70,15 @@ class Bulkhead:
                 "not sent"
             )
         loop = asyncio.get_running_loop()
-        future: Future[T] = self._executor.submit(fn, *args)
+        limit = self.deadline_s if deadline_s is None else deadline_s
+        not_after = time.monotonic_ns() + int(limit * 1e9)
+        if send_by_ns is not None:
+            not_after = min(not_after, send_by_ns)
+        future: Future[T] = self._executor.submit(self._send, not_after, fn, *args)
         self.in_flight += 1
         future.add_done_callback(lambda _: _soon(loop, self._release))
         waiting = asyncio.wrap_future(future)
         waiting.add_done_callback(_retrieve)
-        limit = self.deadline_s if deadline_s is None else deadline_s
         try:
             return await asyncio.wait_for(asyncio.shield(waiting), limit)
         except TimeoutError:
@@ -74,6 +92,17 @@ class Bulkhead:
                 f"{self.side.value}: no answer within the side deadline of {limit:g} s "
                 "(the call may still take effect)"
             ) from None
+
+    def _send(self, not_after: int, fn: Callable[..., T], *args: Any) -> T:
+        """On the thread: call `fn` only if it is not too late to send the call."""
+        late = time.monotonic_ns() - not_after
+        if late > 0:
+            self.sent_late_refused += 1
+            raise Unavailable(
+                f"{self.side.value}: not sent, {late / 1e6:.0f} ms past the time it had to leave "
+                "by (its deadline, or the lease it was issued under); it had no effect"
+            )
+        return fn(*args)
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -89,6 +118,7 @@ class Bulkhead:
             "deadline_s": self.deadline_s,
             "refused": self.refused,
             "timed_out": self.timed_out,
+            "sent_late_refused": self.sent_late_refused,
         }
 
 

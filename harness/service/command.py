@@ -15,6 +15,9 @@ from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID, strategy_argument
 from vecmig.harness.extras import require
 from vecmig.harness.tokens import TokenError, is_loopback, read_token_file, token_from
 
+from .fleetcli import CONTROL_DESCRIPTION, CONTROL_EPILOG
+from .fleetcli import control_arguments as _control_arguments
+
 log = logging.getLogger("vecmig.service")
 
 ADMIN_TOKEN_ENV = "VECMIG_ADMIN_TOKEN"
@@ -88,6 +91,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _server_arguments(serve)
     serve.set_defaults(handler=run_serve)
 
+    control = subparsers.add_parser(
+        "control",
+        help="run a fleet's controller: the gates, backfill and repairs, a config store",
+        description=CONTROL_DESCRIPTION,
+        epilog=CONTROL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _serve_arguments(control)
+    _layer_arguments(control)
+    _server_arguments(control)
+    _control_arguments(control)
+    control.set_defaults(handler=run_control)
+
     cluster = subparsers.add_parser(
         "cluster", help="fake cluster servers (see `vecmig cluster serve --help`)"
     )
@@ -132,7 +148,26 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     add("--new", required=True, metavar="URL", help="the new side (an open_cluster URL)")
     add("--dim", type=int, required=True, help="vector dimension")
     add("--metric", default="cosine", choices=("cosine", "l2", "ip"))
-    add("--state", required=True, metavar="PATH", help="the SQLite state file")
+    add(
+        "--state",
+        required=True,
+        metavar="PATH",
+        help="the SQLite state file; in a fleet (--config-store) the shared state: a path, "
+        "sqlite:///PATH or postgresql://...",
+    )
+    add(
+        "--config-store",
+        default=None,
+        metavar="URL",
+        help="join a fleet whose coordinator lives in this config store (sqlite:///PATH on one "
+        "machine, postgresql://USER@HOST:PORT/DB across machines); see `vecmig control`",
+    )
+    add(
+        "--max-skew-ms",
+        type=float,
+        default=0.0,
+        help="the bound on this clock's skew against the fleet's (widens the lease margin)",
+    )
     add(
         "--init",
         action="store_true",
@@ -250,26 +285,44 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     require("service", "vecmig serve")
+    return _run(args, "instance" if args.config_store else "standalone")
+
+
+def run_control(args: argparse.Namespace) -> int:
+    require("service", "vecmig control")
+    return _run(args, "controller")
+
+
+def _run(args: argparse.Namespace, role: str) -> int:
     from vecmig.harness.clusters.base import ClusterError
+    from vecmig.harness.coordination import ConfigStoreError
     from vecmig.harness.state import StateError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    store = None
+    command = "vecmig control" if role == "controller" else "vecmig serve"
+    store = coordination = plan = None
     try:
+        if role == "instance" and args.init:
+            raise Refused("an instance of a fleet never creates the state: `vecmig control --init`")
         lagged = _lagged(args.lagged)
-        config = _service_config(args, lagged)
+        config = _service_config(args, lagged, role)
         token = _admin_token(args)
         sides = _open_sides(args)
-        store = _open_state(args)
-        _check_resume(args, store, sides)
-    except (Refused, StateError, TokenError, ValueError, ClusterError) as exc:
-        print(f"vecmig serve: {exc}", file=sys.stderr)
+        store = _open_state(args, role)
+        if role != "standalone":
+            from .fleetcli import open_coordination, plan_of
+
+            coordination = open_coordination(args, config, store)
+            plan = plan_of(args, coordination) if role == "controller" else None
+        _check_resume(args, store, sides, coordination)
+    except (Refused, StateError, TokenError, ValueError, ClusterError, ConfigStoreError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
         if store is not None:
             store.close()
-            if args.init:  # the state this start created serves nothing: leave no trace
+            if args.init and role == "standalone":  # the state this start created serves nothing
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{args.state}{suffix}").unlink(missing_ok=True)
         return EXIT_BAD_INPUT
@@ -277,7 +330,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from .migration import Migration
 
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
-    migration = Migration(config, sides, store)
+    migration = Migration(config, sides, store, coordination)
+    if role == "controller":
+        from .fleetcli import start_controller
+
+        start_controller(args, migration, plan)
     status = migration.status()
     log.info(
         "%s migration %s at %s (epoch %s), backfill %s, repair backlog %s; %s",
@@ -290,7 +347,7 @@ def run_serve(args: argparse.Namespace) -> int:
         status["versions"],
     )
     _write_pid(args.pid_file)
-    _warn_if_exposed("vecmig serve", args.host)
+    _warn_if_exposed(command, args.host)
     _serve(create_app(migration, token, body_limit=args.body_limit), args)
     return EXIT_VALID
 
@@ -304,7 +361,7 @@ def _lagged(text: str) -> frozenset[Any]:
         raise Refused(f"--lagged takes 'old', 'new' or 'old,new', got {text!r}") from None
 
 
-def _service_config(args: argparse.Namespace, lagged: frozenset[Any]) -> Any:
+def _service_config(args: argparse.Namespace, lagged: frozenset[Any], role: str) -> Any:
     from vecmig.harness.core.gates import GatePolicy
     from vecmig.harness.core.strategy import strategy_named
 
@@ -336,6 +393,8 @@ def _service_config(args: argparse.Namespace, lagged: frozenset[Any]) -> Any:
         side_threads=args.side_threads,
         side_queue=args.side_queue,
         side_deadline_s=args.side_deadline_s,
+        role=role,
+        max_skew_s=args.max_skew_ms / 1000.0,
     )
 
 
@@ -380,20 +439,33 @@ def _open_sides(args: argparse.Namespace) -> dict[Any, Any]:
             time.sleep(0.2)
 
 
-def _open_state(args: argparse.Namespace) -> Any:
+def _open_state(args: argparse.Namespace, role: str) -> Any:
     from vecmig.harness.state import SQLiteStore
 
-    return SQLiteStore.open(args.state, init=args.init, holder=f"vecmig serve, port {args.port}")
+    holder = f"vecmig {'control' if role == 'controller' else 'serve'}, port {args.port}"
+    if role == "standalone":
+        return SQLiteStore.open(args.state, init=args.init, holder=holder)
+    from vecmig.harness.coordination import open_shared_state
+
+    return open_shared_state(args.state, init=args.init, holder=holder)
 
 
-def _check_resume(args: argparse.Namespace, store: Any, sides: dict[Any, Any]) -> None:
+def _check_resume(
+    args: argparse.Namespace, store: Any, sides: dict[Any, Any], coordination: Any = None
+) -> None:
     """Check the state against both sides (`resume.resume_problems`) before serving, retrying
-    while a side cannot answer, up to --connect-wait-s."""
+    while a side cannot answer, up to --connect-wait-s. In a fleet the phase is the config
+    store's (markers are stamped from it)."""
+    from dataclasses import replace
+
     from vecmig.harness.clusters.base import ClusterError
 
     from .resume import resume_problems
 
     state = store.load()
+    if coordination is not None:
+        published = coordination.published
+        state = replace(state, phase=published.phase, epoch=published.epoch)
     deadline = time.monotonic() + args.connect_wait_s
     while True:
         try:

@@ -33,7 +33,7 @@ log = logging.getLogger("vecmig.service")
 
 ExactFn = Callable[[Side, Any, int, Any], "tuple[str, ...] | None"]
 
-LAYER_FAULT_FAMILIES = ("latency", "partition", "config-lag")
+LAYER_FAULT_FAMILIES = ("latency", "partition", "config-lag", "config-cut", "clock-skew")
 
 
 @dataclass(slots=True)
@@ -42,25 +42,33 @@ class LayerFaults:
 
     `latency_ms[side]` delays every call to that side; a partitioned side refuses every call
     (`Unavailable`: the call never left); `config_lag_until` (monotonic ns) stops the instance
-    from hearing the config store, as a late config propagation does.
+    from hearing the config store, as a late config propagation does; `config_cut_until` cuts
+    it off from the config store (every call to the store fails); `clock_skew_ns` moves the
+    layer's clock (the machine's is shared, so the skew is the layer's own).
     """
 
     latency_ms: dict[Side, float] = field(default_factory=dict)
     partitioned: set[Side] = field(default_factory=set)
     config_lag_until: int = 0
+    config_cut_until: int = 0
+    clock_skew_ns: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        lag = max(0.0, (self.config_lag_until - time.monotonic_ns()) / 1e9)
+        now = time.monotonic_ns()
         return {
             "latency_ms": {side.value: ms for side, ms in self.latency_ms.items()},
             "partitioned": sorted(side.value for side in self.partitioned),
-            "config_lag_s": round(lag, 3),
+            "config_lag_s": round(max(0.0, (self.config_lag_until - now) / 1e9), 3),
+            "config_cut_s": round(max(0.0, (self.config_cut_until - now) / 1e9), 3),
+            "clock_skew_ms": self.clock_skew_ns / 1e6,
         }
 
     def heal(self) -> None:
         self.latency_ms.clear()
         self.partitioned.clear()
         self.config_lag_until = 0
+        self.config_cut_until = 0
+        self.clock_skew_ns = 0
 
 
 class SideLatency:
@@ -99,7 +107,13 @@ class LiveDriver:
         exact_kinds: frozenset[str] = frozenset({"mirror", "calibrate"}),
         exact_rate: Mapping[str, float] | None = None,
         on_phase: Callable[[Published, rq.AnnouncePhase], None] | None = None,
+        on_event: Callable[[rq.RecordEvent], None] | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+        store_calls: Callable[..., Any] | None = None,
     ) -> None:
+        """`clock` answers `Now` (the layer's clock); `on_event` takes the controller's
+        `RecordEvent`s (else they are logged); `store_calls(fn, *args)`, if given, carries
+        out state requests off the event loop (an awaitable: a store across the network)."""
         self.sides = sides
         self.store = store
         self.bulkheads = bulkheads
@@ -110,19 +124,24 @@ class LiveDriver:
         """kind -> the share of its `Exact` requests answered (ground truth costs an exact
         search on the side; recall is an average, so a sample of them estimates it)."""
         self.on_phase = on_phase
+        self.on_event = on_event
+        self.clock = clock
+        self.store_calls = store_calls
         self.read_latency = SideLatency()
         self.crashes = 0
         """Operations that raised something other than a ClusterError (bugs): counted, logged."""
 
-    async def run(self, op: Operation) -> Outcome:
+    async def run(self, op: Operation, *, writes_by: int | None = None) -> Outcome:
         """Drive `op` to its outcome. An exception that is not a side error ends a client
-        operation as `info` (its effect is unknown) and is logged, never swallowed silently."""
+        operation as `info` (its effect is unknown) and is logged, never swallowed silently.
+        `writes_by` (`time.monotonic_ns()`): no write of this op leaves after it (the end of
+        the lease the op was admitted under)."""
         steps = op.steps
         try:
             request = next(steps)
             while True:
                 try:
-                    result = await self._carry_out(request, op.kind)
+                    result = await self._carry_out(request, op.kind, writes_by)
                 except ClusterError as exc:
                     request = steps.throw(exc)
                 else:
@@ -139,47 +158,59 @@ class LiveDriver:
             log.exception("operation %s crashed", op.kind)
             return Outcome("info", None, error=f"{op.kind} crashed: {type(exc).__name__}: {exc}")
 
-    async def _carry_out(self, request: Any, kind: str) -> Any:
+    async def _carry_out(self, request: Any, kind: str, writes_by: int | None = None) -> Any:
         if isinstance(request, rq.Now):
-            return time.monotonic_ns()
+            return self.clock()
         if isinstance(request, rq.Sleep):
             await asyncio.sleep(request.ns / 1e9)
             return None
         side = rq.side_of(request)
         if side is not None:
-            return await self._side_call(side, request)
+            send_by = writes_by if isinstance(request, rq.Upsert | rq.Delete) else None
+            return await self._side_call(side, request, send_by)
         if isinstance(request, rq.Exact):
-            if self.exact is None or kind not in self.exact_kinds:
-                return None
-            if random.random() >= self.exact_rate.get(kind, 1.0):
-                return None
-            fn = self.exact
-            try:
-                return await self.bulkheads[request.side].call(
-                    fn, request.side, request.vector, request.k, request.filter
-                )
-            except ClusterError:
-                return None  # ground truth is a nicety: without it there is no recall figure
+            return await self._exact(request, kind)
         if isinstance(request, rq.AnnouncePhase):
             self.store.save_phase(request.phase, request.epoch)
             if self.on_phase is not None:
                 self.on_phase(Published(request.phase, request.epoch), request)
             return None
         if isinstance(request, rq.RecordEvent):
-            # The service walks phases step by step (`/admin/advance`), so only a controller
-            # running a plan records events; they go to the log, with the gate's reasons.
-            log.info("controller %s: %s", request.f, dict(request.value))
+            # A controller running a plan records its plan and gate events in the history (see
+            # `service.fleet`); walked step by step (`/admin/advance`) they go to the log.
+            if self.on_event is not None:
+                self.on_event(request)
+            else:
+                log.info("controller %s: %s", request.f, dict(request.value))
             return None
+        if self.store_calls is not None:
+            return await self.store_calls(execute, request, self.sides, self.store)
         return execute(request, self.sides, self.store)
 
-    async def _side_call(self, side: Side, request: Any) -> Any:
+    async def _exact(self, request: rq.Exact, kind: str) -> Any:
+        """The exact top-k for a sampled share of `kind`'s searches, or None."""
+        if self.exact is None or kind not in self.exact_kinds:
+            return None
+        if random.random() >= self.exact_rate.get(kind, 1.0):
+            return None
+        fn = self.exact
+        try:
+            return await self.bulkheads[request.side].call(
+                fn, request.side, request.vector, request.k, request.filter
+            )
+        except ClusterError:
+            return None  # ground truth is a nicety: without it there is no recall figure
+
+    async def _side_call(self, side: Side, request: Any, send_by: int | None = None) -> Any:
         delay = self.faults.latency_ms.get(side)
         if delay:
             await asyncio.sleep(delay / 1000.0)
         if side in self.faults.partitioned:
             raise Unavailable(f"{side.value}: partitioned from the layer (injected fault)")
         start = time.monotonic_ns()
-        result = await self.bulkheads[side].call(execute, request, self.sides, self.store)
+        result = await self.bulkheads[side].call(
+            execute, request, self.sides, self.store, send_by_ns=send_by
+        )
         if isinstance(request, rq.Search | rq.Get):
             self.read_latency.add(side, start, (time.monotonic_ns() - start) / 1e6)
         return result

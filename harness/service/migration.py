@@ -2,6 +2,11 @@
 controller, and the background loops (config polling, backfill, repair, mirrored reads),
 wired to real sides through the live driver, with durable state in SQLite.
 
+That is the *standalone* service. In a fleet (`role` "instance" or "controller", see
+`service.fleet`) the coordinator lives in a config store shared by every process: an instance
+serves clients and hears the store; the controller runs the gates, the backfill and the repair
+worker, and serves no client. The layer's durable state is then shared, and never cached.
+
 A process killed and restarted resumes exactly where it was: the phase and epoch, the backfill
 checkpoint and the repair log are in the store; what lives only in memory (mirrored-read
 figures, the noise floor, the soak clock) is measured again. This process is both the
@@ -17,7 +22,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,12 +42,20 @@ from vecmig.harness.core import gates
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.controller import Controller, Plan, backfill_worker
 from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
-from vecmig.harness.core.phases import Coordinator, InstanceView, Phase, Published, Step, next_phase
+from vecmig.harness.core.phases import (
+    Coordinator,
+    InstanceView,
+    Phase,
+    PhaseError,
+    Published,
+    Step,
+    lease_rules,
+    next_phase,
+)
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.strategy import Strategy
 from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
 from vecmig.harness.history.ops import Recorder
-from vecmig.harness.state import SQLiteStore
 
 from .bulkhead import Bulkhead
 from .driver import LayerFaults, LiveDriver
@@ -91,6 +105,12 @@ class ServiceConfig:
     the margin, as the layer's acknowledgement rule assumes."""
     health_interval_s: float = 1.0
     """How often the sides' health is checked (logged when it changes; `vecmig_side_up`)."""
+    role: str = "standalone"
+    """standalone (one process: instance and controller), instance or controller (a fleet)."""
+    max_skew_s: float = 0.0
+    """The bound on how far this process's clock may stray from the fleet's (lease rules)."""
+    store_timeout_s: float = 2.0
+    """How long one call to the config store may take."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +123,37 @@ class StepResult:
 
 class Migration:
     def __init__(
-        self, config: ServiceConfig, sides: Mapping[Side, ClusterPort], store: SQLiteStore
+        self,
+        config: ServiceConfig,
+        sides: Mapping[Side, ClusterPort],
+        store: Any,
+        coordination: Any = None,
     ) -> None:
+        """`store`: a `SQLiteStore` (standalone, cached here) or a fleet's shared state;
+        `coordination`: the fleet's `StoreCoordinator` (None: standalone)."""
         self.config = config
         self.sides = dict(sides)
-        self.store = CachedRepairLog(store)
+        self.fleet = coordination is not None
+        if self.fleet and config.role not in ("instance", "controller"):
+            raise ValueError(f"a fleet member's role is instance or controller, not {config.role}")
+        self.store: Any = store if self.fleet else CachedRepairLog(store)
         self.migration_id: str = store.migration_id
+        self._store_pool = (
+            ThreadPoolExecutor(4, thread_name_prefix="vecmig-state")
+            if getattr(store, "dsn", None)
+            else None
+        )
         self.metrics = ServiceMetrics()
         self.bulkheads = {
             side: Bulkhead(side, config.side_threads, config.side_queue, config.side_deadline_s)
             for side in Side
         }
         self.faults = LayerFaults()
+        # The layer's clock. A fleet's processes may run on several machines: they count on
+        # the wall clock (NTP keeps it within the skew bound), a standalone service on the
+        # monotonic one. Either moves by the clock-skew fault.
+        base = time.time_ns if self.fleet else time.monotonic_ns
+        self.now: Callable[[], int] = lambda: base() + self.faults.clock_skew_ns
         self.driver = LiveDriver(
             self.sides,
             self.store,
@@ -126,17 +165,33 @@ class Migration:
             ),
             exact_rate={"mirror": config.mirror_exact_rate},
             on_phase=self._on_phase,
+            clock=self.now,
+            store_calls=self._store_call if self._store_pool is not None else None,
         )
-        self.lease_ns = int(config.lease_s * SECOND)
-        margin_ns = int((config.side_deadline_s + 0.1) * SECOND)
+        self.lease_ns = coordination.lease_ns if self.fleet else int(config.lease_s * SECOND)
+        skew_ns = int(config.max_skew_s * SECOND)
+        margin_ns = int((config.side_deadline_s + 0.1) * SECOND) + 2 * skew_ns
         if self.lease_ns <= 2 * margin_ns:
             raise ValueError(
-                f"the lease ({config.lease_s:g} s) must be more than twice the side deadline "
-                f"plus 0.1 s ({margin_ns / SECOND:g} s): a lease shorter than that lapses "
-                "between two polls of a busy instance"
+                f"the lease ({self.lease_ns / SECOND:g} s) must be more than twice the lease "
+                f"margin (the side deadline plus 0.1 s plus twice the skew bound: "
+                f"{margin_ns / SECOND:g} s): a lease shorter than that lapses between two polls "
+                "of a busy instance"
             )
+        broken = lease_rules(
+            lease_ns=self.lease_ns,
+            poll_ns=int(config.poll_s * SECOND),
+            margin_ns=margin_ns,
+            request_timeout_ns=int(config.side_deadline_s * SECOND),
+            max_skew_ns=skew_ns,
+        )
+        if broken:
+            raise ValueError("; ".join(broken))
         state = store.load()
-        now = time.monotonic_ns()
+        if self.fleet:
+            published = coordination.published
+            state = replace(state, phase=published.phase, epoch=published.epoch)
+        now = self.now()
         self.started = now
         self.resumed_from = {
             "phase": state.phase.value,
@@ -144,16 +199,17 @@ class Migration:
             "checkpoint": _checkpoint_json(state.checkpoint),
             "repair_backlog": state.repair_backlog,
         }
-        self.coordinator = Coordinator(
+        self.coordinator: Any = coordination or Coordinator(
             state.phase,
             state.epoch,
             lease_ns=self.lease_ns,
             bind_leases=config.strategy.lease_epoch_binding,
         )
-        self.coordinator.join(config.instance, now)
-        self.view = InstanceView(
-            config.instance, state.phase, state.epoch, now + self.lease_ns, margin_ns
-        )
+        if not self.fleet:
+            self.coordinator.join(config.instance, now)
+        # A fleet instance holds no lease until it joined (`joined`); the controller none.
+        expires = now + self.lease_ns if not self.fleet else now
+        self.view = InstanceView(config.instance, state.phase, state.epoch, expires, margin_ns)
         self._acked = Published(state.phase, state.epoch)
         self.shared = Shared()
         self.layer = self._layer()
@@ -164,9 +220,22 @@ class Migration:
             self.backfill,
             self.shared,
             config.policy,
-            new_p99_ms=lambda: self.driver.read_latency.p99_ms(Side.NEW),
+            new_p99_ms=self._new_p99_ms,
             lagged_sides=config.lagged,
         )
+        self.instance_link: Any = None
+        self.controller_link: Any = None
+        self.plan: Plan | None = None
+        """The plan the controller walks once it starts (`vecmig control --plan-to`)."""
+        self.plan_waits = False
+        if self.fleet:
+            from .fleet import ControllerLink, InstanceLink
+
+            if config.role == "instance":
+                self.instance_link = InstanceLink(self, coordination)
+            else:
+                self.controller_link = ControllerLink(self, coordination)
+                self.driver.on_event = self.controller_link.record_event
         if state.phase is Phase.CUTOVER:
             self.controller.cutover_at = now  # the soak starts again after a restart
         self.phase_changes: list[dict[str, Any]] = []
@@ -202,6 +271,7 @@ class Migration:
                 lagged_sides=config.lagged,
                 visibility_window_ns=int(config.visibility_window_s * SECOND),
                 lease_margin_ns=self.view.margin_ns,
+                max_clock_skew_ns=int(config.max_skew_s * SECOND),
                 # A write makes a handful of side calls, each bounded by the side deadline.
                 intent_hold_ns=int(4 * config.side_deadline_s * SECOND) + self.view.margin_ns,
                 mirror_sample_rate=config.mirror_rate,
@@ -255,17 +325,45 @@ class Migration:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loops = [
-            self._config_loop,
-            self._backfill_loop,
-            self._repair_loop,
-            self._mirror_loop,
-            self._gauge_loop,
-            self._side_watch_loop,
-        ]
+        instance, controller = self.instance_link, self.controller_link
+        loops: list[Callable[[], Any]] = [self._gauge_loop, self._side_watch_loop]
+        if instance is not None:
+            await instance.join(self.config.store_timeout_s * 5)
+            loops += [instance.loop, instance.report_loop, self._mirror_loop]
+        elif controller is not None:
+            loops += [controller.telemetry_loop, self._backfill_loop, self._repair_loop]
+        else:
+            loops += [self._config_loop, self._backfill_loop, self._repair_loop, self._mirror_loop]
         self._tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in loops]
-        if self.view.phase is Phase.SHADOW and self.config.strategy.adjacency_wait:
+        if controller is not None and self.plan is not None:
+            self.run_plan(self.plan)
+        standalone_shadow = controller is None and instance is None
+        if (
+            self.view.phase is Phase.SHADOW
+            and self.config.strategy.adjacency_wait
+            and (standalone_shadow or controller is not None)
+        ):
             self._tasks.append(asyncio.create_task(self._recalibrate(), name="recalibrate"))
+
+    def run_plan(self, plan: Plan) -> None:
+        """The controller walks `plan` in the background (`vecmig control --plan-to`), at
+        once or, with `plan_waits`, once told to (`POST /admin/walk`)."""
+        if self.controller_link is None:
+            raise ValueError("only the controller (vecmig control) walks a plan")
+        walk = self.controller_link.walk(plan, self.plan_waits)
+        task = asyncio.create_task(walk, name="plan")
+        self._tasks.append(task)
+
+    def joined(self, published: Published, local: int) -> None:
+        """A fleet instance joined at `published`, holding a lease asked for at `local`."""
+        self.layer.learn(published, local)
+        self.layer.renew(local, self.lease_ns)
+        log.info(
+            "joined the fleet as %s at %s (epoch %d)",
+            self.view.name,
+            published.phase.value,
+            published.epoch,
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -275,6 +373,20 @@ class Migration:
             bulkhead.shutdown()
         if self._oplog_file is not None:
             self._oplog_file.close()
+        if self.controller_link is not None:
+            self.controller_link.close()
+        if self._store_pool is not None:
+            self._store_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A state request on the store's threads (a store across the network)."""
+        assert self._store_pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._store_pool, fn, *args)
+
+    def _new_p99_ms(self) -> float | None:
+        if self.controller_link is not None:
+            return self.controller_link.new_p99_ms  # type: ignore[no-any-return]
+        return self.driver.read_latency.p99_ms(Side.NEW)
 
     # -- client operations ---------------------------------------------------------------------
 
@@ -296,15 +408,27 @@ class Migration:
         return self.layer.next_version(time.time_ns())
 
     async def _client(self, op: Operation) -> Outcome:
+        if self.controller_link is not None:
+            op.steps.close()
+            return Outcome(
+                "fail",
+                error="this is the fleet's controller (vecmig control): send requests to an "
+                "instance (vecmig serve --config-store)",
+                notes={"refused": "lease"},
+            )
         phase, epoch = self.view.phase, self.view.epoch
         self.in_flight[epoch] = self.in_flight.get(epoch, 0) + 1
         process = self._op_process
         self._op_process += 1
         start = time.monotonic_ns()
+        # No write of this op leaves once the lease it was admitted under stops being
+        # trusted (the lease's end less the margin, on the layer's clock, here in monotonic
+        # terms): a process paused in between (SIGSTOP) must not send it late on resume.
+        writes_by = start + (self.view.lease_expires - self.view.margin_ns - self.now())
         if self.oplog is not None and op.f is not None:
             self.oplog.invoke(process, op.f, op.invoke_value, start)
         try:
-            outcome = await self.driver.run(op)
+            outcome = await self.driver.run(op, writes_by=writes_by)
         finally:
             left = self.in_flight[epoch] - 1
             if left:
@@ -339,10 +463,14 @@ class Migration:
 
     async def step(self, step: Step) -> StepResult:
         """One try at a phase step through its gate (`Controller.attempt`)."""
+        if self.instance_link is not None:
+            raise PhaseError(
+                "this is an instance of a fleet: its controller (vecmig control) walks the phases"
+            )
         async with self.step_lock:
             target = next_phase(self.coordinator.published.phase, step)  # PhaseError: caller's 409
             if target is Phase.SHADOW and self.config.strategy.adjacency_wait:
-                self.controller.calibration_queries = tuple(await self._calibration_queries())
+                self.controller.calibration_queries = tuple(await self.calibration_queries())
             outcome = await self.driver.run(self.controller.attempt(step, Plan()))
             result = outcome.value
             if not isinstance(result, gates.GateResult):
@@ -380,6 +508,8 @@ class Migration:
         }
 
     def _on_phase(self, published: Published, announce: rq.AnnouncePhase) -> None:
+        if self.controller_link is not None:
+            self.controller_link.record_phase(published, announce.step)
         now = time.monotonic_ns()
         self.phase_changes.append(
             {
@@ -393,7 +523,7 @@ class Migration:
             "published %s (epoch %d): %s", published.phase.value, published.epoch, announce.reason
         )
 
-    async def _calibration_queries(self, n: int = 32) -> list[Vector]:
+    async def calibration_queries(self, n: int = 32) -> list[Vector]:
         """Queries for the noise floor: stored vectors of old, nudged, so that they look like
         real queries of this data without the service knowing its distribution."""
         try:
@@ -412,7 +542,7 @@ class Migration:
     async def _recalibrate(self) -> None:
         from vecmig.harness.core.workers import calibrate_noise_floor
 
-        queries = await self._calibration_queries()
+        queries = await self.calibration_queries()
         outcome = await self.driver.run(calibrate_noise_floor(queries, 10))
         if outcome.type == "ok":
             self.shared.noise = outcome.value
@@ -422,16 +552,16 @@ class Migration:
     async def _config_loop(self) -> None:
         """The instance hears the config store and acknowledges what it runs."""
         while True:
-            now = time.monotonic_ns()
+            now, local = time.monotonic_ns(), self.now()
             if now >= self.faults.config_lag_until:
-                self.layer.learn(self.coordinator.published, now)
+                self.layer.learn(self.coordinator.published, local)
                 oldest = min(self.in_flight, default=self.view.epoch)
                 if oldest >= self.view.epoch:
                     self._acked = Published(self.view.phase, self.view.epoch)
                 # Acknowledging the last epoch it may (again) renews the lease; the
                 # coordinator grants it only as `Coordinator.ack` allows.
                 if self.coordinator.ack(self.config.instance, self._acked, now):
-                    self.layer.renew(now, self.lease_ns)
+                    self.layer.renew(local, self.lease_ns)
             await asyncio.sleep(self.config.poll_s)
 
     async def _backfill_loop(self) -> None:
@@ -557,11 +687,14 @@ class Migration:
         if self.coordinator.published.phase is Phase.DECOMMISSIONED:
             checks["old"] = {"ok": True, "detail": "retired (DECOMMISSIONED)", "was": old}
         try:
-            self.store.repair_backlog_durable()
+            durable = getattr(self.store, "repair_backlog_durable", self.store.repair_backlog)
+            await asyncio.to_thread(durable) if self.fleet else durable()
             checks["state"] = {"ok": True, "detail": "answers"}
         except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
             checks["state"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
-        may_serve = self.view.may_serve(time.monotonic_ns())
+        if self.controller_link is not None:
+            return checks  # the controller serves no client: it holds no lease
+        may_serve = self.view.may_serve(self.now())
         checks["lease"] = {
             "ok": may_serve,
             "detail": "held" if may_serve else "lapsed: not hearing the config store",
@@ -576,10 +709,12 @@ class Migration:
         return self.backfill.checkpoint
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic_ns()
+        now = self.now()
         published = self.coordinator.published
         return {
             "strategy": self.config.strategy.name,
+            "role": self.config.role,
+            "fleet": self._fleet_status(),
             "phase": published.phase.value,
             "epoch": published.epoch,
             "instance": {
@@ -618,6 +753,22 @@ class Migration:
             "operation_crashes": self.driver.crashes,
             "time": now,
         }
+
+    def _fleet_status(self) -> dict[str, Any] | None:
+        if self.instance_link is not None:
+            return {"config_store": self.instance_link.store.url, **self.instance_link.last_sync}
+        if self.controller_link is not None:
+            link = self.controller_link
+            return {
+                "config_store": link.store.url,
+                "lease_clock": link.store.clock,
+                "live": sorted(self.coordinator.live_instances(0)),
+                "reports": {
+                    name: {"epoch": r.get("epoch"), "compared": r["mirror"].get("compared")}
+                    for name, r in sorted(link.instances.items())
+                },
+            }
+        return None
 
     def _exact(self, side: Side, vector: Any, k: int, filter: Any) -> tuple[str, ...] | None:
         exact = getattr(self.sides[side], "exact_search", None)
