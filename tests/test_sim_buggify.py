@@ -106,3 +106,18 @@ def test_the_naive_plan_breaks_on_most_buggify_seeds() -> None:
     rows = _sweep("default", "naive", range(1, 11))
     broken = [seed for seed, anomalies, _, _ in rows if anomalies]
     assert len(broken) >= 6, rows
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_node_faults_of_a_draw_all_hit_one_replica_number(name: str) -> None:
+    """The fault model: every shard of a side keeps a serving copy. The base scenario's own
+    node faults (kept half of the time) once kept their replicas, so under a drawn plan a crash
+    of s1r0 overlapped a pause of s1r1 while old was partitioned (CI, seed 2 of default)."""
+    base = load(name)
+    for seed in SEEDS:
+        replicas = {
+            spec.node.partition("r")[2]
+            for spec in buggify(base, seed).faults
+            if spec.family in ("node-crash", "node-pause", "slow-replica")
+        }
+        assert len(replicas) <= 1 and "" not in replicas, (seed, replicas)
