@@ -121,3 +121,28 @@ def test_node_faults_of_a_draw_all_hit_one_replica_number(name: str) -> None:
             if spec.family in ("node-crash", "node-pause", "slow-replica")
         }
         assert len(replicas) <= 1 and "" not in replicas, (seed, replicas)
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_every_draw_stays_inside_the_fault_model_a_correct_layer_survives(name: str) -> None:
+    """The rest of the module docstring's fault model, for the drawn faults and the base's
+    kept ones alike: a side's availability faults start while the other side serves reads and
+    stop when it no longer does, lost acknowledgements hit only new before SHADOW, app
+    instance 0 never crashes, and clock skews stay within the declared bound."""
+    from vecmig.sim.buggify import ROLE_PHASES, ROLE_UNTIL
+
+    base = load(name)
+    for seed in SEEDS:
+        drawn = buggify(base, seed)
+        bound = drawn.instances.max_clock_skew_ms
+        for spec in drawn.faults:
+            where = (seed, spec)
+            if spec.family in ("error-rate", "partition", "index-rebuild"):
+                assert spec.phase in ROLE_PHASES[spec.side], where
+                assert spec.until_phase == ROLE_UNTIL[spec.side], where
+            elif spec.family == "lost-ack":
+                assert spec.side == "new" and spec.until_phase in ("BACKFILL", "SHADOW"), where
+            elif spec.family == "app-instance-crash":
+                assert spec.instance >= 1, where  # -1 would be drawn at run time, 0 too
+            elif spec.family == "clock-skew":
+                assert abs(spec.offset_ms) <= bound, where
