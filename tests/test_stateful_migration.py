@@ -455,7 +455,13 @@ class MigrationMachine(RuleBasedStateMachine):
             max_skew_ns=skew_bound_ns,
         )
         rig.lease_ns = rig.coordinator.lease_ns = lease_ns
-        for layer in rig.instances.values():
+        # The instances joined under the rig's default lease: grant them the drawn one afresh,
+        # at the coordinator and in each view alike. (A view only ever extends its lease, so
+        # without this it would keep the longer default while the coordinator counts the
+        # drawn one, and a lagging instance would serve after the coordinator counted it out.)
+        for name, layer in rig.instances.items():
+            rig.coordinator.join(name, self.now)
+            layer.view.lease_expires = rig.clock(name)(self.now) + lease_ns
             layer.view.margin_ns = rig.config.lease_margin_ns
         self.skew_bound_ns = skew_bound_ns
 
@@ -849,6 +855,38 @@ TestSafeMigration.settings = settings(
 
 # ---------------------------------------------------------------------------------------------
 # Failures the machine found, replayed as Hypothesis printed them (each fixed in the core).
+
+
+def test_replay_a_lagging_instance_serves_no_longer_than_the_lease_it_drew() -> None:
+    """Found by the deep profile, and by `vecmig zoo` the same day (a harness bug, not the
+    core's): instances joined under the rig's default 10 s lease before `start_in` drew 2 s; a
+    view only ever extends its lease, so a lagging instance kept serving CUTOVER (epoch 4)
+    while the coordinator counted the drawn lease out and published CUTOVER (epoch 6) past a
+    rollback. The machine now grants every instance the drawn lease afresh."""
+    state = MigrationMachine()
+    state.start_in(
+        start="OLD_ONLY", batches=0, skew_bound_ms=150, lease_ms=2000, lagged=frozenset()
+    )
+    state.progress(phases=4)
+    state.progress(phases=1)
+    state.phase_step(interleaved=False, step="rollback")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.lag(instance="a")
+    state.let_time_pass(ms=1000)
+    state.lag(instance="a")
+    state.let_time_pass(ms=1000)
+    state.lag(instance="a")
+    state.phase_step(interleaved=False, step="advance")
+    state.teardown()
 
 
 def test_replay_a_gate_shut_by_discrepancies_from_healed_faults_opens_after_a_clean_window() -> (
