@@ -32,13 +32,14 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from vecmig.loadtests.command import free_port, wait_healthy
 
 HERE = Path(__file__).resolve()
 
@@ -91,26 +92,6 @@ if __name__ != "__main__":  # imported by Locust: the users
                 )
             else:
                 self.client.post("/v1/upsert", json=record, name="upsert")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str, seconds: float = 30) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -280,7 +261,7 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
                     name,
                 ],
             )
-            wait_healthy(url[name] + "/v1/health")
+            wait_healthy(url[name] + "/v1/health", 30, f"cluster server {name}")
         records = Catalog.generate(args.catalog, args.dim, categories=8, seed=0).records()
         old = RemoteCluster(url["old"])
         for i in range(0, len(records), 500):
@@ -317,7 +298,7 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
                 *args.service_args.split(),
             ],
         )
-        wait_healthy(url["service"] + "/health")
+        wait_healthy(url["service"] + "/health", 30, "the migration service")
         admin = httpx.Client(
             base_url=url["service"], headers={"Authorization": f"Bearer {token}"}, timeout=60
         )

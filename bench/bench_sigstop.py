@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,16 +38,11 @@ from typing import Any
 
 from vecmig.harness.catalog import Catalog, product_id
 from vecmig.harness.clusters.remote import RemoteCluster
+from vecmig.loadtests.command import free_port, wait_healthy
 
 PHASES = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")
 READ_SIDE = {"OLD_ONLY": "old", "DUAL_WRITE": "old", "BACKFILL": "old", "SHADOW": "old"}
 ADMIN, CLUSTER = "bench-admin", "bench-cluster"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Client:
@@ -158,7 +152,7 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     for name in ("old", "new"):
         start(name, ["cluster", "serve", "--dim", str(args.dim), "--name", name])
     for name in ("old", "new"):
-        _wait(f"http://127.0.0.1:{ports[name]}/v1/health")
+        wait_healthy(f"http://127.0.0.1:{ports[name]}/v1/health", 60, f"cluster server {name}")
     old = RemoteCluster(f"http://127.0.0.1:{ports['old']}", token=CLUSTER)
     records = Catalog.generate(args.catalog, args.dim, categories=8, seed=0).records()
     for i in range(0, len(records), 500):
@@ -174,24 +168,10 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
         + ["--backfill-batch", str(batch), "--backfill-pause-s", f"{pause:.3f}"]
         + ["--backfill-slo-ms", "100000", "--mirror-exact-rate", "0", "--log-level", "warning"],
     )
-    _wait(f"http://127.0.0.1:{ports['service']}/ready")
+    wait_healthy(f"http://127.0.0.1:{ports['service']}/ready", 60, "the migration service")
     return {"ports": ports, "pids": {n: p.pid for n, p in processes.items()}}, list(
         processes.values()
     )
-
-
-def _wait(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def advance_to(admin: Client, target: str) -> None:

@@ -81,6 +81,8 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `vecmig loadtest`: one flat list of options in --help's order, longer than a screen
+    only because each option's help says what it does."""
     parser = subparsers.add_parser(
         "loadtest",
         help="run the service under Locust load and chaos against two sides, and judge it",
@@ -356,34 +358,107 @@ def _run(
 ) -> int:
     from .chaos import RunPlan
 
-    python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
     fleet = args.instances > 0
     layout = fleetrun.config_store(args, out, engines) if fleet else None
-    ports = {"service": free_port()}
-    urls = {"service": f"http://127.0.0.1:{ports['service']}"}
-    urls.update({name: side.url for name, side in sides.items()})
+    port = free_port()
+    service_url = f"http://127.0.0.1:{port}"
     # Only a fake cluster server takes the visibility-lag fault; pgvector and Qdrant answer
     # their own writes at once, and Milvus Lite sides are created with Strong consistency.
-    lagged = ["old"] if is_cluster_server(urls["old"]) else []
+    lagged = ["old"] if is_cluster_server(sides["old"].url) else []
     token = secrets.token_urlsafe(16)
     env = {**os.environ, "VECMIG_ADMIN_TOKEN": token}
     pid_file = out / "service.pid"
     processes.pid_files.append(pid_file)
+    state = layout.state_url if layout is not None else str(out / "state.sqlite")
+    service_args = _service_args(args, sides, lagged, state)
+    service_argv = [sys.executable, "-m", "vecmig", "serve", *service_args]
+    service_argv += ["--port", str(port), "--pid-file", str(pid_file)]
+    users, user_rate = fleetrun.users_and_rate(args) if fleet else (args.users, 0.0)
+    plan = RunPlan(
+        service=service_url,
+        admin_token=token,
+        old=sides["old"].url,
+        new=sides["new"].url,
+        dim=args.dim,
+        seed=args.seed,
+        catalog=args.catalog,
+        history_dir=str(out / "history"),
+        out_dir=str(out),
+        duration_s=args.duration,
+        chaos=not args.no_chaos,
+        restart_argv=[] if fleet else service_argv,
+        service_pid_file="" if fleet else str(pid_file),
+        service_log=str(logs / "service.log"),
+        lagged=lagged,
+        servers={name: side.server for name, side in sides.items() if side.server},
+        catalog_loaded=True,
+        lease_s=args.lease_s,
+        user_rate=user_rate,
+        clock=args.clock,
+    )
+    plan_path = out / "run.json"
+    for name, side in sides.items():
+        print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
+    plan.save(plan_path)
+    plan_path.chmod(0o600)  # it holds the admin token
+    _prepare(plan_path, logs, sides)
+    if layout is not None:
+        host, where = _start_fleet(args, out, logs, layout, service_args, processes, env, plan)
+        plan.save(plan_path)
+    else:
+        processes.start([*service_argv, "--init"], logs / "service.log", env=env)
+        wait_healthy(service_url + "/health", 60, "the migration service")
+        host, where = service_url, f"service {service_url}"
+    pace = f"aiming at {args.rate:g} req/s, " if user_rate else ""
+    print(
+        f"vecmig loadtest: {args.strategy} strategy, {users} users ({pace}"
+        f"{args.processes or 1} Locust process(es)) for {args.duration:.0f}s, catalog "
+        f"{args.catalog}; old {sides['old'].url}, new {sides['new'].url}, {where}; "
+        f"output in {out}",
+        flush=True,
+    )
+    locust_argv = _locust_argv(args, users, host, out, plan_path)
+    code = _run_locust(locust_argv, args.duration, logs, processes, env, plan)
+    report_path = out / "report.json"
+    if not report_path.exists():
+        raise RuntimeError(f"Locust exited {code} without a verdict")
+    return _judged(json.loads(report_path.read_text()), args, sides, out)
+
+
+def _judged(
+    report: dict[str, Any], args: argparse.Namespace, sides: dict[str, RunSide], out: Path
+) -> int:
+    """Print the run's summary (and, if it is not valid, how to judge and run it again); the
+    exit code its verdict earns."""
+    _summary(report, out)
+    if report["verdict"]["valid"]:
+        return EXIT_VALID
+    print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
+    print(f"run it again:           {shlex.join(_replay_argv(args, sides, out))}")
+    verdict = report["verdict"]
+    anomalies = verdict["unknown"] or any(verdict[kind] for kind in ANOMALIES)
+    return EXIT_STALLED if verdict["stalled"] and not anomalies else EXIT_ANOMALIES
+
+
+def _service_args(
+    args: argparse.Namespace, sides: dict[str, RunSide], lagged: list[str], state: str
+) -> list[str]:
+    """`vecmig serve`'s options for this run (every instance of a fleet takes the same)."""
     # Pace the backfill to last about a third of the run (standalone: so that chaos can kill
     # it midway), a sixth for a fleet (whose plan holds every phase besides).
     batch = 50
-    share = 0.15 if fleet else 0.3
+    share = 0.15 if args.instances > 0 else 0.3
     pause = max(0.02, batch * share * args.duration / args.catalog)
-    service_args = [
+    return [
         "--old",
-        urls["old"],
+        sides["old"].url,
         "--new",
-        urls["new"],
+        sides["new"].url,
         "--dim",
         str(args.dim),
         "--state",
-        layout.state_url if layout is not None else str(out / "state.sqlite"),
+        state,
         "--strategy",
         args.strategy,
         "--backfill-batch",
@@ -409,61 +484,42 @@ def _run(
         "--log-level",
         "warning",
     ]
-    service_argv = [python, "-m", "vecmig", "serve", *service_args]
-    service_argv += ["--port", str(ports["service"]), "--pid-file", str(pid_file)]
-    users, user_rate = fleetrun.users_and_rate(args) if fleet else (args.users, 0.0)
-    plan = RunPlan(
-        service=urls["service"],
-        admin_token=token,
-        old=urls["old"],
-        new=urls["new"],
-        dim=args.dim,
-        seed=args.seed,
-        catalog=args.catalog,
-        history_dir=str(out / "history"),
-        out_dir=str(out),
-        duration_s=args.duration,
-        chaos=not args.no_chaos,
-        restart_argv=[] if fleet else service_argv,
-        service_pid_file="" if fleet else str(pid_file),
-        service_log=str(logs / "service.log"),
-        lagged=lagged,
-        servers={name: side.server for name, side in sides.items() if side.server},
-        catalog_loaded=True,
-        lease_s=args.lease_s,
-        user_rate=user_rate,
-        clock=args.clock,
+
+
+def _start_fleet(
+    args: argparse.Namespace,
+    out: Path,
+    logs: Path,
+    layout: fleetrun.FleetLayout,
+    service_args: list[str],
+    processes: Processes,
+    env: dict[str, str],
+    plan: RunPlan,
+) -> tuple[str, str]:
+    """Start the fleet's instances and controller, and point the plan at them; the URL Locust
+    starts from, and a line that says where the fleet is."""
+    fleetrun.start(
+        args, out, logs, layout, service_args, processes.start, wait_healthy, free_port, env
     )
-    plan_path = out / "run.json"
-    for name, side in sides.items():
-        print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
-    plan.save(plan_path)
-    plan_path.chmod(0o600)  # it holds the admin token
-    _prepare(plan_path, logs, sides)
-    if layout is not None:
-        fleetrun.start(
-            args, out, logs, layout, service_args, processes.start, wait_healthy, free_port, env
-        )
-        processes.pid_files += fleetrun.pid_files(layout)
-        processes.spawned.append(out / SPAWNED)
-        plan.service = layout.control_url
-        plan.instances = layout.instances
-        plan.control = layout.control
-        plan.config_store = layout.config_store
-        plan.save(plan_path)
-        urls["service"] = layout.control_url
-        host = layout.instances[0]["url"]
-        where = (
-            f"{args.instances} instances ({', '.join(i['url'] for i in layout.instances)}), "
-            f"controller {layout.control_url}, config store {layout.config_store['kind']}"
-        )
-    else:
-        processes.start([*service_argv, "--init"], logs / "service.log", env=env)
-        wait_healthy(urls["service"] + "/health", 60, "the migration service")
-        host, where = urls["service"], f"service {urls['service']}"
+    processes.pid_files += fleetrun.pid_files(layout)
+    processes.spawned.append(out / SPAWNED)
+    plan.service = layout.control_url
+    plan.instances = layout.instances
+    plan.control = layout.control
+    plan.config_store = layout.config_store
+    where = (
+        f"{args.instances} instances ({', '.join(i['url'] for i in layout.instances)}), "
+        f"controller {layout.control_url}, config store {layout.config_store['kind']}"
+    )
+    return layout.instances[0]["url"], where
+
+
+def _locust_argv(
+    args: argparse.Namespace, users: int, host: str, out: Path, plan_path: Path
+) -> list[str]:
     locustfile = Path(__file__).with_name("locustfile.py")
-    locust_argv = [
-        python,
+    return [
+        sys.executable,
         "-m",
         "locust",
         "-f",
@@ -488,32 +544,34 @@ def _run(
         str(plan_path),
         *(["--processes", str(args.processes)] if args.processes else []),
     ]
-    pace = f"aiming at {args.rate:g} req/s, " if user_rate else ""
-    print(
-        f"vecmig loadtest: {args.strategy} strategy, {users} users ({pace}"
-        f"{args.processes or 1} Locust process(es)) for {args.duration:.0f}s, catalog "
-        f"{args.catalog}; old {urls['old']}, new {urls['new']}, {where}; output in {out}",
-        flush=True,
-    )
-    locust = processes.start(locust_argv, logs / "locust.log", env=env)
+
+
+def _run_locust(
+    argv: list[str],
+    duration_s: float,
+    logs: Path,
+    processes: Processes,
+    env: dict[str, str],
+    plan: RunPlan,
+) -> int:
+    """Run Locust to its end, echoing the chaos controller's lines and the service's progress;
+    Locust's exit code."""
+    locust = processes.start(argv, logs / "locust.log", env=env)
     stop = threading.Event()
     threading.Thread(target=_echo, args=(logs / "locust.log", stop), daemon=True).start()
     threading.Thread(target=_progress, args=(plan, stop, time.monotonic()), daemon=True).start()
     try:
-        code = locust.wait(timeout=args.duration + 180)
+        return locust.wait(timeout=duration_s + 180)
     except subprocess.TimeoutExpired:
         locust.kill()
         raise RuntimeError("Locust did not finish in time") from None
     finally:
         time.sleep(0.3)
         stop.set()
-    report_path = out / "report.json"
-    if not report_path.exists():
-        raise RuntimeError(f"Locust exited {code} without a verdict")
-    report = json.loads(report_path.read_text())
-    _summary(report, out)
-    if report["verdict"]["valid"]:
-        return EXIT_VALID
+
+
+def _replay_argv(args: argparse.Namespace, sides: dict[str, RunSide], out: Path) -> list[str]:
+    """The `vecmig loadtest` command that runs this one again, into a directory of its own."""
     fleet_args = [
         "--instances",
         str(args.instances),
@@ -524,7 +582,7 @@ def _run(
         *(["--rate", f"{args.rate:g}"] if args.instances else []),
         *(["--clock", args.clock] if args.clock != "monotonic" else []),
     ]
-    replay = [
+    return [
         "vecmig",
         "loadtest",
         "--duration",
@@ -548,11 +606,6 @@ def _run(
         "--out",
         str(out) + "-again",
     ]
-    print(f"re-judge this history:  vecmig check {shlex.quote(str(out / 'history.jsonl'))}")
-    print(f"run it again:           {shlex.join(replay)}")
-    verdict = report["verdict"]
-    anomalies = verdict["unknown"] or any(verdict[kind] for kind in ANOMALIES)
-    return EXIT_STALLED if verdict["stalled"] and not anomalies else EXIT_ANOMALIES
 
 
 def _echo(log: Path, stop: threading.Event) -> None:

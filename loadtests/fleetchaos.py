@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,94 +47,135 @@ def fleet_schedule(
     the standalone schedule's error rates, lost replicas and pauses; with real engines the
     layer is partitioned from them instead, and a PostgreSQL this run started crashes while
     it is the secondary side."""
-    d = duration_s
     a, b, c = (instances[n % len(instances)] for n in range(3))
-    skew = 0.9 * max_skew_ms
+    run = _FleetRun(duration_s, a, b, c, lease_s, 0.9 * max_skew_ms, fake_sides, restartable)
+    return [
+        ("walk",),  # the controller begins its plan now that the load runs
+        *run.into_dual_write(lagged),
+        *run.through_backfill(),
+        *run.into_shadow(),
+        *run.through_cutover(),
+    ]
 
-    def side_fault(side: str, family: str, share: float, **params: Any) -> list[Step]:
-        if fake_sides:
+
+@dataclass(frozen=True, slots=True)
+class _FleetRun:
+    """What `fleet_schedule` does in each phase, to instances a, b and c of a run of `d`
+    seconds (clock skews of `skew` ms)."""
+
+    d: float
+    a: str
+    b: str
+    c: str
+    lease_s: float
+    skew: float
+    fake_sides: bool
+    restartable: Sequence[str]
+
+    def side_fault(self, side: str, family: str, share: float, **params: Any) -> list[Step]:
+        """A fault of the fake sides for `share` of the run; against real engines, the layer
+        partitioned from the side as long."""
+        if self.fake_sides:
             node = {k: v for k, v in params.items() if k == "node"}
             return [
                 ("start", side, family, params),
-                ("wait", share * d),
+                ("wait", share * self.d),
                 ("stop", side, family, node),
             ]
         return [
             ("start", "layer", "partition", {"side": side}),
-            ("wait", share * d),
+            ("wait", share * self.d),
             ("stop", "layer", "partition", {"side": side}),
         ]
 
-    def pg_crash(side: str) -> list[Step]:
-        if side not in restartable:
+    def pg_crash(self, side: str) -> list[Step]:
+        """The PostgreSQL this run started on `side` crashed and restarted (nothing otherwise)."""
+        if side not in self.restartable:
             return []
         node = {"node": POSTGRES_NODE}
         return [
             ("start", side, "node-crash", node),
-            ("wait", 0.04 * d),
+            ("wait", 0.04 * self.d),
             ("stop", side, "node-crash", node),
         ]
 
-    steps: list[Step] = [
-        ("walk",),  # the controller begins its plan now that the load runs
-        # The late config: c hears nothing from before DUAL_WRITE until BACKFILL is out. Safe:
-        # its lease lapses, it refuses work, and the controller counts it out. Naive: it goes
-        # on writing old only while the backfill copies.
-        ("wait", 0.03 * d),
-        ("start", c, "config-lag", {"seconds": 0.6 * d}),
-        ("phase", "DUAL_WRITE"),
-        ("start", a, "partition", {"side": "new"}),
-        ("wait", 0.03 * d),
-        ("stop", a, "partition", {"side": "new"}),
-        ("start", b, "clock-skew", {"ms": skew}),
-    ]
-    steps += side_fault("new", "error-rate", 0.04, rate=0.3)
-    if fake_sides and "old" in lagged:
-        steps += [
-            ("start", "old", "visibility-lag", {}),
-            ("wait", 0.02 * d),
-            ("stop", "old", "visibility-lag", {}),
+    def into_dual_write(self, lagged: Sequence[str]) -> list[Step]:
+        """Up to DUAL_WRITE and in it: c's config late, a partitioned from new, b's clock ahead,
+        new failing (and old's visibility lag, new's PostgreSQL crashed)."""
+        d, a, b, c = self.d, self.a, self.b, self.c
+        steps: list[Step] = [
+            # The late config: c hears nothing from before DUAL_WRITE until BACKFILL is out.
+            # Safe: its lease lapses, it refuses work, and the controller counts it out. Naive:
+            # it goes on writing old only while the backfill copies.
+            ("wait", 0.03 * d),
+            ("start", c, "config-lag", {"seconds": 0.6 * d}),
+            ("phase", "DUAL_WRITE"),
+            ("start", a, "partition", {"side": "new"}),
+            ("wait", 0.03 * d),
+            ("stop", a, "partition", {"side": "new"}),
+            ("start", b, "clock-skew", {"ms": self.skew}),
         ]
-    steps += pg_crash("new")
-    steps += [("phase", "BACKFILL"), ("wait", 1.0), ("stop", c, "config-lag", {})]
-    if fake_sides:
-        steps += [("start", "old", "node-crash", {"node": "s1r1", "lose_data": True})]
-    steps += [
-        ("backfill", 0.3),
-        ("kill-control",),
-        ("kill-instance", a),
-        ("wait", 1.0),
-        ("restart-control",),
-        ("restart-instance", a),
-    ]
-    if fake_sides:
-        steps += [("stop", "old", "node-crash", {"node": "s1r1"})]
-    steps += [
-        ("pause-instance", b, lease_s + 2.0),
-        ("start", c, "latency", {"side": "old", "ms": 20}),
-        ("wait", 0.03 * d),
-        ("stop", c, "latency", {"side": "old"}),
-        ("phase", "SHADOW"),
-        ("config-store-restart", min(0.5 * lease_s, 3.0)),
-        ("start", a, "config-cut", {"seconds": lease_s + 1.5}),
-    ]
-    steps += side_fault("new", "error-rate", 0.04, rate=0.3)
-    steps += [
-        ("wait", lease_s + 2.0),
-        ("phase", "CUTOVER"),
-        ("start", b, "clock-skew", {"ms": -skew}),  # from +0.9 to -0.9 of the bound: a jump back
-    ]
-    steps += pg_crash("old")
-    steps += side_fault("new", "node-pause", 0.03, node="s0r1")
-    steps += [
-        ("start", a, "partition", {"side": "old"}),
-        ("wait", 0.03 * d),
-        ("stop", a, "partition", {"side": "old"}),
-        ("roll",),
-        ("drained",),
-    ]
-    steps += side_fault("new", "error-rate", 0.03, rate=0.2)
-    return steps
+        steps += self.side_fault("new", "error-rate", 0.04, rate=0.3)
+        if self.fake_sides and "old" in lagged:
+            steps += [
+                ("start", "old", "visibility-lag", {}),
+                ("wait", 0.02 * d),
+                ("stop", "old", "visibility-lag", {}),
+            ]
+        return steps + self.pg_crash("new")
+
+    def through_backfill(self) -> list[Step]:
+        """BACKFILL: the controller and instance a SIGKILLed mid-copy, b SIGSTOPped past its
+        lease, c's reads of old slowed."""
+        a, b, c = self.a, self.b, self.c
+        steps: list[Step] = [("phase", "BACKFILL"), ("wait", 1.0), ("stop", c, "config-lag", {})]
+        if self.fake_sides:
+            steps += [("start", "old", "node-crash", {"node": "s1r1", "lose_data": True})]
+        steps += [
+            ("backfill", 0.3),
+            ("kill-control",),
+            ("kill-instance", a),
+            ("wait", 1.0),
+            ("restart-control",),
+            ("restart-instance", a),
+        ]
+        if self.fake_sides:
+            steps += [("stop", "old", "node-crash", {"node": "s1r1"})]
+        return steps + [
+            ("pause-instance", b, self.lease_s + 2.0),
+            ("start", c, "latency", {"side": "old", "ms": 20}),
+            ("wait", 0.03 * self.d),
+            ("stop", c, "latency", {"side": "old"}),
+        ]
+
+    def into_shadow(self) -> list[Step]:
+        """SHADOW: the config store restarted, instance a cut off from it past its lease."""
+        steps: list[Step] = [
+            ("phase", "SHADOW"),
+            ("config-store-restart", min(0.5 * self.lease_s, 3.0)),
+            ("start", self.a, "config-cut", {"seconds": self.lease_s + 1.5}),
+        ]
+        steps += self.side_fault("new", "error-rate", 0.04, rate=0.3)
+        return steps + [("wait", self.lease_s + 2.0)]
+
+    def through_cutover(self) -> list[Step]:
+        """CUTOVER: b's clock jumps back, old partitioned from a, a rolling restart."""
+        a = self.a
+        steps: list[Step] = [
+            ("phase", "CUTOVER"),
+            # from +0.9 to -0.9 of the bound: a jump back
+            ("start", self.b, "clock-skew", {"ms": -self.skew}),
+        ]
+        steps += self.pg_crash("old")
+        steps += self.side_fault("new", "node-pause", 0.03, node="s0r1")
+        steps += [
+            ("start", a, "partition", {"side": "old"}),
+            ("wait", 0.03 * self.d),
+            ("stop", a, "partition", {"side": "old"}),
+            ("roll",),
+            ("drained",),
+        ]
+        return steps + self.side_fault("new", "error-rate", 0.03, rate=0.2)
 
 
 def schedule_for_fleet(plan: RunPlan, duration_s: float) -> list[Step]:

@@ -294,12 +294,7 @@ SWARM_FAMILIES: tuple[str, ...] = (
     "error-rate",
     "lost-ack",
     "index-rebuild",
-    "latency-spike",
-    "partition",
-    "app-instance-crash",
-    "late-config",
-    "clock-skew",
-    "backfill-worker-crash",
+    *DRIVER_FAULT_FAMILIES,
 )
 SWARM_CHOICES: tuple[str, ...] = (*SWARM_FAMILIES, "visibility-lag")
 """What `swarm.families` may name; visibility-lag (on new) only when new is declared lagged."""

@@ -201,6 +201,27 @@ def render_html(
 
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
+    """The report in the terminal: the checks, latency by phase, gate waits, then one line each
+    for the ops, the faults, the notes and the first operation errors."""
+    console.print(_checks_table(report))
+    console.print(_latency_table(report))
+    if report["gate_waits"]:
+        console.print(_gate_waits_table(report))
+    ops = ", ".join(
+        f"{f} {t['invoke']} ({', '.join(f'{k} {t[k]}' for k in ('ok', 'fail', 'info') if t[k])})"
+        for f, t in report["ops"].items()
+    )
+    console.print(f"ops: {ops}", highlight=False)
+    families = ", ".join(sorted({f["family"] for f in report["faults"]})) or "none"
+    console.print(f"faults: {len(report['faults'])} started ({families})", highlight=False)
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    for bug in report["driver_bugs"][:5]:
+        console.print(f"[yellow]operation error:[/yellow] {bug}", highlight=False)
+
+
+def _checks_table(report: dict[str, Any]) -> Table:
+    """Each anomaly count with its first example, recall, the backfill, phases and progress."""
     verdict = report["verdict"]
     table = Table(
         title=f"vecmig simulate {report['scenario']} --strategy {report['strategy']} "
@@ -242,8 +263,10 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         "[red]stalled[/red]" if stall else "[green]finished[/green]",
         escape(stall["description"]) if stall else "the plan reached its last step",
     )
-    console.print(table)
+    return table
 
+
+def _latency_table(report: dict[str, Any]) -> Table:
     lat = Table(title="latency by phase (ms, ok client ops)", title_justify="left")
     lat.add_column("phase")
     for head in ("reads p50", "reads p99", "writes p50", "writes p99"):
@@ -254,30 +277,20 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             p = v.get(kind) or {}
             cells += [_ms(p.get("p50")), _ms(p.get("p99"))]
         lat.add_row(phase, *cells)
-    console.print(lat)
+    return lat
 
-    if report["gate_waits"]:
-        waits = Table(title="gate waits (the reasons the gates gave)", title_justify="left")
-        waits.add_column("to")
-        waits.add_column("refusals", justify="right")
-        waits.add_column("when (s)", justify="right")
-        waits.add_column("reason (first wording)", overflow="fold")
-        for w in report["gate_waits"]:
-            waits.add_row(
-                w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"]
-            )
-        console.print(waits)
-    ops = ", ".join(
-        f"{f} {t['invoke']} ({', '.join(f'{k} {t[k]}' for k in ('ok', 'fail', 'info') if t[k])})"
-        for f, t in report["ops"].items()
-    )
-    console.print(f"ops: {ops}", highlight=False)
-    families = ", ".join(sorted({f["family"] for f in report["faults"]})) or "none"
-    console.print(f"faults: {len(report['faults'])} started ({families})", highlight=False)
-    for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False, markup=False)
-    for bug in report["driver_bugs"][:5]:
-        console.print(f"[yellow]operation error:[/yellow] {bug}", highlight=False)
+
+def _gate_waits_table(report: dict[str, Any]) -> Table:
+    waits = Table(title="gate waits (the reasons the gates gave)", title_justify="left")
+    waits.add_column("to")
+    waits.add_column("refusals", justify="right")
+    waits.add_column("when (s)", justify="right")
+    waits.add_column("reason (first wording)", overflow="fold")
+    for w in report["gate_waits"]:
+        waits.add_row(
+            w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"]
+        )
+    return waits
 
 
 def _ms(value: float | None) -> str:

@@ -151,8 +151,28 @@ MIRROR_WINDOW_LIMIT = 4096
 """The most recent mirrored reads `MirrorStats` keeps one by one (the gate's window is smaller)."""
 
 
+class MirrorRates:
+    """The rates the CUTOVER gate reads, the same over a window of mirrored reads
+    (`MirrorWindow`) as over all of them (`MirrorStats`)."""
+
+    __slots__ = ()
+    compared: int
+    discrepancies: int
+    old_strays: int
+    recall_samples: int
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.discrepancies / self.compared if self.compared else 0.0
+
+    @property
+    def live_noise_rate(self) -> float | None:
+        """How often old itself strays on the mirrored queries (None without exact answers)."""
+        return self.old_strays / self.recall_samples if self.recall_samples else None
+
+
 @dataclass(frozen=True, slots=True)
-class MirrorWindow:
+class MirrorWindow(MirrorRates):
     """The figures of the last `compared` mirrored reads, which the CUTOVER gate judges."""
 
     compared: int
@@ -163,20 +183,12 @@ class MirrorWindow:
     """Sum of new's recall minus old's, over the reads that had an exact answer."""
 
     @property
-    def mismatch_rate(self) -> float:
-        return self.discrepancies / self.compared if self.compared else 0.0
-
-    @property
-    def live_noise_rate(self) -> float | None:
-        return self.old_strays / self.recall_samples if self.recall_samples else None
-
-    @property
     def recall_parity(self) -> float | None:
         return self.recall_gap_sum / self.recall_samples if self.recall_samples else None
 
 
 @dataclass(slots=True)
-class MirrorStats:
+class MirrorStats(MirrorRates):
     """Running figures of the mirrored reads, which the CUTOVER gate reads."""
 
     compared: int = 0
@@ -238,15 +250,6 @@ class MirrorStats:
             recall_samples=len(gaps),
             recall_gap_sum=sum(gaps),
         )
-
-    @property
-    def mismatch_rate(self) -> float:
-        return self.discrepancies / self.compared if self.compared else 0.0
-
-    @property
-    def live_noise_rate(self) -> float | None:
-        """How often old itself strays on the mirrored queries (None without exact answers)."""
-        return self.old_strays / self.recall_samples if self.recall_samples else None
 
     @property
     def recall_parity(self) -> float | None:

@@ -53,6 +53,7 @@ from vecmig.harness.core.phases import (
     next_phase,
 )
 from vecmig.harness.core.requests import Operation, Outcome
+from vecmig.harness.core.state import MigrationState
 from vecmig.harness.core.strategy import Strategy
 from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
 from vecmig.harness.history.ops import Recorder
@@ -154,7 +155,35 @@ class Migration:
         # monotonic one. Either moves by the clock-skew fault.
         base = time.time_ns if self.fleet else time.monotonic_ns
         self.now: Callable[[], int] = lambda: base() + self.faults.clock_skew_ns
-        self.driver = LiveDriver(
+        self.driver = self._driver()
+        self.lease_ns = coordination.lease_ns if self.fleet else int(config.lease_s * SECOND)
+        margin_ns = self._lease_margin_ns()
+        state = self._resumed_state(store, coordination)
+        now = self.now()
+        self.started = now
+        self._join(state, coordination, now, margin_ns)
+        self.shared = Shared()
+        self.layer = self._layer()
+        self.backfill = self._backfill()
+        self.controller = Controller(
+            self.coordinator,
+            config.strategy,
+            self.backfill,
+            self.shared,
+            config.policy,
+            new_p99_ms=self._new_p99_ms,
+            lagged_sides=config.lagged,
+        )
+        self._link_fleet(coordination)
+        if state.phase is Phase.CUTOVER:
+            self.controller.cutover_at = now  # the soak starts again after a restart
+        self._open_bookkeeping()
+        self._read_counters()
+        self.update_gauges()
+
+    def _driver(self) -> LiveDriver:
+        config = self.config
+        return LiveDriver(
             self.sides,
             self.store,
             self.bulkheads,
@@ -168,7 +197,11 @@ class Migration:
             clock=self.now,
             store_calls=self._store_call if self._store_pool is not None else None,
         )
-        self.lease_ns = coordination.lease_ns if self.fleet else int(config.lease_s * SECOND)
+
+    def _lease_margin_ns(self) -> int:
+        """The instance's lease margin, once the lease is checked against it and the poll: a
+        `ValueError` names the rule a configuration breaks."""
+        config = self.config
         skew_ns = int(config.max_skew_s * SECOND)
         margin_ns = int((config.side_deadline_s + 0.1) * SECOND) + 2 * skew_ns
         if self.lease_ns <= 2 * margin_ns:
@@ -187,42 +220,41 @@ class Migration:
         )
         if broken:
             raise ValueError("; ".join(broken))
-        state = store.load()
+        return margin_ns
+
+    def _resumed_state(self, store: Any, coordination: Any) -> MigrationState:
+        """The state this process resumes from (a fleet's phase and epoch are the config
+        store's), also kept in `resumed_from` for the status page."""
+        state: MigrationState = store.load()
         if self.fleet:
             published = coordination.published
             state = replace(state, phase=published.phase, epoch=published.epoch)
-        now = self.now()
-        self.started = now
         self.resumed_from = {
             "phase": state.phase.value,
             "epoch": state.epoch,
             "checkpoint": _checkpoint_json(state.checkpoint),
             "repair_backlog": state.repair_backlog,
         }
+        return state
+
+    def _join(self, state: MigrationState, coordination: Any, now: int, margin_ns: int) -> None:
+        """The coordinator (a fleet's config store, or one of this process's own) and this
+        instance's view of it."""
         self.coordinator: Any = coordination or Coordinator(
             state.phase,
             state.epoch,
             lease_ns=self.lease_ns,
-            bind_leases=config.strategy.lease_epoch_binding,
+            bind_leases=self.config.strategy.lease_epoch_binding,
         )
         if not self.fleet:
-            self.coordinator.join(config.instance, now)
+            self.coordinator.join(self.config.instance, now)
         # A fleet instance holds no lease until it joined (`joined`); the controller none.
         expires = now + self.lease_ns if not self.fleet else now
-        self.view = InstanceView(config.instance, state.phase, state.epoch, expires, margin_ns)
+        self.view = InstanceView(self.config.instance, state.phase, state.epoch, expires, margin_ns)
         self._acked = Published(state.phase, state.epoch)
-        self.shared = Shared()
-        self.layer = self._layer()
-        self.backfill = self._backfill()
-        self.controller = Controller(
-            self.coordinator,
-            config.strategy,
-            self.backfill,
-            self.shared,
-            config.policy,
-            new_p99_ms=self._new_p99_ms,
-            lagged_sides=config.lagged,
-        )
+
+    def _link_fleet(self, coordination: Any) -> None:
+        """A fleet member's link to the config store: an instance's or the controller's."""
         self.instance_link: Any = None
         self.controller_link: Any = None
         self.plan: Plan | None = None
@@ -231,13 +263,16 @@ class Migration:
         if self.fleet:
             from .fleet import ControllerLink, InstanceLink
 
-            if config.role == "instance":
+            if self.config.role == "instance":
                 self.instance_link = InstanceLink(self, coordination)
             else:
                 self.controller_link = ControllerLink(self, coordination)
                 self.driver.on_event = self.controller_link.record_event
-        if state.phase is Phase.CUTOVER:
-            self.controller.cutover_at = now  # the soak starts again after a restart
+
+    def _open_bookkeeping(self) -> None:
+        """What this process keeps only in memory (and its op log), measured again after a
+        restart."""
+        config = self.config
         self.phase_changes: list[dict[str, Any]] = []
         self.step_lock = asyncio.Lock()
         self.in_flight: dict[int, int] = {}
@@ -258,8 +293,6 @@ class Migration:
         """Each side's last health check: ok, detail, since when (monotonic ns)."""
         self._stamped: dict[Side, int] = {}
         """The epoch each side's marker last carried (written by this process)."""
-        self._read_counters()
-        self.update_gauges()
 
     def _layer(self) -> MigrationLayer:
         config = self.config
