@@ -189,6 +189,9 @@ class Simulation:
             visibility_window_ns=int(s.migration.visibility_window_ms * MS),
             max_clock_skew_ns=int(s.instances.max_clock_skew_ms * MS),
             lease_margin_ns=int(s.instances.lease_margin_ms * MS),
+            # A write must be sent with at least a margin of its intent's hold left (see
+            # MigrationLayer._too_late_to_write): the hold outlasts a long margin too.
+            intent_hold_ns=max(5_000_000_000, 3 * int(s.instances.lease_margin_ms * MS)),
             mirror_sample_rate=s.migration.mirror_sample_rate,
         )
         self.driver = SimDriver(

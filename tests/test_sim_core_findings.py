@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vecmig.harness.clusters.base import Side, Timeout
 from vecmig.harness.core import requests as rq
-from vecmig.harness.core.layer import MigrationLayer
+from vecmig.harness.core.layer import MigrationLayer, Outcome
 from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.strategy import SAFE
 from vecmig.harness.drive.rig import Rig
@@ -137,3 +137,45 @@ def test_a_search_that_falls_back_to_old_drops_an_id_whose_repair_it_cannot_chec
     rig.heal_and_finish()
     verdict = rig.verdict()
     assert verdict.stale_reads == 0, verdict.to_json()
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by the zoo's state machine: a write whose intent took longer to note than its hold.
+
+
+def _dual_write_stuck_on_its_intent(*, seconds: int, renew: bool) -> tuple[Rig, Outcome]:
+    """DUAL_WRITE: `app` upserts p000001; the state store takes `seconds` to answer the note
+    of the write's intent for new (store requests have no deadline of their own), longer than
+    the intent's hold (5 s); with `renew` the instance keeps renewing its lease (10 s)
+    meanwhile."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    rig.sync_all()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    assert app.view.phase is Phase.DUAL_WRITE
+    write = rig.driver.start(app.upsert(rig.record("p000001", 2)))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
+    for _ in range(seconds):
+        rig.driver.advance_time(1_000_000_000)
+        if renew:
+            rig.sync("app")
+    return rig, rig.driver.run(write)
+
+
+def test_a_write_whose_intent_was_noted_after_its_lease_lapsed_writes_nothing() -> None:
+    rig, outcome = _dual_write_stuck_on_its_intent(seconds=11, renew=False)
+    assert outcome.type == "fail" and outcome.notes == {"refused": "lease"}, outcome
+    assert rig.old.get(["p000001"])["p000001"].version == 1
+    assert not rig.store.pending_for([("p000001", Side.NEW)])  # the intent is withdrawn
+
+
+def test_a_write_whose_intent_hold_ran_out_before_it_was_sent_writes_nothing() -> None:
+    """Were it sent now, the repair worker might already have taken the intent (copying
+    old's version 1 to new), and an instance dying after the primary write would leave old
+    at 2 and new at 1 with nothing to repair them: the divergence the zoo found."""
+    rig, outcome = _dual_write_stuck_on_its_intent(seconds=6, renew=True)
+    assert outcome.type == "fail" and outcome.notes == {"refused": "intent-hold"}, outcome
+    assert rig.old.get(["p000001"])["p000001"].version == 1
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()

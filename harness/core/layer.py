@@ -226,11 +226,18 @@ class MigrationLayer:
         landed: list[tuple[Side, int]] = []
         notes: dict[str, Any] = {}
         intent = yield from self._intent(item, route)
+        if intent is not None:
+            late = yield from self._too_late_to_write(*intent)
+            if late is not None:
+                return Outcome("fail", value, error=late.error, notes=late.notes)
+            intent_id: int | None = intent[0]
+        else:
+            intent_id = None
         try:
             applied = yield _write_request(route.primary, item, fenced)
         except (Unavailable, InvalidRequest) as exc:
-            if intent is not None:
-                yield ClearIntent(intent)
+            if intent_id is not None:
+                yield ClearIntent(intent_id)
             return Outcome("fail", value, error=f"{route.primary.value}: {exc}")
         except Timeout as exc:
             # It may land yet: the secondary is repaired to whatever the primary ends up with
@@ -238,8 +245,8 @@ class MigrationLayer:
             # so the entry is indeterminate.
             if route.secondary is not None and self.strategy.repair_on_timeout:
                 yield AddRepairs((RepairEntry(item.id, route.secondary, indeterminate=True),))
-            if intent is not None:
-                yield ClearIntent(intent)
+            if intent_id is not None:
+                yield ClearIntent(intent_id)
             yield from self._landed(route.primary, item, None, landed)
             yield from self._note_recent(landed, item)
             return Outcome("info", value, error=f"{route.primary.value}: {exc}")
@@ -248,8 +255,8 @@ class MigrationLayer:
         yield from self._landed(route.primary, item, applied, landed)
         if route.secondary is not None:
             yield from self._write_secondary(item, route.secondary, fenced, landed, notes)
-            if intent is not None:
-                yield ClearIntent(intent)
+            if intent_id is not None:
+                yield ClearIntent(intent_id)
         yield from self._note_recent(landed, item)
         return Outcome("ok", value, notes=notes)
 
@@ -278,7 +285,7 @@ class MigrationLayer:
         else:
             yield from self._landed(side, item, applied, landed)
 
-    def _intent(self, item: Record | Tombstone, route: Route) -> Sub[int | None]:
+    def _intent(self, item: Record | Tombstone, route: Route) -> Sub[tuple[int, int] | None]:
         """Before a write to two sides, note the intent to write the secondary, held for as
         long as the write may take: write-ahead, so that an instance dying between the primary
         and the secondary write leaves a durable note behind, which the repair worker takes
@@ -288,8 +295,33 @@ class MigrationLayer:
         if route.secondary is None or not self.strategy.write_intents:
             return None
         now = yield Now()
-        intent: int = yield AddIntent(item.id, route.secondary, now + self.config.intent_hold_ns)
-        return intent
+        hold_until = now + self.config.intent_hold_ns
+        intent: int = yield AddIntent(item.id, route.secondary, hold_until)
+        return intent, hold_until
+
+    def _too_late_to_write(self, intent: int, hold_until: int) -> Sub[Outcome | None]:
+        """After the intent is noted and before anything is written: the state store may have
+        taken its time (its requests have no deadline of their own). If the instance's lease
+        lapsed meanwhile, the coordinator may have counted it out; if so little of the
+        intent's hold is left that the primary write could land after it ends (a request
+        timeout and twice the skew bound: the lease margin), the repair worker may already
+        have taken the intent, copied the primary's older version and cleared it, and an
+        instance that died after this primary write would leave the sides apart with nothing
+        to repair them (the zoo's state machine found that run). Either way, nothing has been
+        written yet: the intent is withdrawn and the write fails."""
+        refused = yield from self._refuse_if_lease_expired()
+        now = yield Now()
+        if refused is None and now < hold_until - self.config.lease_margin_ns:
+            return None
+        yield ClearIntent(intent)
+        if refused is not None:
+            return refused
+        return Outcome(
+            "fail",
+            error=f"instance {self.view.name} noted the intent of this write too late to make "
+            f"it within the intent's hold (until {hold_until}); nothing was written",
+            notes={"refused": "intent-hold"},
+        )
 
     def _landed(
         self,
