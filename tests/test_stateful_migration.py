@@ -14,6 +14,8 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from vecmig.harness.clusters.base import ClusterPort, Metric, Side
 from vecmig.harness.core import requests as rq
+from vecmig.harness.core.layer import MigrationLayer
+from vecmig.harness.core.phases import Published
 from vecmig.harness.core.strategy import NAIVE
 from vecmig.harness.testing.machine import DIM, MigrationMachine
 from vecmig.harness.testing.shrink import search
@@ -184,6 +186,100 @@ def test_replay_a_write_clearing_its_intent_leaves_another_writes_repair() -> No
     )
     state.finish(op=ops_0)
     state.teardown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bugs no test caught (issue 11): each replay passes on the safe layer and fails with the bug
+# planted, or with the protection against it switched off (`vecmig zoo` runs every such
+# ablation through the machine).
+
+
+def newest_epoch_acknowledgement(self: MigrationLayer, now: int | None = None) -> Published:
+    """The planted bug: an instance acknowledges the *newest* epoch among its operations in
+    flight instead of the oldest."""
+    current = Published(self.view.phase, self.view.epoch)
+    running = [(epoch, phase) for epoch, phase, _ in self._in_flight.values()]
+    if not running:
+        return current
+    epoch, phase = max(running)
+    return Published(phase, epoch) if epoch < current.epoch else current
+
+
+def a_busy_instance_keeps_a_write_from_old_only_in_flight(machine: type[MigrationMachine]) -> None:
+    state = machine()
+    state.start_in(start="OLD_ONLY", batches=0)
+    ops_0 = state.upsert(fail=None, instance="a", interleaved=True, record_id="p000000")
+    state.progress(phases=4, busy=("a", "p000001"))
+    state.finish(op=ops_0)
+    state.let_time_pass(ms=1)
+    state.get(fail=None, instance="b", interleaved=False, record_id="p000000")
+    state.teardown()
+
+
+def test_replay_a_busy_instance_acknowledges_the_oldest_epoch_it_still_runs() -> None:
+    """Instance a starts an upsert in OLD_ONLY (route: old only) and keeps it in flight while,
+    busy as app instances are, it starts a write under every phase it learns after that: it
+    runs operations from several epochs at once. It must acknowledge the oldest, so the
+    migration waits for the OLD_ONLY upsert; acknowledging the newest lets the controller
+    step to CUTOVER past it, and when it lands on old only, new serves the older version."""
+    a_busy_instance_keeps_a_write_from_old_only_in_flight(MigrationMachine)
+
+
+@pytest.mark.parametrize("bug", ["newest-epoch-ack", "safe-without:oldest-epoch-ack"])
+def test_a_busy_instance_acknowledging_a_newer_epoch_serves_a_stale_read(
+    bug: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = MigrationMachine
+    if bug == "newest-epoch-ack":
+        monkeypatch.setattr(MigrationLayer, "acknowledgement", newest_epoch_acknowledgement)
+    else:
+        machine = MigrationMachine.ablated("oldest-epoch-ack")
+    with pytest.raises(AssertionError, match="stale_reads"):
+        a_busy_instance_keeps_a_write_from_old_only_in_flight(machine)
+
+
+def a_write_to_old_times_out_in_cutover_then_rollback(machine: type[MigrationMachine]) -> None:
+    state = machine()
+    state.start_in(start="CUTOVER", batches=0)
+    state.upsert(fail=(2, "timeout"), instance="a", interleaved=False, record_id="p000000")
+    state.phase_step(step="rollback", interleaved=False)
+    state.let_time_pass(ms=1_000)
+    state.get(fail=None, instance="a", interleaved=False, record_id="p000000")
+    state.teardown()
+
+
+def test_replay_a_secondary_write_that_timed_out_is_repaired_before_a_rollback_reads_it() -> None:
+    """In CUTOVER an upsert lands on new (the primary) and its write to old (the secondary)
+    times out. The write was acknowledged, so old must be repaired: ROLLBACK makes old the
+    read side again, and a read of that id there returned the older version when a timeout,
+    unlike a refusal, queued no repair."""
+    a_write_to_old_times_out_in_cutover_then_rollback(MigrationMachine)
+
+
+def test_a_secondary_write_that_timed_out_unrepaired_serves_a_stale_read_after_rollback() -> None:
+    with pytest.raises(AssertionError, match="stale_reads"):
+        a_write_to_old_times_out_in_cutover_then_rollback(
+            MigrationMachine.ablated("repair-on-timeout")
+        )
+
+
+def a_primary_write_times_out_after_landing(machine: type[MigrationMachine]) -> None:
+    state = machine()
+    state.start_in(start="SHADOW", batches=0)
+    state.delete(
+        fail=(1, "timeout-after-write"), instance="a", interleaved=False, record_id="p000000"
+    )
+    state.teardown()
+
+
+def test_replay_a_primary_write_that_timed_out_after_landing_is_repaired_on_the_secondary() -> None:
+    """Found by `vecmig zoo` (the machine on safe-without:repair-on-timeout): in SHADOW a
+    delete lands on old (the primary) but its answer times out, so it is never written to new.
+    A timed-out primary may have landed, so the layer queues a repair of the secondary to
+    whatever the primary ends up with; without it the sides diverge."""
+    a_primary_write_times_out_after_landing(MigrationMachine)
+    with pytest.raises(AssertionError, match="divergence"):
+        a_primary_write_times_out_after_landing(MigrationMachine.ablated("repair-on-timeout"))
 
 
 # ---------------------------------------------------------------------------------------------

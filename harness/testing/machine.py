@@ -97,6 +97,7 @@ INSTANCES = ("a", "b", "c")
 FIRST_INSTANCES = ("a", "b")
 STARTS = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")
 READS = frozenset({"get", "search"})
+BACKGROUND = ("controller", "backfill", "repair")
 ERRORS = ("unavailable", "timeout", "timeout-after-write")
 """How an injected request failure looks: refused (certainly no effect), no answer in time
 (no effect), or no answer in time although the side applied it."""
@@ -511,19 +512,33 @@ class MigrationMachine(RuleBasedStateMachine):
         attempt = self.rig.controller.attempt(wanted, Plan())
         return self._launch(attempt, Flight("controller"), interleaved)
 
-    @rule(phases=st.integers(1, 4))
+    @rule(
+        target=ops,
+        phases=st.integers(1, 4),
+        busy=st.none() | st.tuples(instances, st.sampled_from(IDS)),
+    )
     @checked
-    def progress(self, phases: int) -> None:
+    def progress(self, phases: int, busy: tuple[str, str] | None = None) -> Any:
         """The controller's loop, up to `phases` turns: instances that are not lagging poll the
         config store, the backfill copies to its end, the repair log drains, and the controller
-        tries to advance. Operations in flight stay in flight."""
-        busy = ("controller", "backfill", "repair")
+        tries to advance. Operations in flight stay in flight.
+
+        `busy=(instance, id)`: that instance is a busy one, as app instances are: each time it
+        learns a phase it starts another write of `id` under it before its older operations
+        return (and polls again before the controller looks), so that it runs operations from
+        several epochs at once, all left in flight."""
+        started: list[int] = []
         for _ in range(phases):
-            if any(self._in_flight(kind) for kind in busy) or not self._may_step(Step.ADVANCE):
-                return
+            if any(self._in_flight(kind) for kind in BACKGROUND) or not self._may_step(
+                Step.ADVANCE
+            ):
+                break
             for name in sorted(self.rig.instances):
                 if name not in self.lagging:
                     self.poll(name)
+            if busy is not None and (write := self._busy_write(*busy)):
+                started.append(write)
+                self.poll(busy[0])  # it acknowledges again before the controller looks
             if self.rig.coordinator.published.phase is Phase.BACKFILL:
                 for _ in range(RECORDS):
                     batch = self._start(
@@ -539,7 +554,21 @@ class MigrationMachine(RuleBasedStateMachine):
                 self._run(self._start(self._repair_pass(), Flight("repair")))
             attempt = self.rig.controller.attempt(Step.ADVANCE, Plan())
             if self._run(self._start(attempt, Flight("controller"))).type != "ok":
-                return
+                break
+        return multiple(*started)
+
+    def _busy_write(self, instance: str, record_id: str) -> int | None:
+        """A write of `record_id` by `instance`, left in flight, if the instance learned a
+        phase that none of its operations in flight runs under yet."""
+        layer = self._client(instance, reads=False)
+        if layer is None or any(
+            self.flights[h].instance == instance and self.flights[h].epoch == layer.view.epoch
+            for h in self.driver.in_flight
+        ):
+            return None
+        record = self.rig.record(record_id, self._next_version(record_id))
+        flight = Flight("upsert", instance, layer.view.phase, layer.view.epoch)
+        return self._start(layer.upsert(record), flight)
 
     def _may_step(self, step: Step) -> bool:
         published = self.rig.coordinator.published.phase
