@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vecmig.harness.service.command",
     "vecmig.loadtests.command",
     "vecmig.sim.command",
+    "vecmig.harness.zoo.command",
 )
 
 DESCRIPTION = """\
