@@ -74,7 +74,8 @@ def main() -> None:
     print(f"raw hnswlib add_items      {n / raw:10.0f} records/s")
     print(f"safe backfill -> 1x1 fake  {n / one:10.0f} records/s   ratio {raw / one:.2f}x raw")
     print(
-        f"safe backfill -> 2x2 fake  {n / four:10.0f} records/s   ratio {raw / four:.2f}x raw (4 graphs)"
+        f"safe backfill -> 2x2 fake  {n / four:10.0f} records/s   "
+        f"ratio {raw / four:.2f}x raw (4 graphs)"
     )
 
 

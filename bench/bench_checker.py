@@ -5,6 +5,9 @@ Not a test. Run: `python bench/bench_checker.py [--ops N] [--seed S]`.
 The history is what a healthy run looks like: a loaded catalog, many concurrent processes
 (each with one op in flight), gets, searches with their exact top-k, upserts and deletes, a
 few indeterminate writes, phases up to CUTOVER, fault start/stop events and agreeing finals.
+Writes carry the fields filters use (category, in_stock, price) and two thirds of the
+searches are filtered, every hit matching; `--no-fields` writes a history without fields
+(as before the history carried them), whose filtered hits the checker cannot judge.
 """
 
 from __future__ import annotations
@@ -19,24 +22,47 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vecmig.harness.history import ops  # noqa: E402
-from vecmig.harness.history.checker import check  # noqa: E402
-from vecmig.harness.history.command import read_history  # noqa: E402
-from vecmig.harness.history.ops import Event, Recorder  # noqa: E402
+from vecmig.harness.history import ops
+from vecmig.harness.history.checker import check
+from vecmig.harness.history.command import read_history
+from vecmig.harness.history.ops import Event, Recorder
 
 PHASES = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER")
 
 
-def generate(n_ops: int, seed: int, n_ids: int = 100_000, n_processes: int = 256) -> list[Event]:
+def generate(  # noqa: C901 - a synthetic history, one branch per kind of op; a benchmark
+    n_ops: int,
+    seed: int,
+    n_ids: int = 100_000,
+    n_processes: int = 256,
+    n_categories: int = 20,
+    with_fields: bool = True,
+) -> list[Event]:
     """A realistic history of `n_ops` client ops, in (time, index) order."""
     rng = random.Random(seed)
     rec = Recorder()
     ids = [f"p{i}" for i in range(n_ids)]
+    by_category = [ids[c::n_categories] for c in range(n_categories)]
     state = dict.fromkeys(ids, 1)  # what a read sees: the state at its completion
     tombstones: dict[str, int] = {}
+
+    def fields_for(i: int) -> dict[str, object]:
+        category = i % n_categories
+        return {
+            "category": category,
+            "in_stock": rng.random() < 0.8,
+            "price": rng.randrange(100, 50_000) / 100,
+        }
+
+    # The fields of each id's live version, and their id's position for its category.
+    current = {id_: fields_for(i) for i, id_ in enumerate(ids)}
+    position = {id_: i for i, id_ in enumerate(ids)}
     version = 1
     now = 0
-    rec.ok(ops.LOADER, "load", {"records": dict(state)}, now)
+    load: dict[str, object] = {"records": dict(state)}
+    if with_fields:
+        load["fields"] = dict(current)
+    rec.ok(ops.LOADER, "load", load, now)
     # Each process has one op in flight: heap of (completion time, process).
     inflight: dict[int, tuple[str, dict[str, object], str]] = {}
     heap: list[tuple[int, int]] = []
@@ -52,11 +78,18 @@ def generate(n_ops: int, seed: int, n_ids: int = 100_000, n_processes: int = 256
         if roll < 0.50:
             f, value = "get", {"id": id_}
         elif roll < 0.75:
-            f, value = "search", {"k": 10, "filter": {"category": rng.randrange(20)}}
+            f, value = "search", {"k": 10}
+            kind = rng.randrange(3)
+            if kind == 0:
+                value["filter"] = {"category": rng.randrange(n_categories)}
+            elif kind == 1:
+                value["filter"] = {"in_stock": True}
         else:
             version += 1
             f = "upsert" if roll < 0.95 else "delete"
             value = {"id": id_, "version": version}
+            if f == "upsert" and with_fields:
+                value["fields"] = fields_for(position[id_])
         outcome = "info" if f in ("upsert", "delete") and rng.random() < 0.002 else "ok"
         inflight[process] = (f, value, outcome)
         rec.invoke(process, f, value, at)
@@ -74,7 +107,11 @@ def generate(n_ops: int, seed: int, n_ids: int = 100_000, n_processes: int = 256
         if f == "get":
             rec.ok(process, f, {"id": value["id"], "version": state.get(str(value["id"]))}, at)
         elif f == "search":
-            sample = rng.sample(ids, 12)
+            wanted = value.get("filter") or {}
+            pool = by_category[wanted["category"]] if "category" in wanted else ids
+            sample = rng.sample(pool, 12 if "in_stock" not in wanted else 24)
+            if "in_stock" in wanted:  # hits match the filter under the version returned
+                sample = [i for i in sample if i in state and current[i]["in_stock"]][:12]
             rows = [[i, state[i], round(rng.random(), 6)] for i in sample[:10] if i in state]
             exact = [i for i in sample[2:] if i in state][:10]
             rec.ok(process, f, {"results": rows, "exact": exact}, at)
@@ -86,6 +123,7 @@ def generate(n_ops: int, seed: int, n_ids: int = 100_000, n_processes: int = 256
             if (outcome == "ok" or rng.random() < 0.5) and written > newest:
                 if f == "upsert":
                     state[id_] = written
+                    current[id_] = value.get("fields") or current[id_]
                 else:
                     state.pop(id_, None)
                     tombstones[id_] = written
@@ -116,12 +154,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ops", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-fields", action="store_true", help="writes carry no fields (an older history)"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
-    events = generate(args.ops, args.seed)
+    events = generate(args.ops, args.seed, with_fields=not args.no_fields)
     print(
-        f"generated {args.ops:,} ops = {len(events):,} events in {time.perf_counter() - started:.1f}s"
+        f"generated {args.ops:,} ops = {len(events):,} events "
+        f"in {time.perf_counter() - started:.1f}s"
     )
 
     started = time.perf_counter()
@@ -143,7 +185,8 @@ def main() -> None:
         check_took = time.perf_counter() - started
     print(
         f"read JSONL ({size / 1e6:.0f} MB): {read_took:.2f}s, {args.ops / read_took:,.0f} ops/s; "
-        f"then check: {check_took:.2f}s; file to verdict {args.ops / (read_took + check_took):,.0f} ops/s"
+        f"then check: {check_took:.2f}s; "
+        f"file to verdict {args.ops / (read_took + check_took):,.0f} ops/s"
     )
 
 

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vecmig.harness.catalog import Catalog  # noqa: E402
-from vecmig.harness.clusters.base import Record  # noqa: E402
-from vecmig.harness.clusters.fake import FakeCluster  # noqa: E402
+from vecmig.harness.catalog import Catalog
+from vecmig.harness.clusters.base import Record
+from vecmig.harness.clusters.fake import FakeCluster
 
 
 def _index(dim: int, capacity: int) -> hnswlib.Index:

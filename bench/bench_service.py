@@ -27,6 +27,7 @@ to hit), so that the request mix is written once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -179,15 +180,16 @@ def locust(
     ]
     before = {name: cpu_seconds(pid) for name, pid in servers.items()}
     locust_before = children_cpu_seconds()
-    subprocess.run(
-        argv,
-        env=run_env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / f"{name}.log", "w"),
-        check=False,
-        timeout=seconds + 60,
-    )
+    with open(workdir / f"{name}.log", "w") as log:
+        subprocess.run(
+            argv,
+            env=run_env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            check=False,
+            timeout=seconds + 60,
+        )
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in servers.items()}
     cpu["locust"] = children_cpu_seconds() - locust_before
     import csv
@@ -248,14 +250,15 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
     servers: dict[str, int] = {}
 
     def start(name: str, argv: list[str]) -> None:
-        process = subprocess.Popen(
-            [*pin_servers, *argv],
-            stdout=open(workdir / f"{name}.log", "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=server_env,
-            cwd=code,
-        )
+        with open(workdir / f"{name}.log", "w") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [*pin_servers, *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=server_env,
+                cwd=code,
+            )
         groups.append(process.pid)
         servers[name] = process.pid
 
@@ -298,6 +301,9 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
                 str(args.dim),
                 "--state",
                 str(workdir / "state.sqlite"),
+                "--init",
+                "--version-unit",
+                "ns",  # the users' versions are time.time_ns()
                 "--port",
                 str(ports["service"]),
                 "--min-mirrored-reads",
@@ -321,7 +327,8 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
             while admin.get("/admin/status").json()["phase"] != target:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"could not reach {target}: {admin.get('/admin/status').json()['last_gate']}"
+                        f"could not reach {target}: "
+                        f"{admin.get('/admin/status').json()['last_gate']}"
                     )
                 admin.post("/admin/advance")
                 time.sleep(0.3)
@@ -368,10 +375,8 @@ def run_suite(args: Any, code: Path, hide_uvloop: bool, label: str) -> dict[str,
         return results
     finally:
         for group in groups:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:

@@ -163,8 +163,9 @@ def main() -> None:
     for name, bare in (("hnswlib", bare_hnswlib), ("fake cluster", bare_fake)):
         bare_wall, bare_cpu = bare(catalog, plan, args.seed)
         print(
-            f"bare SimPy + {name}: the same {len(plan)} ops in {bare_wall:.2f} s wall ({bare_cpu:.2f} s CPU); "
-            f"ratio simulator / bare: {bare_wall / wall:.2f} by wall time, {bare_cpu / cpu:.2f} by CPU time"
+            f"bare SimPy + {name}: the same {len(plan)} ops in {bare_wall:.2f} s wall "
+            f"({bare_cpu:.2f} s CPU); ratio simulator / bare: {bare_wall / wall:.2f} by wall "
+            f"time, {bare_cpu / cpu:.2f} by CPU time"
         )
 
 

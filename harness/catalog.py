@@ -98,6 +98,10 @@ class Catalog:
         """The generated products (the initial load), in id order."""
         return list(self._products)
 
+    def __contains__(self, record_id: object) -> bool:
+        """Whether `record_id` is one of the generated products or one made by new_product()."""
+        return record_id in self._category_of
+
     def category_of(self, record_id: str) -> int:
         try:
             return self._category_of[record_id]

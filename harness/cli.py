@@ -4,6 +4,8 @@ itself here through a `register(subparsers)` function.
 Exit codes, for every subcommand: 0 the verdict is valid, 1 anomalies were found (or the
 verdict is unknown), 2 bad input (a malformed history or scenario, an unknown option value),
 3 an internal error, 4 the run stalled (its plan stopped making progress) with no anomaly.
+A command whose optional libraries are not installed exits 2 with one line naming the extra
+to install (`vecmig.harness.extras`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from vecmig.harness.extras import as_missing_extra
 
 EXIT_VALID, EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STALLED = 0, 1, 2, 3, 4
 
@@ -45,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vecmig.harness.service.command",
     "vecmig.loadtests.command",
     "vecmig.sim.command",
+    "vecmig.sim.sweep",
     "vecmig.harness.zoo.command",
 )
 
@@ -59,7 +64,8 @@ failed, stale and garbage reads, lost writes, resurrected deletes and divergence
 """
 
 EPILOG = """\
-exit codes: 0 valid, 1 anomalies found, 2 bad input, 3 internal error.
+exit codes: 0 valid, 1 anomalies found, 2 bad input (or a missing extra: the message says which
+to install), 3 internal error, 4 the run stalled.
 Run `vecmig COMMAND --help` for a command's options and examples.
 """
 
@@ -88,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vecmig: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        missing = as_missing_extra(exc, f"vecmig {args.command}")
+        if missing is None:
+            raise
+        print(missing, file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

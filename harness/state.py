@@ -1,13 +1,23 @@
 """Stores for the migration's durable state: in memory (tests, the simulator) and SQLite (the
 embedded default for the live service, which must resume exactly where it was after a kill).
+
+The service opens its SQLite state with `SQLiteStore.open`, which never creates one silently
+(a mistyped path used to start the migration over at OLD_ONLY), refuses a file that is not a
+vecmig state with `StateError` naming the path, and holds an exclusive lock on it for the life
+of the process, so that a second service on the same state refuses to start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
+import os
+import socket
 import sqlite3
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -104,11 +114,51 @@ class MemoryStore:
         return tuple(w for w in self._recent[side] if w.time >= since)
 
 
+class StateError(Exception):
+    """The state store cannot be used as asked: the message names the path and what to do."""
+
+
+class StateLock:
+    """An exclusive lock on a state file, held by one process at a time (`flock` on a file
+    beside it, released by the kernel when the process dies, SIGKILL included). The holder
+    writes who it is into the lock file, so that the refusal can name it."""
+
+    def __init__(self, path: str | Path, holder: str = "") -> None:
+        self.path = Path(f"{path}.lock")
+        try:
+            self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held till release
+        except OSError as exc:
+            raise StateError(f"cannot create the state lock {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            who = self._file.read().strip() or "another process"
+            self._file.close()
+            raise StateError(
+                f"the state {path} is in use by {who}; one service per state file (stop that "
+                "one first, or give this one a state of its own)"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()} ({holder}) since {since}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing lets go of the flock
+
+
 class SQLiteStore:
     """The state in one SQLite file (WAL mode). Safe to share between threads of one process."""
 
+    FORMAT = 1
     SCHEMA = """
-    CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT, epoch INTEGER);
+    CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), migration TEXT,
+        created INTEGER, format INTEGER);
+    CREATE TABLE IF NOT EXISTS phase (one INTEGER PRIMARY KEY CHECK (one = 1), phase TEXT,
+        epoch INTEGER);
     CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1),
         cursor TEXT, copied INTEGER, done INTEGER, attempt INTEGER NOT NULL DEFAULT -1);
     CREATE TABLE IF NOT EXISTS repairs (id TEXT, side TEXT, seq INTEGER,
@@ -140,10 +190,66 @@ class SQLiteStore:
                     f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT {default}"
                 )
         self._recent_keep_ns = recent_keep_ns
+        self.state_lock: StateLock | None = None
+        row = self._db.execute("SELECT migration FROM meta").fetchone()
+        if row is None:
+            self.migration_id = uuid.uuid4().hex
+            self._db.execute(
+                "INSERT INTO meta (one, migration, created, format) VALUES (1, ?, ?, ?)",
+                (self.migration_id, time.time_ns(), self.FORMAT),
+            )
+        else:
+            self.migration_id = str(row[0])
+
+    @classmethod
+    def open(cls, path: str | Path, *, init: bool = False, holder: str = "") -> SQLiteStore:
+        """The state at `path`, locked for this process. With `init`, a new migration's state
+        (refused if `path` already holds one); without, an existing one (refused if there is
+        none). Every refusal is a `StateError` naming the path."""
+        where = Path(path)
+        if where.is_dir():
+            raise StateError(f"the state path {where} is a directory; give a file path")
+        if not where.parent.is_dir():
+            raise StateError(f"the state's directory {where.parent} does not exist")
+        lock = StateLock(where, holder)
+        try:
+            store = cls._checked(where, init)
+        except BaseException:
+            lock.release()
+            raise
+        store.state_lock = lock
+        return store
+
+    @classmethod
+    def _checked(cls, where: Path, init: bool) -> SQLiteStore:
+        exists = where.exists()
+        size = where.stat().st_size if exists else 0
+        if not init and not exists:
+            raise StateError(
+                f"no migration state at {where}. To start a new migration there, pass --init; "
+                "to resume one, give the path of its state file"
+            )
+        if not init and size == 0:
+            raise StateError(f"the state file {where} is empty: not a vecmig state")
+        if init and size > 0:
+            raise StateError(
+                f"--init: {where} already exists and may hold a migration; drop --init to resume "
+                "it, or choose a new path"
+            )
+        if exists and not os.access(where, os.R_OK | os.W_OK):
+            raise StateError(f"the state file {where} is not readable and writable by this user")
+        try:
+            store = cls(where)
+            store.load()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot use the state file {where}: {exc}") from None
+        return store
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
 
     def load(self) -> MigrationState:
         with self._lock:
@@ -153,11 +259,14 @@ class SQLiteStore:
         return MigrationState(phase, epoch, self.load_checkpoint(), int(backlog))
 
     def save_phase(self, phase: Phase, epoch: int) -> None:
+        """Saved and checkpointed into the main file at once: a copy of the file taken without
+        its `-wal` file still holds the current phase (it used to resume one phase back)."""
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO phase (one, phase, epoch) VALUES (1, ?, ?)",
                 (phase.value, epoch),
             )
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def load_checkpoint(self) -> Checkpoint:
         with self._lock:

@@ -15,11 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from vecmig.harness.cli import (
     EXIT_ANOMALIES,
@@ -28,10 +26,14 @@ from vecmig.harness.cli import (
     EXIT_VALID,
     strategy_argument,
 )
+from vecmig.harness.clusters.registry import CLUSTER_TOKEN_ENV
+from vecmig.harness.extras import require
 from vecmig.harness.history.checker import ANOMALIES
 
-from .chaos import RunPlan
 from .sides import RunSide, is_cluster_server, is_in_process, refusal, start_side
+
+if TYPE_CHECKING:
+    from .chaos import RunPlan
 
 DESCRIPTION = """\
 Load-test a live migration end to end: start two sides (old, new: fake cluster servers unless
@@ -68,7 +70,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "loadtest",
-        help="run the service under Locust load and chaos against two cluster servers, and judge it",
+        help="run the service under Locust load and chaos against two sides, and judge it",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,37 +120,34 @@ class Processes:
     def start(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")
-        process = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        out.close()
+        with open(log, "ab") as out:  # the child keeps its own copy
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         self.groups.append(process.pid)
         return process
 
     def kill_all(self) -> None:
         groups = list(self.groups)
         for path in self.pid_files:  # a service the chaos controller restarted
-            try:
+            with suppress(OSError, ValueError):
                 groups.append(int(path.read_text().strip()))
-            except (OSError, ValueError):
-                pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in groups:
-                try:
+                with suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
             if sig == signal.SIGTERM:
                 time.sleep(0.5)
 
 
 def wait_healthy(url: str, deadline_s: float, what: str) -> None:
+    import httpx
+
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
@@ -161,6 +160,8 @@ def wait_healthy(url: str, deadline_s: float, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("service", "vecmig loadtest")
+    require("loadtest", "vecmig loadtest")
     if args.duration < 20 or args.users < 2 or args.catalog < 100:
         print(
             "vecmig loadtest: needs --duration >= 20, --users >= 2 and --catalog >= 100",
@@ -198,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
 def _start_sides(
     args: argparse.Namespace, logs: Path, processes: Processes, engines: ExitStack
 ) -> dict[str, RunSide]:
+    # The cluster servers this run starts take a token, and every process of the run (the
+    # loader, the service, Locust and its chaos controller) finds it in the environment.
+    os.environ.setdefault(CLUSTER_TOKEN_ENV, secrets.token_urlsafe(16))
     sides: dict[str, RunSide] = {}
     for offset, name in enumerate(("old", "new")):
         given = getattr(args, name)
@@ -254,6 +258,7 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 timeout=300,
+                check=False,
             )
         if done.returncode != 0:
             tail = log.read_text(errors="replace")[-1500:]
@@ -263,6 +268,8 @@ def _prepare(plan_path: Path, logs: Path, sides: dict[str, RunSide]) -> None:
 def _run(
     args: argparse.Namespace, out: Path, logs: Path, processes: Processes, engines: ExitStack
 ) -> int:
+    from .chaos import RunPlan
+
     python = sys.executable
     sides = _start_sides(args, logs, processes, engines)
     ports = {"service": free_port()}
@@ -313,6 +320,10 @@ def _run(
         ",".join(lagged),
         "--visibility-window-s",
         "10",
+        "--versions",
+        "client",
+        "--version-unit",
+        "ns",  # VersionClock: wall-clock microseconds times 1000, plus a slot
         "--log-level",
         "warning",
     ]
@@ -341,7 +352,7 @@ def _run(
     for name, side in sides.items():
         print(f"vecmig loadtest: {name} {side.url}: {side.describe()}", flush=True)
     _prepare(plan_path, logs, sides)
-    processes.start(service_argv, logs / "service.log", env=env)
+    processes.start([*service_argv, "--init"], logs / "service.log", env=env)
     wait_healthy(urls["service"] + "/health", 60, "the migration service")
     locustfile = Path(__file__).with_name("locustfile.py")
     locust_argv = [
@@ -392,7 +403,7 @@ def _run(
         raise RuntimeError(f"Locust exited {code} without a verdict")
     report = json.loads(report_path.read_text())
     _summary(report, out)
-    if report["valid"]:
+    if report["verdict"]["valid"]:
         return EXIT_VALID
     replay = [
         "vecmig",
@@ -438,6 +449,8 @@ def _echo(log: Path, stop: threading.Event) -> None:
 
 
 def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
+    import httpx
+
     client = httpx.Client(headers={"Authorization": f"Bearer {plan.admin_token}"}, timeout=2.0)
     while not stop.wait(5.0):
         elapsed = time.monotonic() - started
@@ -456,14 +469,17 @@ def _progress(plan: RunPlan, stop: threading.Event, started: float) -> None:
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:
-    ops = ", ".join(f"{f} {n}" for f, n in sorted(report.get("ops", {}).items()))
-    phases = " -> ".join(p["phase"] for p in report.get("phases", [])) or "OLD_ONLY"
+    verdict = report["verdict"]
+    ops = ", ".join(f"{f} {counts['invoke']}" for f, counts in report["ops"].items())
+    phases = " -> ".join(p["phase"] for p in report["phases"]) or "OLD_ONLY"
     print(f"phases: {phases}")
-    print(f"ops: {ops}; faults: {len(report.get('faults', []))} events")
+    print(f"ops: {ops}; faults: {len(report['faults'])}")
     for kind in ANOMALIES:
-        print(f"  {kind.replace('_', ' '):<20} {report[kind]}")
-    for kind, examples in report.get("examples", {}).items():
+        print(f"  {kind.replace('_', ' '):<20} {verdict[kind]}")
+    for kind, examples in report["examples"].items():
         if examples:
             print(f"  first {kind.replace('_', ' ')}: {json.dumps(examples[0])[:300]}")
-    verdict = "valid" if report["valid"] else ("unknown" if report.get("unknown") else "ANOMALIES")
-    print(f"verdict: {verdict}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")
+    if verdict["stall"]:
+        print(f"  stalled: {verdict['stall']['description']}")
+    word = "valid" if verdict["valid"] else ("unknown" if verdict["unknown"] else "ANOMALIES")
+    print(f"verdict: {word}  (report {out / 'report.json'}, history {out / 'history.jsonl'})")

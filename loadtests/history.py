@@ -14,7 +14,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from vecmig.harness.history.ops import (
     merge,
     write_jsonl,
 )
+from vecmig.harness.history.report import build as build_report
 
 PART_GLOB = "part-*.jsonl"
 
@@ -42,7 +42,7 @@ class ProcessHistory:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name or f"{os.getpid()}"
         self.path = self.directory / f"part-{self.name}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - close()
         self.recorder = Recorder(self._file, keep=False)
 
     @staticmethod
@@ -83,14 +83,9 @@ def collect(directory: str | Path) -> list[Event]:
     return merge(list(iter_jsonl(p)) for p in parts)
 
 
-def phases_and_faults(events: Iterable[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    phases = [{"time": e.time, **e.value} for e in events if e.f == "phase"]
-    faults = [{"time": e.time, **e.value} for e in events if e.f == "fault"]
-    return phases, faults
-
-
-def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, Any]]:
-    """Merge the parts, write `out`/history.jsonl and `out`/report.json, return the verdict."""
+def judge(directory: str | Path, out: str | Path, **run: Any) -> tuple[Verdict, dict[str, Any]]:
+    """Merge the parts, write `out`/history.jsonl and `out`/report.json (the report every
+    engine writes, with the run's settings `run`), return the verdict and the report."""
     events = collect(directory)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,13 +94,7 @@ def judge(directory: str | Path, out: str | Path) -> tuple[Verdict, dict[str, An
         verdict = check_safely(events, source=str(out / "history.jsonl"))
     except MalformedHistory as exc:  # our own recording is wrong: say so, never "valid"
         verdict = Verdict(valid=False, unknown=True, notes=[f"the history is malformed: {exc}"])
-    phases, faults = phases_and_faults(events)
-    report = {
-        **verdict.to_json(),
-        "phases": phases,
-        "faults": faults,
-        "events": len(events),
-    }
+    report = build_report("loadtest", verdict, events, **run)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return verdict, report
 
@@ -120,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m vecmig.loadtests.history PARTS_DIR [OUT_DIR]", file=sys.stderr)
         return 2
     verdict, report = judge(args[0], args[1] if len(args) == 2 else args[0])
-    print(json.dumps({k: report[k] for k in ("valid", *verdict.counts(), "ops")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("verdict", "ops")}, indent=2))
     return 0 if verdict.valid else 1
 
 

@@ -1,5 +1,6 @@
 """Locust users for the live migration service: shoppers who view products and ask for similar
-ones, merchants who change prices and stock, re-embed, add and delist products. Every request
+ones, merchants who change prices and stock, re-embed, add, delist and list again products
+(a delete, then a re-insert of the same id). Every request
 is recorded in the shared history format; a chaos controller walks the phases and injects
 faults from the master (or the only) Locust process, and the same checker judges the run.
 
@@ -18,12 +19,13 @@ history process.
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 import numpy as np
@@ -32,11 +34,12 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from vecmig.harness.catalog import product_id
+from vecmig.harness.history.ops import EventType
 from vecmig.loadtests.chaos import Chaos, RunPlan, schedule_for
 from vecmig.loadtests.history import ProcessHistory, VersionClock, judge, now
 
-# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used; once
-# gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
+# httpcore (under httpx, which the chaos controller uses) probes for trio when it is first used;
+# once gevent has patched `select` (Locust does so on import) trio fails with AttributeError rather
 # than ImportError. Nothing here runs trio: make the probe fail the way httpcore expects.
 sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
 
@@ -54,7 +57,9 @@ class _Process:
     versions: VersionClock
     catalog: Any
     vectors: dict[str, Any]
-    new_ids: deque[str] = deque(maxlen=500)
+    new_ids: ClassVar[deque[str]] = deque(maxlen=500)
+    delisted: ClassVar[deque[str]] = deque(maxlen=500)
+    """Products a merchant of this process delisted, for `relist`."""
     chaos: Chaos | None = None
     chaos_history: ProcessHistory | None = None
     chaos_greenlet: Any = None
@@ -81,10 +86,11 @@ def _options(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    path = environment.parsed_options.vecmig_run
+    path = _options_of(environment).vecmig_run
     if not path:
         sys.exit(
-            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); vecmig loadtest writes one"
+            "locustfile: pass --vecmig-run PLAN.json (or set VECMIG_RUN); "
+            "vecmig loadtest writes one"
         )
     P.plan = RunPlan.load(path)
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "main"
@@ -96,6 +102,14 @@ def _init(environment: Environment, **_: Any) -> None:
     P.vectors = {r.id: r for r in P.catalog.records()}
 
 
+def _options_of(environment: Environment) -> argparse.Namespace:
+    """The parsed command line (Locust parses it before any of these hooks runs)."""
+    options: argparse.Namespace | None = environment.parsed_options
+    if options is None:
+        raise RuntimeError("Locust gave the vecmig hooks no parsed options")
+    return options
+
+
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
@@ -104,8 +118,9 @@ def _test_start(environment: Environment, **_: Any) -> None:
     P.chaos = Chaos(P.plan, P.chaos_history.recorder, say=_say)
     if P.plan.catalog and not P.plan.catalog_loaded:
         P.chaos.load()
-    if P.plan.chaos and not environment.parsed_options.vecmig_no_chaos:
-        run_time = environment.parsed_options.run_time or P.plan.duration_s
+    options = _options_of(environment)
+    if P.plan.chaos and not options.vecmig_no_chaos:
+        run_time = options.run_time or P.plan.duration_s
         deadline = time.monotonic() + max(1.0, run_time - 3.0)
         schedule = schedule_for(P.plan, run_time)
         P.chaos_greenlet = gevent.spawn(P.chaos.run, schedule, deadline)
@@ -124,10 +139,20 @@ def _quitting(environment: Environment, **_: Any) -> None:
         P.chaos.close()
         if P.chaos_history is not None:
             P.chaos_history.close()
-    verdict, report = judge(P.plan.history_dir, P.plan.out_dir)
+    plan = P.plan
+    verdict, report = judge(
+        plan.history_dir,
+        plan.out_dir,
+        seed=plan.seed,
+        catalog=plan.catalog,
+        dim=plan.dim,
+        duration_s=plan.duration_s,
+        chaos=plan.chaos,
+    )
     counts = ", ".join(f"{k} {v}" for k, v in verdict.counts().items())
     _say(
-        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); {report['events']} events"
+        f"verdict: {'valid' if verdict.valid else 'ANOMALIES'} ({counts}); "
+        f"{report['events']} events"
     )
     for note in verdict.notes:
         _say(f"checker note: {note}")
@@ -187,7 +212,7 @@ class MigrationUser(FastHttpUser):
         path: str,
         body: dict[str, Any],
         result: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> tuple[str, Any]:
+    ) -> tuple[EventType, Any]:
         read = f in READS
         give_up = time.monotonic() + RETRY_WINDOW_S
         while True:
@@ -203,11 +228,11 @@ class MigrationUser(FastHttpUser):
                     if (refused or read) and time.monotonic() < give_up:
                         gevent.sleep(0.1)
                         continue
-                    failed = "fail" if refused else "info"
+                    failed: EventType = "fail" if refused else "info"
                     return failed, _failed(invoke, read, f"{type(error).__name__}: {error}")
                 message = _error_of(response)
                 response.failure(f"HTTP {status}: {message}")
-                outcome = "info" if status == 504 else "fail"
+                outcome: EventType = "info" if status == 504 else "fail"
                 return outcome, _failed(invoke, read, message)
 
 
@@ -259,6 +284,11 @@ class Shopper(MigrationUser):
         return product_id(self.rng.randrange(P.plan.catalog))
 
 
+def _written(invoke: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """A write's completion, with what the service told the client: applied or superseded."""
+    return {**invoke, "result": response.get("result")}
+
+
 def _search_value(response: dict[str, Any]) -> dict[str, Any]:
     value = {"results": response["results"]}
     if "exact" in response:
@@ -306,18 +336,40 @@ class Merchant(MigrationUser):
         record_id = self._pick()
         version = P.versions.next()
         invoke = {"id": record_id, "version": version}
-        self.call("delete", invoke, "/v1/delete", invoke, lambda r: invoke)
+        self.call("delete", invoke, "/v1/delete", invoke, lambda r: _written(invoke, r))
+        P.delisted.append(record_id)
+
+    @task(1)
+    def relist(self) -> None:
+        """List a delisted product again, back in stock, with a version above its tombstone's:
+        the re-insert a tombstone must not block, and a resurrection must not be mistaken for."""
+        if not P.delisted:
+            return
+        at = self.rng.randrange(len(P.delisted))
+        record_id = P.delisted[at]
+        del P.delisted[at]
+        base = P.vectors.get(record_id)
+        vector = base.vector if base is not None else P.catalog.reembed(record_id, self.np_rng)
+        metadata = {
+            "category": P.catalog.category_of(record_id),
+            "in_stock": True,
+            "price": round(self.rng.uniform(1, 500), 2),
+        }
+        self._upsert(record_id, vector, metadata)
 
     def _upsert(self, record_id: str, vector: Any, metadata: dict[str, Any]) -> None:
+        """The history's invoke carries the metadata as the version's fields, so that the
+        checker can judge filtered searches that return this version."""
         version = P.versions.next()
-        invoke = {"id": record_id, "version": version}
+        done = {"id": record_id, "version": version}
+        invoke = {**done, "fields": dict(metadata)}
         body = {
             "id": record_id,
             "vector": np.asarray(vector).tolist(),
             "metadata": metadata,
             "version": version,
         }
-        self.call("upsert", invoke, "/v1/upsert", body, lambda r: invoke)
+        self.call("upsert", invoke, "/v1/upsert", body, lambda r: _written(invoke, r))
 
     def _pick(self) -> str:
         if self.rng.random() < 0.3:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from vecmig.harness.clusters.registry import AUTO_SCHEMES, SCHEMES
+from vecmig.harness.clusters.registry import AUTO_SCHEMES, schemes
 
 IN_PROCESS_SCHEMES = ("qdrant+local", "milvus+lite")
 CLUSTER_SERVER_SCHEMES = ("http", "https")
@@ -56,8 +56,9 @@ def refusal(url: str) -> str | None:
     """Why a load test cannot use `url` as a side, or None if it can."""
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
-    if not rest or scheme not in SCHEMES:
-        valid = ", ".join(f"{s}://" for s in SCHEMES)
+    known = schemes()
+    if not rest or scheme not in known:
+        valid = ", ".join(f"{s}://" for s in known)
         return f"{url!r} is not a cluster URL; it should start with one of {valid}"
     if scheme == "fake":
         return (

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from vecmig.harness.clusters._node import parse_node_id
 from vecmig.harness.core.phases import Phase, Step, next_phase
+from vecmig.sim.faults import FAMILY_KEYS, TIMING_KEYS, FaultLimits, FaultSpec, fault_problems
 from vecmig.sim.scenario import Scenario, from_dict
 
 STREAM = 0xB0661F7
@@ -38,8 +40,9 @@ ROLE_PHASES = {"new": ("DUAL_WRITE", "BACKFILL", "SHADOW"), "old": ("CUTOVER",)}
 ROLE_UNTIL = {"new": "CUTOVER", "old": "DECOMMISSIONED"}
 
 MIX_VARIANTS: tuple[dict[str, float], ...] = (
-    {"price": 0.45, "stock": 0.2, "add": 0.1, "reembed": 0.1, "delist": 0.15},
-    {"price": 0.15, "stock": 0.1, "add": 0.15, "reembed": 0.1, "delist": 0.5},  # delete-heavy
+    {"price": 0.45, "stock": 0.2, "add": 0.1, "reembed": 0.1, "delist": 0.1, "relist": 0.05},
+    {"price": 0.15, "stock": 0.1, "add": 0.1, "reembed": 0.05, "delist": 0.4, "relist": 0.2},
+    # delete-heavy, products listed again (a delete then a re-insert of the same id)
     {"price": 0.1, "stock": 0.1, "add": 0.1, "reembed": 0.6, "delist": 0.1},  # re-embeds
     {"price": 0.3, "stock": 0.5, "add": 0.05, "reembed": 0.05, "delist": 0.1},  # stock churn
 )
@@ -60,9 +63,71 @@ def buggify(base: Scenario, seed: int) -> Scenario:
     _latency(draw, table["latency"])
     _instances(draw, table["instances"], table["latency"])
     _traffic(draw, table["traffic"])
+    keep_lagged = draw.chance(0.5)
     _migration(draw, table)
-    table["faults"] = _faults(draw, table)
+    if keep_lagged:
+        # The base scenario's own lag (e.g. eventually-consistent's), half of the time.
+        table["migration"]["lagged_sides"] = list(base.migration.lagged_sides)
+    victim = draw.integer(0, 1)  # the replica number every node fault hits
+    table["faults"] = _base_faults(draw, base, table, victim) + _faults(draw, table, victim)
     return from_dict(table, source=base.source)
+
+
+def _base_faults(
+    draw: _Draw, base: Scenario, table: dict[str, Any], victim: int
+) -> list[dict[str, Any]]:
+    """Half of the time, the base scenario's own faults (its character), those of them that
+    the drawn settings still let run (a node fault needs two replicas, and so on).
+
+    The base's node faults move to the replica number `victim` that the drawn ones hit: the
+    base spaced them out in time for its own plan, and under a drawn plan a crash of `s1r0`
+    and a pause of `s1r1` can overlap, leaving a shard of that side with no serving copy
+    while the other side is partitioned (seed 2 of `default`), which no layer survives."""
+    if not base.faults or not draw.chance(0.5):
+        return []
+    limits = FaultLimits(
+        instances=table["instances"]["count"],
+        shards=table["clusters"]["shards"],
+        replicas=table["clusters"]["replicas"],
+        lagged_sides=table["migration"]["lagged_sides"],
+        max_skew_ms=table["instances"]["max_clock_skew_ms"],
+    )
+    kept = []
+    for spec in base.faults:
+        fitted = _fit_base_fault(draw, spec, table, victim)
+        if fitted is not None and not fault_problems(fitted, limits, "faults[0]"):
+            kept.append(_fault_table(fitted))
+    return kept
+
+
+def _fit_base_fault(
+    draw: _Draw, spec: FaultSpec, table: dict[str, Any], victim: int
+) -> FaultSpec | None:
+    """A base fault fitted to the fault model of the module docstring, or None to drop it."""
+    if spec.family in ("error-rate", "partition", "index-rebuild"):
+        # Written for the base's own plan: bound it to where the other side serves reads,
+        # since the drawn plan may step back (ROLLBACK, ABORT) while it lasts.
+        if spec.phase not in ROLE_PHASES[spec.side]:
+            return None
+        return dataclasses.replace(spec, until_phase=ROLE_UNTIL[spec.side])
+    if spec.family in ("node-crash", "node-pause", "slow-replica"):
+        shards, replicas = table["clusters"]["shards"], table["clusters"]["replicas"]
+        shard = draw.integer(0, shards - 1)
+        if spec.node:
+            shard = min(parse_node_id(spec.node)[0], shards - 1)
+        return dataclasses.replace(spec, node=f"s{shard}r{min(victim, replicas - 1)}")
+    return spec
+
+
+def _fault_table(spec: FaultSpec) -> dict[str, Any]:
+    """A fault as the TOML table the loader reads back: its family's keys and its timing."""
+    keys = ("family", *FAMILY_KEYS[spec.family], *TIMING_KEYS[1:])
+    defaults = FaultSpec()
+    return {
+        key: getattr(spec, key)
+        for key in keys
+        if key == "family" or getattr(spec, key) != getattr(defaults, key)
+    }
 
 
 class _Draw:
@@ -164,7 +229,8 @@ def _traffic(draw: _Draw, traffic: dict[str, Any]) -> None:
 def _plan(draw: _Draw) -> list[str]:
     """A walk of the phase table: mostly forward, with up to two ROLLBACKs or ABORTs, ending
     in SHADOW, CUTOVER or (most often) DECOMMISSIONED."""
-    phase, steps, back = Phase.OLD_ONLY, [], 0
+    phase, back = Phase.OLD_ONLY, 0
+    steps: list[str] = []
     while phase is not Phase.DECOMMISSIONED and len(steps) < 16:
         if phase in (Phase.SHADOW, Phase.CUTOVER) and draw.chance(0.06):
             break
@@ -240,9 +306,8 @@ FAMILIES = (
 )
 
 
-def _faults(draw: _Draw, table: dict[str, Any]) -> list[dict[str, Any]]:
+def _faults(draw: _Draw, table: dict[str, Any], victim: int) -> list[dict[str, Any]]:
     count = draw.pick((0, 1, 2, 3, 4, 6, 8, 10))
-    victim = draw.integer(0, 1)  # the replica number every node fault hits
     return [
         fault
         for _ in range(count)
@@ -258,7 +323,8 @@ def _when(draw: _Draw, table: dict[str, Any]) -> dict[str, Any]:
     return {"phase": draw.pick(sorted(phases)), "after_s": draw.uniform(0.0, 8.0)}
 
 
-def _fault(draw: _Draw, table: dict[str, Any], family: str, victim: int) -> dict[str, Any] | None:
+# one branch per fault family; the per-family fault registry (issue 12) takes them (C901)
+def _fault(draw: _Draw, table: dict[str, Any], family: str, victim: int) -> dict[str, Any] | None:  # noqa: C901
     clusters, instances = table["clusters"], table["instances"]
     count = instances["count"]
     fault: dict[str, Any] = {"family": family}
@@ -288,14 +354,15 @@ def _fault(draw: _Draw, table: dict[str, Any], family: str, victim: int) -> dict
             "until_phase": ROLE_UNTIL[side],
         }
     if family == "lost-ack":
+        start = draw.pick(("DUAL_WRITE", "BACKFILL"))
         return {
             **fault,
             "side": "new",
             "rate": draw.uniform(0.01, 0.2),
-            "phase": draw.pick(("DUAL_WRITE", "BACKFILL")),
+            "phase": start,
             "after_s": draw.uniform(0.0, 3.0),
             "duration_s": draw.uniform(1.0, 10.0),
-            "until_phase": draw.pick(("BACKFILL", "SHADOW")),
+            "until_phase": "SHADOW" if start == "BACKFILL" else draw.pick(("BACKFILL", "SHADOW")),
         }
     if family == "latency-spike":
         fault["side"] = draw.pick(("old", "new"))

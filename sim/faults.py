@@ -10,9 +10,12 @@ Families are the fake cluster's (`CLUSTER_FAULT_FAMILIES`, applied to one side) 
 driver's own: latency-spike and partition (between the layer and a side), app-instance-crash,
 late-config and clock-skew (one app instance), and backfill-worker-crash.
 
-Lost-ack (an acknowledged write the cluster never stored) on the *primary* side is a real data
-loss that no migration layer can prevent or even notice; the default schedules and the swarm
-put it only on the secondary side, before the verification diff that precedes SHADOW.
+`fault_problems` refuses the faults no layer can survive in a given scenario (`FaultLimits`):
+a node fault with one replica per shard, an app-instance crash with one instance, a clock skew
+beyond the declared bound, visibility lag on a side the layer was not told lags, and lost-ack
+(an acknowledged write the cluster never stored) anywhere but on the secondary side before the
+verification diff that precedes SHADOW: elsewhere it is a data loss no layer can even notice.
+The swarm draws only faults that `fault_problems` accepts.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "latency-spike": ("side", "factor"),
 }
 PARTITION_MODES = ("unavailable", "timeout")
+SIDES = ("old", "new")
 PHASES = ("OLD_ONLY", "DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER", "DECOMMISSIONED")
 
 
@@ -118,42 +122,166 @@ def unknown_family(family: object, path: str = "faults") -> str:
     )
 
 
-def check_fault(spec: FaultSpec, *, instances: int, shards: int, replicas: int) -> None:
-    """Check a spec against the scenario's sizes. Raises ValueError naming the problem."""
-    family = spec.family
-    if family not in FAMILY_KEYS:
-        raise ValueError(unknown_family(family))
-    keys = FAMILY_KEYS[family]
-    if "side" in keys and spec.side not in ("old", "new"):
-        raise ValueError(f"side must be old or new for {family!r}, got {spec.side!r}")
-    if spec.node:
-        from vecmig.harness.clusters._node import parse_node_id
+NODE_FAMILIES: tuple[str, ...] = ("node-crash", "node-pause", "slow-replica")
+"""Faults of one node: with a single replica they take down, lose or slow a shard's only copy."""
+LOST_ACK_STARTS = ("DUAL_WRITE", "BACKFILL")
+LOST_ACK_UNTILS = ("BACKFILL", "SHADOW")
+"""Where a lost-ack may start (`phase`) and what ends it in time (`until_phase`); the timing
+rules also refuse an `until_phase` that is not after `phase` (such a fault never starts)."""
 
-        shard, replica = parse_node_id(spec.node)
-        if shard >= shards or replica >= replicas:
-            raise ValueError(
-                f"node {spec.node!r} does not exist with {shards} shard(s) of {replicas} replica(s)"
-            )
-    if "instance" in keys and spec.instance >= instances:
-        raise ValueError(
-            f"instance {spec.instance} does not exist; there are {instances} (0-based)"
+
+@dataclass(frozen=True)
+class FaultLimits:
+    """What a scenario lets its faults do: its sizes and the bounds the protocol was told."""
+
+    instances: int
+    shards: int
+    replicas: int
+    lagged_sides: Sequence[str]
+    max_skew_ms: float
+
+
+def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
+    """Every reason `spec` (at `path`, e.g. "faults[3]") cannot run, or cannot be survived by a
+    correct layer, in this scenario; one message per problem, each naming its key."""
+    if spec.family not in FAMILY_KEYS:
+        return [unknown_family(spec.family, path)]
+    problems = _target_problems(spec, limits, path) + _parameter_problems(spec, limits, path)
+    if spec.family == "lost-ack":
+        problems += _lost_ack_problems(spec, path)
+    return problems + _timing_problems(spec, path)
+
+
+def _target_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
+    """What the fault hits: a side, a node, an instance, and whether a second one is left."""
+    family, keys = spec.family, FAMILY_KEYS[spec.family]
+    problems = []
+    if "side" in keys and spec.side not in SIDES:
+        problems.append(f"{path}.side must be old or new for {family!r}, got {spec.side!r}")
+    if spec.node:
+        problems += _node_problems(spec.node, limits, f"{path}.node")
+    if family in NODE_FAMILIES and limits.replicas < 2:
+        problems.append(
+            f"{path}: a {family!r} fault needs clusters.replicas >= 2, got {limits.replicas}: "
+            "with one replica it hits the shard's only copy, and reads fail or go stale "
+            "whatever the layer does; set clusters.replicas = 2 or drop the fault"
         )
+    if "instance" in keys and not -1 <= spec.instance < limits.instances:
+        problems.append(
+            f"{path}.instance must be from 0 to {limits.instances - 1} (instances.count is "
+            f"{limits.instances}), or -1 for one picked from the seed; got {spec.instance}"
+        )
+    if family == "app-instance-crash" and limits.instances < 2:
+        problems.append(
+            f"{path}: an 'app-instance-crash' fault needs instances.count >= 2, got "
+            f"{limits.instances}: with one instance every read fails while it restarts; "
+            "set instances.count = 2 or more"
+        )
+    if family == "visibility-lag" and spec.side in SIDES and spec.side not in limits.lagged_sides:
+        problems.append(
+            f"{path}.side = {spec.side!r}: a 'visibility-lag' fault needs its side in "
+            f"migration.lagged_sides (now {list(limits.lagged_sides)}): the layer corrects "
+            f"searches only on sides declared lagged; add {spec.side!r} there"
+        )
+    return problems
+
+
+def _parameter_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
+    family = spec.family
+    problems = []
     if family in ("error-rate", "lost-ack") and not 0.0 <= spec.rate <= 1.0:
-        raise ValueError(f"rate must be from 0 to 1, got {spec.rate!r}")
+        problems.append(f"{path}.rate must be from 0 to 1, got {spec.rate!r}")
     if family in ("slow-replica", "latency-spike") and spec.factor < 1.0:
-        raise ValueError(f"factor must be >= 1, got {spec.factor!r}")
+        problems.append(f"{path}.factor must be at least 1 (a slowdown), got {spec.factor!r}")
     if family == "partition" and spec.mode not in PARTITION_MODES:
-        raise ValueError(f"mode must be one of {', '.join(PARTITION_MODES)}, got {spec.mode!r}")
+        problems.append(
+            f"{path}.mode must be one of {', '.join(PARTITION_MODES)}, got {spec.mode!r}"
+        )
+    if family == "late-config" and spec.delay_s < 0:
+        problems.append(
+            f"{path}.delay_s must not be negative, got {spec.delay_s!r}: it is the extra time "
+            "the instance takes to learn a published phase"
+        )
+    if family == "clock-skew" and abs(spec.offset_ms) > limits.max_skew_ms:
+        problems.append(
+            f"{path}.offset_ms = {spec.offset_ms:g} is beyond the declared clock-skew bound, "
+            f"instances.max_clock_skew_ms = {limits.max_skew_ms:g}: the lease margin and the "
+            "freshness window are sized for that bound; keep offset_ms within "
+            f"±{limits.max_skew_ms:g}, or raise instances.max_clock_skew_ms (and "
+            "instances.lease_margin_ms with it)"
+        )
+    return problems
+
+
+def _node_problems(node: str, limits: FaultLimits, path: str) -> list[str]:
+    from vecmig.harness.clusters._node import parse_node_id
+
+    try:
+        shard, replica = parse_node_id(node)
+    except ValueError as exc:
+        return [f"{path}: {exc}"]
+    if shard < limits.shards and replica < limits.replicas:
+        return []
+    return [
+        f"{path}: node {node!r} does not exist with clusters.shards = {limits.shards} and "
+        f"clusters.replicas = {limits.replicas} (nodes s0r0 to "
+        f"s{limits.shards - 1}r{limits.replicas - 1})"
+    ]
+
+
+def _lost_ack_problems(spec: FaultSpec, path: str) -> list[str]:
+    # The backfill and the verification diff that gates SHADOW repair what new lost while it
+    # was the secondary. A lost ack on the primary, or on new after that diff, is data the
+    # layer was told was stored and never sees again.
+    if (
+        spec.side == "new"
+        and spec.at_s is None
+        and spec.phase in LOST_ACK_STARTS
+        and spec.until_phase in LOST_ACK_UNTILS
+    ):
+        return []
+    got = ", ".join(
+        f"{key} = {value!r}"
+        for key, value in (
+            ("side", spec.side),
+            ("phase", spec.phase),
+            ("at_s", spec.at_s),
+            ("until_phase", spec.until_phase),
+        )
+        if value not in ("", None)
+    )
+    return [
+        f"{path}: a 'lost-ack' fault (the cluster acknowledges a write, then drops it) is "
+        "survivable only on the secondary side before the verification diff that gates "
+        'SHADOW: set side = "new", phase = "DUAL_WRITE" or "BACKFILL" (not at_s) and '
+        f'until_phase = "BACKFILL" or "SHADOW"; got {got}'
+    ]
+
+
+def _timing_problems(spec: FaultSpec, path: str) -> list[str]:
+    problems = []
     if (spec.at_s is None) == (not spec.phase):
-        raise ValueError(f"fault {family!r} needs exactly one of at_s or phase (when it starts)")
+        problems.append(
+            f"{path}: fault {spec.family!r} needs exactly one of at_s or phase (when it starts)"
+        )
     for name in ("phase", "until_phase"):
         value = getattr(spec, name)
         if value and value not in PHASES:
-            raise ValueError(f"{name} must be one of {', '.join(PHASES)}, got {value!r}")
-    if spec.at_s is not None and spec.at_s < 0 or spec.after_s < 0:
-        raise ValueError("at_s and after_s must not be negative")
-    if spec.duration_s is not None and spec.duration_s < 0:
-        raise ValueError("duration_s must not be negative")
+            problems.append(f"{path}.{name} must be one of {', '.join(PHASES)}, got {value!r}")
+    if (
+        spec.phase in PHASES
+        and spec.until_phase in PHASES
+        and PHASES.index(spec.until_phase) <= PHASES.index(spec.phase)
+    ):
+        problems.append(
+            f"{path}.until_phase ({spec.until_phase}) must come after {path}.phase "
+            f"({spec.phase}): the fault would end before it starts, so it would never run"
+        )
+    for name in ("at_s", "after_s", "duration_s"):
+        value = getattr(spec, name)
+        if value is not None and value < 0:
+            problems.append(f"{path}.{name} must not be negative, got {value!r}")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +301,8 @@ SWARM_FAMILIES: tuple[str, ...] = (
     "clock-skew",
     "backfill-worker-crash",
 )
+SWARM_CHOICES: tuple[str, ...] = (*SWARM_FAMILIES, "visibility-lag")
+"""What `swarm.families` may name; visibility-lag (on new) only when new is declared lagged."""
 
 
 @dataclass(frozen=True)
@@ -184,28 +314,89 @@ class SwarmConfig:
     enabled: bool = False
     keep_scenario_faults: bool = False
     families: list[str] = field(default_factory=lambda: list(SWARM_FAMILIES))
-    min_families: int = 2
-    max_families: int = 6
+    """Left out of a scenario file: every family the scenario can survive (no node faults
+    with one replica, no app-instance crash with one instance)."""
+    min_families: int = field(default=2, metadata={"min": 0})
+    max_families: int = field(default=6, metadata={"min": 0})
     window_s: list[float] = field(default_factory=list)
     """[start, end] of timed faults; empty: the middle 80% of the run."""
 
 
-def swarm_schedule(
+def survivable(families: Sequence[str], *, replicas: int, instances: int) -> list[str]:
+    """`families` without those no layer survives at these sizes (see `fault_problems`)."""
+    return [
+        family
+        for family in families
+        if not (family in NODE_FAMILIES and replicas < 2)
+        and not (family == "app-instance-crash" and instances < 2)
+    ]
+
+
+def swarm_problems(config: SwarmConfig, limits: FaultLimits) -> list[str]:
+    """Every reason the swarm settings cannot run in this scenario, naming the key."""
+    problems = []
+    kept = survivable(config.families, replicas=limits.replicas, instances=limits.instances)
+    for i, family in enumerate(config.families):
+        path = f"swarm.families[{i}]"
+        if family not in SWARM_CHOICES:
+            problems.append(
+                f"{path}: unknown swarm family {family!r}; valid families: "
+                f"{', '.join(SWARM_CHOICES)}"
+            )
+        elif family not in kept:
+            needs = (
+                f"clusters.replicas >= 2, got {limits.replicas}"
+                if family in NODE_FAMILIES
+                else f"instances.count >= 2, got {limits.instances}"
+            )
+            problems.append(
+                f"{path}: {family!r} needs {needs}: no layer can keep reads right through it; "
+                "drop it (left out, swarm.families is every family this scenario survives)"
+            )
+        elif family == "visibility-lag" and "new" not in limits.lagged_sides:
+            problems.append(
+                f"{path}: 'visibility-lag' lags new, so it needs \"new\" in "
+                "migration.lagged_sides: the layer corrects searches only on sides declared "
+                "lagged"
+            )
+    if config.min_families > config.max_families:
+        problems.append(
+            f"swarm.min_families ({config.min_families}) must not exceed swarm.max_families "
+            f"({config.max_families})"
+        )
+    window = config.window_s
+    if window and not (len(window) == 2 and 0 <= window[0] < window[1]):
+        problems.append(
+            f"swarm.window_s must be [start, end] in seconds with 0 <= start < end (or left "
+            f"out, for the middle 80% of the run); got {window!r}"
+        )
+    return problems
+
+
+# per-family draws; the per-family fault registry (issue 12) takes them (C901)
+def swarm_schedule(  # noqa: C901
     config: SwarmConfig,
     rng: np.random.Generator,
     *,
     duration_s: float,
     lagged_sides: Sequence[str],
     shards: int,
+    replicas: int = 2,
+    instances: int = 2,
+    max_skew_ms: float = 300.0,
 ) -> list[FaultSpec]:
-    """Random faults that a correct migration layer must survive without an anomaly.
+    """Random faults that a correct migration layer must survive without an anomaly, and that
+    `fault_problems` accepts for a scenario of these sizes and this clock-skew bound.
 
-    Node faults all hit the same replica number, so every shard keeps a serving copy. A side
-    is made unreachable, erroneous or unsearchable only while it serves no reads (new before
+    Node faults all hit the same replica number, so every shard keeps a serving copy; with one
+    replica there are none, and with one app instance no instance crashes. A side is made
+    unreachable, erroneous or unsearchable only while it serves no reads (new before
     CUTOVER, old in CUTOVER), so at any moment one side can answer every read (see the
-    module docstring for lost-ack).
+    module docstring for lost-ack). Clock skews stay within `max_skew_ms`.
     """
-    families = [f for f in config.families if f in SWARM_FAMILIES]
+    families = survivable(
+        [f for f in config.families if f in SWARM_FAMILIES], replicas=replicas, instances=instances
+    )
     if "visibility-lag" in config.families and "new" in lagged_sides:
         families.append("visibility-lag")
     if not families:
@@ -215,8 +406,8 @@ def swarm_schedule(
     chosen = sorted(
         rng.choice(len(families), size=int(rng.integers(low, high + 1)), replace=False).tolist()
     )
-    if len(config.window_s) >= 2:
-        start, end = config.window_s[0], config.window_s[1]
+    if config.window_s:
+        start, end = config.window_s
     else:
         start, end = 0.1 * duration_s, 0.9 * duration_s
     victim = int(rng.integers(0, 2))  # replica number every node fault hits
@@ -368,7 +559,9 @@ def swarm_schedule(
             out.append(
                 FaultSpec(
                     family,
-                    offset_ms=round(float(rng.uniform(-300, 300)), 1),
+                    offset_ms=_within(
+                        round(float(rng.uniform(-max_skew_ms, max_skew_ms)), 1), max_skew_ms
+                    ),
                     at_s=at(),
                     duration_s=lasting(5, 30),
                 )
@@ -382,6 +575,11 @@ def swarm_schedule(
         elif family == "visibility-lag":
             out.append(FaultSpec(family, side="new", at_s=0.0))
     return out
+
+
+def _within(value: float, bound: float) -> float:
+    """`value` clamped to [-bound, bound] (rounding may step past the bound)."""
+    return min(bound, max(-bound, value))
 
 
 def _side(rng: np.random.Generator) -> str:

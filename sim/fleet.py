@@ -21,7 +21,7 @@ import simpy
 from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
 from vecmig.harness.core.phases import Coordinator, InstanceView, Published
 from vecmig.harness.core.requests import Operation, Outcome
-from vecmig.sim.driver import Draws, Flight, Sampler, SimDriver
+from vecmig.sim.driver import Draws, Flight, Sampler, SimDriver, SimProcess
 from vecmig.sim.scenario import MS, InstancesConfig
 
 
@@ -82,7 +82,9 @@ class Fleet:
                 delay = self.delay() + instance.extra_delay_ns
                 self.env.process(self._deliver(instance, instance.incarnation, published, delay))
 
-    def _deliver(self, instance: AppInstance, incarnation: int, published: Published, delay: int):  # type: ignore[no-untyped-def]
+    def _deliver(
+        self, instance: AppInstance, incarnation: int, published: Published, delay: int
+    ) -> SimProcess:
         yield self.env.timeout(delay)
         if instance.alive and instance.incarnation == incarnation:
             self.deliver_now(instance, published)
@@ -102,7 +104,7 @@ class Fleet:
         if self.coordinator.ack(instance.name, layer.acknowledgement(clock), now):
             layer.renew(clock, self.lease_ns)
 
-    def _poll(self, instance: AppInstance, incarnation: int):  # type: ignore[no-untyped-def]
+    def _poll(self, instance: AppInstance, incarnation: int) -> SimProcess:
         # Instances start their polling at different offsets, as real ones do.
         yield self.env.timeout(int(self.draws.uniform() * self.poll_ns))
         while instance.alive and instance.incarnation == incarnation:

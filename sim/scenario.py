@@ -1,9 +1,10 @@
 """Scenarios: what a simulation runs, as a TOML file checked at load time.
 
 A scenario is plain data (dataclasses below). Loading is strict on purpose: an unknown key, a
-value of the wrong type or out of range, or an unknown fault family raises `ScenarioError`
-naming the key (as a dotted path) and what it accepts, before anything runs. Durations are
-seconds (`*_s`) or milliseconds (`*_ms`) as the key says; the simulator works in nanoseconds.
+value of the wrong type or out of range, an unknown fault family, or settings the protocol
+cannot keep safe raise `ScenarioError` naming the key (as a dotted path) and what it accepts,
+before anything runs. Durations are seconds (`*_s`) or milliseconds (`*_ms`) as the key says;
+the simulator works in nanoseconds.
 
 Layout (every section and key is optional; see `scenarios/default.toml` for a full example):
 
@@ -15,13 +16,20 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
     [traffic]     rate, diurnal_amplitude, diurnal_period_s, shopper_share, filtered_share,
                   exact_sample_rate, [traffic.merchant] mix, [[traffic.spikes]],
                   [traffic.bulk_reembed]
-    [instances]   count, config_delay, poll_interval_ms, lease_ms
-    [migration]   start_s, steps, hold_s, retry_ms, slo_p99_ms, min_mirrored_reads, soak_s,
-                  batch_size, backfill_rate,
+    [instances]   count, config_delay, poll_interval_ms, lease_ms, lease_margin_ms,
+                  max_clock_skew_ms, restart_s
+    [migration]   start_s, steps, hold_s, retry_ms, slo_p99_ms, min_mirrored_reads,
+                  recall_parity_tolerance, soak_s, stall_after_s, batch_size, backfill_rate,
                   mirror_sample_rate, lagged_sides, visibility_window_ms,
                   refresh_interval_ms, calibration_queries, repair_interval_ms
     [[faults]]    see `vecmig.sim.faults.FaultSpec`
-    [swarm]       enabled, families, count, ...
+    [swarm]       enabled, keep_scenario_faults, families, min_families, max_families,
+                  window_s
+
+Beyond each key's own range, `_cross_checks` refuses what the migration protocol cannot keep
+safe (leases against polls, timeouts and skew; node faults with one replica; lost acks where
+nothing repairs them; clock skew beyond its declared bound; plans the phase table cannot
+walk).
 """
 
 from __future__ import annotations
@@ -37,7 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from vecmig import scenarios as scenarios_package
-from vecmig.sim.faults import FaultSpec, SwarmConfig, check_fault
+from vecmig.harness.core.controller import Plan
+from vecmig.harness.core.phases import Phase, Step, lease_rules
+from vecmig.sim.faults import (
+    SWARM_FAMILIES,
+    FaultLimits,
+    FaultSpec,
+    SwarmConfig,
+    fault_problems,
+    survivable,
+    swarm_problems,
+)
 
 SCENARIO_DIR = Path(scenarios_package.__file__).resolve().parent
 MS = 1_000_000
@@ -136,7 +154,9 @@ class LatencyConfig:
     """A side request that takes longer raises Timeout into the operation."""
 
 
-MERCHANT_ACTIONS = ("price", "stock", "add", "reembed", "delist")
+MERCHANT_ACTIONS = ("price", "stock", "add", "reembed", "delist", "relist")
+"""`relist` lists a delisted product again (its next version): a delete followed by a
+re-insert of the same id, the classic trap for tombstones."""
 
 
 @dataclass(frozen=True)
@@ -252,7 +272,7 @@ class Scenario:
     source: str = field(default="", metadata={"internal": True})
 
     def ns(self, seconds: float) -> int:
-        return int(round(seconds * SECOND))
+        return round(seconds * SECOND)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +284,28 @@ def scenario_names() -> list[str]:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A scenario file from a path, or a name from scenarios/ (with or without .toml)."""
+    """A scenario file from a path, or a name from scenarios/ (with or without .toml).
+
+    A bare name (no folder, no suffix) is looked up in scenarios/ first, so a file or folder
+    called "default" in the working directory does not shadow the shipped scenario.
+    """
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.exists():
-        return path
+    bare = path.name == name_or_path and not path.suffix
     named = SCENARIO_DIR / f"{path.stem if path.suffix == '.toml' else name_or_path}.toml"
-    if named.exists():
+    if bare and named.is_file():
+        return named
+    if path.is_dir():
+        raise ScenarioError(
+            f"{path}: is a directory, not a scenario file; give a TOML file (for example "
+            f"{path / 'my-plan.toml'}) or a name from {SCENARIO_DIR} "
+            f"({', '.join(scenario_names()) or 'none'})"
+        )
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and named.is_file():
         return named
     raise ScenarioError(
-        f"no scenario {name_or_path!r}: not a file, and not a name in {SCENARIO_DIR} "
+        f"no scenario {name_or_path!r}: no such file, and not a name in {SCENARIO_DIR} "
         f"(names: {', '.join(scenario_names()) or 'none'})"
     )
 
@@ -280,8 +313,18 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str) -> Scenario:
     path = resolve(name_or_path)
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object, exc.start)
+        raise ScenarioError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "TOML files are UTF-8: save it as UTF-8 (for example "
+            f"`iconv -f latin1 -t utf-8 {path}`)"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
     scenario = from_dict(data, source=str(path))
@@ -290,31 +333,57 @@ def load(name_or_path: str) -> Scenario:
     return scenario
 
 
+def text_line(raw: bytes, offset: int) -> int:
+    """The 1-based line of byte `offset` in `raw`."""
+    return raw.count(b"\n", 0, offset) + 1
+
+
 def from_dict(data: Mapping[str, Any], source: str = "scenario") -> Scenario:
-    """A checked `Scenario` from a parsed TOML table. Raises `ScenarioError`."""
+    """A checked `Scenario` from a parsed TOML table. Raises `ScenarioError`, naming every
+    problem at once, one per line."""
     try:
         scenario: Scenario = _build(Scenario, data, "")
     except ScenarioError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     scenario = dataclasses.replace(scenario, source=source)
+    swarm = data.get("swarm", {})
+    if "families" not in swarm:
+        # Left out, the swarm draws every family this scenario can survive.
+        families = survivable(
+            SWARM_FAMILIES, replicas=scenario.clusters.replicas, instances=scenario.instances.count
+        )
+        scenario = dataclasses.replace(
+            scenario, swarm=dataclasses.replace(scenario.swarm, families=families)
+        )
     problems = _cross_checks(scenario)
+    if len(problems) == 1:
+        raise ScenarioError(f"{source}: {problems[0]}")
     if problems:
-        raise ScenarioError(f"{source}: " + "; ".join(problems))
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise ScenarioError(f"{source}: {len(problems)} problems:\n{lines}")
     return scenario
 
 
+def fault_limits(s: Scenario) -> FaultLimits:
+    """What the scenario lets its faults do: the sizes and bounds `fault_problems` checks and
+    the swarm draws within."""
+    return FaultLimits(
+        instances=s.instances.count,
+        shards=s.clusters.shards,
+        replicas=s.clusters.replicas,
+        lagged_sides=tuple(s.migration.lagged_sides),
+        max_skew_ms=s.instances.max_clock_skew_ms,
+    )
+
+
 def _cross_checks(s: Scenario) -> list[str]:
+    """The rules between keys: what the protocol needs to keep every read right and every
+    acknowledged write, and what the simulator needs to run. Each message names its keys."""
+    limits = fault_limits(s)
     problems = []
     for i, spec in enumerate(s.faults):
-        try:
-            check_fault(
-                spec,
-                instances=s.instances.count,
-                shards=s.clusters.shards,
-                replicas=s.clusters.replicas,
-            )
-        except ValueError as exc:
-            problems.append(f"faults[{i}]: {exc}")
+        problems += fault_problems(spec, limits, f"faults[{i}]")
+    problems += swarm_problems(s.swarm, limits)
     if s.traffic.shopper_share < 1.0 and not any(v > 0 for v in s.traffic.merchant.values()):
         problems.append("traffic.merchant: at least one action needs a positive weight")
     if (
@@ -322,10 +391,71 @@ def _cross_checks(s: Scenario) -> list[str]:
         and s.migration.visibility_window_ms <= s.migration.refresh_interval_ms
     ):
         problems.append(
-            "migration.visibility_window_ms must exceed migration.refresh_interval_ms, or the "
+            f"migration.visibility_window_ms ({s.migration.visibility_window_ms:g}) must exceed "
+            f"migration.refresh_interval_ms ({s.migration.refresh_interval_ms:g}), or the "
             "freshness overlay forgets writes before a lagged side shows them"
         )
+    problems += _lease_problems(s)
+    plan = Plan(steps=tuple(Step(x) for x in s.migration.steps))
+    problems += [
+        f"migration.steps: {problem} (the plan starts in OLD_ONLY)"
+        for problem in plan.problems(Phase.OLD_ONLY)
+    ]
     return problems
+
+
+# Which keys each of `lease_rules`' rules is about, by how its message starts.
+LEASE_RULE_KEYS = {
+    "the lease margin": (
+        "instances.lease_margin_ms",
+        "latency.op_timeout_ms",
+        "instances.max_clock_skew_ms",
+    ),
+    "the lease (": (
+        "instances.lease_ms",
+        "instances.poll_interval_ms",
+        "instances.lease_margin_ms",
+    ),
+}
+LEASE_KEYS = (
+    "instances.lease_ms",
+    "instances.poll_interval_ms",
+    "instances.lease_margin_ms",
+    "latency.op_timeout_ms",
+    "instances.max_clock_skew_ms",
+)
+
+
+def _lease_problems(s: Scenario) -> list[str]:
+    i = s.instances
+    broken = lease_rules(
+        lease_ns=int(i.lease_ms * MS),
+        poll_ns=int(i.poll_interval_ms * MS),
+        margin_ns=int(i.lease_margin_ms * MS),
+        request_timeout_ns=int(s.latency.op_timeout_ms * MS),
+        max_skew_ns=int(i.max_clock_skew_ms * MS),
+    )
+    problems = []
+    for rule in broken:
+        keys = next((k for start, k in LEASE_RULE_KEYS.items() if rule.startswith(start)), None)
+        problems.append(f"{', '.join(keys or LEASE_KEYS)}: {rule}; {_lease_fix(s, keys)}")
+    return problems
+
+
+def _lease_fix(s: Scenario, keys: tuple[str, ...] | None) -> str:
+    i = s.instances
+    if keys == LEASE_RULE_KEYS["the lease margin"]:
+        return (
+            "set instances.lease_margin_ms to at least "
+            f"{s.latency.op_timeout_ms + 2 * i.max_clock_skew_ms:g}, or lower "
+            "latency.op_timeout_ms or instances.max_clock_skew_ms"
+        )
+    if keys == LEASE_RULE_KEYS["the lease ("]:
+        return (
+            f"set instances.lease_ms above {i.poll_interval_ms + i.lease_margin_ms:g}, or "
+            "lower instances.poll_interval_ms"
+        )
+    return "see vecmig.harness.core.phases.lease_rules"
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -401,7 +531,7 @@ def _scalar(hint: Any, raw: Any, path: str, meta: Mapping[str, Any]) -> Any:
     else:  # pragma: no cover - a schema mistake, not an input mistake
         raise TypeError(f"no loader for {hint!r} at {path}")
     low, high = meta.get("min"), meta.get("max")
-    if low is not None and value < low or high is not None and value > high:
+    if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ScenarioError(f"{path} must be {bounds}, got {raw!r}")
     return value

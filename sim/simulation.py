@@ -31,7 +31,7 @@ from vecmig.harness.drive.step import live_versions
 from vecmig.harness.history.checker import Verdict, check
 from vecmig.harness.history.ops import CHECKER, LOADER, Event, Recorder
 from vecmig.harness.state import MemoryStore
-from vecmig.sim.driver import Draws, Flight, SimDriver
+from vecmig.sim.driver import Draws, Flight, SimDriver, SimProcess
 from vecmig.sim.faults import FaultSpec, swarm_schedule
 from vecmig.sim.fleet import Fleet
 from vecmig.sim.nemesis import Nemesis
@@ -234,6 +234,7 @@ class Simulation:
         self.backfill_started: int | None = None
         self.backfill_finished: int | None = None
         self.final_backlog = 0
+        self._ending = False
 
     def _schedule(self, rng: np.random.Generator) -> list[FaultSpec]:
         s = self.scenario
@@ -245,9 +246,13 @@ class Simulation:
                 duration_s=s.duration_s,
                 lagged_sides=s.migration.lagged_sides,
                 shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+                instances=s.instances.count,
+                max_skew_ms=s.instances.max_clock_skew_ms,
             )
         filled = []
-        for spec in specs:
+        for given in specs:
+            spec = given
             if spec.duration_s is None and spec.family == "app-instance-crash":
                 spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
             if spec.duration_s is None and spec.family == "backfill-worker-crash":
@@ -262,7 +267,15 @@ class Simulation:
         env = self.env
         loaded = self.catalog.records()
         self.clusters[Side.OLD].upsert(loaded, fenced=False)
-        self.recorder.ok(LOADER, "load", {"records": {r.id: r.version for r in loaded}}, 0)
+        self.recorder.ok(
+            LOADER,
+            "load",
+            {
+                "records": {r.id: r.version for r in loaded},
+                "fields": {r.id: dict(r.metadata) for r in loaded},
+            },
+            0,
+        )
         self.phases.append({"phase": Phase.OLD_ONLY.value, "time": 0, "epoch": 0})
         for side in self.layer_config.lagged_sides:
             self.clusters[side].start_fault("visibility-lag")
@@ -290,7 +303,7 @@ class Simulation:
         verdict = check(self.recorder.events)
         return self._result(verdict)
 
-    def _controller(self, start_ns: int):  # type: ignore[no-untyped-def]
+    def _controller(self, start_ns: int) -> SimProcess:
         yield self.env.timeout(start_ns)
         m = self.scenario.migration
         plan = Plan(
@@ -320,6 +333,8 @@ class Simulation:
         self.nemesis.on_phase(published.phase)
 
     def _start_backfill_worker(self) -> None:
+        if self._ending:
+            return  # healing a backfill-worker-crash at the end of the run restarts nothing
         poll = 100 * MS
         self._backfill_flight = self.driver.start(
             backfill_worker(self.backfill, self.coordinator, poll)
@@ -342,13 +357,13 @@ class Simulation:
         self.backfill = Backfill(self.strategy, self.throttle)
         self.controller.backfill = self.backfill
 
-    def _refresher(self, side: Side):  # type: ignore[no-untyped-def]
+    def _refresher(self, side: Side) -> SimProcess:
         interval = int(self.scenario.migration.refresh_interval_ms * MS)
         while True:
             yield self.env.timeout(interval)
             self.clusters[side].refresh()
 
-    def _sampler(self):  # type: ignore[no-untyped-def]
+    def _sampler(self) -> SimProcess:
         """Once a second: feed the backfill throttle and take the series the plots show."""
         while True:
             yield self.env.timeout(SECOND)
@@ -380,6 +395,7 @@ class Simulation:
         deadline = int(env.now) + DRAIN_LIMIT_NS
         self._wait(lambda: self.traffic.active == 0, deadline)
         self._note_backfill_done()
+        self._ending = True
         for flight in (self._controller_flight, self._backfill_flight):
             if flight is not None and not flight.finished:
                 self.driver.crash(flight)

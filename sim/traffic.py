@@ -1,5 +1,5 @@
 """E-commerce traffic: shoppers who view a product and look for similar ones, merchants who
-change prices and stock, add, re-embed and delist products, and an optional bulk
+change prices and stock, add, re-embed, delist and list again products, and an optional bulk
 re-embedding job, arriving on a diurnal curve with flash-sale spikes.
 
 Clients supply the version of every write (as an app passes a product's `updated_at`): the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import simpy
@@ -19,11 +20,11 @@ import simpy
 from vecmig.harness.catalog import Catalog, product_id
 from vecmig.harness.clusters.base import Record, Vector
 from vecmig.harness.core.requests import Operation, Outcome
-from vecmig.sim.driver import Draws, Flight
+from vecmig.sim.driver import Draws, Flight, SimProcess
 from vecmig.sim.fleet import AppInstance, Fleet
-from vecmig.sim.scenario import SECOND, TrafficConfig
+from vecmig.sim.scenario import MERCHANT_ACTIONS, SECOND, TrafficConfig
 
-SESSION_KINDS = ("shopper",) + ("price", "stock", "add", "reembed", "delist")
+SESSION_KINDS = ("shopper", *MERCHANT_ACTIONS)
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Traffic:
             self.products[record.id] = Product(record.vector, dict(record.metadata))
             self.ids.append(record.id)
         self.versions: dict[str, int] = {i: 1 for i in self.ids}
+        self.delisted: list[str] = []
+        """Products a merchant delisted, in no particular order: what `relist` draws from."""
         self._next_product = len(self.ids)
         weights = [config.merchant.get(a, 0.0) for a in SESSION_KINDS[1:]]
         total = sum(weights) or 1.0
@@ -85,7 +88,7 @@ class Traffic:
                 rate *= spike.factor
         return max(rate, 0.0)
 
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self) -> SimProcess:
         """The arrivals (a SimPy process): ends when the traffic's duration is over."""
         env = self.env
         if self.config.bulk_reembed is not None and self.config.bulk_reembed.count:
@@ -180,6 +183,8 @@ class Traffic:
             self.ids.append(record_id)
             self.versions[record_id] = 1
             return instance.layer.upsert(record)
+        if action == "relist":
+            return self._relist(instance)
         listed = self._listed_id()
         if listed is None:
             return None
@@ -189,12 +194,12 @@ class Traffic:
         self.versions[record_id] = version
         if action == "delist":
             product.listed = False
+            self.delisted.append(record_id)
             return instance.layer.delete(record_id, version)
         metadata = dict(product.metadata)
         if action == "price":
-            metadata["price"] = round(
-                float(metadata.get("price", 10.0)) * float(self.content.uniform(0.8, 1.2)), 2
-            )  # type: ignore[arg-type]
+            price = cast(float, metadata.get("price", 10.0))
+            metadata["price"] = round(price * float(self.content.uniform(0.8, 1.2)), 2)
         elif action == "stock":
             metadata["in_stock"] = not metadata.get("in_stock", True)
         vector = product.vector
@@ -210,6 +215,24 @@ class Traffic:
         if hot and self.draws.uniform() < self.config.hot_share:
             return self.ids[int(self.draws.uniform() * min(hot, len(self.ids)))]
         return self.ids[int(self.draws.uniform() * len(self.ids))]
+
+    def _relist(self, instance: AppInstance) -> Operation | None:
+        """List a delisted product again, back in stock, with the version after its delete's:
+        an upsert of an id whose tombstone every side holds (or should)."""
+        if not self.delisted:
+            return None
+        at = int(self.draws.uniform() * len(self.delisted))
+        record_id = self.delisted[at]
+        self.delisted[at] = self.delisted[-1]
+        self.delisted.pop()
+        product = self.products[record_id]
+        product.listed = True
+        product.metadata = {**product.metadata, "in_stock": True}
+        version = self.versions[record_id] + 1
+        self.versions[record_id] = version
+        return instance.layer.upsert(
+            Record(record_id, product.vector, dict(product.metadata), version)
+        )
 
     def _listed_id(self) -> str | None:
         for _ in range(8):
@@ -233,7 +256,7 @@ class Traffic:
 
     # -- the bulk job ------------------------------------------------------------------------------
 
-    def _bulk_reembed(self):  # type: ignore[no-untyped-def]
+    def _bulk_reembed(self) -> SimProcess:
         """Re-embed products in id order at a steady rate (a new embedding model rolls out)."""
         job = self.config.bulk_reembed
         assert job is not None

@@ -16,6 +16,11 @@ import os
 
 from hypothesis import HealthCheck, Verbosity, settings
 
+# vecmig's pytest plugin (the vecmig_adapter fixture): pytest loads it through its pytest11
+# entry point once vecmig is installed; this loads it in a checkout that is not (and is a
+# no-op otherwise: the entry point has the module's name).
+pytest_plugins = ["vecmig.harness.testing.plugin"]
+
 settings.register_profile(
     "ci",
     max_examples=100,

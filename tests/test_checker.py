@@ -12,8 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID, main
+from vecmig.harness.clusters.base import Filter, Hit, Record, Side, Unavailable, Vector, matches
+from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.core import requests as rq
+from vecmig.harness.core.phases import Step
+from vecmig.harness.drive.rig import Rig
 from vecmig.harness.history import ops
-from vecmig.harness.history.checker import Verdict, check, check_safely
+from vecmig.harness.history.checker import Fields, Verdict, check, check_safely
 from vecmig.harness.history.ops import Event, MalformedHistory, Recorder
 
 EXAMPLE = Path(__file__).parent / "data" / "example_history.jsonl"
@@ -45,20 +50,36 @@ class History:
     def ok(self, process: int, f: str, **value: Any) -> History:
         return self.complete(process, "ok", f, **value)
 
-    def write(self, process: int, f: str, id: str, version: int) -> History:
-        return self.invoke(process, f, id=id, version=version).ok(
+    def write(
+        self, process: int, f: str, id: str, version: int, fields: Fields | None = None
+    ) -> History:
+        """A write that completes ok; an upsert carries `fields` (its metadata) if given."""
+        carried = {"fields": dict(fields)} if fields is not None else {}
+        return self.invoke(process, f, id=id, version=version, **carried).ok(
             process, f, id=id, version=version
         )
 
     def get(self, process: int, id: str, version: int | None) -> History:
         return self.invoke(process, "get", id=id).ok(process, "get", id=id, version=version)
 
-    def search(self, process: int, results: list[tuple[str, int]], **extra: Any) -> History:
+    def search(
+        self,
+        process: int,
+        results: list[tuple[str, int]],
+        filter: Fields | None = None,
+        **extra: Any,
+    ) -> History:
         rows = [[id_, v, 0.5] for id_, v in results]
-        return self.invoke(process, "search", k=10).ok(process, "search", results=rows, **extra)
+        asked = {"filter": dict(filter)} if filter is not None else {}
+        return self.invoke(process, "search", k=10, **asked).ok(
+            process, "search", results=rows, **extra
+        )
 
-    def load(self, records: dict[str, int]) -> History:
-        self.recorder.ok(ops.LOADER, "load", {"records": records}, self._at())
+    def load(self, records: dict[str, int], fields: dict[str, Fields] | None = None) -> History:
+        value: dict[str, Any] = {"records": records}
+        if fields is not None:
+            value["fields"] = fields
+        self.recorder.ok(ops.LOADER, "load", value, self._at())
         return self
 
     def phase(self, name: str) -> History:
@@ -223,6 +244,369 @@ def test_missing_final_of_the_serving_side_is_unknown_not_valid() -> None:
     verdict = check(h.events)
     assert verdict.unknown and not verdict.valid
     assert any("no final state of side 'new'" in note for note in verdict.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# A stale read stays stale while a newer write of that id is open. What a read must return
+# is fixed by the writes that completed before it was invoked; a write still in flight (or
+# completing later) may explain a read of *its* version, never a read of an older one.
+
+V3_INVOKED = ("before the read", "during the read")
+V3_ENDS = ("never", "ok", "info", "fail")
+
+
+def _read_with_v3_open(
+    h: History, read: str, returned: int | None, v3_invoked: str, v3_ends: str, v3: str = "upsert"
+) -> History:
+    """Process 1 reads id a, returning `returned`, while process 2's `v3` write of a (version
+    3) is open: invoked before the read or during it, completing after it, or never."""
+    if v3_invoked == "before the read":
+        h.invoke(2, v3, id="a", version=3)
+    h.invoke(1, read, **({"id": "a"} if read == "get" else {"k": 10}))
+    if v3_invoked == "during the read":
+        h.invoke(2, v3, id="a", version=3)
+    if read == "get":
+        h.ok(1, "get", id="a", version=returned)
+    else:
+        h.ok(1, "search", results=[] if returned is None else [["a", returned, 0.5]])
+    if v3_ends != "never":
+        h.complete(2, v3_ends, v3, id="a", version=3)
+    return h
+
+
+@pytest.mark.parametrize("v3_ends", V3_ENDS)
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize(("read", "returned"), [("get", 1), ("search", 1), ("get", None)])
+def test_a_stale_read_stays_stale_while_a_newer_upsert_is_open(
+    read: str, returned: int | None, v3_invoked: str, v3_ends: str
+) -> None:
+    """Upsert v2 completed ok before the read was invoked, so v1 (or not-found) is stale,
+    whatever happens to an upsert v3 of the same id that is in flight when the read ends."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, read, returned, v3_invoked, v3_ends)
+    h.final("old", {"a": 2 if v3_ends == "fail" else 3})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    example = verdict.examples["stale_reads"][0]
+    assert (example["id"], example["returned"], example["max_up"]) == ("a", returned, 2)
+
+
+@pytest.mark.parametrize("v3_ends", V3_ENDS)
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize("read", ["get", "search"])
+def test_a_read_hidden_by_a_delete_stays_stale_while_a_re_insert_is_open(
+    read: str, v3_invoked: str, v3_ends: str
+) -> None:
+    """Delete v2 completed ok before the read: v1 is stale even while the re-insert v3 is open."""
+    h = History().load({"a": 1}).write(0, "delete", "a", 2)
+    _read_with_v3_open(h, read, 1, v3_invoked, v3_ends)
+    h.final("old", {} if v3_ends == "fail" else {"a": 3})
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 1}
+    assert verdict.examples["stale_reads"][0]["why"] == "a delete"
+
+
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+@pytest.mark.parametrize(
+    ("read", "returned", "v3_ends"),
+    [
+        *((read, 3, ends) for read in ("get", "search") for ends in ("never", "ok", "info")),
+        *(("get", 2, ends) for ends in V3_ENDS),
+    ],
+)
+def test_a_read_of_the_open_version_or_the_last_acknowledged_one_is_valid(
+    read: str, returned: int, v3_ends: str, v3_invoked: str
+) -> None:
+    """The contrast: while v3 is in flight, a read may return v3 (it is concurrent with the
+    read) or v2 (the newest acknowledged); neither is stale, and v3 is no garbage."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, read, returned, v3_invoked, v3_ends)
+    h.final("old", {"a": 2 if v3_ends == "fail" else 3})
+    verdict = check(h.events)
+    assert verdict.valid, verdict
+
+
+@pytest.mark.parametrize("v3_invoked", V3_INVOKED)
+def test_an_open_delete_explains_a_not_found_get_but_not_an_older_version(
+    v3_invoked: str,
+) -> None:
+    """A newer delete in flight may explain not-found (it is concurrent), never version 1."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, "get", None, v3_invoked, "never", v3="delete")
+    assert check(h.final("old", {}).events).valid
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    _read_with_v3_open(h, "get", 1, v3_invoked, "never", v3="delete")
+    assert counts(check(h.final("old", {}).events)) == {"stale_reads": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters are judged: every hit of a filtered search must match its filter under the fields
+# of the version it returned (the fields the load or upsert of that version carried).
+
+IN_STOCK: Fields = {"category": 1, "in_stock": True, "price": 10.0}
+OUT_OF_STOCK: Fields = {"category": 1, "in_stock": False, "price": 10.0}
+OTHER_CATEGORY: Fields = {"category": 2, "in_stock": True, "price": 10.0}
+
+
+@pytest.mark.parametrize(
+    ("filter", "fields"),
+    [
+        ({"in_stock": True}, OUT_OF_STOCK),
+        ({"category": 1}, OTHER_CATEGORY),
+        ({"category": 1, "in_stock": True}, OUT_OF_STOCK),
+        ({"brand": "acme"}, IN_STOCK),  # a field the record lacks matches no value
+    ],
+)
+def test_a_fresh_hit_whose_version_does_not_match_the_filter_is_a_filter_violation(
+    filter: Fields, fields: Fields
+) -> None:
+    """The version returned is the newest, so the read is neither stale nor garbage: the
+    result set is wrong about the item."""
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .write(0, "upsert", "a", 2, fields)
+        .search(1, [("a", 2)], filter=filter)
+        .final("old", {"a": 2})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"filter_violations": 1}
+    example = verdict.examples["filter_violations"][0]
+    assert (example["id"], example["returned"]) == ("a", 2)
+    assert (example["filter"], example["fields"]) == (filter, fields)
+    assert verdict.unjudged_filtered_hits == 0 and not verdict.notes
+
+
+def test_each_hit_is_judged_and_loaded_fields_count() -> None:
+    h = (
+        History()
+        .load(
+            {"a": 1, "b": 1, "c": 1},
+            fields={"a": IN_STOCK, "b": OUT_OF_STOCK, "c": OTHER_CATEGORY},
+        )
+        .search(1, [("a", 1), ("b", 1), ("c", 1)], filter={"in_stock": True})
+        .search(1, [("a", 1), ("b", 1), ("c", 1)], filter={"category": 1})
+        .search(1, [("a", 1), ("b", 1), ("c", 1)])  # unfiltered: any hit goes
+        .final("old", {"a": 1, "b": 1, "c": 1})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"filter_violations": 2}
+    assert [e["id"] for e in verdict.examples["filter_violations"]] == ["b", "c"]
+
+
+def test_a_matching_fresh_hit_is_valid() -> None:
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": OUT_OF_STOCK})
+        .write(0, "upsert", "a", 2, IN_STOCK)
+        .search(1, [("a", 2)], filter={"in_stock": True, "category": 1})
+        .final("old", {"a": 2})
+    )
+    verdict = check(h.events)
+    assert verdict.valid, verdict
+    assert verdict.unjudged_filtered_hits == 0
+
+
+def test_a_hit_concurrent_with_the_write_that_took_it_out_of_stock_is_valid() -> None:
+    """Invoked before upsert v2 (out of stock) completed, the search may return v1, which was
+    in stock: v1 is neither stale nor a filter violation."""
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .invoke(1, "search", k=10, filter={"in_stock": True})
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .ok(1, "search", results=[["a", 1, 0.5]])
+        .final("old", {"a": 2})
+    )
+    assert check(h.events).valid
+
+
+def test_a_stale_hit_that_matched_when_written_is_stale_not_a_filter_violation() -> None:
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .search(1, [("a", 1)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_a_stale_hit_that_does_not_match_counts_as_both() -> None:
+    """Staleness is about the version, the filter about that version's fields: two faults."""
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": OUT_OF_STOCK})
+        .write(0, "upsert", "a", 2, IN_STOCK)
+        .search(1, [("a", 1)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    assert counts(check(h.events)) == {"stale_reads": 1, "filter_violations": 1}
+
+
+def test_a_garbage_hit_is_garbage_only() -> None:
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .search(1, [("a", 7)], filter={"in_stock": True})
+        .final("old", {"a": 1})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"garbage_reads": 1}
+    assert verdict.unjudged_filtered_hits == 0
+
+
+@pytest.mark.parametrize(("fields", "violations"), [(OUT_OF_STOCK, 1), (IN_STOCK, 0)])
+def test_a_hit_of_a_version_carried_later_in_the_file_is_judged_at_the_end(
+    fields: Fields, violations: int
+) -> None:
+    """Clocks of different machines may put a read before the invoke of the write it saw."""
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .search(1, [("a", 2)], filter={"in_stock": True})
+        .invoke(0, "upsert", id="a", version=2, fields=dict(fields))
+        .complete(0, "info", "upsert", error="timeout")
+        .final("old", {"a": 2})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == ({"filter_violations": 1} if violations else {})
+    assert verdict.unjudged_filtered_hits == 0
+
+
+def test_hits_of_versions_without_fields_are_not_judged_and_the_notes_say_how_many() -> None:
+    """An older history records no fields: its filtered hits cannot be judged. That is no
+    anomaly, and the notes say how many hits went unjudged."""
+    h = (
+        History()
+        .load({"a": 1, "b": 1})  # no fields
+        .write(0, "upsert", "b", 2, OUT_OF_STOCK)
+        .search(1, [("a", 1), ("b", 2)], filter={"in_stock": True})
+        .search(1, [("a", 1)], filter={"category": 1})
+        .search(1, [("a", 1)])  # unfiltered: nothing to judge
+        .final("old", {"a": 1, "b": 2})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"filter_violations": 1}  # b's upsert carried its fields
+    assert verdict.unjudged_filtered_hits == 2
+    assert any(
+        note.startswith("2 hit(s) of filtered searches not judged") for note in verdict.notes
+    )
+
+
+def test_two_writes_of_one_version_with_different_fields_leave_its_fields_unknown() -> None:
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .write(0, "upsert", "a", 2, IN_STOCK)
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .write(0, "upsert", "a", 2)  # no fields: learns nothing, contradicts nothing
+        .search(1, [("a", 2)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    verdict = check(h.events)
+    assert verdict.valid and verdict.unjudged_filtered_hits == 1
+    assert any("recorded different fields" in note for note in verdict.notes)
+
+
+def test_a_write_without_fields_does_not_unlearn_the_fields_of_its_version() -> None:
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": IN_STOCK})
+        .write(0, "upsert", "a", 2)
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .search(1, [("a", 2)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    assert counts(check(h.events)) == {"filter_violations": 1}
+
+
+_FIELD_VALUES = st.one_of(
+    st.integers(0, 2), st.booleans(), st.sampled_from([1.0, 2.5, "red", None])
+)
+_FIELD_NAMES = st.sampled_from(["category", "in_stock", "price", "color"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(_FIELD_NAMES, _FIELD_VALUES, max_size=4),
+    filter=st.dictionaries(_FIELD_NAMES, _FIELD_VALUES, min_size=1, max_size=3),
+)
+def test_a_hit_violates_its_filter_exactly_when_a_cluster_would_not_return_it(
+    fields: dict[str, Any], filter: dict[str, Any]
+) -> None:
+    """The checker's filter semantics are the port's (`clusters.base.matches`): every field
+    equal, a missing field equal to nothing (so true equals 1, as in Python and JSON)."""
+    h = (
+        History()
+        .load({"a": 1}, fields={"a": fields})
+        .search(1, [("a", 1)], filter=filter)
+        .final("old", {"a": 1})
+    )
+    assert check(h.events).filter_violations == (0 if matches(fields, filter) else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Delist, then list again: a re-insert of a deleted id (with a version above its tombstone's)
+# is a legitimate write, never a resurrection; the deleted version coming back is one.
+
+
+def _delisted_then(h: History, reinsert: str) -> History:
+    """Load a v1, delete it as v2 (ok), then re-insert it as v3, ending `reinsert`."""
+    h.load({"a": 1}).write(0, "delete", "a", 2).invoke(1, "upsert", id="a", version=3)
+    if reinsert == "ok":
+        return h.ok(1, "upsert", id="a", version=3)
+    return h.complete(1, "info", "upsert", error="timeout")
+
+
+@pytest.mark.parametrize(
+    ("reinsert", "final", "expected"),
+    [
+        ("ok", {"a": 3}, {}),
+        ("ok", {"a": 1}, {"lost_writes": 1}),  # the newest acknowledged op is the re-insert
+        ("ok", {}, {"lost_writes": 1}),
+        ("info", {"a": 3}, {}),  # the indeterminate re-insert took effect
+        ("info", {}, {}),  # ... or did not
+        ("info", {"a": 1}, {"resurrected_deletes": 1}),  # it cannot explain v1
+    ],
+    ids=[
+        "ok-holds-v3",
+        "ok-holds-v1",
+        "ok-holds-nothing",
+        "info-holds-v3",
+        "info-holds-nothing",
+        "info-holds-v1",
+    ],
+)
+def test_a_re_insert_after_a_delete_is_told_from_a_resurrection(
+    reinsert: str, final: dict[str, int], expected: dict[str, int]
+) -> None:
+    h = _delisted_then(History(), reinsert).final("old", final)
+    verdict = check(h.events)
+    assert counts(verdict) == expected
+    if "lost_writes" in expected:
+        assert verdict.examples["lost_writes"][0]["acknowledged_upsert"] == 3
+
+
+def test_reads_around_a_re_insert() -> None:
+    """Between the delete and the re-insert a read must not see v1 and may see not-found;
+    after the re-insert completed it must see v3, not not-found."""
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "delete", "a", 2)
+        .get(1, "a", None)  # valid: deleted
+        .search(2, [("a", 1)])  # stale: v1 after the delete completed, before the re-insert
+        .write(0, "upsert", "a", 3)
+        .get(1, "a", 3)  # valid: re-listed
+        .get(1, "a", None)  # stale: not-found after the re-insert completed
+        .search(2, [("a", 3)])  # valid
+        .final("old", {"a": 3})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"stale_reads": 2}
+    found = [(e["f"], e["returned"]) for e in verdict.examples["stale_reads"]]
+    assert found == [("search", 1), ("get", None)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,8 +872,21 @@ def test_blank_lines_do_not_shift_the_line_number(
         (lambda h: h.invoke(0, "upsert", id="a"), "version"),
         (lambda h: h.invoke(0, "search"), '"k"'),
         (lambda h: h.final("both", {}), "side"),
+        (lambda h: h.invoke(0, "upsert", id="a", version=2, fields=[3]), '"fields" must be'),
+        (lambda h: h.invoke(0, "search", k=10, filter="in_stock"), '"filter" is an object'),
+        (lambda h: h.load({"b": 1}, fields={"b": 3}), "maps ids to their record's metadata"),
     ],
-    ids=["second-invoke", "invoke-after-info", "f-mismatch", "no-version", "no-k", "bad-side"],
+    ids=[
+        "second-invoke",
+        "invoke-after-info",
+        "f-mismatch",
+        "no-version",
+        "no-k",
+        "bad-side",
+        "fields-not-an-object",
+        "filter-not-an-object",
+        "load-fields-not-objects",
+    ],
 )
 def test_malformed_ops_are_rejected(build: Any, problem: str) -> None:
     h = build(History().load({"a": 1}))
@@ -513,7 +910,13 @@ def test_check_help_teaches_the_anomalies_and_exit_codes(
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     text = capsys.readouterr().out
-    for phrase in ("stale reads", "garbage reads", "lost writes", "resurrected deletes"):
+    for phrase in (
+        "stale reads",
+        "garbage reads",
+        "filter violations",
+        "lost writes",
+        "resurrected deletes",
+    ):
         assert phrase in text
     assert "exit codes" in text and "vecmig check" in text
 
@@ -524,7 +927,7 @@ def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:
     assert main(["check", str(path)]) == EXIT_VALID
 
 
-def test_vecmig_check_exits_1_on_anomalies_and_json_has_the_keys(
+def test_vecmig_check_exits_1_on_anomalies_and_its_json_is_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "stale.jsonl"
@@ -535,11 +938,37 @@ def test_vecmig_check_exits_1_on_anomalies_and_json_has_the_keys(
     assert main(["check", str(path)]) == EXIT_ANOMALIES
     assert "stale reads" in capsys.readouterr().out
     assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
-    verdict = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert {"engine", "verdict", "examples", "recall", "ops", "notes"} <= report.keys()
+    assert report["engine"] == "check" and report["history"] == str(path)
+    verdict = report["verdict"]
     required = {"valid", "failed_reads", "stale_reads", "garbage_reads", "lost_writes"}
-    required |= {"resurrected_deletes", "divergence", "examples", "recall", "ops", "notes"}
-    assert required <= verdict.keys()
+    required |= {"filter_violations", "unjudged_filtered_hits", "resurrected_deletes"}
+    required |= {"divergence", "stalled", "stall", "unknown"}
+    assert required == verdict.keys()
     assert verdict["valid"] is False and verdict["stale_reads"] == 1
+    assert report["examples"]["stale_reads"][0]["id"] == "a"
+
+
+def test_vecmig_check_shows_filter_violations_and_unjudged_hits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "filtered.jsonl"
+    h = (
+        History()
+        .load({"a": 1, "b": 1}, fields={"a": IN_STOCK})
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .search(1, [("a", 2), ("b", 1)], filter={"in_stock": True})
+        .final("old", {"a": 2, "b": 1})
+    )
+    ops.write_jsonl(h.events, path)
+    assert main(["check", str(path)]) == EXIT_ANOMALIES
+    out = capsys.readouterr().out
+    assert "filter violations" in out and "'in_stock': False" in out
+    assert "note: 1 hit(s) of filtered searches not judged" in out
+    assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
+    verdict = json.loads(capsys.readouterr().out)["verdict"]
+    assert verdict["filter_violations"] == 1 and verdict["unjudged_filtered_hits"] == 1
 
 
 def test_vecmig_check_exits_2_on_a_missing_file(
@@ -551,7 +980,89 @@ def test_vecmig_check_exits_2_on_a_missing_file(
 
 def test_the_example_history_is_valid() -> None:
     assert main(["check", str(EXAMPLE)]) == EXIT_VALID
-    assert check(ops.read_jsonl(EXAMPLE)).recall == 1.0
+    verdict = check(ops.read_jsonl(EXAMPLE))
+    assert verdict.recall == 1.0 and verdict.unjudged_filtered_hits == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the layer's histories carry the fields, and a wrong filtered result is caught.
+
+
+class FilterBlindCluster:
+    """A side whose adapter drops the search filter (a translation bug, say): every other call
+    is the fake cluster's. Its filtered searches return whatever is nearest."""
+
+    def __init__(self, inner: FakeCluster) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def search(self, vector: Vector, k: int, filter: Filter | None = None) -> list[Hit]:
+        return self.inner.search(vector, k, None)
+
+
+@pytest.mark.parametrize("blind", [True, False], ids=["filter-blind-side", "honest-side"])
+def test_a_filtered_search_returning_products_that_went_out_of_stock_is_caught(
+    blind: bool, tmp_path: Path
+) -> None:
+    """Merchants take half the catalog out of stock (acknowledged); then shoppers search for
+    products in stock. A side that ignores the filter returns the fresh, out-of-stock versions:
+    neither stale nor garbage, and `vecmig check` counts each such hit as a filter violation.
+    The same run against an honest side is valid, with every filtered hit judged."""
+    old = FakeCluster(8, shards=2, replicas=2, seed=0, name="old")
+    rig = Rig(records=40, old=FilterBlindCluster(old) if blind else old)  # type: ignore[arg-type]
+    app = rig.add_instance("app-0")
+    in_stock = {(r.id, r.version): bool(r.metadata["in_stock"]) for r in rig.catalog.records()}
+    for record in rig.catalog.records()[::2]:
+        gone = Record(record.id, record.vector, {**record.metadata, "in_stock": False}, 2)
+        assert rig.run(app.upsert(gone)).type == "ok"
+        in_stock[(gone.id, 2)] = False
+    wrong = hits = 0
+    for seed in range(8):
+        outcome = rig.run(app.search(rig.query(seed), 10, {"in_stock": True}))
+        assert outcome.type == "ok"
+        hits += len(outcome.value["results"])
+        wrong += sum(not in_stock[(id_, v)] for id_, v, _ in outcome.value["results"])
+    rig.heal_and_finish()
+    path = tmp_path / "history.jsonl"
+    ops.write_jsonl(rig.recorder.events, path)
+    assert main(["check", str(path), "--json"]) == (EXIT_ANOMALIES if blind else EXIT_VALID)
+    verdict = check(ops.read_jsonl(path))
+    assert hits and verdict.unjudged_filtered_hits == 0
+    assert (wrong > 0) == blind, "only the filter-blind side returns out-of-stock products"
+    assert counts(verdict) == ({"filter_violations": wrong} if blind else {})
+    if blind:
+        example = verdict.examples["filter_violations"][0]
+        assert example["filter"] == {"in_stock": True}
+        assert example["fields"]["in_stock"] is False and example["returned"] == 2
+
+
+def test_the_safe_layer_keeps_filtered_results_matching_across_a_rollback() -> None:
+    """CUTOVER; a product goes out of stock (v2) while old refuses the copy, so a repair
+    toward old is pending; ROLLBACK makes old serve reads again. A search for products in
+    stock finds v1 on old (in stock) and must not answer the pending id's newer copy, v2,
+    which is out of stock: the checker would count that hit as a filter violation, and
+    nothing else would (v2 is the newest version). The layer once swapped it in unchecked."""
+    rig = Rig()
+    app = rig.add_instance("app")
+    rig.advance_to_shadow()
+    assert rig.step_phase().type == "ok"  # to CUTOVER
+    rig.sync_all()
+    product = next(r for r in rig.catalog.records() if r.metadata["in_stock"])
+    gone = Record(product.id, product.vector, {**product.metadata, "in_stock": False}, 2)
+    write = rig.driver.start(app.upsert(gone))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.Upsert) and r.side is Side.OLD)
+    rig.driver.step(write, error=Unavailable("old: injected"))
+    assert rig.driver.run(write).type == "ok" and rig.store.repair_backlog() == 1
+    assert rig.step_phase(Step.ROLLBACK).type == "ok"
+    rig.sync_all()
+    found = rig.run(app.search(product.vector, 5, {"in_stock": True}))
+    assert found.type == "ok" and found.value["results"]
+    rig.heal_and_finish()
+    verdict = rig.verdict()
+    assert counts(verdict) == {}, verdict.examples
+    assert verdict.unjudged_filtered_hits == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,23 +1085,32 @@ op_strategy = st.tuples(
 def test_a_sequential_history_is_always_valid(
     initial: dict[int, int], steps: list[tuple[str, int, int]], last_phase: str
 ) -> None:
+    """Deletes and re-inserts of one id included; a search with an even id draw is filtered
+    to the products in stock, by the fields its upserts carried."""
     state = {f"p{i}": v for i, v in initial.items()}
-    h = History().load(dict(state)).phase(last_phase)
+    in_stock = dict.fromkeys(state, True)
+    h = History().load(dict(state), fields={id_: {"in_stock": True} for id_ in state})
+    h.phase(last_phase)
     version = 1
     for f, i, process in steps:
         id_ = f"p{i}"
         if f in ("upsert", "delete"):
             version += 1
-            h.write(process, f, id_, version)
             if f == "upsert":
-                state[id_] = version
+                state[id_], in_stock[id_] = version, version % 3 != 0
+                h.write(process, f, id_, version, {"in_stock": in_stock[id_]})
             else:
                 state.pop(id_, None)
+                h.write(process, f, id_, version)
         elif f == "get":
             h.get(process, id_, state.get(id_))
-        else:
+        elif i % 2:
             top = sorted(state.items())[:3]
             h.search(process, top, exact=[id_ for id_, _ in top])
+        else:
+            top = sorted((id_, v) for id_, v in state.items() if in_stock[id_])[:3]
+            h.search(process, top, filter={"in_stock": True}, exact=[id_ for id_, _ in top])
     h.finals(state)
     verdict = check(h.events)
     assert verdict.valid, verdict
+    assert verdict.unjudged_filtered_hits == 0

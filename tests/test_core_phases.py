@@ -128,7 +128,8 @@ def test_the_transition_table_has_rollback_and_abort_where_the_design_says() -> 
 def test_a_step_the_table_lacks_names_the_phase_and_what_is_allowed() -> None:
     with pytest.raises(
         PhaseError,
-        match="cannot rollback from BACKFILL; allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY",
+        match="cannot rollback from BACKFILL; "
+        "allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY",
     ):
         next_phase(Phase.BACKFILL, Step.ROLLBACK)
     with pytest.raises(PhaseError, match="the migration is over"):
@@ -151,7 +152,7 @@ def test_the_coordinator_publishes_only_after_every_live_instance_acknowledged()
     first = coordinator.publish(Step.ADVANCE, 1)
     assert first == Published(Phase.DUAL_WRITE, 1)
     coordinator.ack("a", first, 2)
-    with pytest.raises(PhaseError, match="waiting for 1 instance.*: b"):
+    with pytest.raises(PhaseError, match=r"waiting for 1 instance.*: b"):
         coordinator.publish(Step.ADVANCE, 3)
     assert coordinator.adjacency_violations(3) == []
     coordinator.ack("b", first, 4)

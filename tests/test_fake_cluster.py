@@ -515,7 +515,7 @@ def test_error_rate_one_fails_every_call_and_applies_nothing() -> None:
         lambda: cluster.get(["id0001"]),
         lambda: cluster.search(vec(1), 1),
         lambda: cluster.scan(None, 10),
-        lambda: cluster.count(),
+        cluster.count,
         lambda: cluster.checksums(4),
     ):
         with pytest.raises(Unavailable, match="injected"):
@@ -734,7 +734,7 @@ def test_concurrent_writers_and_readers_leave_a_consistent_cluster() -> None:
                 cluster.upsert([rec(f"t{offset}-{i}", version, seed=i) for i in range(5)])
                 cluster.search(vec(offset), 3)
                 cluster.scan(None, 7)
-        except Exception as exc:  # surfaced by the assert below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
@@ -899,7 +899,8 @@ search_step = st.one_of(
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(search_step, max_size=60), st.sampled_from([8, 2048]))
-def test_filtered_and_exact_search_equal_brute_force_through_updates_compaction_and_copies(
+# one scenario, step by step (C901)
+def test_filtered_and_exact_search_equal_brute_force_through_updates_compaction_and_copies(  # noqa: C901
     steps: list[tuple[Any, ...]], compact_after: int
 ) -> None:
     """Brute force answers filters exactly: the same hits, in the same order, with the same

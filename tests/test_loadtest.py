@@ -8,8 +8,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_report_schema import assert_valid_report
 
 from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 from vecmig.harness.history.checker import ANOMALIES, PHASES
@@ -39,10 +41,12 @@ def test_parts_merge_by_time_and_are_judged(tmp_path: Path) -> None:
     first.close()
     second.close()
     assert [e.time for e in collect(tmp_path)] == [10, 20, 25, 30, 40, 50]
-    verdict, report = judge(tmp_path, tmp_path / "out")
-    assert not verdict.valid and report["stale_reads"] == 1
+    verdict, report = judge(tmp_path, tmp_path / "out", seed=3)
+    assert not verdict.valid and report["verdict"]["stale_reads"] == 1
     assert (tmp_path / "out" / "history.jsonl").exists()
-    assert set(ANOMALIES) <= set(json.loads((tmp_path / "out" / "report.json").read_text()))
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written == report and written["engine"] == "loadtest" and written["seed"] == 3
+    assert set(ANOMALIES) <= set(written["verdict"])
 
 
 def test_the_default_schedule_fits_its_run_and_names_real_faults() -> None:
@@ -76,9 +80,9 @@ def test_a_run_plan_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
         RunPlan.load(path)
 
 
-def run_loadtest(out: Path, *args: str, timeout: float) -> tuple[int, dict[str, object], str]:
+def run_loadtest(out: Path, *args: str, timeout: float) -> tuple[int, dict[str, Any], str]:
     command = [sys.executable, "-m", "vecmig", "loadtest", "--out", str(out), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     report_path = out / "report.json"
     assert report_path.exists(), done.stdout + done.stderr
     return done.returncode, json.loads(report_path.read_text()), done.stdout
@@ -90,13 +94,15 @@ def test_the_safe_strategy_survives_the_chaos_with_zero_anomalies(tmp_path: Path
         tmp_path / "safe", "--duration", "60", "--users", "8", timeout=170
     )
     assert code == 0, output
-    assert report["valid"] is True and all(report[k] == 0 for k in ANOMALIES), output
-    phases = [p["phase"] for p in report["phases"]]  # type: ignore[union-attr]
+    assert_valid_report(report, "loadtest")
+    verdict = report["verdict"]
+    assert verdict["valid"] is True and all(verdict[k] == 0 for k in ANOMALIES), output
+    phases = [p["phase"] for p in report["phases"]]
     assert phases[-1] == "CUTOVER", output
-    faults = {(f["family"], f["action"]) for f in report["faults"]}  # type: ignore[union-attr]
-    assert ("service-crash", "start") in faults and ("service-crash", "stop") in faults
+    crashes = [f for f in report["faults"] if f["family"] == "service-crash"]
+    assert crashes and all(f["stop_s"] is not None for f in crashes), report["faults"]
     ops = report["ops"]
-    assert all(ops.get(f, 0) > 50 for f in ("upsert", "delete", "get", "search")), ops  # type: ignore[union-attr]
+    assert all(ops[f]["ok"] > 50 for f in ("upsert", "delete", "get", "search")), ops
     assert "resumed at BACKFILL" in output
 
 
@@ -106,6 +112,8 @@ def test_the_naive_strategy_breaks_under_the_same_chaos(tmp_path: Path) -> None:
         tmp_path / "naive", "--duration", "45", "--users", "8", "--strategy", "naive", timeout=150
     )
     assert code == 1, output
-    assert report["valid"] is False and not report.get("unknown"), output
-    assert report["lost_writes"] + report["stale_reads"] + report["divergence"] > 0, output  # type: ignore[operator]
+    assert_valid_report(report, "loadtest")
+    verdict = report["verdict"]
+    assert verdict["valid"] is False and not verdict["unknown"], output
+    assert verdict["lost_writes"] + verdict["stale_reads"] + verdict["divergence"] > 0, output
     assert "vecmig check" in output and "--strategy naive" in output

@@ -290,3 +290,16 @@ def test_hlc_counter_overflow_moves_logical_time_on() -> None:
     versions = [clock.now(5_000_000) for _ in range(MAX_COUNTER + 3)]
     assert versions == sorted(set(versions))
     assert decode(versions[-1])[0] == 6
+
+
+def test_the_mismatch_allowance_follows_how_far_old_strays_on_the_mirrored_queries() -> None:
+    """Calibration asks unfiltered queries; filtered ones stray more. A live stray rate of old
+    on the mirrored queries themselves raises the allowance (a run whose calibration saw no
+    stray held its CUTOVER gate for minutes at a 1.3% mismatch rate, a buggify stall)."""
+    from vecmig.harness.core.compare import NoiseFloor
+
+    floor = NoiseFloor(threshold=0.7, rate=0.0, samples=16, old_recall=1.0)
+    assert floor.allowed_rate(1097) < 0.013
+    assert floor.allowed_rate(1097, live_rate=0.01) > 0.03
+    assert floor.allowed_rate(1097, live_rate=None) == floor.allowed_rate(1097)
+    assert NoiseFloor(0.7, 0.05, 30, 0.9).allowed_rate(500, live_rate=0.0) > 0.1

@@ -29,7 +29,9 @@ TOKEN = "s3cret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def build(state: Path, old: FakeCluster, new: FakeCluster, **config: Any) -> TestClient:
+def build(
+    state: Path, old: FakeCluster, new: FakeCluster, body_limit: int = 4096, **config: Any
+) -> TestClient:
     settings = {
         "strategy": SAFE,
         "dim": DIM,
@@ -41,7 +43,7 @@ def build(state: Path, old: FakeCluster, new: FakeCluster, **config: Any) -> Tes
     migration = Migration(
         ServiceConfig(**settings), {Side.OLD: old, Side.NEW: new}, SQLiteStore(state)
     )
-    return TestClient(create_app(migration, TOKEN, body_limit=4096))
+    return TestClient(create_app(migration, TOKEN, body_limit=body_limit))
 
 
 @pytest.fixture
@@ -56,6 +58,14 @@ def sides() -> tuple[FakeCluster, FakeCluster]:
 def client(tmp_path: Path, sides: tuple[FakeCluster, FakeCluster]) -> Iterator[TestClient]:
     with build(tmp_path / "state.sqlite", *sides) as test_client:
         yield test_client
+
+
+JSON = {"content-type": "application/json"}
+
+
+def post_raw(client: TestClient, path: str, content: Any, **headers: str) -> Any:
+    """POST a body as given (not encoded by the test client), declared as JSON."""
+    return client.post(path, content=content, headers={**JSON, **headers})
 
 
 def vector(value: float = 0.5) -> list[float]:
@@ -190,19 +200,19 @@ def test_non_finite_numbers_are_refused_though_pythons_json_would_parse_them(
     client: TestClient, token: str
 ) -> None:
     raw = '{"id": "a", "version": 2, "vector": [' + ", ".join(["0.5"] * (DIM - 1) + [token]) + "]}"
-    response = client.post("/v1/upsert", content=raw, headers={"content-type": "application/json"})
+    response = post_raw(client, "/v1/upsert", raw)
     assert response.status_code == 400
     assert "finite" in response.json()["error"]
     search = '{"k": 3, "vector": [' + ", ".join([token] + ["0.5"] * (DIM - 1)) + "]}"
-    assert client.post("/v1/search", content=search).status_code == 400
+    assert post_raw(client, "/v1/search", search).status_code == 400
 
 
 def test_malformed_json_is_a_400_that_says_where(client: TestClient) -> None:
-    response = client.post("/v1/get", content=b'{"id": "a",')
+    response = post_raw(client, "/v1/get", b'{"id": "a",')
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]
-    assert client.post("/v1/get", content=b"").status_code == 400
-    assert "UTF-8" in client.post("/v1/get", content=b"\xff\xfe").json()["error"]
+    assert post_raw(client, "/v1/get", b"").status_code == 400
+    assert "UTF-8" in post_raw(client, "/v1/get", b"\xff\xfe").json()["error"]
 
 
 def test_an_oversized_body_is_a_413(client: TestClient) -> None:
@@ -217,7 +227,7 @@ def test_an_oversized_body_is_a_413(client: TestClient) -> None:
             yield b"x" * 1000
         yield b'"}'
 
-    assert client.post("/v1/get", content=chunks()).status_code == 413
+    assert post_raw(client, "/v1/get", chunks()).status_code == 413
 
 
 def test_refused_requests_lose_nothing(
@@ -226,7 +236,7 @@ def test_refused_requests_lose_nothing(
     assert upsert(client, "keep", 5).status_code == 200
     for _, body, _, _ in (p.values for p in BAD_INPUTS):
         client.post("/v1/upsert", json=body)
-    client.post("/v1/upsert", content=b'{"id": "keep", "version": 9, "vector": [NaN]}')
+    post_raw(client, "/v1/upsert", b'{"id": "keep", "version": 9, "vector": [NaN]}')
     client.post("/v1/delete", json={"id": "keep", "version": "9"})
     assert client.post("/v1/get", json={"id": "keep"}).json() == {"id": "keep", "version": 5}
     assert sides[0].get(["keep"])["keep"].version == 5
@@ -253,7 +263,9 @@ def test_admin_endpoints_need_the_token(client: TestClient, method: str, path: s
     assert client.request(method, path).status_code == 401
     wrong = client.request(method, path, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "admin token" in wrong.json()["error"]
-    assert client.get("/admin/status", headers={"X-Admin-Token": TOKEN}).status_code == 200
+    # Only the documented header: the old undocumented X-Admin-Token is refused.
+    assert client.get("/admin/status", headers={"X-Admin-Token": TOKEN}).status_code == 401
+    assert client.get("/admin/status", headers=ADMIN).status_code == 200
 
 
 def test_layer_faults_refuse_unknown_families_and_sides(client: TestClient) -> None:
@@ -379,6 +391,7 @@ def test_the_optional_op_log_records_the_servers_view_as_a_history(
         ("invoke", "get"),
         ("ok", "get"),
     ]
+    assert events[1].value == {"id": "p000001", "version": 50, "result": "applied"}
     assert events[3].value == {"id": "p000001", "version": 50}
     assert len(events) == 8 and len({e.process for e in events}) == 4
     verdict = check(

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conformance.suite import ClusterConformance, MakeCluster
 from starlette.testclient import TestClient
 
 from vecmig.harness.clusters.base import (
@@ -24,6 +23,7 @@ from vecmig.harness.clusters.base import (
 from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.clusters.remote import RemoteCluster
 from vecmig.harness.service.cluster_server import ClusterServer
+from vecmig.harness.testing.conformance import ClusterConformance, MakeCluster
 
 
 def remote(cluster: FakeCluster) -> RemoteCluster:

@@ -2,22 +2,23 @@
 survive it, the naive plan must not, and every failure it found stays here as a
 `test_replay_*` function, replayed as Hypothesis printed it (each fixed in the core).
 
-To run the machine against your adapters, set `VECMIG_ADAPTER` (docs/property-tests.md).
+To run the machine against your adapters, use the pytest plugin's `AdapterMigrationTest`
+(`vecmig.harness.testing.migration`, docs/property-tests.md).
 """
 
 from __future__ import annotations
 
-import pytest
-from conformance.your_adapter import ENV, adapter_factory
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
+import sys
 
-from vecmig.harness.clusters.base import ClusterPort, Metric, Side
+import pytest
+from hypothesis import HealthCheck, settings
+
+from vecmig.harness.clusters.base import Side
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.layer import MigrationLayer
 from vecmig.harness.core.phases import Published
 from vecmig.harness.core.strategy import NAIVE
-from vecmig.harness.testing.machine import DIM, MigrationMachine
+from vecmig.harness.testing.machine import MigrationMachine
 from vecmig.harness.testing.shrink import search
 
 TestSafeMigration = MigrationMachine.TestCase
@@ -344,21 +345,27 @@ def test_the_machine_finds_the_naive_plan_broken(machine: type[MigrationMachine]
     assert len(found.rules) <= MAX_RULES, "\n".join(found.steps)
 
 
-# ---------------------------------------------------------------------------------------------
-# Your adapters: VECMIG_ADAPTER=package.module:factory, where factory(dim, metric) returns a
-# fresh, empty ClusterPort (the shape of the conformance suite's make_cluster). Fault rules
-# touch only fake clusters; failed requests, crashes and lagging instances apply to any side.
+@pytest.mark.slow
+def test_the_ci_profile_runs_the_same_examples_in_every_process() -> None:
+    """Derandomized Hypothesis gives the same examples only if the machine and the code under
+    test behave the same in every process: nothing may depend on the order of a set of strings
+    (PYTHONHASHSEED) or on state left by earlier tests."""
+    import os
+    import subprocess
+    from pathlib import Path
 
-
-class AdapterMigration(MigrationMachine):
-    """The safe migration between two sides made by VECMIG_ADAPTER's factory."""
-
-    def make_sides(self) -> tuple[ClusterPort, ClusterPort]:
-        factory = adapter_factory()
-        assert factory is not None, f"set {ENV}=package.module:factory"
-        return factory(DIM, Metric.COSINE), factory(DIM, Metric.COSINE)
-
-
-@pytest.mark.skipif(adapter_factory() is None, reason=f"set {ENV}=package.module:factory")
-def test_the_safe_migration_on_your_adapter() -> None:
-    run_state_machine_as_test(AdapterMigration, settings=TestSafeMigration.settings)
+    tool = Path(__file__).resolve().parent / "tools" / "machine_digests.py"
+    runs = []
+    for hash_seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, str(tool), "40"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(done.stdout.split())
+    assert len(runs[0]) >= 40 and runs[0] == runs[1]

@@ -177,7 +177,8 @@ def test_an_ablation_nothing_caught_is_covered_only_if_its_cover_row_is_caught()
 
 PRINTED = [
     "state = MigrationMachine.ablated('repair-on-timeout')()",
-    "state.start_in(start='SHADOW', batches=0, lagged=frozenset(), skew_bound_ms=50, lease_ms=2000)",
+    "state.start_in(start='SHADOW', batches=0, lagged=frozenset(), skew_bound_ms=50, "
+    "lease_ms=2000)",
     "state.add_instance()",
     *["state.crash(who='a')"] * 5,
     "state.delete(fail=(1, 'timeout-after-write'), instance='a', interleaved=False, "

@@ -205,7 +205,7 @@ def _codable(value: object) -> bool:
     """Whether dict lookup finds exactly the values == `value`: true of str, int, float, bool
     and None, whose hashes agree with ==, except NaN (found by identity, never equal)."""
     kind = type(value)
-    return kind in _CODABLE or (kind is float and value == value)
+    return kind in _CODABLE or (kind is float and value == value)  # noqa: PLR0124 - not NaN
 
 
 def smallest(dists: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:

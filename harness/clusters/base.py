@@ -31,10 +31,15 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float32]
 Metadata = Mapping[str, Any]
 Filter = Mapping[str, Any]
-"""A metadata filter: every key must equal the given value (e.g. {"category": 3, "in_stock": True})."""
+"""A metadata filter: every key must equal the given value, e.g.
+`{"category": 3, "in_stock": True}`."""
 
 MAX_ID_LENGTH = 128
 MAX_SCAN_LIMIT = 100_000
+MAX_BUCKETS = 65_536
+"""Verification buckets a checksum call may ask for: each costs two integers of memory, and the
+verification pass asks for 64. Without a bound one request could ask for 10^8 (gigabytes)."""
+MAX_GET_IDS = 10_000
 
 
 class Side(StrEnum):
@@ -213,6 +218,18 @@ class ClusterPort(Protocol):
     def health(self) -> Health: ...
 
 
+@runtime_checkable
+class MarkedSide(Protocol):
+    """An optional extension of the port: a side that keeps a small note of the migration it
+    takes part in (its id, phase and epoch), apart from its records. A restarted service
+    checks its state against these notes before it serves: a stale copy of the state file, a
+    state of another migration or a side swapped for another are refused, not served."""
+
+    def read_marker(self) -> Mapping[str, Any] | None: ...
+
+    def write_marker(self, marker: Mapping[str, Any]) -> None: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared helpers, so every adapter validates and checksums the same way.
 
@@ -238,6 +255,15 @@ def checksums_of(items: Iterable[tuple[str, int, bool]], buckets: int) -> list[R
         counts[b] += 1
         sums[b] ^= fold(record_id, version, deleted)
     return [RangeChecksum(b, counts[b], sums[b]) for b in range(buckets)]
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters, for error messages: an error names the
+    bad input without echoing a megabyte of it back."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def validate_batch(items: object, kind: type, call: str) -> list[Any]:
@@ -267,14 +293,16 @@ def validate_tombstones(tombstones: object) -> list[Tombstone]:
 def validate_scan_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT:
         raise InvalidRequest(
-            f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {limit!r}"
+            f"scan limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {brief(limit)}"
         )
     return limit
 
 
 def validate_buckets(buckets: object) -> int:
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        raise InvalidRequest(f"buckets must be a positive integer, got {buckets!r}")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
+        raise InvalidRequest(
+            f"buckets must be an integer from 1 to {MAX_BUCKETS}, got {brief(buckets)}"
+        )
     return buckets
 
 
@@ -282,17 +310,48 @@ def validate_id(record_id: object) -> str:
     if not isinstance(record_id, str) or not record_id or len(record_id) > MAX_ID_LENGTH:
         raise InvalidRequest(
             f"record id must be a non-empty string of at most {MAX_ID_LENGTH} characters, "
-            f"got {record_id!r}"
+            f"got {brief(record_id)}"
         )
     if any(ord(c) < 32 for c in record_id):
         raise InvalidRequest(f"record id {record_id!r} contains control characters")
+    if not record_id.isascii():
+        try:
+            record_id.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800" in JSON) is no text: it cannot be hashed into a bucket,
+            # stored by a real engine or written back as UTF-8.
+            raise InvalidRequest(
+                f"record id {record_id!r} is not valid Unicode text (it holds a lone surrogate)"
+            ) from None
     return record_id
 
 
+MAX_VERSION = (1 << 63) - 1
+"""Versions are stored as signed 64-bit integers by every real engine (PostgreSQL bigint)."""
+
+
 def validate_version(version: object) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise InvalidRequest(f"version must be a non-negative integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise InvalidRequest(
+            f"version must be a non-negative integer below 2**63, got {brief(version)}"
+        )
     return version
+
+
+def max_component(dim: int) -> float:
+    """The largest magnitude a vector component may have in `dim` dimensions: below it every
+    distance between two vectors (squared L2 of a difference, an inner product, a norm) stays
+    finite in float32. Past it a search scored NaN, and a NaN cannot be answered in JSON."""
+    return float(np.sqrt(np.finfo(np.float32).max / (4.0 * max(dim, 1))))
+
+
+def _check_magnitude(array: npt.NDArray[np.float32], dim: int, where: str = "") -> None:
+    limit = max_component(dim)
+    if array.size and float(np.abs(array).max()) > limit:
+        raise InvalidRequest(
+            f"{where}vector has a component beyond +-{limit:.3g}, where distances in {dim} "
+            "dimensions overflow float32"
+        )
 
 
 def validate_vector(vector: object, dim: int) -> Vector:
@@ -308,6 +367,7 @@ def validate_vector(vector: object, dim: int) -> Vector:
     if not np.all(np.isfinite(array)):
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
         raise InvalidRequest(f"vector has a non-finite value {array[bad]!r} at position {bad}")
+    _check_magnitude(array, dim)
     return array
 
 
@@ -338,12 +398,13 @@ def validate_vectors(
         raise InvalidRequest(
             f"{where}: vector has a non-finite value {matrix[i][bad]!r} at position {bad}"
         )
+    _check_magnitude(matrix, dim, "a ")
     return matrix
 
 
 def validate_k(k: object, max_k: int = 1000) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
-        raise InvalidRequest(f"k must be an integer from 1 to {max_k}, got {k!r}")
+        raise InvalidRequest(f"k must be an integer from 1 to {max_k}, got {brief(k)}")
     return k
 
 
@@ -370,7 +431,8 @@ def matches(metadata: Metadata, filter: Filter | None) -> bool:
 def distance(
     metric: Metric, query: Vector, vectors: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
-    """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is closer)."""
+    """Distances from `query` to each row of `vectors`, as hnswlib defines them (lower is
+    closer)."""
     if metric is Metric.L2:
         diff = vectors - query
         squared: npt.NDArray[np.float32] = np.einsum("ij,ij->i", diff, diff).astype(np.float32)

@@ -50,6 +50,7 @@ from .base import (
     Tombstone,
     Unavailable,
     Vector,
+    brief,
     bucket_of,
     checksums_of,
     distance,
@@ -128,6 +129,7 @@ class FakeCluster:
         self._status: dict[str, str] = {node: UP for node in self._node_names()}
         self._shard_seq = [0] * shards
         self._next_read = [0] * shards
+        self._marker: dict[str, Any] | None = None
 
     # -----------------------------------------------------------------------------------------
     # The port.
@@ -169,7 +171,7 @@ class FakeCluster:
 
     def get(self, ids: Sequence[str]) -> dict[str, Stored]:
         if isinstance(ids, str) or not isinstance(ids, Sequence):
-            raise InvalidRequest(f"get takes a sequence of ids, got {ids!r}")
+            raise InvalidRequest(f"get takes a sequence of ids, got {brief(ids)}")
         for record_id in ids:
             validate_id(record_id)
         with self._lock:
@@ -276,6 +278,16 @@ class FakeCluster:
             live = [(float(dists[i]), replicas[owner[i]].held(int(slots[i]))) for i in near]
         ranked = sorted((score, stored.id, stored.version) for score, stored in live)
         return [Hit(record_id, version, score) for score, record_id, version in ranked[:k]]
+
+    def read_marker(self) -> dict[str, Any] | None:
+        """The migration's note on this side (`MarkedSide`): kept apart from the records, and
+        answered whatever faults are on, like `live_versions`."""
+        with self._lock:
+            return None if self._marker is None else dict(self._marker)
+
+    def write_marker(self, marker: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._marker = dict(marker)
 
     def live_versions(self) -> dict[str, int]:
         """id -> version of every live record, as the cluster will serve them once healed:
@@ -539,4 +551,6 @@ def _up_to_kth(dists: npt.NDArray[np.float32], k: int) -> list[int]:
 
 def _check_filter(filter: object) -> None:
     if filter is not None and not isinstance(filter, Mapping):
-        raise InvalidRequest(f"filter must be a mapping of metadata key to value, got {filter!r}")
+        raise InvalidRequest(
+            f"filter must be a mapping of metadata key to value, got {brief(filter)}"
+        )

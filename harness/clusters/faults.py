@@ -70,7 +70,8 @@ def stop_params(family: str, params: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(spec.start) - set(spec.stop))
     if unknown:
         raise ValueError(
-            f"fault {family!r} got unknown parameter(s) {unknown} on stop; it takes {list(spec.stop)}"
+            f"fault {family!r} got unknown parameter(s) {unknown} on stop; "
+            f"it takes {list(spec.stop)}"
         )
     missing = [name for name in spec.stop if name not in params]
     if missing:

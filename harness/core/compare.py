@@ -100,10 +100,14 @@ class NoiseFloor:
     samples: int
     old_recall: float
 
-    def allowed_rate(self, n: int) -> float:
+    def allowed_rate(self, n: int, live_rate: float | None = None) -> float:
+        """The mismatch rate over `n` mirrored reads that is still noise: twice old's own
+        stray rate (two indexes stray independently), plus three standard errors and 1%.
+        `live_rate` is old's stray rate on the mirrored queries themselves: calibration asks
+        unfiltered queries, while filtered ones, which clients also send, stray more."""
         if n <= 0:
             return 0.0
-        base = min(1.0, 2.0 * self.rate)
+        base = min(1.0, 2.0 * max(self.rate, live_rate or 0.0))
         return min(1.0, base + 3.0 * math.sqrt(max(base, 1.0 / n) * (1.0 - base) / n) + 0.01)
 
     def is_discrepancy(self, comparison: Comparison) -> bool:
@@ -125,7 +129,8 @@ def calibrate(
     k: int,
     threshold: float = 0.7,
 ) -> NoiseFloor:
-    """Measure the noise floor from calibration queries answered by old, exactly, and by old again."""
+    """Measure the noise floor from calibration queries answered by old, exactly, and by old
+    again."""
     if not (len(old_answers) == len(exact_answers) == len(old_again)):
         raise ValueError("calibration needs one exact answer and one repeat per old answer")
     n = len(old_answers)
@@ -153,6 +158,9 @@ class MirrorStats:
     new_recall_sum: float = 0.0
     old_recall_sum: float = 0.0
     recall_samples: int = 0
+    old_strays: int = 0
+    """Mirrored reads (with an exact answer) where old's own answer strayed from the exact
+    one as far as a discrepancy would: the noise floor of these very queries."""
     errors: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     log_limit: int = 1000
@@ -163,8 +171,10 @@ class MirrorStats:
         discrepancy: bool,
         line: dict[str, Any] | None = None,
         recalls: tuple[float, float] | None = None,
+        old_stray: bool = False,
     ) -> None:
         self.compared += 1
+        self.old_strays += old_stray
         self.overlap_sum += comparison.overlap
         self.rbo_sum += comparison.rbo
         self.version_mismatches += bool(comparison.version_mismatches)
@@ -182,6 +192,11 @@ class MirrorStats:
         return self.discrepancies / self.compared if self.compared else 0.0
 
     @property
+    def live_noise_rate(self) -> float | None:
+        """How often old itself strays on the mirrored queries (None without exact answers)."""
+        return self.old_strays / self.recall_samples if self.recall_samples else None
+
+    @property
     def recall_parity(self) -> float | None:
         """new's recall minus old's, over mirrored reads that had an exact answer."""
         if not self.recall_samples:
@@ -197,6 +212,9 @@ class MirrorStats:
             "mean_overlap": round(self.overlap_sum / self.compared, 6) if self.compared else None,
             "mean_rbo": round(self.rbo_sum / self.compared, 6) if self.compared else None,
             "recall_parity": None if self.recall_parity is None else round(self.recall_parity, 6),
+            "live_noise_rate": None
+            if self.live_noise_rate is None
+            else round(self.live_noise_rate, 6),
             "errors": self.errors,
         }
 

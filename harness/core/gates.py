@@ -178,7 +178,7 @@ def _cutover_gate(inputs: GateInputs, policy: GatePolicy, reasons: _Reasons) -> 
             "mirror-gate", f"only {n} of {policy.min_mirrored_reads} mirrored reads compared"
         )
     elif m is not None:
-        allowed = inputs.noise.allowed_rate(n) if inputs.noise else 0.0
+        allowed = inputs.noise.allowed_rate(n, m.live_noise_rate) if inputs.noise else 0.0
         if m.mismatch_rate > allowed:
             reasons.add(
                 "mirror-gate",

@@ -201,7 +201,7 @@ class MigrationLayer:
     def upsert(self, record: Record) -> Operation:
         return Operation(
             "upsert",
-            {"id": record.id, "version": record.version},
+            {"id": record.id, "version": record.version, "fields": dict(record.metadata)},
             self._tracked(self._write(record)),
         )
 
@@ -247,24 +247,36 @@ class MigrationLayer:
             notes["superseded"] = True
         yield from self._landed(route.primary, item, applied, landed)
         if route.secondary is not None:
-            try:
-                applied = yield _write_request(route.secondary, item, fenced)
-            except ClusterError as exc:
-                timed_out = isinstance(exc, Timeout)
-                s = self.strategy
-                if s.repair_on_timeout if timed_out else s.repair_on_refusal:
-                    yield AddRepairs((RepairEntry(item.id, route.secondary),))
-                    notes["repair_queued"] = route.secondary.value
-                else:
-                    notes["secondary_lost"] = f"{route.secondary.value}: {exc}"
-                if timed_out:
-                    yield from self._landed(route.secondary, item, None, landed)
-            else:
-                yield from self._landed(route.secondary, item, applied, landed)
+            yield from self._write_secondary(item, route.secondary, fenced, landed, notes)
             if intent is not None:
                 yield ClearIntent(intent)
         yield from self._note_recent(landed, item)
         return Outcome("ok", value, notes=notes)
+
+    def _write_secondary(
+        self,
+        item: Record | Tombstone,
+        side: Side,
+        fenced: bool,
+        landed: list[tuple[Side, int]],
+        notes: dict[str, Any],
+    ) -> Sub[None]:
+        """The write to the phase's secondary side, once the primary took it. If it fails, a
+        repair entry re-applies it later, or, where the strategy keeps none, it is lost."""
+        try:
+            applied = yield _write_request(side, item, fenced)
+        except ClusterError as exc:
+            timed_out = isinstance(exc, Timeout)
+            s = self.strategy
+            if s.repair_on_timeout if timed_out else s.repair_on_refusal:
+                yield AddRepairs((RepairEntry(item.id, side),))
+                notes["repair_queued"] = side.value
+            else:
+                notes["secondary_lost"] = f"{side.value}: {exc}"
+            if timed_out:
+                yield from self._landed(side, item, None, landed)
+        else:
+            yield from self._landed(side, item, applied, landed)
 
     def _intent(self, item: Record | Tombstone, route: Route) -> Sub[int | None]:
         """Before a write to two sides, note the intent to write the secondary, held for as
@@ -356,24 +368,9 @@ class MigrationLayer:
                 continue
             answers[side] = got.get(record_id)
         if len(answers) < len(sides):
-            # A side did not answer: an answer stands alone only from a side this phase may
-            # read that misses no acknowledged write of the id.
-            usable = [s for s in answers if self._current(s, record_id, route, pending)]
-            fallback = self._fallback(route)
-            if not usable and fallback is not None and fallback not in sides:
-                if self._current(fallback, record_id, route, pending):
-                    try:
-                        got = yield from _attempt(Get(fallback, (record_id,)), self._attempts())
-                    except ClusterError as exc:
-                        errors.append(str(exc))
-                    else:
-                        answers[fallback] = got.get(record_id)
-                        usable = [fallback]
-                else:
-                    errors.append(
-                        f"{fallback.value} may miss the latest write of {record_id!r} "
-                        "(a repair is pending there)"
-                    )
+            usable = yield from self._usable_answers(
+                record_id, route, sides, pending, answers, errors
+            )
             if not usable:
                 return Outcome("fail", None, error="; ".join(errors), notes=notes)
             if route.reads not in usable:
@@ -382,6 +379,36 @@ class MigrationLayer:
         newest = _newest(list(answers.values()))
         version = None if newest is None or newest.deleted else newest.version
         return Outcome("ok", {"id": record_id, "version": version}, notes=notes)
+
+    def _usable_answers(
+        self,
+        record_id: str,
+        route: Route,
+        sides: Sequence[Side],
+        pending: Mapping[tuple[str, Side], bool],
+        answers: dict[Side, Stored | None],
+        errors: list[str],
+    ) -> Sub[list[Side]]:
+        """A side did not answer a get: the sides whose answers may stand alone. Only a side
+        this phase may read that misses no acknowledged write of the id; when none answered,
+        the fallback side is asked, if it is current (its answer is added to `answers`)."""
+        usable = [s for s in answers if self._current(s, record_id, route, pending)]
+        fallback = self._fallback(route)
+        if usable or fallback is None or fallback in sides:
+            return usable
+        if not self._current(fallback, record_id, route, pending):
+            errors.append(
+                f"{fallback.value} may miss the latest write of {record_id!r} "
+                "(a repair is pending there)"
+            )
+            return usable
+        try:
+            got = yield from _attempt(Get(fallback, (record_id,)), self._attempts())
+        except ClusterError as exc:
+            errors.append(str(exc))
+            return usable
+        answers[fallback] = got.get(record_id)
+        return [fallback]
 
     def search(
         self, vector: Vector, k: int, filter: Filter | None = None, mirror_draw: float = 1.0
@@ -549,7 +576,8 @@ class MigrationLayer:
         )
         query: dict[str, Any] = {"k": k, "filter": dict(filter) if filter else None}
         line = cmp.discrepancy_line(query, old_hits, new_hits, comparison) if discrepancy else None
-        stats.add(comparison, discrepancy, line, recalls)
+        stray = recalls is not None and noise is not None and recalls[0] < noise.threshold
+        stats.add(comparison, discrepancy, line, recalls, stray)
         return Outcome("ok", {"discrepancy": discrepancy})
 
     def _recheck_versions(self, comparison: cmp.Comparison) -> Sub[cmp.Comparison]:

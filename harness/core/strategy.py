@@ -131,7 +131,7 @@ class Strategy:
 SAFE = Strategy(name="safe")
 
 NAIVE = dataclasses.replace(
-    SAFE.without(*(p for p in PROTECTIONS if p != "backfill-gate" and p != "replica-catch-up")),
+    SAFE.without(*(p for p in PROTECTIONS if p not in {"backfill-gate", "replica-catch-up"})),
     name="naive",
 )
 """The plan as blog posts write it: write old then new with no versions and no repair log,

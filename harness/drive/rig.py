@@ -103,7 +103,7 @@ class Rig:
         )
         loaded = self.catalog.records()
         self.old.upsert(loaded, fenced=False)
-        self.driver.record_load({r.id: r.version for r in loaded})
+        self.driver.record_load(loaded)
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class Rig:
     def record(self, record_id: str, version: int, rng_seed: int = 0) -> Record:
         """A version of `record_id` with a fresh vector near its category."""
         rng = np.random.default_rng(rng_seed + version)
-        if record_id in self.catalog._category_of:
+        if record_id in self.catalog:
             vector = self.catalog.reembed(record_id, rng)
             category = self.catalog.category_of(record_id)
         else:

@@ -6,18 +6,18 @@ side or to the state store) is a point where the caller may switch to another op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from vecmig.harness.clusters.base import ClusterError, ClusterPort, Side, Timeout
+from vecmig.harness.clusters.base import ClusterError, ClusterPort, Record, Side, Timeout
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.phases import Published
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.state import StateStore
 from vecmig.harness.drive.execute import execute
-from vecmig.harness.history.ops import CONTROLLER, LOADER, Recorder
+from vecmig.harness.history.ops import CONTROLLER, LOADER, Recorder, load_value
 
 ExactFn = Callable[[Side, Any, int, Any], "tuple[str, ...] | None"]
 
@@ -155,9 +155,10 @@ class StepDriver:
 
     # -- history helpers ---------------------------------------------------------------------
 
-    def record_load(self, records: Mapping[str, int]) -> None:
+    def record_load(self, records: Sequence[Record]) -> None:
+        """The initial catalog: each record's version and fields (its metadata)."""
         self._tick()
-        self.recorder.ok(LOADER, "load", {"records": dict(records)}, self.time)
+        self.recorder.ok(LOADER, "load", load_value(records), self.time)
 
     def record_fault(self, family: str, action: str, **detail: Any) -> None:
         self._tick()

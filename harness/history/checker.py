@@ -8,13 +8,16 @@ its position so that a read can be judged against the state *at its invoke* when
 keeps the highest version of any delete invoked so far (a concurrent delete may explain a
 not-found get), the highest version of any delete that ended indeterminate (it may have taken
 effect, so it may explain a missing id in the final state), and every (id, version) that a
-load or upsert carried, so that garbage reads are resolved at the end against the whole run.
-Lost writes, resurrected deletes and divergence are judged at the end against the `final`
-scans. Malformed input raises `MalformedHistory` naming the line.
+load or upsert carried, with the fields it carried (the metadata filters match), so that
+garbage reads are resolved at the end against the whole run and every hit of a filtered
+search is judged against the fields of the version it returned. Lost writes, resurrected
+deletes and divergence are judged at the end against the `final` scans. Malformed input
+raises `MalformedHistory` naming the line.
 
-Counting: a failed read is one get or search; a stale or garbage read is one returned
-(id, version) pair, so a search can count several; lost writes, resurrected deletes and
-divergence count ids.
+Counting: a failed read is one get or search; a stale, garbage or filter-violating read is
+one returned (id, version) pair, so a search can count several; lost writes, resurrected
+deletes and divergence count ids. A hit is judged for each property apart: a stale hit whose
+version does not match the filter counts both as stale and as a filter violation.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from vecmig.harness.history.liveness import Progress, Stall
 from vecmig.harness.history.ops import CLIENT_FS, Event, MalformedHistory
 
 Version = int | float
+Fields = Mapping[str, Any]
+"""The metadata a write carried, the fields filters match: {"category": 3, "in_stock": true}."""
 
 PHASES: tuple[str, ...] = (
     "OLD_ONLY",
@@ -48,6 +53,7 @@ ANOMALIES: tuple[str, ...] = (
     "failed_reads",
     "stale_reads",
     "garbage_reads",
+    "filter_violations",
     "lost_writes",
     "resurrected_deletes",
     "divergence",
@@ -55,16 +61,21 @@ ANOMALIES: tuple[str, ...] = (
 MAX_EXAMPLES = 5
 
 _NUMBER = (int, float)  # compared with `type(x) in`, which keeps bools out
+_UNCARRIED: Any = object()  # `carried.get(key, _UNCARRIED)`: no load or upsert carried key
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the checker found. `valid` only if every count is zero and nothing was unjudged."""
+    """What the checker found. `valid` only if every count is zero and nothing was unjudged.
+
+    `unjudged_filtered_hits`: hits of filtered searches whose version's fields no write
+    recorded (an older history), so their filter could not be judged; not an anomaly."""
 
     valid: bool
     failed_reads: int = 0
     stale_reads: int = 0
     garbage_reads: int = 0
+    filter_violations: int = 0
     lost_writes: int = 0
     resurrected_deletes: int = 0
     divergence: int = 0
@@ -75,6 +86,7 @@ class Verdict:
     unknown: bool = False
     stall: Stall | None = None
     """Set when the migration stopped making progress (see `liveness`)."""
+    unjudged_filtered_hits: int = 0
 
     @property
     def stalled(self) -> bool:
@@ -90,6 +102,7 @@ class Verdict:
             "unknown": self.unknown,
             "stalled": self.stalled,
             "stall": None if self.stall is None else self.stall.to_json(),
+            "unjudged_filtered_hits": self.unjudged_filtered_hits,
             "recall": self.recall,
             "ops": dict(self.ops),
             "examples": {kind: list(found) for kind, found in self.examples.items()},
@@ -128,6 +141,13 @@ def check_safely(
             unknown=True,
             notes=[f"the checker crashed, so the verdict is unknown: {type(exc).__name__}: {exc}"],
         )
+
+
+def fields_match(fields: Fields, wanted: tuple[tuple[str, Any], ...]) -> bool:
+    """Whether a version's fields satisfy a filter, given as its items: every field equal, a
+    missing field equal to nothing. The semantics of `harness.clusters.base.matches`, which
+    every cluster applies; here on the filter's items, computed once per search."""
+    return all(fields.get(key) == want for key, want in wanted)
 
 
 @contextmanager
@@ -176,7 +196,14 @@ class _Judge:
         self.live: dict[str, Version] = {}
         self.del_invoked: dict[str, Version] = {}
         self.del_indeterminate: dict[str, Version] = {}
-        self.carried: set[tuple[str, Version]] = set()
+        # (id, version) -> the fields its load or upsert carried; None if unknown (no fields
+        # recorded, or two writes of that version recorded different ones). The dicts are the
+        # events' own, so fields cost the checker a reference per version, not a copy.
+        self.carried: dict[tuple[str, Version], Fields | None] = {}
+        self.conflicting: set[tuple[str, Version]] = set()
+        # Filtered hits of a version not carried yet: judged at the end (or garbage).
+        self.filtered_later: list[tuple[str, Version, Fields, int, int]] = []
+        self.unjudged_filtered_hits = 0
         self.open: dict[int | str, _Open] = {}
         self.crashed: dict[int | str, int] = {}  # process -> pos of its info
         self.counts: dict[str, int] = dict.fromkeys(ANOMALIES, 0)
@@ -264,10 +291,18 @@ class _Judge:
         self.ops[f] = self.ops.get(f, 0) + 1
         id_: str | None = None
         version: Version | None = None
-        if f == "upsert" or f == "delete":
+        if f in {"upsert", "delete"}:
             id_, version = self.id_version(pos, event)
             if f == "upsert":
-                self.carried.add((id_, version))
+                fields = value.get("fields")
+                if fields is not None and type(fields) is not dict:
+                    raise self.bad(
+                        pos,
+                        'upsert "fields" must be an object (the record\'s metadata, as filters '
+                        f"see it), got {fields!r}",
+                    )
+                if self.carried.setdefault((id_, version), fields) is not fields:
+                    self.carry_again(id_, version, fields)
             else:
                 invoked = self.del_invoked.get(id_)
                 if invoked is None or version > invoked:
@@ -280,7 +315,27 @@ class _Judge:
             raise self.bad(
                 pos, f'search invoke value must hold "k" (and maybe "filter"), got {value!r}'
             )
+        elif (filter := value.get("filter")) is not None and type(filter) is not dict:
+            raise self.bad(
+                pos,
+                'a search "filter" is an object of field: value (every field must equal its '
+                f"value), got {value['filter']!r}",
+            )
         self.open[process] = (seq, pos, event, id_, version)
+
+    def carry_again(self, id_: str, version: Version, fields: Fields | None) -> None:
+        """A load or upsert carried `(id_, version)` again (the first carry is a `setdefault`
+        on `carried`, inline where it happens), with `fields`."""
+        key = (id_, version)
+        known = self.carried[key]
+        if known is None and key not in self.conflicting:
+            learned = fields  # an earlier write of that version recorded no fields
+        elif fields is not None and known is not None and fields != known:
+            learned = None  # two writes recorded different fields: which are right is unknown
+            self.conflicting.add(key)
+        else:
+            return
+        self.carried[key] = learned
 
     def id_version(self, pos: int, event: Event) -> tuple[str, Version]:
         value = event.value
@@ -295,7 +350,7 @@ class _Judge:
                 f"{event.f} id must be a string (records maps key ids as JSON strings), "
                 f"got {id_!r}",
             )
-        if type(version) not in _NUMBER or version != version:
+        if type(version) not in _NUMBER or version != version:  # noqa: PLR0124 - NaN, fast
             raise self.bad(pos, f"{event.f} version must be a number, got {version!r}")
         return id_, version
 
@@ -322,7 +377,7 @@ class _Judge:
             )
         if type_ == "info":
             self.crashed[process] = pos
-        if f == "upsert" or f == "delete":
+        if f in {"upsert", "delete"}:
             assert id_ is not None and version is not None
             if type_ == "ok":
                 self.acknowledge(seq, id_, version, f == "upsert")
@@ -340,7 +395,7 @@ class _Judge:
         if f == "get":
             self.judge_get(iseq, seq, pos, id_, value)
         else:
-            self.judge_search(iseq, seq, pos, value)
+            self.judge_search(iseq, seq, pos, value, invoke.value.get("filter"))
 
     def acknowledge(self, seq: int, id_: str, version: Version, upsert: bool) -> None:
         newest = self.max_up if upsert else self.max_del
@@ -395,7 +450,9 @@ class _Judge:
             raise self.bad(pos, f"get ok version must be a number or null, got {version!r}")
         self.judge_returned(iseq, seq, id_, version)
 
-    def judge_search(self, iseq: int, seq: int, pos: int, value: Any) -> None:
+    def judge_search(
+        self, iseq: int, seq: int, pos: int, value: Any, filter: Fields | None
+    ) -> None:
         results = value.get("results") if isinstance(value, dict) else None
         if not isinstance(results, list):
             raise self.bad(
@@ -423,6 +480,8 @@ class _Judge:
                 self.judge_returned(iseq, seq, id_, version)
             elif version != up and (id_, version) not in carried:
                 self.garbage_candidates.append((id_, version, iseq, seq))
+        if filter:
+            self.judge_filtered(iseq, seq, results, filter)
         exact = value.get("exact")
         if exact is not None:
             if not isinstance(exact, list):
@@ -432,6 +491,41 @@ class _Judge:
                 hits = wanted.intersection([entry[0] for entry in results])
                 self.recall_sum += len(hits) / len(wanted)
                 self.recall_n += 1
+
+    def judge_filtered(self, iseq: int, seq: int, results: list[Any], filter: Fields) -> None:
+        """Judge each hit of a filtered search against the fields of the version it returned.
+
+        Apart from staleness: a fresh version that does not match is a wrong result, and a
+        stale version that matched when it was written is no filter violation."""
+        wanted = tuple(filter.items())
+        carried = self.carried
+        unjudged = 0
+        for entry in results:
+            id_, version = entry[0], entry[1]
+            fields = carried.get((id_, version), _UNCARRIED)
+            if fields is _UNCARRIED:
+                self.filtered_later.append((id_, version, filter, iseq, seq))
+            elif fields is None:
+                unjudged += 1
+            elif not fields_match(fields, wanted):
+                self.found_filter_violation(iseq, seq, id_, version, filter, fields, live=True)
+        self.unjudged_filtered_hits += unjudged
+
+    def found_filter_violation(
+        self,
+        iseq: int,
+        seq: int,
+        id_: str,
+        version: Version,
+        filter: Fields,
+        fields: Fields,
+        *,
+        live: bool,
+    ) -> None:
+        example = self.read_example(
+            iseq, seq, id=id_, returned=version, filter=dict(filter), fields=dict(fields)
+        )
+        self.found("filter_violations", example, live=live)
 
     def judge_returned(self, iseq: int, seq: int, id_: str, version: Version) -> None:
         """Judge one returned (id, version): stale against the state at the read's invoke,
@@ -460,52 +554,73 @@ class _Judge:
     # -- load, phase, fault, final -----------------------------------------------------------
 
     def other(self, seq: int, pos: int, event: Event) -> None:
-        f, value = event.f, event.value
+        f = event.f
         expected = "info" if f in ("phase", "fault", "plan", "gate") else "ok"
         if event.type != expected:
             raise self.bad(pos, f"a {f} event has type {expected!r}, got {event.type!r}")
-        if f == "load":
-            for id_, version in self.records(pos, event).items():
-                self.carried.add((id_, version))
-                self.acknowledge(seq, id_, version, True)
-        elif f == "phase":
-            name = value.get("phase") if isinstance(value, dict) else None
-            if name not in PHASES:
-                raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
-            self.phase = name
-            self.progress.phase_published(event.time, name)
-        elif f == "plan":
-            steps = value.get("steps") if isinstance(value, dict) else None
-            if not isinstance(steps, list):
-                raise self.bad(pos, f'a plan value holds "steps": [step, ...], got {value!r}')
-            self.progress.plan(event.time, value)
-        elif f == "gate":
-            if not isinstance(value, dict) or not isinstance(value.get("reasons", []), list):
-                raise self.bad(
-                    pos, f'a gate value holds {{"target", "reasons": [...]}}, got {value!r}'
-                )
-            self.progress.gate(event.time, value)
-        elif f == "fault":
-            if (
-                not isinstance(value, dict)
-                or type(value.get("family")) is not str
-                or value.get("action") not in ("start", "stop")
-            ):
-                raise self.bad(
-                    pos,
-                    f'a fault value holds {{"family": str, "action": "start"|"stop"}}, got {value!r}',
-                )
-            family = value["family"]
-            self.faults[family] = self.faults.get(family, 0) + (
-                1 if value["action"] == "start" else -1
+        handle = {
+            "load": self.on_load,
+            "phase": self.on_phase,
+            "plan": self.on_plan,
+            "gate": self.on_gate,
+            "fault": self.on_fault,
+            "final": self.on_final,
+        }[f]
+        handle(seq, pos, event)
+
+    def on_load(self, seq: int, pos: int, event: Event) -> None:
+        records = self.records(pos, event)
+        fields = self.load_fields(pos, event)
+        carried = self.carried
+        for id_, version in records.items():
+            known = fields.get(id_)
+            if carried.setdefault((id_, version), known) is not known:
+                self.carry_again(id_, version, known)
+            self.acknowledge(seq, id_, version, True)
+
+    def on_phase(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        name = value.get("phase") if isinstance(value, dict) else None
+        if name not in PHASES:
+            raise self.bad(pos, f"phase must be one of {', '.join(PHASES)}, got {value!r}")
+        self.phase = name
+        self.progress.phase_published(event.time, name)
+
+    def on_plan(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        steps = value.get("steps") if isinstance(value, dict) else None
+        if not isinstance(steps, list):
+            raise self.bad(pos, f'a plan value holds "steps": [step, ...], got {value!r}')
+        self.progress.plan(event.time, value)
+
+    def on_gate(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        if not isinstance(value, dict) or not isinstance(value.get("reasons", []), list):
+            raise self.bad(pos, f'a gate value holds {{"target", "reasons": [...]}}, got {value!r}')
+        self.progress.gate(event.time, value)
+
+    def on_fault(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        if (
+            not isinstance(value, dict)
+            or type(value.get("family")) is not str
+            or value.get("action") not in ("start", "stop")
+        ):
+            raise self.bad(
+                pos,
+                f'a fault value holds {{"family": str, "action": "start"|"stop"}}, got {value!r}',
             )
-        else:  # final
-            side = value.get("side") if isinstance(value, dict) else None
-            if side not in SIDES:
-                raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
-            if side in self.finals:
-                self.notes.append(f"more than one final of side {side!r}; the last one counts")
-            self.finals[side] = self.records(pos, event)
+        family = value["family"]
+        self.faults[family] = self.faults.get(family, 0) + (1 if value["action"] == "start" else -1)
+
+    def on_final(self, seq: int, pos: int, event: Event) -> None:
+        value = event.value
+        side = value.get("side") if isinstance(value, dict) else None
+        if side not in SIDES:
+            raise self.bad(pos, f'a final names its side, "old" or "new", got {side!r}')
+        if side in self.finals:
+            self.notes.append(f"more than one final of side {side!r}; the last one counts")
+        self.finals[side] = self.records(pos, event)
 
     def records(self, pos: int, event: Event) -> Mapping[str, Version]:
         value = event.value
@@ -515,12 +630,27 @@ class _Judge:
                 pos, f'a {event.f} value holds "records": {{id: version}}, got {value!r}'
             )
         for id_, version in records.items():
-            if type(id_) is not str or type(version) not in _NUMBER or version != version:
+            bad_version = type(version) not in _NUMBER or version != version  # noqa: PLR0124 - NaN
+            if type(id_) is not str or bad_version:
                 raise self.bad(
                     pos,
-                    f"{event.f} records map string ids to numeric versions, got {id_!r}: {version!r}",
+                    f"{event.f} records map string ids to numeric versions, "
+                    f"got {id_!r}: {version!r}",
                 )
         return records
+
+    def load_fields(self, pos: int, event: Event) -> Mapping[str, Fields]:
+        """The optional `"fields": {id: {...}}` of a load: each loaded record's metadata."""
+        fields = event.value.get("fields")
+        if fields is None:
+            return {}
+        if isinstance(fields, dict) and all(type(f) is dict for f in fields.values()):
+            return fields
+        raise self.bad(
+            pos,
+            "a load's \"fields\" maps ids to their record's metadata, {id: {field: value}}, "
+            f"got {fields!r:.200}",
+        )
 
     # -- the end of the run ------------------------------------------------------------------
 
@@ -542,6 +672,7 @@ class _Judge:
             if (id_, version) not in self.carried:
                 example = self.read_example(iseq, seq, id=id_, returned=version)
                 self.found("garbage_reads", example, live=False)
+        self.judge_filtered_later()
         serving = "new" if self.phase in NEW_SERVES else "old"
         final = self.finals.get(serving)
         if final is None:
@@ -561,6 +692,27 @@ class _Judge:
                     f"divergence not judged: the run ended in {self.phase or 'OLD_ONLY'}, where "
                     "old and new are not both meant to be current"
                 )
+
+    def judge_filtered_later(self) -> None:
+        """Filtered hits of a version carried only later in the history (a version nothing
+        carried is a garbage read, not judged again here); then say what went unjudged."""
+        for id_, version, filter, iseq, seq in self.filtered_later:
+            fields = self.carried.get((id_, version), _UNCARRIED)
+            if fields is None:
+                self.unjudged_filtered_hits += 1
+            elif fields is not _UNCARRIED and not fields_match(fields, tuple(filter.items())):
+                self.found_filter_violation(iseq, seq, id_, version, filter, fields, live=False)
+        if self.unjudged_filtered_hits:
+            self.notes.append(
+                f"{self.unjudged_filtered_hits} hit(s) of filtered searches not judged against "
+                "their filter: no write recorded the fields of the version returned (record "
+                '"fields" in upsert invokes and the load to judge them)'
+            )
+        if self.conflicting:
+            self.notes.append(
+                f"{len(self.conflicting)} (id, version) pair(s) were carried by writes that "
+                "recorded different fields; their fields are unknown"
+            )
 
     def judge_final(self, side: str, final: Mapping[str, Version]) -> None:
         max_up, max_del = self.max_up, self.max_del
@@ -618,4 +770,5 @@ class _Judge:
             notes=self.notes,
             unknown=self.unknown,
             stall=self.stall,
+            unjudged_filtered_hits=self.unjudged_filtered_hits,
         )

@@ -15,6 +15,7 @@ from rich.table import Table
 from vecmig.harness.cli import EXIT_BAD_INPUT, exit_code
 from vecmig.harness.history.checker import ANOMALIES, Verdict, check_safely, gc_paused
 from vecmig.harness.history.ops import Event, MalformedHistory, iter_numbered
+from vecmig.harness.history.report import build as build_report
 
 DESCRIPTION = """\
 Judge a history (JSON lines, one event per line, written by the simulator, the live service or
@@ -27,6 +28,11 @@ the property tests) and report every anomaly with a count and its first examples
                        not-found while the newest such op was an upsert and no newer delete
                        was even in flight.
   garbage reads        a returned (id, version) that no load or upsert ever carried.
+  filter violations    a hit of a filtered search whose version, by the fields its load or
+                       upsert carried ("fields" in the history), does not match the filter
+                       (every filter field equal). The version may be fresh: the result set
+                       is wrong about the item. Hits of versions whose fields no write
+                       recorded are not judged; the notes say how many.
   lost writes          an id whose newest acknowledged op is an upsert of version u, while the
                        final state of the side serving reads (new after CUTOVER, else old)
                        holds no version >= u (unless an indeterminate newer delete explains a
@@ -51,7 +57,7 @@ exit codes:
 
 examples:
   vecmig check tests/data/example_history.jsonl
-  vecmig check out/run-42.jsonl --json | jq .stale_reads
+  vecmig check out/run-42.jsonl --json | jq .verdict.stale_reads
 """
 
 
@@ -65,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("history", metavar="HISTORY", help="a history file (JSON lines)")
     parser.add_argument(
-        "--json", action="store_true", help="print the verdict as one JSON object instead"
+        "--json",
+        action="store_true",
+        help="print the report instead: one JSON object, the shape of every engine's "
+        "report.json (docs/report.schema.json)",
     )
     parser.set_defaults(handler=run)
 
@@ -92,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vecmig check: {args.history}: cannot read it ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
-        print(json.dumps(verdict.to_json(), indent=2))
+        report = build_report("check", verdict, events, history=str(args.history))
+        print(json.dumps(report, indent=2))
     else:
         print_verdict(verdict, args.history)
     return exit_code(verdict)

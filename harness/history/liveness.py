@@ -106,9 +106,10 @@ class Progress:
     def _close(self, time: int) -> None:
         """A held stretch ends (a phase was published, or another gate began to hold)."""
         since = self.held_since
-        if since is not None and self.longest is None and self.stall_after_ns is not None:
-            if time - since > self.stall_after_ns:
-                self.longest = self._stall("held", time)
+        limit = self.stall_after_ns
+        held_too_long = since is not None and limit is not None and time - since > limit
+        if held_too_long and self.longest is None:
+            self.longest = self._stall("held", time)
         self.held_since = None
 
     def _stall(self, why: str, time: int) -> Stall:

@@ -1,9 +1,12 @@
 """The history: one JSON line per event, in the style of Jepsen, shared by all three engines.
 
 ```
-{"index": 17, "process": 3, "type": "invoke", "f": "upsert", "value": {"id": "p42", "version": 9}, "time": 123456789}
-{"index": 18, "process": 3, "type": "ok", "f": "upsert", "value": {"id": "p42", "version": 9}, "time": 123459999}
+{"index": 17, "process": 3, "type": "invoke", "f": "upsert",
+ "value": {"id": "p42", "version": 9}, "time": 123456789}
+{"index": 18, "process": 3, "type": "ok", "f": "upsert",
+ "value": {"id": "p42", "version": 9}, "time": 123459999}
 ```
+(one line each in a file; wrapped here).
 
 `type` is `invoke`, `ok`, `fail` (certainly no effect) or `info` (indeterminate). Each
 completion follows its own invoke on the same `process`; a process that got `info` never
@@ -20,7 +23,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vecmig.harness.clusters.base import Record
 
 EventType = Literal["invoke", "ok", "fail", "info"]
 EVENT_TYPES: frozenset[str] = frozenset({"invoke", "ok", "fail", "info"})
@@ -66,9 +72,14 @@ class Event:
         )
 
 
-def score(value: float) -> float:
-    """Scores are written rounded, so that a replayed run writes the same bytes."""
-    return round(float(value), 6)
+def load_value(records: Iterable[Record]) -> dict[str, Any]:
+    """The value of a `load` event: each record's version, and its fields (its metadata, what
+    filters match), so that the checker can judge filtered hits of the loaded versions."""
+    loaded = list(records)
+    return {
+        "records": {r.id: r.version for r in loaded},
+        "fields": {r.id: dict(r.metadata) for r in loaded},
+    }
 
 
 class Recorder:
@@ -154,7 +165,7 @@ def iter_numbered(path: str | Path) -> Iterator[tuple[int, Event]]:
     number = 0
     with open(path, encoding="utf-8") as lines:
         try:
-            for number, text in enumerate(lines, start=1):  # noqa: B007 - used after the loop
+            for number, text in enumerate(lines, start=1):
                 if not text.strip():
                     continue
                 try:

@@ -1,16 +1,16 @@
 """The migration service's HTTP face: client endpoints (upsert, delete, get, search), admin
-endpoints behind a token (status, phase steps, verification, layer faults), health and
-Prometheus metrics.
+endpoints behind a bearer token (status, phase steps, verification, layer faults), liveness
+(`/health`), readiness (`/ready`), Prometheus metrics and the OpenAPI schema.
 
 Bad input is refused before anything runs, with a 4xx whose JSON names the problem and the
 field; a refused request has no effect. Client outcomes map onto status codes so that a client
 can write its history from them alone: 200 ok, 503 `fail` (certainly no effect), 504 `info`
-(indeterminate: the write may still land).
+(indeterminate: the write may still land). A write's 200 says whether it was `applied` or
+`superseded` (fencing kept a newer version of the id: nothing changed).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,113 +18,100 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vecmig.harness.clusters.base import (
-    InvalidRequest,
-    Record,
-    Side,
-    validate_id,
-    validate_vector,
-    validate_version,
-)
+from vecmig.harness.clusters.base import Record, Side
 from vecmig.harness.core.phases import PhaseError, Step
 from vecmig.harness.core.requests import Outcome
 
+from . import inputs
 from .driver import LAYER_FAULT_FAMILIES
 from .migration import Migration
-from .web import DEFAULT_BODY_LIMIT, BadInput, json_object, read_json
-
-Handler = Callable[[Request], Awaitable[Response]]
+from .openapi import service_schema
+from .web import (
+    DEFAULT_BODY_LIMIT,
+    BadInput,
+    Handler,
+    HttpGuard,
+    bearer_ok,
+    json_object,
+    no_body,
+    read_json,
+    unauthorized,
+)
 
 OUTCOME_STATUS = {"ok": 200, "fail": 503, "info": 504}
-SCALAR = (str, int, float, bool, type(None))
+BodyHandler = Callable[[dict[str, Any]], Awaitable[Response]]
 
 
-def create_app(
-    migration: Migration, admin_token: str, body_limit: int = DEFAULT_BODY_LIMIT
-) -> Starlette:
-    if not admin_token:
-        raise ValueError("the service needs an admin token (--admin-token or VECMIG_ADMIN_TOKEN)")
-    dim, max_k = migration.config.dim, migration.config.max_k
+class ServiceApp:
+    """The endpoints of one migration service; `build()` wires them into a Starlette app."""
 
-    def client(handler: Callable[[dict[str, Any]], Awaitable[Response]]) -> Handler:
+    def __init__(
+        self, migration: Migration, admin_token: str, body_limit: int = DEFAULT_BODY_LIMIT
+    ) -> None:
+        if not admin_token:
+            raise ValueError(
+                "the service needs an admin token ($VECMIG_ADMIN_TOKEN or --admin-token-file)"
+            )
+        self.migration = migration
+        self.admin_token = admin_token
+        self.body_limit = body_limit
+        self.versions = migration.config.versions
+
+    def build(self) -> Starlette:
+        admin, client = self._admin, self._client
+        routes = [
+            Route("/v1/upsert", client(self.upsert), methods=["POST"]),
+            Route("/v1/delete", client(self.delete), methods=["POST"]),
+            Route("/v1/get", client(self.get), methods=["POST"]),
+            Route("/v1/search", client(self.search), methods=["POST"]),
+            Route("/admin/status", admin(self.status), methods=["GET"]),
+            Route("/admin/advance", admin(self._phase_step(Step.ADVANCE)), methods=["POST"]),
+            Route("/admin/rollback", admin(self._phase_step(Step.ROLLBACK)), methods=["POST"]),
+            Route("/admin/abort", admin(self._phase_step(Step.ABORT)), methods=["POST"]),
+            Route("/admin/verify", admin(self.verify), methods=["POST"]),
+            Route("/admin/faults", admin(self.faults), methods=["GET", "POST"]),
+            Route("/admin/faults/heal", admin(self.heal), methods=["POST"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+        middleware = [Middleware(HttpGuard, responses=self.migration.metrics.http_responses)]
+        app = Starlette(routes=routes, middleware=middleware, lifespan=self._lifespan)
+        app.router.redirect_slashes = False  # a redirect would build its Location from Host
+        return app
+
+    @asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.migration.start()
+        try:
+            yield
+        finally:
+            await self.migration.stop()
+
+    # -- wrappers ----------------------------------------------------------------------------
+
+    def _client(self, handler: BodyHandler) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
-                body = json_object(await read_json(request, body_limit), "the body")
+                body = json_object(await read_json(request, self.body_limit), "the body")
                 return await handler(body)
             except BadInput as exc:
-                migration.metrics.outcomes.labels(
-                    request.url.path.rsplit("/", 1)[-1], "-", "invalid"
-                ).inc()
+                op = request.url.path.rsplit("/", 1)[-1]
+                self.migration.metrics.outcomes.labels(op, "-", "invalid").inc()
                 return exc.response()
 
         return endpoint
 
-    async def upsert(body: dict[str, Any]) -> Response:
-        _only(body, {"id", "vector", "metadata", "version"})
-        record_id = _id(body)
-        vector = _vector(body, dim)
-        metadata = body.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise BadInput(
-                f"metadata must be an object, got {type(metadata).__name__}", field="metadata"
-            )
-        version = _version(body, required=False)
-        if version is None:
-            version = migration.next_version()
-        outcome = await migration.upsert(Record(record_id, vector, metadata, version))
-        return _answer(outcome)
-
-    async def delete(body: dict[str, Any]) -> Response:
-        _only(body, {"id", "version"})
-        record_id = _id(body)
-        version = _version(body, required=False)
-        if version is None:
-            version = migration.next_version()
-        return _answer(await migration.delete(record_id, version))
-
-    async def get(body: dict[str, Any]) -> Response:
-        _only(body, {"id"})
-        return _answer(await migration.get(_id(body)))
-
-    async def search(body: dict[str, Any]) -> Response:
-        _only(body, {"vector", "k", "filter"})
-        vector = _vector(body, dim)
-        k = body.get("k", 10)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
-            raise BadInput(f"k must be an integer from 1 to {max_k}, got {k!r}", field="k")
-        filter = body.get("filter")
-        if filter is not None:
-            if not isinstance(filter, dict) or not all(
-                isinstance(v, SCALAR) for v in filter.values()
-            ):
-                raise BadInput(
-                    "filter must be an object of metadata key to a string, number, boolean or null "
-                    f"(every key must equal its value), got {filter!r}",
-                    field="filter",
-                )
-        return _answer(await migration.search(vector, k, filter or None))
-
-    # -- admin ---------------------------------------------------------------------------------
-
-    def admin(handler: Callable[[Request], Awaitable[Response]]) -> Handler:
+    def _admin(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
-            given = request.headers.get("x-admin-token") or ""
-            auth = request.headers.get("authorization", "")
-            if auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
-            if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
-                return JSONResponse(
-                    {
-                        "error": "admin endpoints need the admin token: send 'Authorization: Bearer "
-                        "TOKEN' (the service's --admin-token or VECMIG_ADMIN_TOKEN)",
-                        "kind": "unauthorized",
-                    },
-                    status_code=401,
-                )
+            if not bearer_ok(request, self.admin_token):
+                return unauthorized("admin endpoints", "the admin token ($VECMIG_ADMIN_TOKEN)")
             try:
                 return await handler(request)
             except BadInput as exc:
@@ -132,25 +119,53 @@ def create_app(
 
         return endpoint
 
-    async def status(_: Request) -> Response:
-        return JSONResponse(migration.status())
+    # -- client endpoints --------------------------------------------------------------------
 
-    def phase_step(step: Step) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(_: Request) -> Response:
+    async def upsert(self, body: dict[str, Any]) -> Response:
+        inputs.only(body, {"id", "vector", "metadata", "version"})
+        record_id = inputs.record_id(body)
+        vector = inputs.vector(body, self.migration.config.dim)
+        metadata = inputs.metadata(body)
+        version = self.versions.version_for(body, self.migration.next_version)
+        outcome = await self.migration.upsert(Record(record_id, vector, metadata, version))
+        return _answer(outcome)
+
+    async def delete(self, body: dict[str, Any]) -> Response:
+        inputs.only(body, {"id", "version"})
+        record_id = inputs.record_id(body)
+        version = self.versions.version_for(body, self.migration.next_version)
+        return _answer(await self.migration.delete(record_id, version))
+
+    async def get(self, body: dict[str, Any]) -> Response:
+        inputs.only(body, {"id"})
+        return _answer(await self.migration.get(inputs.record_id(body)))
+
+    async def search(self, body: dict[str, Any]) -> Response:
+        inputs.only(body, {"vector", "k", "filter"})
+        vector = inputs.vector(body, self.migration.config.dim)
+        k = inputs.top_k(body, self.migration.config.max_k)
+        return _answer(await self.migration.search(vector, k, inputs.search_filter(body)))
+
+    # -- admin endpoints ---------------------------------------------------------------------
+
+    async def status(self, _: Request) -> Response:
+        return JSONResponse(self.migration.status())
+
+    def _phase_step(self, step: Step) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            await no_body(request)
             try:
-                result = await migration.step(step)
+                result = await self.migration.step(step)
             except PhaseError as exc:
-                published = migration.coordinator.published
-                return JSONResponse(
-                    {
-                        "ok": False,
-                        "error": str(exc),
-                        "phase": published.phase.value,
-                        "epoch": published.epoch,
-                        "reasons": [str(exc)],
-                    },
-                    status_code=409,
-                )
+                published = self.migration.coordinator.published
+                body = {
+                    "ok": False,
+                    "error": str(exc),
+                    "phase": published.phase.value,
+                    "epoch": published.epoch,
+                    "reasons": [str(exc)],
+                }
+                return JSONResponse(body, status_code=409)
             body = {
                 "ok": result.ok,
                 "phase": result.phase.value,
@@ -161,37 +176,25 @@ def create_app(
 
         return endpoint
 
-    async def verify(_: Request) -> Response:
-        return JSONResponse(await migration.verify_and_repair())
+    async def verify(self, request: Request) -> Response:
+        await no_body(request)
+        return JSONResponse(await self.migration.verify_and_repair())
 
-    async def faults(request: Request) -> Response:
+    async def faults(self, request: Request) -> Response:
+        layer = self.migration.faults
         if request.method == "GET":
-            return JSONResponse(migration.faults.to_json())
-        body = json_object(await read_json(request, body_limit), "the body")
-        _only(body, {"action", "family", "side", "ms", "seconds"})
-        action, family = body.get("action"), body.get("family")
-        if action not in ("start", "stop"):
-            raise BadInput(f"action must be 'start' or 'stop', got {action!r}", field="action")
-        if family not in LAYER_FAULT_FAMILIES:
-            raise BadInput(
-                f"unknown layer fault family {family!r}; valid ones are {', '.join(LAYER_FAULT_FAMILIES)}",
-                field="family",
-            )
-        layer = migration.faults
-        if family == "config-lag":
-            if action == "start":
-                seconds = _number(body, "seconds", 0, 3600)
-                layer.config_lag_until = time.monotonic_ns() + int(seconds * 1e9)
-            else:
-                layer.config_lag_until = 0
             return JSONResponse(layer.to_json())
-        side_name = body.get("side")
-        if side_name not in ("old", "new"):
-            raise BadInput(f"side must be 'old' or 'new', got {side_name!r}", field="side")
-        side = Side(side_name)
+        body = json_object(await read_json(request, self.body_limit), "the body")
+        action, family, side, ms, seconds = _fault_request(body)
+        if family == "config-lag":
+            lag = seconds if action == "start" else 0.0
+            layer.config_lag_until = time.monotonic_ns() + int(lag * 1e9) if lag else 0
+            return JSONResponse(layer.to_json())
+        if side is None:
+            raise BadInput("side must be 'old' or 'new'", field="side")
         if family == "latency":
             if action == "start":
-                layer.latency_ms[side] = _number(body, "ms", 0, 60_000)
+                layer.latency_ms[side] = ms
             else:
                 layer.latency_ms.pop(side, None)
         elif action == "start":
@@ -200,95 +203,63 @@ def create_app(
             layer.partitioned.discard(side)
         return JSONResponse(layer.to_json())
 
-    async def heal(_: Request) -> Response:
-        migration.faults.heal()
-        return JSONResponse(migration.faults.to_json())
+    async def heal(self, request: Request) -> Response:
+        await no_body(request)
+        self.migration.faults.heal()
+        return JSONResponse(self.migration.faults.to_json())
 
-    # -- open endpoints --------------------------------------------------------------------------
+    # -- open endpoints ----------------------------------------------------------------------
 
-    async def health(_: Request) -> Response:
-        published = migration.coordinator.published
+    async def health(self, _: Request) -> Response:
+        """Liveness: the process answers. Whether it can serve is `/ready`'s question."""
+        published = self.migration.coordinator.published
         return JSONResponse({"ok": True, "phase": published.phase.value, "epoch": published.epoch})
 
-    async def metrics(_: Request) -> Response:
-        migration.update_gauges()
-        return Response(generate_latest(migration.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def ready(self, _: Request) -> Response:
+        """Readiness: both sides answer their health check, the state store answers, and this
+        instance holds its lease. 503 names what is not ready."""
+        checks = await self.migration.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await migration.start()
-        try:
-            yield
-        finally:
-            await migration.stop()
+    async def metrics(self, _: Request) -> Response:
+        self.migration.update_gauges()
+        registry = self.migration.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [
-        Route("/v1/upsert", client(upsert), methods=["POST"]),
-        Route("/v1/delete", client(delete), methods=["POST"]),
-        Route("/v1/get", client(get), methods=["POST"]),
-        Route("/v1/search", client(search), methods=["POST"]),
-        Route("/admin/status", admin(status), methods=["GET"]),
-        Route("/admin/advance", admin(phase_step(Step.ADVANCE)), methods=["POST"]),
-        Route("/admin/rollback", admin(phase_step(Step.ROLLBACK)), methods=["POST"]),
-        Route("/admin/abort", admin(phase_step(Step.ABORT)), methods=["POST"]),
-        Route("/admin/verify", admin(verify), methods=["POST"]),
-        Route("/admin/faults", admin(faults), methods=["GET", "POST"]),
-        Route("/admin/faults/heal", admin(heal), methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    async def openapi(self, _: Request) -> Response:
+        config = self.migration.config
+        return JSONResponse(service_schema(config.dim, config.max_k, self.versions))
 
 
-# ---------------------------------------------------------------------------------------------
-# Input checks: each names the field and the fix.
+def create_app(
+    migration: Migration, admin_token: str, body_limit: int = DEFAULT_BODY_LIMIT
+) -> Starlette:
+    return ServiceApp(migration, admin_token, body_limit).build()
 
 
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
+def _fault_request(body: dict[str, Any]) -> tuple[str, str, Side | None, float, float]:
+    """(action, family, side, ms, seconds) of a layer-fault request, every field given checked
+    whether or not this action uses it (a wrong field is a mistake, not something to ignore)."""
+    inputs.only(body, {"action", "family", "side", "ms", "seconds"})
+    action, family, side = body.get("action"), body.get("family"), body.get("side")
+    if action not in ("start", "stop"):
+        raise BadInput(f"action must be 'start' or 'stop', got {action!r:.40}", field="action")
+    if family not in LAYER_FAULT_FAMILIES:
         raise BadInput(
-            f"unknown field(s) {unknown}; this endpoint takes {sorted(allowed)}", field=unknown[0]
+            f"unknown layer fault family {family!r:.40}; valid ones are "
+            f"{', '.join(LAYER_FAULT_FAMILIES)}",
+            field="family",
         )
-
-
-def _id(body: dict[str, Any]) -> str:
-    if "id" not in body:
-        raise BadInput("the body needs an 'id' (a non-empty string)", field="id")
-    try:
-        return validate_id(body["id"])
-    except InvalidRequest as exc:
-        raise BadInput(str(exc), field="id") from None
-
-
-def _version(body: dict[str, Any], required: bool) -> int | None:
-    if "version" not in body or body["version"] is None:
-        if required:
-            raise BadInput("the body needs a 'version' (a non-negative integer)", field="version")
-        return None
-    try:
-        return validate_version(body["version"])
-    except InvalidRequest as exc:
-        raise BadInput(str(exc), field="version") from None
-
-
-def _vector(body: dict[str, Any], dim: int) -> Any:
-    vector = body.get("vector")
-    if not isinstance(vector, list) or not all(type(x) in (int, float) for x in vector):
-        raise BadInput(f"vector must be a list of {dim} numbers", field="vector")
-    try:
-        return validate_vector(vector, dim)
-    except InvalidRequest as exc:
-        raise BadInput(
-            str(exc).replace("this side expects", "this service expects"), field="vector"
-        ) from None
-
-
-def _number(body: dict[str, Any], key: str, low: float, high: float) -> float:
-    value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise BadInput(f"{key} must be a number from {low} to {high}, got {value!r}", field=key)
-    return float(value)
+    if "side" in body and side not in ("old", "new"):
+        raise BadInput(f"side must be 'old' or 'new', got {side!r:.40}", field="side")
+    ms = inputs.number(body, "ms", 0, 60_000) if "ms" in body else 0.0
+    seconds = inputs.number(body, "seconds", 0, 3600) if "seconds" in body else 0.0
+    if action == "start" and family == "latency" and "ms" not in body:
+        raise BadInput("a latency fault needs 'ms' (0 to 60000)", field="ms")
+    if action == "start" and family == "config-lag" and "seconds" not in body:
+        raise BadInput("a config-lag fault needs 'seconds' (0 to 3600)", field="seconds")
+    return str(action), str(family), None if side is None else Side(side), ms, seconds
 
 
 def _answer(outcome: Outcome) -> JSONResponse:

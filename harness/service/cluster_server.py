@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vecmig.harness.clusters.base import ClusterError, Record, Tombstone
+from vecmig.harness.clusters.base import ClusterError, Record, Tombstone, brief, max_component
 from vecmig.harness.clusters.fake import FakeCluster
 from vecmig.harness.clusters.faults import CLUSTER_FAULT_FAMILIES
 from vecmig.harness.clusters.remote import (
@@ -29,22 +37,53 @@ from vecmig.harness.clusters.remote import (
     stored_to_wire,
 )
 
-from .web import BadInput, error, json_object, read_json
+from .inputs import search_filter
+from .openapi import cluster_schema
+from .web import (
+    BadInput,
+    Handler,
+    HttpGuard,
+    bearer_ok,
+    error,
+    json_object,
+    no_body,
+    number_list,
+    read_json,
+    unauthorized,
+)
 
 SERVER_FAULT_FAMILIES = ("latency",)
-BODY_LIMIT = 64 << 20  # a backfill page of vectors is large; the layer is trusted here
-
-Handler = Callable[[Request], Awaitable[Response]]
+QUERY = ("vector", "k", "filter")
+BODY_LIMIT = 16 << 20
+"""A write batch of the backfill (256 records of 768 floats) is about 4 MB of JSON."""
 
 
 class ClusterServer:
     """The fake cluster behind HTTP. Calls run on the event loop: the cluster holds one lock
     and answers in microseconds, so a thread hop would cost more than it saves."""
 
-    def __init__(self, cluster: FakeCluster, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        latency_ms: float = 0.0,
+        *,
+        token: str | None = None,
+        body_limit: int = BODY_LIMIT,
+    ) -> None:
         self.cluster = cluster
         self.base_latency_ms = latency_ms
         self.extra_latency_ms = 0.0
+        self.token = token
+        """None: no authentication (loopback only, see `vecmig cluster serve`)."""
+        self.body_limit = body_limit
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.http_responses = Counter(
+            "vecmig_cluster_http_responses",
+            "HTTP answers by route and status code",
+            ("route", "code"),
+            registry=self.registry,
+        )
 
     async def _delay(self, op: str) -> None:
         ms = self.base_latency_ms * self.cluster.latency_multiplier(op) + self.extra_latency_ms
@@ -54,7 +93,8 @@ class ClusterServer:
     # -- the port over HTTP ------------------------------------------------------------------
 
     async def upsert(self, body: dict[str, Any]) -> Any:
-        records = [_record(item, i) for i, item in enumerate(_list(body, "records"))]
+        dim = self.cluster.dim
+        records = [_record(item, i, dim) for i, item in enumerate(_list(body, "records"))]
         await self._delay("upsert")
         return {"applied": self.cluster.upsert(records, fenced=_fenced(body))}
 
@@ -71,11 +111,13 @@ class ClusterServer:
 
     async def search(self, body: dict[str, Any]) -> Any:
         await self._delay("search")
-        hits = self.cluster.search(_vector(body), body.get("k"), body.get("filter"))  # type: ignore[arg-type]
+        k = cast(int, body.get("k"))  # the cluster checks k and refuses a bad one (400)
+        hits = self.cluster.search(_vector(body, self.cluster.dim), k, search_filter(body))
         return {"hits": hits_to_wire(hits)}
 
     async def exact(self, body: dict[str, Any]) -> Any:
-        hits = self.cluster.exact_search(_vector(body), body.get("k"), body.get("filter"))  # type: ignore[arg-type]
+        k = cast(int, body.get("k"))  # the cluster checks k and refuses a bad one (400)
+        hits = self.cluster.exact_search(_vector(body, self.cluster.dim), k, search_filter(body))
         return {"hits": hits_to_wire(hits)}
 
     async def scan(self, body: dict[str, Any]) -> Any:
@@ -143,48 +185,103 @@ class ClusterServer:
         except (ValueError, TypeError) as exc:
             raise BadInput(str(exc)) from None
 
+    # -- the migration's note ------------------------------------------------------------------
+
+    async def marker(self, _: Request) -> Any:
+        return {"marker": self.cluster.read_marker()}
+
+    async def set_marker(self, body: dict[str, Any]) -> Any:
+        marker = body.get("marker")
+        if not isinstance(marker, dict) or set(body) != {"marker"}:
+            raise BadInput('the body must be {"marker": {...}}', field="marker")
+        self.cluster.write_marker(marker)
+        return {"marker": self.cluster.read_marker()}
+
     # -- the app -------------------------------------------------------------------------------
 
     def app(self) -> Starlette:
-        def post(handler: Callable[[dict[str, Any]], Awaitable[Any]]) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                try:
-                    body = json_object(await read_json(request, BODY_LIMIT), "the body")
-                    return JSONResponse(await handler(body))
-                except BadInput as exc:
-                    return exc.response()
-                except ClusterError as exc:
-                    return _cluster_error(exc)
-
-            return endpoint
-
-        def get(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                try:
-                    return JSONResponse(await handler(request))
-                except ClusterError as exc:
-                    return _cluster_error(exc)
-
-            return endpoint
-
+        """The server's endpoints. With a token, every one but `/v1/health` and
+        `/openapi.json` needs `Authorization: Bearer TOKEN`."""
+        post, get = self._post, self._get
         routes = [
-            Route("/v1/upsert", post(self.upsert), methods=["POST"]),
-            Route("/v1/delete", post(self.delete), methods=["POST"]),
-            Route("/v1/get", post(self.get), methods=["POST"]),
-            Route("/v1/search", post(self.search), methods=["POST"]),
-            Route("/v1/exact", post(self.exact), methods=["POST"]),
-            Route("/v1/scan", post(self.scan), methods=["POST"]),
+            Route("/v1/upsert", post(self.upsert, "records", "fenced"), methods=["POST"]),
+            Route("/v1/delete", post(self.delete, "tombstones", "fenced"), methods=["POST"]),
+            Route("/v1/get", post(self.get, "ids"), methods=["POST"]),
+            Route("/v1/search", post(self.search, *QUERY), methods=["POST"]),
+            Route("/v1/exact", post(self.exact, *QUERY), methods=["POST"]),
+            Route("/v1/scan", post(self.scan, "cursor", "limit"), methods=["POST"]),
             Route("/v1/count", get(self.count), methods=["GET"]),
-            Route("/v1/checksums", post(self.checksums), methods=["POST"]),
-            Route("/v1/health", get(self.health), methods=["GET"]),
+            Route("/v1/checksums", post(self.checksums, "buckets"), methods=["POST"]),
+            Route("/v1/health", self._open(self.health), methods=["GET"]),
             Route("/v1/info", get(self.info), methods=["GET"]),
             Route("/v1/live_versions", get(self.live_versions), methods=["GET"]),
+            Route("/v1/marker", get(self.marker), methods=["GET"]),
+            Route("/v1/marker", post(self.set_marker, "marker"), methods=["POST"]),
             Route("/faults", get(self.faults), methods=["GET"]),
-            Route("/faults/start", post(self.start_fault), methods=["POST"]),
-            Route("/faults/stop", post(self.stop_fault), methods=["POST"]),
-            Route("/faults/heal", post(self.heal), methods=["POST"]),
+            Route("/faults/start", post(self.start_fault, "family", "params"), methods=["POST"]),
+            Route("/faults/stop", post(self.stop_fault, "family", "params"), methods=["POST"]),
+            Route("/faults/heal", post(self.heal, body=False), methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self._open(self.openapi), methods=["GET"]),
         ]
-        return Starlette(routes=routes)
+        middleware = [Middleware(HttpGuard, responses=self.http_responses)]
+        app = Starlette(routes=routes, middleware=middleware)
+        app.router.redirect_slashes = False  # a redirect would build its Location from Host
+        return app
+
+    def _post(
+        self,
+        handler: Callable[[dict[str, Any]], Awaitable[Any]],
+        *fields: str,
+        body: bool = True,
+    ) -> Handler:
+        """A POST endpoint whose JSON body may hold `fields` and nothing else."""
+
+        async def endpoint(request: Request) -> Response:
+            if self.token is not None and not bearer_ok(request, self.token):
+                return unauthorized("this server's endpoints", "its token ($VECMIG_CLUSTER_TOKEN)")
+            try:
+                data: dict[str, Any] = {}
+                if body:
+                    data = json_object(await read_json(request, self.body_limit), "the body")
+                    unknown = sorted(set(data) - set(fields))
+                    if unknown:
+                        raise BadInput(
+                            f"unknown field(s) {brief(unknown)}; this endpoint takes {list(fields)}"
+                        )
+                else:
+                    await no_body(request)
+                return JSONResponse(await handler(data))
+            except BadInput as exc:
+                return exc.response()
+            except ClusterError as exc:
+                return _cluster_error(exc)
+
+        return endpoint
+
+    def _get(self, handler: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if self.token is not None and not bearer_ok(request, self.token):
+                return unauthorized("this server's endpoints", "its token ($VECMIG_CLUSTER_TOKEN)")
+            return await self._open(handler)(request)
+
+        return endpoint
+
+    @staticmethod
+    def _open(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return JSONResponse(await handler(request))
+            except ClusterError as exc:
+                return _cluster_error(exc)
+
+        return endpoint
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, _: Request) -> Any:
+        return cluster_schema(self.cluster.dim)
 
 
 def heal(cluster: FakeCluster) -> None:
@@ -219,23 +316,21 @@ def _fenced(body: Mapping[str, Any]) -> bool:
     return fenced
 
 
-def _vector(body: Mapping[str, Any]) -> Any:
-    vector = body.get("vector")
-    if not isinstance(vector, list):
-        raise BadInput(
-            f"'vector' must be a list of numbers, got {type(vector).__name__}", field="vector"
-        )
-    try:
-        return np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadInput("'vector' must be a list of numbers", field="vector") from None
+def _vector(body: Mapping[str, Any], dim: int) -> Any:
+    vector = number_list(body.get("vector"), "vector", max_component(dim))
+    return np.asarray(vector, dtype=np.float32)
 
 
-def _record(item: Any, position: int) -> Record:
+def _record(item: Any, position: int, dim: int) -> Record:
     if not isinstance(item, dict):
         raise BadInput(f"records[{position}] must be an object")
     try:
-        return Record(item["id"], _vector(item), item.get("metadata") or {}, item["version"])
+        metadata = item.get("metadata")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise BadInput(f"records[{position}].metadata must be an object or null")
+        return Record(item["id"], _vector(item, dim), metadata, item["version"])
     except KeyError as exc:
         raise BadInput(f"records[{position}] lacks {exc.args[0]!r}") from None
 
@@ -251,9 +346,11 @@ def _fault(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     families = CLUSTER_FAULT_FAMILIES + SERVER_FAULT_FAMILIES
     if family not in families:
         raise BadInput(f"unknown fault family {family!r}; valid ones are {', '.join(families)}")
-    params = body.get("params") or {}
+    params = body.get("params")
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
-        raise BadInput("'params' must be an object")
+        raise BadInput(f"'params' must be an object, got {brief(params)}", field="params")
     return str(family), params
 
 

@@ -1,7 +1,8 @@
 """The live driver: runs the core's operations on an asyncio event loop against real sides.
 
-Side requests go to the ports (synchronous, so they run in a thread pool) through the layer's
-own faults (a partition refuses the call, a latency spike delays it); state requests go to the
+Side requests go to the ports (synchronous, so they run on threads: each side in its own
+`Bulkhead`, with its own deadline) through the layer's own faults (a partition refuses the
+call, a latency spike delays it); state requests go to the
 store inline (SQLite answers in microseconds, and keeping it on the loop thread means no
 thread ever waits for the store's lock); `Now` is `time.monotonic_ns()`, `Sleep` is
 `asyncio.sleep`, `AnnouncePhase` saves the phase durably and hands it to the config store.
@@ -16,7 +17,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ from vecmig.harness.core.phases import Published
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.state import StateStore
 from vecmig.harness.drive.execute import execute
+
+from .bulkhead import Bulkhead
 
 log = logging.getLogger("vecmig.service")
 
@@ -90,7 +92,7 @@ class LiveDriver:
         self,
         sides: Mapping[Side, ClusterPort],
         store: StateStore,
-        executor: Executor,
+        bulkheads: Mapping[Side, Bulkhead],
         *,
         faults: LayerFaults | None = None,
         exact: ExactFn | None = None,
@@ -100,7 +102,7 @@ class LiveDriver:
     ) -> None:
         self.sides = sides
         self.store = store
-        self.executor = executor
+        self.bulkheads = bulkheads
         self.faults = faults if faults is not None else LayerFaults()
         self.exact = exact
         self.exact_kinds = exact_kinds
@@ -131,7 +133,7 @@ class LiveDriver:
         except asyncio.CancelledError:
             steps.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - a crash of the op must be visible, not silent
+        except Exception as exc:  # a crash of the op must be visible (logged), not silent
             steps.close()
             self.crashes += 1
             log.exception("operation %s crashed", op.kind)
@@ -153,8 +155,8 @@ class LiveDriver:
                 return None
             fn = self.exact
             try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self.executor, fn, request.side, request.vector, request.k, request.filter
+                return await self.bulkheads[request.side].call(
+                    fn, request.side, request.vector, request.k, request.filter
                 )
             except ClusterError:
                 return None  # ground truth is a nicety: without it there is no recall figure
@@ -177,9 +179,7 @@ class LiveDriver:
         if side in self.faults.partitioned:
             raise Unavailable(f"{side.value}: partitioned from the layer (injected fault)")
         start = time.monotonic_ns()
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.executor, execute, request, self.sides, self.store
-        )
+        result = await self.bulkheads[side].call(execute, request, self.sides, self.store)
         if isinstance(request, rq.Search | rq.Get):
             self.read_latency.add(side, start, (time.monotonic_ns() - start) / 1e6)
         return result

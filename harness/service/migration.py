@@ -18,16 +18,23 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from vecmig.harness.clusters.base import ClusterPort, Filter, Record, Side, Vector
+from vecmig.harness.clusters.base import (
+    ClusterError,
+    ClusterPort,
+    Filter,
+    MarkedSide,
+    Record,
+    Side,
+    Vector,
+)
 from vecmig.harness.core import gates
 from vecmig.harness.core import requests as rq
-from vecmig.harness.core.controller import Controller, Plan, backfill_worker, repair_worker
+from vecmig.harness.core.controller import Controller, Plan, backfill_worker
 from vecmig.harness.core.layer import LayerConfig, MigrationLayer, Shared
 from vecmig.harness.core.phases import Coordinator, InstanceView, Phase, Published, Step, next_phase
 from vecmig.harness.core.requests import Operation, Outcome
@@ -36,9 +43,12 @@ from vecmig.harness.core.workers import Backfill, Throttle, repair_pass, verify
 from vecmig.harness.history.ops import Recorder
 from vecmig.harness.state import SQLiteStore
 
+from .bulkhead import Bulkhead
 from .driver import LayerFaults, LiveDriver
+from .inputs import VersionPolicy
 from .metrics import ServiceMetrics
 from .repairs import CachedRepairLog
+from .resume import marker_for
 
 log = logging.getLogger("vecmig.service")
 
@@ -70,8 +80,17 @@ class ServiceConfig:
     """Ask the side for the exact top-k of every client search (recall in the history);
     doubles a search's cost, so off by default. Mirrored reads always ask when they can."""
     op_log: str | None = None
-    side_threads: int = 16
-    """Threads carrying out side requests (the ports are synchronous)."""
+    versions: VersionPolicy = field(default_factory=VersionPolicy)
+    side_threads: int = 8
+    """Threads carrying out each side's requests (the ports are synchronous): per side."""
+    side_queue: int = 64
+    """Calls that may wait for one of a side's threads; past that they are refused at once."""
+    side_deadline_s: float = 2.0
+    """How long a side call may take before it ends `Timeout` (or `Unavailable` if it never
+    started). The instance's lease margin is set above it, so every request is bounded below
+    the margin, as the layer's acknowledgement rule assumes."""
+    health_interval_s: float = 1.0
+    """How often the sides' health is checked (logged when it changes; `vecmig_side_up`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +108,17 @@ class Migration:
         self.config = config
         self.sides = dict(sides)
         self.store = CachedRepairLog(store)
+        self.migration_id: str = store.migration_id
         self.metrics = ServiceMetrics()
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.side_threads, thread_name_prefix="vecmig-side"
-        )
+        self.bulkheads = {
+            side: Bulkhead(side, config.side_threads, config.side_queue, config.side_deadline_s)
+            for side in Side
+        }
         self.faults = LayerFaults()
         self.driver = LiveDriver(
             self.sides,
             self.store,
-            self.executor,
+            self.bulkheads,
             faults=self.faults,
             exact=self._exact,
             exact_kinds=frozenset(
@@ -107,6 +128,13 @@ class Migration:
             on_phase=self._on_phase,
         )
         self.lease_ns = int(config.lease_s * SECOND)
+        margin_ns = int((config.side_deadline_s + 0.1) * SECOND)
+        if self.lease_ns <= 2 * margin_ns:
+            raise ValueError(
+                f"the lease ({config.lease_s:g} s) must be more than twice the side deadline "
+                f"plus 0.1 s ({margin_ns / SECOND:g} s): a lease shorter than that lapses "
+                "between two polls of a busy instance"
+            )
         state = store.load()
         now = time.monotonic_ns()
         self.started = now
@@ -123,31 +151,13 @@ class Migration:
             bind_leases=config.strategy.lease_epoch_binding,
         )
         self.coordinator.join(config.instance, now)
-        self.view = InstanceView(config.instance, state.phase, state.epoch, now + self.lease_ns)
+        self.view = InstanceView(
+            config.instance, state.phase, state.epoch, now + self.lease_ns, margin_ns
+        )
         self._acked = Published(state.phase, state.epoch)
         self.shared = Shared()
-        self.layer = MigrationLayer(
-            self.view,
-            LayerConfig(
-                strategy=config.strategy,
-                metric=self.sides[Side.OLD].metric,
-                lagged_sides=config.lagged,
-                visibility_window_ns=int(config.visibility_window_s * SECOND),
-                mirror_sample_rate=config.mirror_rate,
-            ),
-            self.shared,
-            node=random.randrange(1024),
-        )
-        self.backfill = Backfill(
-            config.strategy,
-            Throttle(
-                slo_p99_ms=config.backfill_slo_ms,
-                batch_size=config.backfill_batch,
-                min_batch=min(16, config.backfill_batch),
-                max_batch=config.backfill_batch,
-            ),
-        )
-        self.backfill.throttle.pause_ns = int(config.backfill_pause_s * SECOND)
+        self.layer = self._layer()
+        self.backfill = self._backfill()
         self.controller = Controller(
             self.coordinator,
             config.strategy,
@@ -164,16 +174,83 @@ class Migration:
         self.in_flight: dict[int, int] = {}
         """epoch -> client operations started under it and not yet finished."""
         self.live_latency: deque[tuple[int, float]] = deque(maxlen=8192)
-        self._oplog_file = open(config.op_log, "a", encoding="utf-8") if config.op_log else None
+        self._oplog_file = (
+            open(config.op_log, "a", encoding="utf-8")  # noqa: SIM115 - open for the service's life
+            if config.op_log
+            else None
+        )
         self.oplog = Recorder(self._oplog_file, keep=False) if self._oplog_file else None
         # Op-log process numbers start from this process's start second, so that a restarted
         # service appending to the same log never reuses one (an op cut off by a kill stays open).
         self._op_process = time.time_ns() // SECOND * 1_000_000
         self._tasks: list[asyncio.Task[None]] = []
-        self._mirrors_in_flight = 0
-        self._backfill_rate = 0.0
         self._last_gate: dict[str, Any] | None = None
+        self.side_health: dict[Side, dict[str, Any]] = {}
+        """Each side's last health check: ok, detail, since when (monotonic ns)."""
+        self._stamped: dict[Side, int] = {}
+        """The epoch each side's marker last carried (written by this process)."""
+        self._read_counters()
         self.update_gauges()
+
+    def _layer(self) -> MigrationLayer:
+        config = self.config
+        return MigrationLayer(
+            self.view,
+            LayerConfig(
+                strategy=config.strategy,
+                metric=self.sides[Side.OLD].metric,
+                lagged_sides=config.lagged,
+                visibility_window_ns=int(config.visibility_window_s * SECOND),
+                lease_margin_ns=self.view.margin_ns,
+                # A write makes a handful of side calls, each bounded by the side deadline.
+                intent_hold_ns=int(4 * config.side_deadline_s * SECOND) + self.view.margin_ns,
+                mirror_sample_rate=config.mirror_rate,
+            ),
+            self.shared,
+            node=random.randrange(1024),
+        )
+
+    def _backfill(self) -> Backfill:
+        config = self.config
+        backfill = Backfill(
+            config.strategy,
+            Throttle(
+                slo_p99_ms=config.backfill_slo_ms,
+                batch_size=config.backfill_batch,
+                min_batch=min(16, config.backfill_batch),
+                max_batch=config.backfill_batch,
+            ),
+        )
+        backfill.throttle.pause_ns = int(config.backfill_pause_s * SECOND)
+        return backfill
+
+    def _read_counters(self) -> None:
+        counters = self.metrics.read_counters
+        counters.add(
+            "vecmig_backfill_copied_records",
+            "Records the backfill has copied (its durable checkpoint)",
+            lambda: self._checkpoint().copied,
+        )
+        counters.add(
+            "vecmig_mirrored_reads_compared",
+            "Mirrored reads compared since this process started",
+            lambda: self.shared.mirror.compared,
+        )
+        counters.add(
+            "vecmig_operation_crashes",
+            "Operations that raised a non-side error (bugs)",
+            lambda: self.driver.crashes,
+        )
+        counters.add_labelled(
+            "vecmig_side_calls_cut",
+            "Side calls a side's bulkhead refused (full) or cut off (past the side deadline)",
+            ("side", "reason"),
+            lambda: {
+                (side.value, reason): float(getattr(bulkhead, reason))
+                for side, bulkhead in self.bulkheads.items()
+                for reason in ("refused", "timed_out")
+            },
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -184,6 +261,7 @@ class Migration:
             self._repair_loop,
             self._mirror_loop,
             self._gauge_loop,
+            self._side_watch_loop,
         ]
         self._tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in loops]
         if self.view.phase is Phase.SHADOW and self.config.strategy.adjacency_wait:
@@ -193,7 +271,8 @@ class Migration:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for bulkhead in self.bulkheads.values():
+            bulkhead.shutdown()
         if self._oplog_file is not None:
             self._oplog_file.close()
 
@@ -233,6 +312,12 @@ class Migration:
             else:
                 del self.in_flight[epoch]
         end = time.monotonic_ns()
+        if op.f in ("upsert", "delete") and outcome.type == "ok":
+            # The history records what the client is told: applied, or superseded by a newer
+            # version that fencing kept.
+            result = "superseded" if outcome.notes.get("superseded") else "applied"
+            outcome = replace(outcome, value={**outcome.value, "result": result})
+            self.metrics.writes.labels(op.f, result).inc()
         if self.oplog is not None and op.f is not None:
             value = outcome.value if outcome.value is not None else op.invoke_value
             self.oplog.complete(process, outcome.type, op.f, value, end)
@@ -312,10 +397,8 @@ class Migration:
         """Queries for the noise floor: stored vectors of old, nudged, so that they look like
         real queries of this data without the service knowing its distribution."""
         try:
-            page = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.sides[Side.OLD].scan, None, 512
-            )
-        except Exception:  # noqa: BLE001 - no calibration queries means no noise floor, not a crash
+            page = await self.bulkheads[Side.OLD].call(self.sides[Side.OLD].scan, None, 512)
+        except Exception:  # no calibration queries means no noise floor, not a crash
             log.warning("could not sample calibration queries from old", exc_info=True)
             return []
         vectors = [s.vector for s in page.items if not s.deleted and s.vector is not None]
@@ -360,15 +443,22 @@ class Migration:
                 log.warning("backfill worker ended %s: %s", outcome.type, outcome.error)
             await asyncio.sleep(0.5)
 
-    async def _repair_loop(self) -> None:
+    async def _repair_loop(self, interval_s: float = 0.2) -> None:
+        """Drains the repair log, pass after pass, but not while a side is down: a repair reads
+        one side and writes the other, so with one side hung every pass would only load the
+        healthy side with reads (one per entry) that cannot lead anywhere."""
         if not self.config.strategy.repairs:
             return
         while True:
-            outcome = await self.driver.run(
-                repair_worker(self.coordinator, lagged=self.config.lagged)
-            )
-            log.warning("repair worker ended %s: %s; restarting it", outcome.type, outcome.error)
-            await asyncio.sleep(0.5)
+            down = [s.value for s, h in self.side_health.items() if not h["ok"]]
+            if not down:
+                retired = self.coordinator.published.phase is Phase.DECOMMISSIONED
+                outcome = await self.driver.run(repair_pass(256, self.config.lagged, retired))
+                if outcome.type != "ok":
+                    log.warning("repair pass ended %s: %s", outcome.type, outcome.error)
+                elif outcome.value.get("repaired") or outcome.value.get("dropped"):
+                    continue
+            await asyncio.sleep(interval_s)
 
     async def _mirror_loop(self) -> None:
         """Mirrored reads, off the critical path, a few at a time; a backlog past 1000 is
@@ -385,15 +475,8 @@ class Migration:
             await asyncio.sleep(0.01)
 
     async def _gauge_loop(self) -> None:
-        last_copied, last_time = self.store.load_checkpoint().copied, time.monotonic_ns()
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic_ns()
-            copied = self.store.load_checkpoint().copied
-            if not self.config.strategy.durable_checkpoint:
-                copied = self.backfill.checkpoint.copied
-            self._backfill_rate = max(0.0, (copied - last_copied) / ((now - last_time) / 1e9))
-            last_copied, last_time = copied, now
             self.backfill.throttle.observe(self._live_p99_ms())
             if self.config.backfill_pause_s:
                 floor = int(self.config.backfill_pause_s * SECOND)
@@ -410,15 +493,80 @@ class Migration:
     def update_gauges(self) -> None:
         m = self.metrics
         m.repair_backlog.set(self.store.repair_backlog())
-        m.backfill_copied.set(self._checkpoint().copied)
-        m.backfill_rate.set(self._backfill_rate)
         m.backfill_batch.set(self.backfill.throttle.batch_size)
-        m.mirrored.set(self.shared.mirror.compared)
-        m.mismatch_rate.set(self.shared.mirror.mismatch_rate)
+        m.mismatch_ratio.set(self.shared.mirror.mismatch_rate)
         m.epoch.set(self.coordinator.published.epoch)
         for phase in Phase:
             m.phase.labels(phase.value).set(1 if phase is self.coordinator.published.phase else 0)
-        m.crashes.set(self.driver.crashes)
+        for side, health in self.side_health.items():
+            m.side_up.labels(side.value).set(1 if health["ok"] else 0)
+
+    # -- the sides' health, readiness and markers --------------------------------------------
+
+    async def _side_watch_loop(self) -> None:
+        """Checks each side's health on its own bulkhead, logs every change (a side going down
+        used to leave no trace in the log), and keeps the sides' markers current."""
+        while True:
+            await asyncio.gather(*(self._watch(side) for side in Side))
+            self.update_gauges()
+            await asyncio.sleep(self.config.health_interval_s)
+
+    async def _watch(self, side: Side) -> None:
+        health = await self._health(side)
+        last = self.side_health.get(side)
+        if last is None or last["ok"] != health["ok"]:
+            health["since"] = time.monotonic_ns()
+            if not health["ok"]:
+                log.warning("side %s is down: %s", side.value, health["detail"])
+            elif last is not None:
+                log.warning("side %s is back up", side.value)
+        else:
+            health["since"] = last["since"]
+        self.side_health[side] = health
+        if health["ok"]:
+            await self._stamp(side)
+
+    async def _health(self, side: Side, deadline_s: float = 1.0) -> dict[str, Any]:
+        port = self.sides[side]
+        try:
+            health = await self.bulkheads[side].call(port.health, deadline_s=deadline_s)
+        except ClusterError as exc:
+            return {"ok": False, "detail": str(exc)}
+        detail = {str(k): str(v)[:200] for k, v in dict(health.detail).items()}
+        return {"ok": bool(health.ok), "detail": detail}
+
+    async def _stamp(self, side: Side) -> None:
+        """Write the migration's marker on `side` if it is behind the published epoch (once the
+        state holds the epoch: a crash between the two leaves the marker behind, never ahead)."""
+        port = self.sides[side]
+        published = self.coordinator.published
+        if not isinstance(port, MarkedSide) or self._stamped.get(side) == published.epoch:
+            return
+        marker = marker_for(self.migration_id, published.phase, published.epoch)
+        try:
+            await self.bulkheads[side].call(port.write_marker, marker)
+        except ClusterError as exc:
+            log.warning("cannot write the migration marker on %s: %s", side.value, exc)
+            return
+        self._stamped[side] = published.epoch
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """What `/ready` reports: each side's health (now), the state store, the lease."""
+        old, new = await asyncio.gather(self._health(Side.OLD), self._health(Side.NEW))
+        checks: dict[str, dict[str, Any]] = {"old": old, "new": new}
+        if self.coordinator.published.phase is Phase.DECOMMISSIONED:
+            checks["old"] = {"ok": True, "detail": "retired (DECOMMISSIONED)", "was": old}
+        try:
+            self.store.repair_backlog_durable()
+            checks["state"] = {"ok": True, "detail": "answers"}
+        except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
+            checks["state"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        may_serve = self.view.may_serve(time.monotonic_ns())
+        checks["lease"] = {
+            "ok": may_serve,
+            "detail": "held" if may_serve else "lapsed: not hearing the config store",
+        }
+        return checks
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -444,7 +592,6 @@ class Migration:
             "adjacency_violations": self.coordinator.adjacency_violations(now),
             "backfill": {
                 **_checkpoint_json(self._checkpoint()),
-                "rate_per_s": round(self._backfill_rate, 1),
                 "batch_size": self.backfill.throttle.batch_size,
                 "pause_s": self.backfill.throttle.pause_ns / 1e9,
             },
@@ -455,6 +602,16 @@ class Migration:
             "fallbacks": self.shared.fallbacks,
             "new_p99_ms": self.driver.read_latency.p99_ms(Side.NEW),
             "layer_faults": self.faults.to_json(),
+            "sides": {
+                side.value: {
+                    "health": self.side_health.get(side),
+                    "bulkhead": self.bulkheads[side].to_json(),
+                    "read_p99_ms": self.driver.read_latency.p99_ms(side),
+                }
+                for side in Side
+            },
+            "migration": self.migration_id,
+            "versions": self.config.versions.describe(),
             "phase_changes": list(self.phase_changes),
             "resumed_from": self.resumed_from,
             "uptime_s": round((now - self.started) / 1e9, 3),

@@ -92,10 +92,15 @@ class CachedRepairLog:
             return len(self._pending) + len(self._intents)
         return len(self._pending) + sum(1 for _, hold in self._intents.values() if hold <= now)
 
+    def repair_backlog_durable(self) -> int:
+        """The backlog as the store itself counts it: a query, so a store that stopped
+        answering (disk gone, file locked) says so."""
+        return self.store.repair_backlog()
+
     def next_repairs(self, limit: int, now: int | None = None) -> list[RepairEntry]:
         return self.store.next_repairs(limit, now)
 
-    # -- the rest, straight to the store ------------------------------------------------------------
+    # -- the rest, straight to the store -----------------------------------------------------------
 
     def load(self) -> MigrationState:
         return self.store.load()

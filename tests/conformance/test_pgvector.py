@@ -18,8 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
     IMPORT_ERROR = exc
 
 from vecmig.harness.clusters.base import ClusterPort, Metric
-
-from .suite import ClusterConformance, MakeCluster, record
+from vecmig.harness.testing.conformance import ClusterConformance, MakeCluster, record
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ from qdrant_client import QdrantClient
 
 from vecmig.harness.clusters.base import ClusterPort, InvalidRequest, Metric
 from vecmig.harness.clusters.qdrant import QdrantCluster
-
-from .suite import ClusterConformance, MakeCluster, record
+from vecmig.harness.testing.conformance import ClusterConformance, MakeCluster, record
 
 
 class TestQdrantLocal(ClusterConformance):

@@ -1,27 +1,28 @@
-"""The conformance suite for the adapter named by VECMIG_ADAPTER (one skip while it is unset):
+"""The conformance suite and the migration state machine on the adapter the pytest plugin is
+given (skipped, saying how, while it is given none):
 
-VECMIG_ADAPTER=mypackage.sides:make_side python -m pytest tests/conformance/test_your_adapter.py
+    python -m pytest tests/conformance/test_your_adapter.py --vecmig-adapter=mypkg.sides:make_side
+    VECMIG_ADAPTER=myengine://... python -m pytest tests/conformance/test_your_adapter.py
+
+Your own project needs no vecmig checkout for this: the same two classes, subclassed in a test
+module of its own, run there (docs/property-tests.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from .suite import ClusterConformance, MakeCluster
-from .your_adapter import ENV, adapter_factory
+from vecmig.harness.testing.conformance import ClusterConformance
+from vecmig.harness.testing.migration import AdapterMigrationTest
+from vecmig.harness.testing.plugin import NO_ADAPTER, adapter_given
 
-if adapter_factory() is None:
+if not adapter_given():
+    pytest.skip(NO_ADAPTER, allow_module_level=True)
 
-    def test_your_adapter() -> None:
-        pytest.skip(f"set {ENV}=package.module:factory to run the suite against your adapter")
 
-else:
+class TestYourAdapter(ClusterConformance):
+    pass
 
-    class TestYourAdapter(ClusterConformance):
-        @pytest.fixture
-        def make_cluster(self) -> Iterator[MakeCluster]:
-            factory = adapter_factory()
-            assert factory is not None
-            yield factory
+
+class TestYourAdapterMigration(AdapterMigrationTest):
+    pass

@@ -1,14 +1,23 @@
 """The conformance suite every `ClusterPort` adapter must pass, whatever engine is behind it.
 
-Use it by subclassing `ClusterConformance` in a `test_<adapter>.py` module and overriding the
-`make_cluster` fixture with one that returns a factory `(dim, metric) -> ClusterPort`; each call
-must give a fresh, empty side (the fixture cleans up after the test). Every rule checked here is
-one that `harness/clusters/base.py` states in a docstring; a test's name says which.
+Use it by subclassing `ClusterConformance` in a test module of your own:
+
+    from vecmig.harness.testing.conformance import ClusterConformance
+
+    class TestMyEngine(ClusterConformance):
+        recall_floor = 0.9   # optional knobs: recall_floor, property_examples, vector_rtol
+
+The sides come from the `make_cluster` fixture, a factory `(dim, metric) -> ClusterPort` whose
+every call gives a fresh, empty side. By default it is the pytest plugin's `vecmig_adapter`
+(`--vecmig-adapter`, the `vecmig_adapter` ini option or `VECMIG_ADAPTER`; see
+`vecmig.harness.testing.plugin`); override `make_cluster` in the class to build sides yourself
+(and clean them up after the test). Every rule checked here is one that
+`harness/clusters/base.py` states in a docstring; a test's name says which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +41,7 @@ from vecmig.harness.clusters.base import (
 )
 
 MakeCluster = Callable[[int, Metric], ClusterPort]
+"""`make_cluster(dim, metric)`: a fresh, empty side."""
 
 DIM = 16
 CATEGORIES = 5
@@ -62,6 +72,18 @@ def clustered_catalog(
         v = (centres[c] + rng.standard_normal(dim)).astype(np.float32)
         meta = {"category": c % CATEGORIES, "in_stock": bool(i % 3), "price": round(5.0 + i, 2)}
         records.append(Record(f"p{i:05d}", v, meta, 1))
+    return records, centres
+
+
+def clustered_catalog_for(metric: Metric, n: int) -> tuple[list[Record], np.ndarray]:
+    """`clustered_catalog(n)` for `metric`: unit vectors for the inner product, whose distance
+    (1 - dot) orders neighbours as cosine does only between unit vectors."""
+    records, centres = clustered_catalog(n)
+    if metric is Metric.INNER_PRODUCT:
+        records = [
+            Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
+            for r in records
+        ]
     return records, centres
 
 
@@ -119,7 +141,7 @@ def state_of(
 
 
 class ClusterConformance:
-    """Rules of the cluster port. Subclasses override `make_cluster`."""
+    """Rules of the cluster port, run against the sides `make_cluster` makes."""
 
     #: recall@10 against brute force that search must reach on the clustered catalog
     recall_floor = 0.8
@@ -129,11 +151,9 @@ class ClusterConformance:
     vector_rtol = 1e-5
 
     @pytest.fixture
-    def make_cluster(self) -> Iterator[MakeCluster]:
-        raise NotImplementedError(
-            f"{type(self).__name__} must override the make_cluster fixture with a factory "
-            "(dim, metric) -> ClusterPort that returns a fresh, empty side"
-        )
+    def make_cluster(self, vecmig_adapter: MakeCluster) -> MakeCluster:
+        """The plugin's adapter; override this fixture to make the sides yourself."""
+        return vecmig_adapter
 
     @pytest.fixture
     def cluster(self, make_cluster: MakeCluster) -> ClusterPort:
@@ -169,6 +189,19 @@ class ClusterConformance:
         assert got.vector is not None
         np.testing.assert_allclose(got.vector, r.vector, rtol=self.vector_rtol, atol=1e-6)
         assert dict(got.metadata) == dict(r.metadata)
+
+    def test_a_get_sees_every_acknowledged_write_at_once(self, cluster: ClusterPort) -> None:
+        """Gets are read-your-writes, even on an engine whose searches lag: the safe layer
+        re-reads search hits by id to correct a lagging index (docs/core-guide.md)."""
+        for version, write in ((1, "upsert"), (2, "upsert"), (3, "delete"), (4, "upsert")):
+            if write == "upsert":
+                cluster.upsert([record("rw", version, seed=version, category=version)])
+            else:
+                cluster.delete([Tombstone("rw", version)])
+            got = cluster.get(["rw"])["rw"]
+            assert (got.version, got.deleted) == (version, write == "delete")
+            if write == "upsert":
+                assert got.metadata["category"] == version and got.vector is not None
 
     def test_fenced_upsert_reports_applied_or_skipped_per_id(self, cluster: ClusterPort) -> None:
         cluster.upsert([record("a", 5), record("b", 5)])
@@ -297,12 +330,7 @@ class ClusterConformance:
         self, make_cluster: MakeCluster, metric: Metric
     ) -> None:
         c = make_cluster(DIM, metric)
-        records, centres = clustered_catalog(80)
-        if metric is Metric.INNER_PRODUCT:
-            records = [
-                Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
-                for r in records
-            ]
+        records, centres = clustered_catalog_for(metric, 80)
         c.upsert(records)
         by_id = {r.id: r for r in records}
         q = queries_near(centres, 1)[0]
@@ -316,12 +344,7 @@ class ClusterConformance:
         self, make_cluster: MakeCluster, metric: Metric
     ) -> None:
         c = make_cluster(DIM, metric)
-        records, centres = clustered_catalog(600)
-        if metric is Metric.INNER_PRODUCT:
-            records = [
-                Record(r.id, r.vector / np.linalg.norm(r.vector), r.metadata, r.version)
-                for r in records
-            ]
+        records, centres = clustered_catalog_for(metric, 600)
         c.upsert(records)
         recalls = []
         for q in queries_near(centres, 20):
@@ -397,7 +420,7 @@ class ClusterConformance:
 
     # -- scan -----------------------------------------------------------------------------------
 
-    IDS = ["b", "a", "B", "a-1", "a_1", "a.1", "Z9", "_x", "a1", "~", "product:42", "é", "aa", "a"]
+    IDS = ("b", "a", "B", "a-1", "a_1", "a.1", "Z9", "_x", "a1", "~", "product:42", "é", "aa", "a")
 
     def test_scan_is_ascending_by_id_includes_tombstones_and_visits_each_id_once(
         self, cluster: ClusterPort
@@ -462,7 +485,7 @@ class ClusterConformance:
 
     # -- bad input ------------------------------------------------------------------------------
 
-    BAD_IDS: list[Any] = ["", "x" * (MAX_ID_LENGTH + 1), "tab\there", "nl\n", 42, None]
+    BAD_IDS: tuple[Any, ...] = ("", "x" * (MAX_ID_LENGTH + 1), "tab\there", "nl\n", 42, None)
 
     def assert_untouched(self, cluster: ClusterPort) -> None:
         got = cluster.get(["keep", "good"])
