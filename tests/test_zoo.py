@@ -17,7 +17,15 @@ from vecmig.harness.testing.shrink import minimize, replay, signature
 from vecmig.harness.zoo import catalog
 from vecmig.harness.zoo.catalog import COVERS, QUALITY, Row
 from vecmig.harness.zoo.engines import CAUGHT, OUT_OF_TIME, STALLED, VALID
-from vecmig.harness.zoo.matrix import CAUGHT_ROW, COVERED, FALSE_ALARM, MISSED, Matrix
+from vecmig.harness.zoo.matrix import (
+    CAUGHT_ROW,
+    COVERED,
+    FALSE_ALARM,
+    LIVE_ONLY,
+    MISSED,
+    PENDING,
+    Matrix,
+)
 from vecmig.harness.zoo.search import Search, Settings
 
 
@@ -152,13 +160,14 @@ def test_a_search_out_of_budget_says_so_rather_than_valid() -> None:
     assert search.outcome == OUT_OF_TIME and len(search.tried) == 1
 
 
-def test_an_ablation_nothing_caught_is_covered_only_if_its_cover_row_is_caught() -> None:
-    name = next(iter(COVERS), None)
-    if name is None:
-        pytest.skip("no cover declared")
-    row = Row((name,), "ablation")
+def test_an_ablation_nothing_caught_is_covered_only_if_its_cover_row_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declared = catalog.Cover(("read-retry",), "the retry goes to the same replica")
+    monkeypatch.setitem(COVERS, "read-fallback", declared)
+    row = Row(("read-fallback",), "ablation")
     covering = catalog.cover(row)
-    assert covering is not None
+    assert covering is not None and covering.strategy == "safe-without:read-fallback,read-retry"
     alone = Search(row, "machine", settings(), {})
     alone.take({"outcome": VALID, "seconds": 1.0, "examples": 10})
 
@@ -171,6 +180,40 @@ def test_an_ablation_nothing_caught_is_covered_only_if_its_cover_row_is_caught()
     assert matrix_with({"outcome": VALID, "seconds": 1.0}).verdict(row) == MISSED
     caught = matrix_with({"outcome": CAUGHT, "seconds": 1.0, "replays_safe": False})
     assert caught.verdict(row) == COVERED and caught.ok()
+    assert "read-retry" in caught.markdown(META)
+
+
+META = {
+    "command": "vecmig zoo",
+    "wall_s": 1.0,
+    "jobs": 1,
+    "budget_s": 1.0,
+    "version": "test",
+    "started": "now",
+}
+
+
+def test_a_catch_by_the_load_test_alone_is_not_enough() -> None:
+    """The load test does not replay exactly: an ablation only it catches is a hole."""
+    row = Row(("read-both",), "ablation")
+    live = Search(row, "live", settings(engines=("sim", "live")), {})
+    live.take({"outcome": CAUGHT, "seconds": 30.0, "found": "stale reads 1"})
+    sim = Search(row, "sim", settings(engines=("sim", "live"), scenarios=(), seeds=0), {})
+    assert sim.next_task() is None  # nothing to run: not caught
+    matrix = Matrix([row], ("sim", "live"), {(row.name, "live"): live, (row.name, "sim"): sim})
+    assert matrix.caught_by(row) == ["live"]
+    assert matrix.verdict(row) == LIVE_ONLY and not matrix.ok()
+
+
+def test_a_partial_matrix_says_pending_rather_than_missed() -> None:
+    row = Row(("read-both",), "ablation")
+    search = Search(row, "sim", settings(), {})
+    search.take(trial("default", 1, False, VALID))  # one trial in, more to come
+    matrix = Matrix([row], ("sim",), {(row.name, "sim"): search})
+    assert matrix.verdict(row) == PENDING and "running (1 so far)" in matrix.markdown(META)
+    while search.next_task() is not None:
+        search.take(trial("default", 1, False, VALID))
+    assert matrix.verdict(row) == MISSED
 
 
 # -- the machine's counterexamples -------------------------------------------------------------

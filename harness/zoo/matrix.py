@@ -16,18 +16,24 @@ from vecmig.harness.zoo.catalog import COVERS, QUALITY, Row, cover
 from vecmig.harness.zoo.engines import CAUGHT, ERROR, OUT_OF_TIME, VALID
 from vecmig.harness.zoo.search import Search
 
-CAUGHT_ROW, COVERED, QUALITY_ROW, MISSED, FALSE_ALARM = (
+CAUGHT_ROW, COVERED, QUALITY_ROW, LIVE_ONLY, MISSED, FALSE_ALARM = (
     "caught",
     "covered",
     "quality",
+    "LIVE ONLY",
     "MISSED",
     "FALSE ALARM",
 )
-"""A row's verdict: some engine caught it; its cover row (it switched off with the protections
-declared to cover for it) was caught; it guards quality, not correctness (documented); nothing
-caught it; or a control run of the safe strategy failed too, so the harness, not the ablation,
-is at fault."""
+"""A row's verdict: the simulator or the state machine caught it; its cover row (it switched off
+with the protections declared to cover for it) was caught by one of them; it guards quality, not
+correctness (documented); only the load test caught it (not enough: the load test is not
+reproducible, so a deterministic engine must catch it too); nothing caught it; or a control run
+of the safe strategy failed too, so the harness, not the ablation, is at fault."""
 OK_VERDICTS = (CAUGHT_ROW, COVERED, QUALITY_ROW)
+PENDING = "pending"
+"""The verdict of a row some search of which is still going (in a partial matrix)."""
+DETERMINISTIC = ("sim", "machine")
+"""The engines whose catch counts alone: their runs replay exactly (a seed, or printed steps)."""
 
 
 @dataclass
@@ -43,18 +49,24 @@ class Matrix:
     def caught_by(self, row: Row) -> list[str]:
         return [e for e, s in self.of(row).items() if s.outcome == CAUGHT]
 
+    def caught_reproducibly(self, row: Row) -> bool:
+        """Caught by the simulator or the state machine."""
+        return any(e in DETERMINISTIC for e in self.caught_by(row))
+
     def verdict(self, row: Row) -> str:
         searches = self.of(row).values()
+        if not all(s.done for s in searches) and not self.caught_reproducibly(row):
+            return PENDING
         if any(s.false_alarms for s in searches):
             return FALSE_ALARM
-        if self.caught_by(row):
+        if self.caught_reproducibly(row):
             return CAUGHT_ROW
         covering = cover(row)
-        if covering is not None and self.caught_by(covering):
+        if covering is not None and self.caught_reproducibly(covering):
             return COVERED
         if row.kind == "ablation" and row.name in QUALITY:
             return QUALITY_ROW
-        return MISSED
+        return LIVE_ONLY if self.caught_by(row) else MISSED
 
     def main_rows(self) -> list[Row]:
         return [r for r in self.rows if r.kind != "cover"]
@@ -71,6 +83,9 @@ class Matrix:
             return "" if markdown else "[dim]-[/dim]"
         answer = search.to_json()
         outcome = answer["outcome"]
+        if not search.done and outcome != CAUGHT:
+            text = f"running ({answer['tried']} so far)" if answer["tried"] else "pending"
+            return text if markdown else f"[dim]{text}[/dim]"
         unit = {"sim": "run", "machine": "example", "live": "run"}[engine]
         if outcome == CAUGHT:
             n = answer.get("tried_to_detection")
