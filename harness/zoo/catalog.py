@@ -28,7 +28,68 @@ class Cover:
     why: str
 
 
-COVERS: dict[str, Cover] = {}
+_DIFFS = ("verify-before-shadow", "verify-before-cutover")
+_NEW_FIXED = (
+    "the diff before SHADOW (and again before CUTOVER) finds what the copy got wrong on new and "
+    "repairs it while reads still come from old, so no read sees it"
+)
+
+COVERS: dict[str, Cover] = {
+    # The backfill's protections: new serves no read before CUTOVER, and two diffs come first.
+    "fenced-backfill": Cover(_DIFFS, "a copy that overwrote a newer live write: " + _NEW_FIXED),
+    "tombstone-copy": Cover(_DIFFS, "a delete the copy skipped: " + _NEW_FIXED),
+    "checkpoint-after-write": Cover(
+        _DIFFS, "a batch checkpointed, then lost in a crash before it was written: " + _NEW_FIXED
+    ),
+    "durable-checkpoint": Cover(
+        ("fenced-backfill", *_DIFFS),
+        "a restarted copy starts over from the first record: the fenced copy makes that "
+        "idempotent (it costs time only), and the diffs repair what an unfenced one overwrote",
+    ),
+    "backfill-gate": Cover(_DIFFS, "SHADOW before the copy ended: " + _NEW_FIXED),
+    "repair-backlog-gate": Cover(
+        _DIFFS,
+        "a phase step with repairs still pending: the diff finds the same ids and repairs them",
+    ),
+    # The diffs cover for each other.
+    "verify-before-shadow": Cover(
+        ("verify-before-cutover",), "the diff before CUTOVER finds and repairs the same ids"
+    ),
+    "verify-before-cutover": Cover(
+        ("verify-before-shadow",),
+        "the diff before SHADOW already repaired the copy; what SHADOW adds is in the repair log",
+    ),
+    "verify-before-decommission": Cover(
+        ("verify-before-cutover", "repair-backlog-gate"),
+        "old is kept current through CUTOVER by the secondary writes and their repairs, which "
+        "the backlog gate drains before DECOMMISSIONED",
+    ),
+    # Reads: each way to avoid a failed read covers for the other.
+    "read-retry": Cover(("read-fallback",), "a read a replica failed falls back to the other side"),
+    "read-fallback": Cover(("read-retry",), "a read a replica failed is retried on another one"),
+    "mirror-repairs": Cover(
+        ("verify-before-cutover",),
+        "a mismatch a mirrored read finds in SHADOW is found again by the diff before CUTOVER",
+    ),
+    "mirror-gate": Cover(
+        ("verify-before-cutover",),
+        "new's damage the mirrored reads would show is repaired by the diff before CUTOVER; "
+        "what is left to the gate is recall and latency, which the checker does not count",
+    ),
+    "decommission-soak": Cover(
+        ("verify-before-decommission",),
+        "a read that fell back to old in CUTOVER points at a gap on new, which the diff before "
+        "DECOMMISSIONED finds and repairs",
+    ),
+    # Phases.
+    "lease-check": Cover(
+        ("lease-epoch-binding",),
+        "an instance whose lease lapsed renews it only by acknowledging the current phase",
+    ),
+    "lease-epoch-binding": Cover(
+        ("lease-check",), "an instance whose lease lapsed refuses work until it renews"
+    ),
+}
 
 QUALITY: dict[str, str] = {}
 """Protections that guard quality (recall, latency, how soon a gate may pass) rather than what
