@@ -294,3 +294,33 @@ def test_a_slice_of_the_zoo_catches_its_ablations_and_writes_the_matrix(tmp_path
     assert machine["outcome"] == CAUGHT and machine["replays_ablated"], machine
     assert replay(machine["steps"], MigrationMachine) is None
     assert "oldest-epoch-ack" in (tmp_path / "zoo.md").read_text()
+
+
+def test_an_ablation_that_escapes_fails_the_run_for_ci(tmp_path: Path) -> None:
+    """Exit 1 when an ablation escapes: here the machine gets one run of two steps, too few to
+    reach CUTOVER, write and roll back, which is what it takes to catch this one."""
+    code = main(
+        [
+            "zoo",
+            "--only",
+            "write-old-after-cutover",
+            "--engines",
+            "machine",
+            "--examples",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    report = json.loads((tmp_path / "zoo.json").read_text())
+    assert code == 1 and not report["ok"]
+    assert [r["verdict"] for r in report["rows"]] == [MISSED]
+
+
+def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["zoo", "--engines", "sim,nope"]) == 2
+    assert main(["zoo", "--only", "no-such-protection"]) == 2
+    assert "read-both" in capsys.readouterr().err

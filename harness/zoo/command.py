@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vecmig.harness.cli import EXIT_ANOMALIES, EXIT_BAD_INPUT, EXIT_VALID
+from vecmig.harness.extras import require
 from vecmig.harness.zoo import catalog
 from vecmig.harness.zoo.catalog import COVERS, DEFAULT_ENGINES, ENGINES, QUALITY, SCENARIOS, Row
 from vecmig.harness.zoo.matrix import OK_VERDICTS, Matrix, write
@@ -187,6 +188,12 @@ def run_zoo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"vecmig zoo: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # Stop before anything starts when an engine's libraries are missing (the cli prints it).
+    if "machine" in settings.engines:
+        require("pytest", "vecmig zoo --engines machine (Hypothesis)")
+    if "live" in settings.engines:
+        require("service", "vecmig zoo --engines live")
+        require("loadtest", "vecmig zoo --engines live")
     argv = sys.argv[1:] if sys.argv[1:2] == ["zoo"] else ["zoo"]
     command = "vecmig " + shlex.join(argv)
     started = time.time()
