@@ -173,6 +173,23 @@ def test_replay_an_instance_dying_between_its_two_writes_leaves_a_repair_behind(
     state.teardown()
 
 
+def test_replay_a_lagging_instance_stops_serving_when_the_drawn_lease_lapses() -> None:
+    """Found by `vecmig zoo` on the safe strategy (a false alarm of every ablation): the
+    instances joined under the rig's default lease (10 s) before `start_in` drew a shorter one
+    (2 s); the coordinator counted the drawn lease and published past a lagging instance whose
+    view still held the default, so it served OLD_ONLY while BACKFILL was published. The
+    machine now grants every instance the drawn lease afresh."""
+    state = MigrationMachine()
+    state.start_in(start="OLD_ONLY", batches=0, lagged=frozenset(), skew_bound_ms=0, lease_ms=2000)
+    state.let_time_pass(ms=1)
+    state.lag(instance="a")
+    state.let_time_pass(ms=1000)
+    state.progress(busy=None, phases=1)
+    state.let_time_pass(ms=1000)
+    state.phase_step(interleaved=False, step="advance")
+    state.teardown()
+
+
 def test_replay_a_write_clearing_its_intent_leaves_another_writes_repair() -> None:
     """In CUTOVER, a's upsert (v2) of p000000 is under way when b's upsert (v3) lands on new
     but times out: a repair of old is queued. a then finishes (new fences v2 out, old takes

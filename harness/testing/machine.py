@@ -466,7 +466,13 @@ class MigrationMachine(RuleBasedStateMachine):
             max_skew_ns=skew_bound_ns,
         )
         rig.lease_ns = rig.coordinator.lease_ns = lease_ns
-        for layer in rig.instances.values():
+        # The instances joined under the rig's default lease: grant them the drawn one afresh,
+        # at the coordinator and in each view alike. (A view only ever extends its lease, so
+        # without this it would keep the longer default while the coordinator counts the
+        # drawn one, and a lagging instance would serve after the coordinator counted it out.)
+        for name, layer in rig.instances.items():
+            rig.coordinator.join(name, self.now)
+            layer.view.lease_expires = rig.clock(name)(self.now) + lease_ns
             layer.view.margin_ns = rig.config.lease_margin_ns
         self.skew_bound_ns = skew_bound_ns
 
