@@ -241,6 +241,18 @@ def test_minimize_drops_the_steps_a_failure_does_not_need() -> None:
     assert replay(shortest, MigrationMachine) is None  # the safe layer passes the same steps
 
 
+def test_a_machine_search_out_of_budget_is_out_of_time_not_an_error() -> None:
+    """The budget stops a search while Hypothesis draws an example; Hypothesis reports that as
+    inconsistent data generation, which must read as out of time, not as the engine failing."""
+    from hypothesis import settings as hypothesis_settings
+
+    from vecmig.harness.testing.shrink import TEETH, search
+
+    config = hypothesis_settings(TEETH, max_examples=10_000, stateful_step_count=40)
+    found = search(MigrationMachine, config, budget_s=2.0)
+    assert found.error is None and found.out_of_time and found.examples >= 1
+
+
 def test_a_replay_binds_no_operation_where_a_rule_started_fewer_than_printed() -> None:
     steps = [
         "state = MigrationMachine.ablated('oldest-epoch-ack')()",
