@@ -32,8 +32,10 @@ mv harness vecmig/harness
   printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(printf '"%s", ' "$@" | sed 's/, $//')"
   echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]'
 } >> pyproject.toml
-# Nothing outside the scratch copy may answer `import vecmig` (an editable install would).
-export PYTHONPATH="$work/mutants"
+# mutmut puts mutants/ first on sys.path itself, ahead of any installed vecmig. Do not set
+# PYTHONPATH: with it, mutmut 3.8.1 attributes no test to any mutant ("could not find any test
+# case for any mutant").
+unset PYTHONPATH
 time mutmut run --max-children "$children"
 mutmut results > results.txt || true
 echo "results: $work/results.txt"
