@@ -63,7 +63,7 @@ def test_an_unfinished_plan_with_no_gate_holding_says_where_it_stopped() -> None
     progress = Progress()
     plan(progress, 3)
     progress.phase_published(1 * SECOND, "DUAL_WRITE")
-    progress.gate(2 * SECOND, {"target": "BACKFILL"})
+    progress.gate(2 * SECOND, {"target": "BACKFILL", "reasons": ["b lags"]})
     progress.phase_published(3 * SECOND, "BACKFILL")  # the hold ended, within the bound
     stall = progress.finish(10 * SECOND)
     assert stall == Stall("unfinished", "BACKFILL", None, 0.0, (), 2, 3, 10 * SECOND)
@@ -169,3 +169,16 @@ def test_a_stall_outside_any_hold_reports_no_gate() -> None:
     stall = Stall("held", "SHADOW")
     assert stall.describe() == "in SHADOW"
     assert stall.to_json()["target"] is None and stall.to_json()["reasons"] == []
+
+
+def test_a_stall_rounds_its_hold_to_the_millisecond() -> None:
+    held = Stall("held", "SHADOW", "CUTOVER", held_s=1.23456).to_json()["held_s"]
+    assert held == 1.235 and isinstance(held, float)
+
+
+def test_an_empty_plan_counts_no_steps_even_when_a_gate_held() -> None:
+    progress = Progress()
+    plan(progress, 0)
+    progress.gate(0, {"target": "DUAL_WRITE", "reasons": ["r"]})
+    stall = progress.finish(10 * SECOND)
+    assert stall is not None and (stall.why, stall.steps, stall.steps_done) == ("held", 0, 0)
