@@ -290,3 +290,38 @@ def test_the_recent_window_is_shared_and_read_back_whole(where: Callable[[str], 
     assert second[1].vector is None
     assert [w.id for w in b.recent_since(Side.OLD, 150)] == ["p2"]
     assert b.recent_since(Side.NEW, 0) == ()
+
+
+def test_the_gates_window_of_mirrored_reads_reaches_the_controller_through_json() -> None:
+    """Each instance reports its latest mirrored reads one by one (as JSON, through the config
+    store) and the controller's window holds the latest of every instance. (Before, the
+    report carried the window's deque along with the counters: it was not JSON, the report
+    loop died, and a fleet's CUTOVER gate saw 0 mirrored reads.)"""
+    import json
+
+    from vecmig.harness.core.compare import MirrorStats, compare
+    from vecmig.harness.service.fleet import COUNTERS, RECENT_REPORTED, interleaved, summed
+
+    stats = [MirrorStats(), MirrorStats()]
+    same = compare([], [], 10)
+    for _ in range(RECENT_REPORTED + 50):
+        stats[0].add(same, True)  # one instance saw a burst of discrepancies long ago ...
+    for _ in range(60):
+        stats[0].add(same, False)  # ... and clean reads since
+        stats[1].add(same, False)
+    reports = [
+        json.loads(
+            json.dumps(
+                {
+                    "mirror": {name: getattr(one, name) for name in COUNTERS},
+                    "recent": [list(read) for read in list(one.recent)[-RECENT_REPORTED:]],
+                }
+            )
+        )
+        for one in stats
+    ]
+    merged = summed(r["mirror"] for r in reports)
+    merged.recent.extend(interleaved(r["recent"] for r in reports))
+    assert merged.compared == RECENT_REPORTED + 170
+    assert merged.window(120).discrepancies == 0  # the last 60 of each: clean
+    assert merged.window(130).discrepancies == 10

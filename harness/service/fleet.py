@@ -43,8 +43,13 @@ log = logging.getLogger("vecmig.service")
 REPORT_PREFIX = "instance/"
 NOISE_KEY = "noise-floor"
 WALK_KEY = "plan-began"
-COUNTERS = tuple(f.name for f in dataclasses.fields(MirrorStats) if f.name not in ("log",))
-COUNTERS = tuple(c for c in COUNTERS if c != "log_limit")
+COUNTERS = tuple(
+    f.name for f in dataclasses.fields(MirrorStats) if f.name not in ("log", "log_limit", "recent")
+)
+"""The mirrored-read figures an instance reports as numbers, which the controller sums."""
+RECENT_REPORTED = 1024
+"""How many of its most recent mirrored reads an instance reports, one by one, for the
+CUTOVER gate's window (`MirrorStats.window`)."""
 
 
 class InstanceLink:
@@ -141,6 +146,7 @@ class InstanceLink:
         mirror = m.shared.mirror
         return {
             "mirror": {name: getattr(mirror, name) for name in COUNTERS},
+            "recent": [list(read) for read in list(mirror.recent)[-RECENT_REPORTED:]],
             "fallbacks": m.shared.fallbacks,
             "last_fallback_to_old": m.shared.last_fallback_to_old,
             "read_p99_ms": {side.value: m.driver.read_latency.p99_ms(side) for side in Side},
@@ -178,6 +184,10 @@ class ControllerLink:
         merged = summed(r["mirror"] for r in self.instances.values())
         for name in COUNTERS:
             setattr(m.shared.mirror, name, getattr(merged, name))
+        m.shared.mirror.recent.clear()
+        m.shared.mirror.recent.extend(
+            interleaved(r.get("recent", []) for r in self.instances.values())
+        )
         m.shared.fallbacks = sum(int(r.get("fallbacks", 0)) for r in self.instances.values())
         lasts = [r["last_fallback_to_old"] for r in self.instances.values()]
         last = max((t for t in lasts if t is not None), default=None)
@@ -252,6 +262,22 @@ def summed(figures: Any) -> MirrorStats:
         for name in COUNTERS:
             setattr(total, name, getattr(total, name) + one.get(name, 0))
     return total
+
+
+def interleaved(recents: Any) -> list[tuple[bool, bool, float | None]]:
+    """The instances' recent mirrored reads as one sequence, oldest first, taken in turn from
+    each instance's newest backwards (the reports carry no common clock), so that the gate's
+    window holds the latest reads of every instance rather than those of one."""
+    lists = [list(recent) for recent in recents]
+    out: list[tuple[bool, bool, float | None]] = []
+    depth = max((len(one) for one in lists), default=0)
+    for back in range(1, depth + 1):
+        for one in lists:
+            if back <= len(one):
+                discrepancy, stray, gap = one[-back]
+                out.append((bool(discrepancy), bool(stray), None if gap is None else float(gap)))
+    out.reverse()
+    return out
 
 
 def plan_from(steps: str, holds: Mapping[str, float], stall_s: float | None) -> Plan:
