@@ -117,7 +117,8 @@ class Flight:
     kind: str
     instance: str | None = None
     phase: Phase | None = None
-    """The phase whose route a client operation took when it started."""
+    """The phase whose route a client operation took when it started; for a phase step, the
+    phase it may publish (a fault must leave a side to serve that one's reads too)."""
     epoch: int | None = None
     fail: tuple[int, str] | None = None
     side_requests: int = 0
@@ -517,7 +518,8 @@ class MigrationMachine(RuleBasedStateMachine):
         if self._in_flight("controller") or not self._may_step(wanted):
             return multiple()
         attempt = self.rig.controller.attempt(wanted, Plan())
-        return self._launch(attempt, Flight("controller"), interleaved)
+        target = TRANSITIONS[self.rig.coordinator.published.phase][wanted]
+        return self._launch(attempt, Flight("controller", phase=target), interleaved)
 
     @rule(
         target=ops,
