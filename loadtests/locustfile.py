@@ -19,9 +19,9 @@ history process.
 With a fleet (the run plan's `instances`), each user sticks to one instance, as an app session
 does, and a request that instance never took -- refused before it was sent (`not_ready`: its
 lease lapsed), or a connection refused (it is down) -- goes to the next instance, as a load
-balancer's health check would send it; so does a read whose connection broke, or that
-certainly failed (503: a side's bulkhead of that instance was full, say), since reading again
-has no effect.
+balancer's health check would send it; so does a read whose connection broke or whose answer
+was cut short (the instance died mid-answer), or that certainly failed (503: a side's bulkhead
+of that instance was full, say), since reading again has no effect.
 """
 
 from __future__ import annotations
@@ -277,8 +277,17 @@ class MigrationUser(FastHttpUser):
             with self.client.post(url, json=body, catch_response=True, name=f) as response:
                 status = response.status_code
                 if status == 200:
+                    try:
+                        answer = response.json()
+                    except ValueError as exc:
+                        # The instance died mid-answer (a body cut short): as a broken
+                        # connection, a read goes to the next instance, a write is `info`.
+                        response.failure(f"HTTP 200 with a body cut short: {exc!r}")
+                        if read and time.monotonic() < give_up:
+                            continue
+                        return "info", _failed(invoke, read, f"a body cut short: {exc!r}")
                     response.success()
-                    return "ok", result(response.json())
+                    return "ok", result(answer)
                 if status == 0:
                     error = response.error
                     refused = isinstance(error, ConnectionRefusedError)
