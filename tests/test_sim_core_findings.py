@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vecmig.harness.clusters.base import Side, Timeout
 from vecmig.harness.core import requests as rq
+from vecmig.harness.core import workers
 from vecmig.harness.core.layer import MigrationLayer, Outcome
 from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.strategy import SAFE
@@ -179,3 +180,32 @@ def test_a_write_whose_intent_hold_ran_out_before_it_was_sent_writes_nothing() -
     assert rig.old.get(["p000001"])["p000001"].version == 1
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a BUGGIFY sweep (seed 35 of eventually-consistent): a get failed that old could answer.
+
+
+def test_a_verification_diff_queues_its_repair_toward_the_side_that_is_behind() -> None:
+    """BACKFILL: an upsert (v2) reaches old, not new (partitioned): a repair toward new. A
+    verification diff then finds the id different and queued repairs both ways, so old too
+    looked as if it might miss an acknowledged write, and a get of the id needed both sides
+    and failed while new stayed partitioned, though old held v2. The diff now queues the
+    repair toward the side that is behind only."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    rig.sync_all()
+    for _ in range(2):
+        assert rig.step_phase().type == "ok"
+        rig.sync_all()
+    assert app.view.phase is Phase.BACKFILL
+    rig.new.start_fault("error-rate", rate=1.0)
+    assert rig.run(app.upsert(rig.record("p000002", 2))).notes.get("repair_queued") == "new"
+    rig.new.stop_fault("error-rate")
+    assert rig.run(workers.verify()).type == "ok"
+    pending = rig.store.pending_for([("p000002", Side.OLD), ("p000002", Side.NEW)])
+    assert set(pending) == {("p000002", Side.NEW)}, pending
+    rig.new.start_fault("error-rate", rate=1.0)
+    read = rig.run(app.get("p000002"))
+    rig.new.stop_fault("error-rate")
+    assert read.type == "ok" and read.value == {"id": "p000002", "version": 2}, read

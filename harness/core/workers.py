@@ -206,7 +206,8 @@ def _copy(stored: Stored, side: Side) -> Upsert | Delete:
 
 def verify(buckets: int = 64, page: int = 1000, queue_repairs: bool = True) -> Operation:
     """Counts and per-bucket version checksums of both sides; where buckets differ, the
-    differing ids, re-read to rule out writes in flight, and queued for repair both ways.
+    differing ids, re-read to rule out writes in flight, and queued for repair toward the side
+    that is behind.
     Returns an `Outcome` whose value is a `Verification`."""
     return Operation(None, None, _verify(buckets, page, queue_repairs), kind="verify")
 
@@ -238,13 +239,10 @@ def _verify(buckets: int, page: int, queue_repairs: bool) -> Steps:
     except ClusterError as exc:
         return Outcome("fail", error=str(exc))
     if persistent and queue_repairs:
-        yield AddRepairs(
-            tuple(RepairEntry(i, side) for i in persistent for side in (Side.NEW, Side.OLD))
-        )
+        yield AddRepairs(tuple(RepairEntry(i, side) for i, behind in persistent for side in behind))
     now = yield Now()
-    result = Verification(
-        len(persistent), len(differing), live[0], live[1], now, tuple(persistent[:10])
-    )
+    ids = [i for i, _ in persistent]
+    result = Verification(len(ids), len(differing), live[0], live[1], now, tuple(ids[:10]))
     return Outcome("ok", result)
 
 
@@ -263,9 +261,15 @@ def _scan_buckets(
         cursor = result.next_cursor
 
 
-def _recheck(candidates: list[str], chunk: int = 256) -> Sub[list[str]]:
-    """Re-read old, then new: an id is still different only if the two copies disagree now."""
-    persistent: list[str] = []
+def _recheck(candidates: list[str], chunk: int = 256) -> Sub[list[tuple[str, tuple[Side, ...]]]]:
+    """Re-read old, then new: an id is still different only if the two copies disagree now.
+    Each comes with the side or sides behind: the one that lacks it or holds the lower
+    version (both, if the versions tie and only one is a delete). A repair entry says its
+    side may miss an acknowledged write, and a read of the id then needs both sides; queued
+    both ways, as it once was, the side that holds the newest version could no longer answer
+    alone, and a get in BACKFILL failed while new was partitioned though old held the write
+    (buggify seed 35 of eventually-consistent)."""
+    persistent: list[tuple[str, tuple[Side, ...]]] = []
     for start in range(0, len(candidates), chunk):
         ids = tuple(candidates[start : start + chunk])
         old: Mapping[str, Stored] = yield Get(Side.OLD, ids)
@@ -273,8 +277,16 @@ def _recheck(candidates: list[str], chunk: int = 256) -> Sub[list[str]]:
         for i in ids:
             a, b = old.get(i), new.get(i)
             if (a and (a.version, a.deleted)) != (b and (b.version, b.deleted)):
-                persistent.append(i)
+                persistent.append((i, _behind(a, b)))
     return persistent
+
+
+def _behind(old: Stored | None, new: Stored | None) -> tuple[Side, ...]:
+    if old is None or (new is not None and old.version < new.version):
+        return (Side.OLD,)
+    if new is None or new.version < old.version:
+        return (Side.NEW,)
+    return (Side.NEW, Side.OLD)
 
 
 # ---------------------------------------------------------------------------------------------
