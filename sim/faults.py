@@ -451,8 +451,9 @@ class _SwarmDraw:
         """An availability fault on a side that serves no reads meanwhile: new before CUTOVER
         (stopped by CUTOVER), or old during CUTOVER (new serves); never both, so a read
         always has a side to fall back to."""
-        if self.rng.random() < 0.5:
-            values = {key: value() for key, value in keys.items()}
+        on_new = self.rng.random() < 0.5
+        values = {key: value() for key, value in keys.items()}
+        if on_new:
             return FaultSpec(
                 family,
                 side="new",
@@ -462,7 +463,6 @@ class _SwarmDraw:
                 duration_s=self.lasting(*lasting_s),
                 until_phase="CUTOVER",
             )
-        values = {key: value() for key, value in keys.items()}
         return FaultSpec(
             family,
             side="old",

@@ -11,6 +11,7 @@ not ANN noise.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -240,11 +241,10 @@ class MirrorStats(MirrorRates):
         faulty would otherwise keep the gate shut until enough clean reads diluted it, without
         bound; over a window, the gate opens after one window of clean reads, and a problem
         that lasts still shows in every window."""
-        size = min(size, len(self.recent))
-        last = list(self.recent)[len(self.recent) - size :]
+        last = list(itertools.islice(reversed(self.recent), size))
         gaps = [gap for _, _, gap in last if gap is not None]
         return MirrorWindow(
-            compared=size,
+            compared=len(last),
             discrepancies=sum(discrepancy for discrepancy, _, _ in last),
             old_strays=sum(stray for _, stray, gap in last if gap is not None),
             recall_samples=len(gaps),
