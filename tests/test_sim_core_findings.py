@@ -12,7 +12,7 @@ from vecmig.harness.core import workers
 from vecmig.harness.core.layer import MigrationLayer, Outcome
 from vecmig.harness.core.phases import Phase
 from vecmig.harness.core.strategy import SAFE
-from vecmig.harness.drive.rig import Rig
+from vecmig.harness.drive.rig import REQUEST_TIMEOUT_NS, Rig
 
 
 def test_a_get_never_falls_back_to_a_side_with_a_pending_repair_for_its_id() -> None:
@@ -180,6 +180,75 @@ def test_a_write_whose_intent_hold_ran_out_before_it_was_sent_writes_nothing() -
     assert rig.old.get(["p000001"])["p000001"].version == 1
     rig.heal_and_finish()
     assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def _intent_raced_by_a_skewed_repair_worker(skew_ns: int) -> Rig:
+    """The tightest schedule the intent check allows, with the clocks skewed against it.
+
+    DUAL_WRITE: `app`'s clock runs `skew_ns` behind, the repair worker's `skew_ns` ahead. The
+    store answers the note of `app`'s intent as late as the check still lets the write go
+    (the app's clock 10 us short of the hold less the lease margin); the primary write to
+    old then takes 10 us less than the request timeout, and a repair pass runs on the
+    worker's clock just before it lands; then `app` dies before the secondary write. The
+    margin is the request timeout plus twice the skew bound (`lease_rules`) so that the
+    worker cannot find the intent due before the primary write has landed."""
+    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
+    rig.skews["app"] = -skew_ns
+    app = rig.add_instance("app")
+    rig.sync_all()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    write = rig.driver.start(app.upsert(rig.record("p000001", 2)), clock=rig.clock("app"))
+    noted = rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
+    late = noted.hold_until - rig.config.lease_margin_ns + skew_ns - 10_000
+    rig.driver.advance_time(late - rig.driver.time)
+    primary = rig.driver.run_until(write, lambda r: not isinstance(r, rq.AddIntent))
+    assert isinstance(primary, rq.Upsert) and primary.side is Side.OLD, primary
+    rig.driver.advance_time(REQUEST_TIMEOUT_NS - 10_000)
+    rig.run(workers.repair_pass(), clock=lambda now: now + skew_ns)
+    rig.driver.step(write)  # the primary write lands: old holds version 2
+    assert rig.old.get(["p000001"])["p000001"].version == 2
+    rig.driver.crash(write)
+    rig.drain_repairs(wait_for_holds=True)
+    return rig
+
+
+def test_an_intent_outlives_its_primary_write_across_clocks_skewed_to_the_bound() -> None:
+    """The skew bound `lease_rules` allows for these settings: margin 500 ms = timeout
+    400 ms + 2 x 50 ms. The worker finds the intent not yet due, and repairs new to old's
+    version 2 once the writer is gone."""
+    rig = _intent_raced_by_a_skewed_repair_worker(50_000_000)
+    assert rig.new.get(["p000001"])["p000001"].version == 2
+    rig.heal_and_finish()
+    assert rig.verdict().valid, rig.verdict().to_json()
+
+
+def test_an_intent_noted_just_past_the_margin_is_withdrawn() -> None:
+    """The other edge of the same schedule: 10 us later on the app's clock, and the write is
+    refused with nothing written, whatever the skew (a narrower margin would let it go)."""
+    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
+    rig.skews["app"] = -50_000_000
+    app = rig.add_instance("app")
+    rig.sync_all()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    write = rig.driver.start(app.upsert(rig.record("p000001", 2)), clock=rig.clock("app"))
+    noted = rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
+    late = noted.hold_until - rig.config.lease_margin_ns + 50_000_000 + 10_000
+    rig.driver.advance_time(late - rig.driver.time)
+    outcome = rig.driver.run(write)
+    assert outcome.type == "fail" and outcome.notes == {"refused": "intent-hold"}, outcome
+    assert rig.old.get(["p000001"])["p000001"].version == 1
+
+
+def test_skew_beyond_the_bound_lets_the_worker_take_an_intent_before_its_write_lands() -> None:
+    """Why the loader refuses a skew bound the margin does not cover: at 100 ms each way
+    the worker takes the intent early, copies old's version 1 to new and clears it; the
+    write then lands on old alone, and nothing is left to repair new."""
+    rig = _intent_raced_by_a_skewed_repair_worker(100_000_000)
+    assert rig.new.get(["p000001"])["p000001"].version == 1
+    assert rig.old.get(["p000001"])["p000001"].version == 2
+    assert rig.store.repair_backlog() == 0
 
 
 # ---------------------------------------------------------------------------------------------
