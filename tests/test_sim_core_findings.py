@@ -182,6 +182,23 @@ def test_a_write_whose_intent_hold_ran_out_before_it_was_sent_writes_nothing() -
     assert rig.verdict().valid, rig.verdict().to_json()
 
 
+def _intent_noted_at(past_margin_ns: int, skew_ns: int) -> tuple[Rig, int]:
+    """DUAL_WRITE: `app`, its clock `skew_ns` behind, upserts p000001 (version 2); the store
+    answers the note of its intent for new when `app`'s clock reads `past_margin_ns` past the
+    hold less the lease margin (the last moment the intent check lets a write go)."""
+    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
+    rig.skews["app"] = -skew_ns
+    app = rig.add_instance("app")
+    rig.sync_all()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    write = rig.driver.start(app.upsert(rig.record("p000001", 2)), clock=rig.clock("app"))
+    noted = rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
+    late = noted.hold_until - rig.config.lease_margin_ns + skew_ns + past_margin_ns
+    rig.driver.advance_time(late - rig.driver.time)
+    return rig, write
+
+
 def _intent_raced_by_a_skewed_repair_worker(skew_ns: int) -> Rig:
     """The tightest schedule the intent check allows, with the clocks skewed against it.
 
@@ -192,16 +209,7 @@ def _intent_raced_by_a_skewed_repair_worker(skew_ns: int) -> Rig:
     worker's clock just before it lands; then `app` dies before the secondary write. The
     margin is the request timeout plus twice the skew bound (`lease_rules`) so that the
     worker cannot find the intent due before the primary write has landed."""
-    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
-    rig.skews["app"] = -skew_ns
-    app = rig.add_instance("app")
-    rig.sync_all()
-    assert rig.step_phase().type == "ok"
-    rig.sync_all()
-    write = rig.driver.start(app.upsert(rig.record("p000001", 2)), clock=rig.clock("app"))
-    noted = rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
-    late = noted.hold_until - rig.config.lease_margin_ns + skew_ns - 10_000
-    rig.driver.advance_time(late - rig.driver.time)
+    rig, write = _intent_noted_at(-10_000, skew_ns)
     primary = rig.driver.run_until(write, lambda r: not isinstance(r, rq.AddIntent))
     assert isinstance(primary, rq.Upsert) and primary.side is Side.OLD, primary
     rig.driver.advance_time(REQUEST_TIMEOUT_NS - 10_000)
@@ -226,16 +234,7 @@ def test_an_intent_outlives_its_primary_write_across_clocks_skewed_to_the_bound(
 def test_an_intent_noted_just_past_the_margin_is_withdrawn() -> None:
     """The other edge of the same schedule: 10 us later on the app's clock, and the write is
     refused with nothing written, whatever the skew (a narrower margin would let it go)."""
-    rig = Rig(SAFE, request_timeout_ns=REQUEST_TIMEOUT_NS)
-    rig.skews["app"] = -50_000_000
-    app = rig.add_instance("app")
-    rig.sync_all()
-    assert rig.step_phase().type == "ok"
-    rig.sync_all()
-    write = rig.driver.start(app.upsert(rig.record("p000001", 2)), clock=rig.clock("app"))
-    noted = rig.driver.run_until(write, lambda r: isinstance(r, rq.AddIntent))
-    late = noted.hold_until - rig.config.lease_margin_ns + 50_000_000 + 10_000
-    rig.driver.advance_time(late - rig.driver.time)
+    rig, write = _intent_noted_at(10_000, 50_000_000)
     outcome = rig.driver.run(write)
     assert outcome.type == "fail" and outcome.notes == {"refused": "intent-hold"}, outcome
     assert rig.old.get(["p000001"])["p000001"].version == 1

@@ -17,37 +17,14 @@ from vecmig.sim.report import history_bytes
 from vecmig.sim.scenario import from_dict, load, scenario_names
 from vecmig.sim.simulation import Simulation
 
+SMALL_SHOP = (Path(__file__).parent / "data" / "small_shop.toml").read_text()
+
 # A small shop whose migration walks every phase in about 30 simulated seconds, with the
 # faults that the naive plan cannot survive: lost acks on new before the backfill, and an
 # app instance that learns of phases late.
-TINY = """
-name = "tiny"
-duration_s = 40
-seed = 1
-
-[catalog]
-products = 300
-dim = 16
-categories = 4
-
-[traffic]
-rate = 40
-shopper_share = 0.6
-merchant = { price = 0.4, stock = 0.1, add = 0.1, reembed = 0.1, delist = 0.3 }
-exact_sample_rate = 0.2
-
-[instances]
-count = 3
-
-[migration]
-start_s = 2
-hold_s = { DUAL_WRITE = 2, SHADOW = 5, CUTOVER = 2 }
-min_mirrored_reads = 20
-soak_s = 3
-batch_size = 16
-backfill_rate = 60
-calibration_queries = 10
-
+TINY = (
+    SMALL_SHOP
+    + """
 [[faults]]
 family = "lost-ack"
 side = "new"
@@ -85,6 +62,7 @@ side = "old"
 phase = "CUTOVER"
 duration_s = 1
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -30,36 +30,13 @@ from vecmig.sim.sweep_task import SeedResult, fingerprint
 
 ROOT = Path(vecmig.__file__).resolve().parent.parent
 
+SMALL_SHOP = (Path(__file__).parent / "data" / "small_shop.toml").read_text()
+
 # The naive plan on a small shop: about a quarter of a second a seed, and a mix of verdicts
 # (most seeds find stale reads, some lost writes or divergence, a few are valid).
-SHOP = """
-name = "shop"
-duration_s = 20
-seed = 1
-
-[catalog]
-products = 300
-dim = 16
-categories = 4
-
-[traffic]
-rate = 40
-shopper_share = 0.6
-merchant = { price = 0.4, stock = 0.1, add = 0.1, reembed = 0.1, delist = 0.3 }
-exact_sample_rate = 0.2
-
-[instances]
-count = 3
-
-[migration]
-start_s = 2
-hold_s = { DUAL_WRITE = 2, SHADOW = 5, CUTOVER = 2 }
-min_mirrored_reads = 20
-soak_s = 3
-batch_size = 16
-backfill_rate = 60
-calibration_queries = 10
-"""
+SHOP = SMALL_SHOP.replace('name = "tiny"', 'name = "shop"').replace(
+    "duration_s = 40", "duration_s = 20"
+)
 
 
 @pytest.fixture(scope="module")
