@@ -326,6 +326,21 @@ def test_replay_a_fault_request_with_a_field_it_does_not_use_is_checked(
     assert client.post("/admin/faults", json=body, headers=ADMIN).status_code == 400
 
 
+def test_replay_a_clock_running_behind_is_in_the_schema_and_a_negative_latency_is_not(
+    client: TestClient,
+) -> None:
+    """The deep fuzz run: the schema said `ms` >= 0 while the service rightly took a clock-skew
+    of -1 ms (a clock may run behind), so a request the schema forbade was accepted."""
+    fault = client.get("/openapi.json").json()["paths"]["/admin/faults"]["post"]
+    ms = fault["requestBody"]["content"]["application/json"]["schema"]["properties"]["ms"]
+    assert ms["minimum"] == -60_000
+    skew = {"action": "start", "family": "clock-skew", "side": "new", "ms": -1, "seconds": 1}
+    assert client.post("/admin/faults", json=skew, headers=ADMIN).status_code == 200
+    slow = {"action": "start", "family": "latency", "side": "new", "ms": -1, "seconds": 1}
+    response = client.post("/admin/faults", json=slow, headers=ADMIN)
+    assert response.status_code == 400 and response.json()["field"] == "ms"
+
+
 def test_replay_the_cluster_server_refuses_fields_it_does_not_take(
     cluster_client: TestClient,
 ) -> None:

@@ -202,7 +202,12 @@ def _admin_paths() -> Schema:
             "action": {"type": "string", "enum": ["start", "stop"]},
             "family": {"type": "string", "enum": list(LAYER_FAULT_FAMILIES)},
             "side": {"type": "string", "enum": ["old", "new"]},
-            "ms": {"type": "number", "minimum": 0, "maximum": 60_000},
+            "ms": {
+                "type": "number",
+                "minimum": -60_000,
+                "maximum": 60_000,
+                "description": "latency: 0 to 60000; clock-skew: -60000 (behind) to 60000",
+            },
             "seconds": {"type": "number", "minimum": 0, "maximum": 3600},
         },
         ["action", "family"],
