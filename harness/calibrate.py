@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -109,25 +110,22 @@ def measure(
         measured_at.append(filled)
         progress(f"index of {filled:,}: inserts, searches")
         checksum_points.append(
-            (filled, _median(watch.us(lambda: side.checksums(64)) for _ in range(3)))
+            (filled, _median(watch.us(partial(side.checksums, 64)) for _ in range(3)))
         )
         search_rows.append(
-            tuple(
-                _median(watch.us(lambda q=q, k=k: side.search(q, k)) for q in queries)
-                for k in plan.ks
-            )
+            tuple(_median(watch.us(partial(side.search, q, k)) for q in queries) for k in plan.ks)
         )
         row = []
         for batch in plan.batch_sizes:
             per_record = []
             for _ in range(max(2, INSERTED_PER_POINT // batch)):
                 chunk = records[filled : filled + batch]
-                per_record.append(watch.us(lambda c=chunk: side.upsert(c)) / batch)
+                per_record.append(watch.us(partial(side.upsert, chunk)) / batch)
                 filled += batch
             row.append(_median(per_record))
         insert_rows.append(tuple(row))
     progress(f"index of {filled:,}: gets, scans, counts, deletes")
-    single = [watch.us(lambda q=q: side.search(q, 10)) for q in queries]
+    single = [watch.us(partial(side.search, q, 10)) for q in queries]
     linear = _linear_costs(side, watch, [r.id for r in records[:filled]], rng, checksum_points)
     return CostProfile(
         name=name,

@@ -121,6 +121,10 @@ class LatencyWindow:
         return float(np.percentile([ms for _, ms in items], 99))
 
 
+ServiceModel = Callable[[Any, str, Any], int]
+"""Service time in ns of (request, op name, the side's port): the scaled fidelity's hook."""
+
+
 class SideModel:
     """One side as the layer reaches it: network, queue, service time, faults of the path."""
 
@@ -133,6 +137,7 @@ class SideModel:
         draws: Draws,
         concurrency: int,
         size_hint: Callable[[], int],
+        modelled: ServiceModel | None = None,
     ) -> None:
         self.env = env
         self.side = side
@@ -150,6 +155,8 @@ class SideModel:
             "count": Sampler(latency.count, draws),
         }
         self.size_hint = size_hint
+        self.modelled = modelled
+        """The scaled fidelity's service times (`vecmig.sim.scaled`), in place of the samplers."""
         self.spike = 1.0
         """Latency-spike fault: a factor on the network legs between the layer and the side."""
         self.partition: str | None = None
@@ -157,6 +164,8 @@ class SideModel:
         self.in_flight = 0
 
     def service_ns(self, request: Any, op: str) -> int:
+        if self.modelled is not None:
+            return self.modelled(request, op, self.port)
         sampler = self._service[op]
         if op in ("upsert",):
             n = len(request.records)
@@ -278,13 +287,18 @@ class SimDriver:
         size_hint: Callable[[], int],
         phase_now: Callable[[], str],
         on_phase: Callable[[Published, str], None] = lambda published, step: None,
+        service: Mapping[Side, ServiceModel] | None = None,
     ) -> None:
+        """`service`: per side, service times in place of `latency`'s (the scaled fidelity)."""
         self.env = env
         self.ports = ports
         self.store = store
         self.recorder = recorder
+        service = service or {}
         self.sides = {
-            side: SideModel(env, side, port, latency, draws, concurrency, size_hint)
+            side: SideModel(
+                env, side, port, latency, draws, concurrency, size_hint, service.get(side)
+            )
             for side, port in ports.items()
         }
         self.timeout_ns = int(latency.op_timeout_ms * MS)
