@@ -21,7 +21,7 @@ resurrected deletes and divergence on every id.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,18 +143,35 @@ class ModelledService:
         }
 
 
-def load_event_value(catalog: ScaledCatalog) -> dict[str, Any]:
-    """The history's `load` event: every product at version 1, fields of the sampled ones
-    (the only ones a filter can select)."""
+def load_event_value(catalog: ScaledCatalog, every_id: bool) -> dict[str, Any]:
+    """The history's `load` event: every product at version 1 (or only the sampled ones), with
+    the fields of the sampled ones (the only ones a filter can select)."""
     sample = catalog.sample
+    sampled = catalog.records()
     return {
-        "records": {sample.id_of(n): 1 for n in range(sample.products)},
-        "fields": {r.id: dict(r.metadata) for r in catalog.records()},
+        "records": {sample.id_of(n): 1 for n in range(sample.products)}
+        if every_id
+        else {r.id: r.version for r in sampled},
+        "fields": {r.id: dict(r.metadata) for r in sampled},
     }
 
 
+def judges_sampled_ids(catalog: ScaledCatalog) -> Callable[[Mapping[str, Any]], bool]:
+    """The driver's `judged` for `judge = "sample"`: every search, and ops on sampled ids."""
+    sample = catalog.sample
+
+    def judged(invoke_value: Mapping[str, Any]) -> bool:
+        record_id = invoke_value.get("id")
+        return record_id is None or sample.sampled(sample.number(record_id))
+
+    return judged
+
+
 def fidelity_report(
-    catalog: ScaledCatalog, profile: CostProfile, service: Mapping[str, ModelledService]
+    catalog: ScaledCatalog,
+    profile: CostProfile,
+    service: Mapping[str, ModelledService],
+    every_id: bool,
 ) -> dict[str, Any]:
     """report.json's `fidelity` for a scaled run: the catalog, the sample, which ids the
     checker judged for what, and the cost profile with the machine it came from."""
@@ -165,7 +182,10 @@ def fidelity_report(
         "sampled": sample.size,
         "stride": sample.stride,
         "judged": {
-            "gets, writes, lost writes, resurrected deletes, divergence": "every id",
+            "gets, writes, lost writes, resurrected deletes, divergence": "every id"
+            if every_id
+            else f'the sampled ids only (clusters.judge = "sample"): ops on the other '
+            f"{sample.products - sample.size:,} products ran but are not in the history",
             "search results, filters, recall, mirrored reads": (
                 f"the {sample.size:,} sampled ids (every {sample.stride}th product) and "
                 "sampled products added later: only they hold vectors"

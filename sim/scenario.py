@@ -11,7 +11,7 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
     name, description, duration_s, seed
     [catalog]     products, dim, categories
     [clusters]    shards, replicas, concurrency_per_node, ef_search, fidelity, profile,
-                  sample
+                  sample, judge
     [latency]     network, search, get, upsert_per_record, scan_per_item, checksums_per_record,
                   count, store (each a distribution table), op_timeout_ms
     [traffic]     rate, diurnal_amplitude, diurnal_period_s, shopper_share, filtered_share,
@@ -123,6 +123,7 @@ class CatalogConfig:
 
 
 FIDELITIES = ("exact", "scaled")
+JUDGED = ("all", "sample")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ class ClustersConfig:
     """scaled: the cost profile, a name in profiles/ or a path (default fake-dim<catalog.dim>)."""
     sample: int = _f(2000, min=1)
     """scaled: about how many products hold vectors (every n-th of catalog.products)."""
+    judge: str = _f("all", choices=JUDGED)
+    """scaled: which ids the history records and the checker judges: all (every client op,
+    the whole catalog in the load and final events), or sample (ops on sampled ids and every
+    search; the others run alike but are left out, which keeps a catalog of millions small)."""
 
 
 # Service times measured on the fake cluster (bench/bench_sim_calibrate.py: one shard of
@@ -428,12 +433,12 @@ def _fidelity_problems(s: Scenario) -> list[str]:
     takes no profile (it would be silently ignored)."""
     c = s.clusters
     if c.fidelity == "exact":
-        if c.profile:
-            return [
-                f"clusters.profile ({c.profile!r}) is used only with clusters.fidelity = "
-                '"scaled"; remove it, or set fidelity = "scaled"'
-            ]
-        return []
+        return [
+            f"clusters.{key} ({value!r}) is used only with clusters.fidelity = "
+            f'"scaled"; remove it, or set fidelity = "scaled"'
+            for key, value, default in (("profile", c.profile, ""), ("judge", c.judge, "all"))
+            if value != default
+        ]
     try:
         profile = load_profile(profile_name(s))
     except ProfileError as exc:

@@ -37,7 +37,13 @@ from vecmig.sim.driver import Draws, Flight, SimDriver, SimProcess
 from vecmig.sim.faults import FaultSpec, swarm_schedule
 from vecmig.sim.fleet import Fleet
 from vecmig.sim.nemesis import Nemesis
-from vecmig.sim.scaled import ModelledService, ScaledCatalog, fidelity_report, load_event_value
+from vecmig.sim.scaled import (
+    ModelledService,
+    ScaledCatalog,
+    fidelity_report,
+    judges_sampled_ids,
+    load_event_value,
+)
 from vecmig.sim.scenario import MS, SECOND, Scenario, profile_name
 from vecmig.sim.traffic import Traffic
 
@@ -244,6 +250,9 @@ class Simulation:
             phase_now=lambda: self.coordinator.published.phase.value,
             on_phase=self._on_phase,
             service=self.service,
+            judged=judges_sampled_ids(self.catalog)
+            if isinstance(self.catalog, ScaledCatalog) and s.clusters.judge == "sample"
+            else None,
         )
         self.fleet = Fleet(
             self.env,
@@ -322,7 +331,7 @@ class Simulation:
         old.upsert(loaded, fenced=False)
         if isinstance(old, ScaledCluster) and isinstance(self.catalog, ScaledCatalog):
             old.load_beyond_sample(len(self.catalog))
-            load = load_event_value(self.catalog)
+            load = load_event_value(self.catalog, self.scenario.clusters.judge == "all")
         else:
             load = {
                 "records": {r.id: r.version for r in loaded},
@@ -469,13 +478,13 @@ class Simulation:
         self._wait(lambda: self.driver.requests_in_flight() == 0, deadline)
         self.final_backlog = self.store.repair_backlog()
         for side in (Side.OLD, Side.NEW):
-            self.clusters[side].refresh()
-            self.recorder.ok(
-                CHECKER,
-                "final",
-                {"side": side.value, "records": live_versions(self.clusters[side])},
-                int(env.now),
-            )
+            cluster = self.clusters[side]
+            cluster.refresh()
+            if isinstance(cluster, ScaledCluster) and self.scenario.clusters.judge == "sample":
+                final = cluster.sampled_live_versions()
+            else:
+                final = live_versions(cluster)
+            self.recorder.ok(CHECKER, "final", {"side": side.value, "records": final}, int(env.now))
 
     def _wait(self, done: Callable[[], bool], deadline: int) -> None:
         while not done() and self.env.now < deadline:
@@ -536,5 +545,8 @@ class Simulation:
         if not isinstance(self.catalog, ScaledCatalog):
             return {"mode": "exact"}
         return fidelity_report(
-            self.catalog, self.profile, {side.value: m for side, m in self.service.items()}
+            self.catalog,
+            self.profile,
+            {side.value: m for side, m in self.service.items()},
+            every_id=self.scenario.clusters.judge == "all",
         )

@@ -114,6 +114,25 @@ def test_safe_is_valid_and_the_report_names_what_was_judged(small: Path, tmp_pat
     assert len(load_event["value"]["records"]) == 3000
 
 
+def test_judging_the_sample_keeps_only_sampled_ids_in_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "sample.toml"
+    path.write_text(SMALL.replace("sample = 300", 'sample = 300\njudge = "sample"'))
+    result = Simulation(load(str(path)), "safe", seed=1).run()
+    assert result.verdict.valid, result.verdict.counts()
+    sample = CatalogSample.of(3000, 300)
+    ids = set()
+    for event in result.events:
+        if event.f in ("load", "final"):
+            ids |= set(event.value["records"])
+        elif isinstance(event.value, dict) and "id" in event.value:
+            ids.add(event.value["id"])
+    assert len(ids) >= 300
+    assert all(sample.sampled(sample.number(i)) for i in ids)
+    assert "the sampled ids only" in next(iter(result.fidelity["judged"].values()))
+    # The ops left out still ran: they count in the latency figures.
+    assert len(result.completed) > sum(e.type == "invoke" for e in result.events)
+
+
 def test_naive_loses_writes_in_scaled_mode_too(small: Path) -> None:
     result = Simulation(load(str(small)), "naive", seed=1).run()
     counts = result.verdict.counts()
@@ -224,10 +243,15 @@ def test_a_profile_without_the_scaled_fidelity_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(SMALL.replace('fidelity = "scaled"', 'fidelity = "exact"'))
+    path.write_text(
+        SMALL.replace('fidelity = "scaled"', 'fidelity = "exact"').replace(
+            "sample = 300", 'sample = 300\njudge = "sample"'
+        )
+    )
     code, err = _exit_and_error(["simulate", str(path), "--quiet"], capsys)
     assert code == EXIT_BAD_INPUT
     assert "clusters.profile ('fake-dim32') is used only with clusters.fidelity" in err
+    assert "clusters.judge ('sample') is used only with clusters.fidelity" in err
 
 
 def load_profile_path() -> str:

@@ -303,6 +303,19 @@ class ScaledCluster(FakeCluster):
                     replica.load(mine, version)
         return len(numbers)
 
+    def sampled_live_versions(self) -> dict[str, int]:
+        """`live_versions` of the sampled ids only, in id order (the final scan of a run that
+        judges its sample), without walking the rest of the catalog."""
+        with self._lock:
+            return dict(
+                sorted(
+                    (record_id, version)
+                    for r in self._authoritative()
+                    for record_id, version, deleted in Replica.triples(r)
+                    if not deleted
+                )
+            )
+
     def shard_size(self) -> float:
         """Live records per shard, as the cluster will serve them once healed: the index size
         a real engine holding every vector would search and insert into."""
