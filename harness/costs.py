@@ -22,6 +22,8 @@ Below the smallest size and outside the second axis's range the edge value holds
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import json
 import math
@@ -52,10 +54,30 @@ class Grid:
 
     def at(self, size: float, x: float) -> float:
         """Microseconds at index size `size` and axis value `x` (see the module docstring)."""
-        column = [_interpolate(self.axis, row, x) for row in self.us]
-        if size <= self.index_sizes[-1]:
-            return _interpolate(self.index_sizes, column, size)
-        return _extrapolate(self.index_sizes, column, size)
+        sizes = self.index_sizes
+        if size > sizes[-1]:
+            grown = math.log(size) - math.log(sizes[-1])
+            last = [
+                y + max(0.0, slope * grown)
+                for y, slope in zip(self.us[-1], self._slopes, strict=True)
+            ]
+            return _interpolate(self.axis, last, x)
+        if size <= sizes[0]:
+            return _interpolate(self.axis, self.us[0], x)
+        i = bisect.bisect_left(sizes, size)
+        below = _interpolate(self.axis, self.us[i - 1], x)
+        above = _interpolate(self.axis, self.us[i], x)
+        t = (math.log(size) - math.log(sizes[i - 1])) / (
+            math.log(sizes[i]) - math.log(sizes[i - 1])
+        )
+        return below + t * (above - below)
+
+    @functools.cached_property
+    def _slopes(self) -> tuple[float, ...]:
+        """Per column, the least-squares slope of cost against log(index size)."""
+        return tuple(
+            _slope(self.index_sizes, [row[j] for row in self.us]) for j in range(len(self.axis))
+        )
 
     def to_json(self, axis_name: str) -> dict[str, Any]:
         return {
@@ -318,13 +340,11 @@ def _interpolate(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
     return ys[-1]  # pragma: no cover - the loop returns
 
 
-def _extrapolate(xs: Sequence[int], ys: Sequence[float], x: float) -> float:
-    """Past the last point: a least-squares line of y against log x through every point, from
-    the last point on, never below it."""
+def _slope(xs: Sequence[int], ys: Sequence[float]) -> float:
+    """The least-squares slope of y against log x (0 for a single point)."""
     if len(xs) < 2:
-        return ys[-1]
+        return 0.0
     logs = [math.log(v) for v in xs]
     mean_x, mean_y = sum(logs) / len(logs), sum(ys) / len(ys)
     spread = sum((lx - mean_x) ** 2 for lx in logs)
-    slope = sum((lx - mean_x) * (y - mean_y) for lx, y in zip(logs, ys, strict=True)) / spread
-    return max(ys[-1], ys[-1] + slope * (math.log(x) - logs[-1]))
+    return sum((lx - mean_x) * (y - mean_y) for lx, y in zip(logs, ys, strict=True)) / spread

@@ -9,8 +9,9 @@ and nothing else, as SimPy's `RealtimeEnvironment` swaps only the clock:
   same fencing, faults and catch-up;
 * the catalog is `ScaledCatalog`: vectors only for the sample, ids of one fixed width;
 * a side's service time is `ModelledService`: the profile's cost at the side's modelled index
-  size (every record counts, vectors or not), times a lognormal jitter measured with it, times
-  the slow-replica factor. Network legs, queues, timeouts and faults stay the scenario's.
+  size per shard (every record counts, vectors or not) for the share of the request one shard
+  does (shards work in parallel), times a lognormal jitter measured with it, times the
+  slow-replica factor. Network legs, queues, timeouts and faults stay the scenario's.
 
 The migration core, the layer, the workers, the traffic's arrival process and the checker
 run unchanged on every record. Searches can only find sampled products, so search results,
@@ -111,25 +112,31 @@ class ModelledService:
         size = port.shard_size()
         if size > self.largest_index:
             self.largest_index = size
-        us = self.cost_us(request, op, size)
+        us = self.cost_us(request, op, size, port.shards)
         jitter = math.exp(self.profile.jitter_sigma * self.normal())
         ns = max(0, int(us * NS_PER_US * jitter * port.latency_multiplier(op)))
         self.charged_ns[op] = self.charged_ns.get(op, 0) + ns
         return ns
 
-    def cost_us(self, request: Any, op: str, size: float) -> float:
-        """The profile's median cost of `request` on a side of `size` records per shard."""
+    def cost_us(self, request: Any, op: str, size: float, shards: int = 1) -> float:
+        """The profile's median cost of `request` on a side of `shards` shards of `size`
+        records each. The shards work in parallel (the profile measured one): a batch costs
+        what its share on one shard costs, a search what one shard's top k costs."""
         profile = self.profile
+
+        def share(n: int) -> int:
+            return -(-n // shards)
+
         if isinstance(request, rq.Upsert):
-            return profile.insert_us(size, len(request.records))
+            return profile.insert_us(size, share(len(request.records)))
         if isinstance(request, rq.Search):
             return profile.search_us(size, request.k)
         if isinstance(request, rq.Get):
-            return profile.linear_us("get", len(request.ids))
+            return profile.linear_us("get", share(len(request.ids)))
         if isinstance(request, rq.Delete):
-            return profile.linear_us("delete", len(request.tombstones))
+            return profile.linear_us("delete", share(len(request.tombstones)))
         if isinstance(request, rq.Scan):
-            return profile.linear_us("scan", request.limit)
+            return profile.linear_us("scan", request.limit)  # every shard pages `limit` ahead
         if isinstance(request, rq.Checksums):
             return profile.linear_us("checksums", size)  # the shards work in parallel
         return profile.linear_us("count", 0)

@@ -254,6 +254,10 @@ class ScaledCluster(FakeCluster):
         self.sample = sample
         super().__init__(dim, **settings)
 
+    @property
+    def shards(self) -> int:
+        return self._shards
+
     def _new_replica(self, shard: int) -> Replica:
         capacity, m, ef_construction, ef_search = self._index_settings
         return ScaledReplica(
