@@ -86,12 +86,21 @@ def gate_waits(result: RunResult) -> list[dict[str, Any]]:
 
 def headline(result: RunResult) -> dict[str, Any]:
     """The figures asked first before a migration: how long from the controller's start until
-    DECOMMISSIONED (None if the run never got there), and how long the backfill took."""
+    DECOMMISSIONED (None if the run never got there), how long the backfill took, and, for a
+    backfill the run left unfinished, when it would finish at its average rate so far (from
+    the end of the run; the catalog's size at load is what it counts down)."""
     start_ns = int(result.scenario.migration.start_s * SECOND)
     done = next((p["time"] for p in result.phases if p["phase"] == "DECOMMISSIONED"), None)
+    backfill = result.backfill
+    eta = None
+    if backfill["started"] is not None and not backfill["done"] and backfill["copied"]:
+        rate = backfill["copied"] / ((result.sim_end_ns - backfill["started"]) / SECOND)
+        left = max(0, result.scenario.catalog.products - backfill["copied"])
+        eta = round(left / rate, 1)
     return {
         "time_to_decommissioned_s": None if done is None else round((done - start_ns) / SECOND, 3),
-        "backfill_s": result.backfill["duration_s"],
+        "backfill_s": backfill["duration_s"],
+        "backfill_eta_s": eta,
     }
 
 
@@ -260,10 +269,12 @@ def _checks_table(report: dict[str, Any]) -> Table:
         "mean recall@k of sampled searches vs exact",
     )
     decommissioned = report["headline"]["time_to_decommissioned_s"]
+    eta = report["headline"]["backfill_eta_s"]
     table.add_row(
         "to DECOMMISSIONED",
         "-" if decommissioned is None else f"{decommissioned:.1f} s",
-        "from the controller's start (migration.start_s)",
+        "from the controller's start (migration.start_s)"
+        + ("" if eta is None else f"; the backfill would need {eta:,.0f} s more at its rate"),
     )
     fidelity = report["fidelity"]
     if fidelity["mode"] == "scaled":
