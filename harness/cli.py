@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vecmig.loadtests.command",
     "vecmig.sim.command",
     "vecmig.sim.sweep",
+    "vecmig.harness.calibrate",
     "vecmig.harness.zoo.command",
 )
 

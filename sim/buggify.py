@@ -59,6 +59,10 @@ def buggify(base: Scenario, seed: int) -> Scenario:
     table["name"] = base.name
     table["description"] = f"{base.description} (buggify seed {seed})".strip()
     _catalog(draw, table["catalog"])
+    if base.clusters.fidelity == "scaled":
+        # A scaled scenario's cost profile was measured at its dimension: keep it (the draw
+        # is still made, so that every other draw is the same as an exact scenario's).
+        table["catalog"]["dim"] = base.catalog.dim
     _clusters(draw, table["clusters"])
     _latency(draw, table["latency"])
     _instances(draw, table["instances"], table["latency"])

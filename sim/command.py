@@ -20,7 +20,14 @@ from vecmig.harness.cli import (
     strategy_argument,
 )
 from vecmig.sim import report as rep
-from vecmig.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load
+from vecmig.sim.scenario import (
+    FIDELITIES,
+    SCENARIO_DIR,
+    Scenario,
+    ScenarioError,
+    load,
+    with_fidelity,
+)
 
 SIMULATE_DESCRIPTION = """\
 Simulate a live migration (old -> new) under e-commerce traffic and faults, in SimPy time
@@ -98,6 +105,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="S",
         help="override the scenario's duration_s (at least 1)",
     )
+    simulate.add_argument(
+        "--fidelity",
+        choices=FIDELITIES,
+        default=None,
+        help="override [clusters] fidelity: exact (every product a vector in a real index) or "
+        "scaled (a sample does; service times from a measured cost profile)",
+    )
+    simulate.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help="the cost profile of a scaled run: a name in profiles/ or a JSON file (`vecmig "
+        "calibrate` writes one); default the scenario's, else fake-dim<catalog.dim>",
+    )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
 
@@ -134,12 +155,16 @@ def scenario_arg(given: str, scenario: Scenario) -> str:
     return source.stem if source.parent == SCENARIO_DIR else given
 
 
-def _load(given: str, duration: float | None) -> Scenario:
+def _load(
+    given: str, duration: float | None, fidelity: str | None = None, profile: str | None = None
+) -> Scenario:
     import dataclasses
 
     scenario = load(given)
     if duration is not None:
         scenario = dataclasses.replace(scenario, duration_s=duration)
+    if fidelity is not None or profile is not None:
+        scenario = with_fidelity(scenario, fidelity or scenario.clusters.fidelity, profile)
     return scenario
 
 
@@ -149,7 +174,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     console = Console()
     err = Console(stderr=True)
     try:
-        scenario = _load(args.scenario, args.duration)
+        scenario = _load(args.scenario, args.duration, args.fidelity, args.profile)
     except ScenarioError as exc:
         print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -159,6 +184,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     name = scenario_arg(args.scenario, scenario)
     if args.duration is not None:
         name += f" --duration {args.duration:g}"
+    if args.fidelity is not None:
+        name += f" --fidelity {args.fidelity}"
+    if args.profile is not None:
+        name += f" --profile {args.profile}"
     out = (
         Path(args.out) if args.out else Path("out") / f"{scenario.name}-{args.strategy}-{sim.seed}"
     )

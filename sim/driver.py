@@ -52,6 +52,8 @@ _OP_NAME: Mapping[type, str] = {
 }
 _READS = (rq.Get, rq.Search)
 _SIDE_REQUESTS = tuple(_OP_NAME)
+UNJUDGED = "unjudged"
+"""The process of a client op left out of the history (a scaled run judging its sample only)."""
 _HANG = ("hang", None)
 _TIMED_OUT = ("timeout", None)
 
@@ -121,6 +123,10 @@ class LatencyWindow:
         return float(np.percentile([ms for _, ms in items], 99))
 
 
+ServiceModel = Callable[[Any, str, Any], int]
+"""Service time in ns of (request, op name, the side's port): the scaled fidelity's hook."""
+
+
 class SideModel:
     """One side as the layer reaches it: network, queue, service time, faults of the path."""
 
@@ -133,6 +139,7 @@ class SideModel:
         draws: Draws,
         concurrency: int,
         size_hint: Callable[[], int],
+        modelled: ServiceModel | None = None,
     ) -> None:
         self.env = env
         self.side = side
@@ -150,6 +157,8 @@ class SideModel:
             "count": Sampler(latency.count, draws),
         }
         self.size_hint = size_hint
+        self.modelled = modelled
+        """The scaled fidelity's service times (`vecmig.sim.scaled`), in place of the samplers."""
         self.spike = 1.0
         """Latency-spike fault: a factor on the network legs between the layer and the side."""
         self.partition: str | None = None
@@ -157,6 +166,8 @@ class SideModel:
         self.in_flight = 0
 
     def service_ns(self, request: Any, op: str) -> int:
+        if self.modelled is not None:
+            return self.modelled(request, op, self.port)
         sampler = self._service[op]
         if op in ("upsert",):
             n = len(request.records)
@@ -278,13 +289,21 @@ class SimDriver:
         size_hint: Callable[[], int],
         phase_now: Callable[[], str],
         on_phase: Callable[[Published, str], None] = lambda published, step: None,
+        service: Mapping[Side, ServiceModel] | None = None,
+        judged: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
+        """`service`: per side, service times in place of `latency`'s (the scaled fidelity).
+        `judged`: which client ops (by invoke value) the history records; None, all of them.
+        The others run alike and count in the latency figures, as process `UNJUDGED`."""
         self.env = env
         self.ports = ports
         self.store = store
         self.recorder = recorder
+        service = service or {}
         self.sides = {
-            side: SideModel(env, side, port, latency, draws, concurrency, size_hint)
+            side: SideModel(
+                env, side, port, latency, draws, concurrency, size_hint, service.get(side)
+            )
             for side, port in ports.items()
         }
         self.timeout_ns = int(latency.op_timeout_ms * MS)
@@ -293,6 +312,7 @@ class SimDriver:
         self.exact_sample_rate = exact_sample_rate
         self.phase_now = phase_now
         self.on_phase = on_phase
+        self.judged = judged
         self.completed: list[Completed] = []
         self.side_reads = {side: LatencyWindow(10_000 * MS) for side in ports}
         self.client_reads = LatencyWindow(5_000 * MS)
@@ -314,9 +334,15 @@ class SimDriver:
     ) -> Flight:
         """Invoke `op` now (recorded at once, for client ops) and run it as a SimPy process."""
         now = int(self.env.now)
-        process: int | str = self._take_process() if op.f is not None else "worker"
+        process: int | str
+        if op.f is None:
+            process = "worker"
+        elif self.judged is not None and not self.judged(op.invoke_value):
+            process = UNJUDGED
+        else:
+            process = self._take_process()
         flight = Flight(op, process, clock or _identity, on_done, now, phase=self.phase_now())
-        if op.f is not None:
+        if op.f is not None and process != UNJUDGED:
             self.recorder.invoke(process, op.f, op.invoke_value, now)
         self.active += 1
         flight.proc = self.env.process(self._run(flight))
@@ -325,12 +351,13 @@ class SimDriver:
     def refuse(self, f: str, invoke_value: Any, error: str) -> None:
         """A client request no instance took: invoked and failed at once, in the history."""
         now = int(self.env.now)
-        process = self._take_process()
-        self.recorder.invoke(process, f, invoke_value, now)
-        self.recorder.complete(process, "fail", f, invoke_value, now)
+        if self.judged is None or self.judged(invoke_value):
+            process = self._take_process()
+            self.recorder.invoke(process, f, invoke_value, now)
+            self.recorder.complete(process, "fail", f, invoke_value, now)
+            heapq.heappush(self._free, process)
         self.refusals[error] = self.refusals.get(error, 0) + 1
         self.completed.append(Completed(f, "fail", now, 0, self.phase_now()))
-        heapq.heappush(self._free, process)
 
     def crash(self, flight: Flight) -> None:
         """The app instance running `flight` died: the op's effect is indeterminate."""
@@ -444,7 +471,8 @@ class SimDriver:
         now = int(self.env.now)
         if op.f is not None:
             value = outcome.value if outcome.value is not None else op.invoke_value
-            self.recorder.complete(flight.process, outcome.type, op.f, value, now)
+            if flight.process != UNJUDGED:
+                self.recorder.complete(flight.process, outcome.type, op.f, value, now)
             self.completed.append(
                 Completed(op.f, outcome.type, flight.invoked, now - flight.invoked, flight.phase)
             )
@@ -466,7 +494,8 @@ class SimDriver:
         op = flight.op
         now = int(self.env.now)
         if op.f is not None:
-            self.recorder.info(flight.process, op.f, op.invoke_value, now)
+            if flight.process != UNJUDGED:
+                self.recorder.info(flight.process, op.f, op.invoke_value, now)
             self.completed.append(
                 Completed(op.f, "info", flight.invoked, now - flight.invoked, flight.phase)
             )

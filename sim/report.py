@@ -84,6 +84,26 @@ def gate_waits(result: RunResult) -> list[dict[str, Any]]:
     return list(grouped.values())
 
 
+def headline(result: RunResult) -> dict[str, Any]:
+    """The figures asked first before a migration: how long from the controller's start until
+    DECOMMISSIONED (None if the run never got there), how long the backfill took, and, for a
+    backfill the run left unfinished, when it would finish at its average rate so far (from
+    the end of the run; the catalog's size at load is what it counts down)."""
+    start_ns = int(result.scenario.migration.start_s * SECOND)
+    done = next((p["time"] for p in result.phases if p["phase"] == "DECOMMISSIONED"), None)
+    backfill = result.backfill
+    eta = None
+    if backfill["started"] is not None and not backfill["done"] and backfill["copied"]:
+        rate = backfill["copied"] / ((result.sim_end_ns - backfill["started"]) / SECOND)
+        left = max(0, result.scenario.catalog.products - backfill["copied"])
+        eta = round(left / rate, 1)
+    return {
+        "time_to_decommissioned_s": None if done is None else round((done - start_ns) / SECOND, 3),
+        "backfill_s": backfill["duration_s"],
+        "backfill_eta_s": eta,
+    }
+
+
 def history_bytes(result: RunResult) -> bytes:
     return "".join(e.to_json() + "\n" for e in result.events).encode("utf-8")
 
@@ -116,6 +136,8 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         simulated_s=result.sim_end_ns / SECOND,
         wall_s=round(wall_s, 3),
         driver_bugs=result.bugs,
+        headline=headline(result),
+        fidelity=result.fidelity,
     )
     report["notes"] += result.notes
     return report
@@ -246,6 +268,23 @@ def _checks_table(report: dict[str, Any]) -> Table:
         "n/a" if recall is None else f"{recall:.4f}",
         "mean recall@k of sampled searches vs exact",
     )
+    decommissioned = report["headline"]["time_to_decommissioned_s"]
+    eta = report["headline"]["backfill_eta_s"]
+    table.add_row(
+        "to DECOMMISSIONED",
+        "-" if decommissioned is None else f"{decommissioned:.1f} s",
+        "from the controller's start (migration.start_s)"
+        + ("" if eta is None else f"; the backfill would need {eta:,.0f} s more at its rate"),
+    )
+    fidelity = report["fidelity"]
+    if fidelity["mode"] == "scaled":
+        table.add_row(
+            "fidelity",
+            "scaled",
+            f"{fidelity['products']:,} products, {fidelity['sampled']:,} with vectors (searches "
+            f"judged on those, the rest on every id); costs from {fidelity['profile']['name']}"
+            + (" (extrapolated past the measured index)" if _extrapolated(fidelity) else ""),
+        )
     b = report["backfill"]
     table.add_row(
         "backfill",
@@ -291,6 +330,10 @@ def _gate_waits_table(report: dict[str, Any]) -> Table:
             w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"]
         )
     return waits
+
+
+def _extrapolated(fidelity: dict[str, Any]) -> bool:
+    return any(side["extrapolated"] for side in fidelity["service"].values())
 
 
 def _ms(value: float | None) -> str:

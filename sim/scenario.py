@@ -10,7 +10,8 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
 
     name, description, duration_s, seed
     [catalog]     products, dim, categories
-    [clusters]    shards, replicas, concurrency_per_node, ef_search
+    [clusters]    shards, replicas, concurrency_per_node, ef_search, fidelity, profile,
+                  sample, judge
     [latency]     network, search, get, upsert_per_record, scan_per_item, checksums_per_record,
                   count, store (each a distribution table), op_timeout_ms
     [traffic]     rate, diurnal_amplitude, diurnal_period_s, shopper_share, filtered_share,
@@ -47,6 +48,7 @@ from typing import Any
 from vecmig import scenarios as scenarios_package
 from vecmig.harness.core.controller import Plan
 from vecmig.harness.core.phases import Phase, Step, lease_rules
+from vecmig.harness.costs import ProfileError, load_profile
 from vecmig.sim.faults import (
     SWARM_FAMILIES,
     FaultLimits,
@@ -120,12 +122,28 @@ class CatalogConfig:
     categories: int = _f(8, min=1)
 
 
+FIDELITIES = ("exact", "scaled")
+JUDGED = ("all", "sample")
+
+
 @dataclass(frozen=True)
 class ClustersConfig:
     shards: int = _f(2, min=1, max=64)
     replicas: int = _f(2, min=1, max=5)
     concurrency_per_node: int = _f(8, min=1)
     ef_search: int = _f(64, min=10)
+    fidelity: str = _f("exact", choices=FIDELITIES)
+    """exact: every product a vector in a real index, service times from [latency]; scaled:
+    a sample of the catalog holds vectors, service times come from a cost profile
+    (`vecmig.sim.scaled`)."""
+    profile: str = _f("")
+    """scaled: the cost profile, a name in profiles/ or a path (default fake-dim<catalog.dim>)."""
+    sample: int = _f(2000, min=1)
+    """scaled: about how many products hold vectors (every n-th of catalog.products)."""
+    judge: str = _f("all", choices=JUDGED)
+    """scaled: which ids the history records and the checker judges: all (every client op,
+    the whole catalog in the load and final events), or sample (ops on sampled ids and every
+    search; the others run alike but are left out, which keeps a catalog of millions small)."""
 
 
 # Service times measured on the fake cluster (bench/bench_sim_calibrate.py: one shard of
@@ -396,12 +414,56 @@ def _cross_checks(s: Scenario) -> list[str]:
             "freshness overlay forgets writes before a lagged side shows them"
         )
     problems += _lease_problems(s)
+    problems += _fidelity_problems(s)
     plan = Plan(steps=tuple(Step(x) for x in s.migration.steps))
     problems += [
         f"migration.steps: {problem} (the plan starts in OLD_ONLY)"
         for problem in plan.problems(Phase.OLD_ONLY)
     ]
     return problems
+
+
+def profile_name(s: Scenario) -> str:
+    """The cost profile a scaled scenario uses: its own, or the shipped one for its dimension."""
+    return s.clusters.profile or f"fake-dim{s.catalog.dim}"
+
+
+def _fidelity_problems(s: Scenario) -> list[str]:
+    """A scaled scenario needs a readable profile measured at its dimension; an exact one
+    takes no profile (it would be silently ignored)."""
+    c = s.clusters
+    if c.fidelity == "exact":
+        return [
+            f"clusters.{key} ({value!r}) is used only with clusters.fidelity = "
+            f'"scaled"; remove it, or set fidelity = "scaled"'
+            for key, value, default in (("profile", c.profile, ""), ("judge", c.judge, "all"))
+            if value != default
+        ]
+    try:
+        profile = load_profile(profile_name(s))
+    except ProfileError as exc:
+        return [f"clusters.profile: {exc}"]
+    if profile.dim != s.catalog.dim:
+        return [
+            f"clusters.profile: {profile.name!r} was measured at dimension {profile.dim}, "
+            f"but catalog.dim is {s.catalog.dim}; measure one with "
+            f"`vecmig calibrate fake --dim {s.catalog.dim}` and name it"
+        ]
+    return []
+
+
+def with_fidelity(s: Scenario, fidelity: str, profile: str | None = None) -> Scenario:
+    """`s` at another fidelity (and profile), checked as a loaded scenario is."""
+    clusters = dataclasses.replace(
+        s.clusters,
+        fidelity=fidelity,
+        profile=s.clusters.profile if profile is None else profile,
+    )
+    changed = dataclasses.replace(s, clusters=clusters)
+    problems = _fidelity_problems(changed)
+    if problems:
+        raise ScenarioError(f"{s.source or s.name}: {problems[0]}")
+    return changed
 
 
 # Which keys each of `lease_rules`' rules is about, by how its message starts.

@@ -19,6 +19,7 @@ import simpy
 from vecmig.harness.catalog import Catalog
 from vecmig.harness.clusters.base import Side
 from vecmig.harness.clusters.fake import FakeCluster
+from vecmig.harness.clusters.scaled import CatalogSample, ScaledCluster
 from vecmig.harness.core.controller import Controller, Plan, backfill_worker, repair_worker
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import LayerConfig, Shared
@@ -27,6 +28,7 @@ from vecmig.harness.core.requests import Outcome
 from vecmig.harness.core.state import Checkpoint
 from vecmig.harness.core.strategy import Strategy, strategy_named
 from vecmig.harness.core.workers import Backfill, Throttle
+from vecmig.harness.costs import load_profile
 from vecmig.harness.drive.step import live_versions
 from vecmig.harness.history.checker import Verdict, check
 from vecmig.harness.history.ops import CHECKER, LOADER, Event, Recorder
@@ -35,7 +37,14 @@ from vecmig.sim.driver import Draws, Flight, SimDriver, SimProcess
 from vecmig.sim.faults import FaultSpec, swarm_schedule
 from vecmig.sim.fleet import Fleet
 from vecmig.sim.nemesis import Nemesis
-from vecmig.sim.scenario import MS, SECOND, Scenario
+from vecmig.sim.scaled import (
+    ModelledService,
+    ScaledCatalog,
+    fidelity_report,
+    judges_sampled_ids,
+    load_event_value,
+)
+from vecmig.sim.scenario import MS, SECOND, Scenario, profile_name
 from vecmig.sim.traffic import Traffic
 
 STREAMS = ("traffic", "content", "latency", "instances", "faults", "exact", "calibration", "swarm")
@@ -77,6 +86,8 @@ class RunResult:
     sim_end_ns: int
     bugs: list[str]
     notes: list[str] = field(default_factory=list)
+    fidelity: dict[str, Any] = field(default_factory=lambda: {"mode": "exact"})
+    """How faithful the run was: exact, or scaled with its sample, judged ids and profile."""
 
 
 class Simulation:
@@ -154,13 +165,38 @@ class Simulation:
 
     def _build_sides(self, s: Scenario) -> None:
         """The catalog and the two fake clusters it migrates between."""
-        self.catalog = Catalog.generate(
+        self.scaled = s.clusters.fidelity == "scaled"
+        if self.scaled:
+            self._build_scaled_sides(s)
+            return
+        self.catalog: Catalog | ScaledCatalog = Catalog.generate(
             s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed
         )
         capacity = max(1024, 2 * s.catalog.products // s.clusters.shards)
-        self.clusters = {
+        self.clusters: dict[Side, FakeCluster] = {
             side: FakeCluster(
                 s.catalog.dim,
+                shards=s.clusters.shards,
+                replicas=s.clusters.replicas,
+                seed=self.seed * 2 + offset,
+                capacity=capacity,
+                ef_search=s.clusters.ef_search,
+                name=side.value,
+                catch_up=self.strategy.replica_catch_up,
+            )
+            for offset, side in enumerate((Side.OLD, Side.NEW))
+        }
+
+    def _build_scaled_sides(self, s: Scenario) -> None:
+        """A catalog of which a sample holds vectors, and two scaled clusters over it."""
+        sample = CatalogSample.of(s.catalog.products, s.clusters.sample)
+        self.catalog = ScaledCatalog(sample, s.catalog.dim, s.catalog.categories, self.seed)
+        self.profile = load_profile(profile_name(s))
+        capacity = max(1024, 2 * sample.size // s.clusters.shards)
+        self.clusters = {
+            side: ScaledCluster(
+                s.catalog.dim,
+                sample,
                 shards=s.clusters.shards,
                 replicas=s.clusters.replicas,
                 seed=self.seed * 2 + offset,
@@ -194,6 +230,12 @@ class Simulation:
             intent_hold_ns=max(5_000_000_000, 3 * int(s.instances.lease_margin_ms * MS)),
             mirror_sample_rate=s.migration.mirror_sample_rate,
         )
+        latency_draws = Draws(rngs["latency"])
+        self.service: dict[Side, ModelledService] = (
+            {side: ModelledService(self.profile, latency_draws.normal) for side in self.clusters}
+            if self.scaled
+            else {}
+        )
         self.driver = SimDriver(
             self.env,
             self.clusters,
@@ -201,12 +243,16 @@ class Simulation:
             self.recorder,
             s.latency,
             s.clusters.concurrency_per_node * s.clusters.shards * s.clusters.replicas,
-            Draws(rngs["latency"]),
+            latency_draws,
             Draws(rngs["exact"]),
             s.traffic.exact_sample_rate,
             size_hint=lambda: s.catalog.products,
             phase_now=lambda: self.coordinator.published.phase.value,
             on_phase=self._on_phase,
+            service=self.service,
+            judged=judges_sampled_ids(self.catalog)
+            if isinstance(self.catalog, ScaledCatalog) and s.clusters.judge == "sample"
+            else None,
         )
         self.fleet = Fleet(
             self.env,
@@ -281,16 +327,17 @@ class Simulation:
         s = self.scenario
         env = self.env
         loaded = self.catalog.records()
-        self.clusters[Side.OLD].upsert(loaded, fenced=False)
-        self.recorder.ok(
-            LOADER,
-            "load",
-            {
+        old = self.clusters[Side.OLD]
+        old.upsert(loaded, fenced=False)
+        if isinstance(old, ScaledCluster) and isinstance(self.catalog, ScaledCatalog):
+            old.load_beyond_sample(len(self.catalog))
+            load = load_event_value(self.catalog, self.scenario.clusters.judge == "all")
+        else:
+            load = {
                 "records": {r.id: r.version for r in loaded},
                 "fields": {r.id: dict(r.metadata) for r in loaded},
-            },
-            0,
-        )
+            }
+        self.recorder.ok(LOADER, "load", load, 0)
         self.phases.append({"phase": Phase.OLD_ONLY.value, "time": 0, "epoch": 0})
         for side in self.layer_config.lagged_sides:
             self.clusters[side].start_fault("visibility-lag")
@@ -431,13 +478,13 @@ class Simulation:
         self._wait(lambda: self.driver.requests_in_flight() == 0, deadline)
         self.final_backlog = self.store.repair_backlog()
         for side in (Side.OLD, Side.NEW):
-            self.clusters[side].refresh()
-            self.recorder.ok(
-                CHECKER,
-                "final",
-                {"side": side.value, "records": live_versions(self.clusters[side])},
-                int(env.now),
-            )
+            cluster = self.clusters[side]
+            cluster.refresh()
+            if isinstance(cluster, ScaledCluster) and self.scenario.clusters.judge == "sample":
+                final = cluster.sampled_live_versions()
+            else:
+                final = live_versions(cluster)
+            self.recorder.ok(CHECKER, "final", {"side": side.value, "records": final}, int(env.now))
 
     def _wait(self, done: Callable[[], bool], deadline: int) -> None:
         while not done() and self.env.now < deadline:
@@ -491,4 +538,15 @@ class Simulation:
             sim_end_ns=int(self.env.now),
             bugs=list(self.driver.bugs),
             notes=notes,
+            fidelity=self._fidelity(),
+        )
+
+    def _fidelity(self) -> dict[str, Any]:
+        if not isinstance(self.catalog, ScaledCatalog):
+            return {"mode": "exact"}
+        return fidelity_report(
+            self.catalog,
+            self.profile,
+            {side.value: m for side, m in self.service.items()},
+            every_id=self.scenario.clusters.judge == "all",
         )

@@ -18,10 +18,11 @@ import numpy as np
 import simpy
 
 from vecmig.harness.catalog import Catalog, product_id
-from vecmig.harness.clusters.base import Record, Vector
+from vecmig.harness.clusters.base import VECTORLESS, Record, Vector, searchable
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.sim.driver import Draws, Flight, SimProcess
 from vecmig.sim.fleet import AppInstance, Fleet
+from vecmig.sim.scaled import ScaledCatalog
 from vecmig.sim.scenario import MERCHANT_ACTIONS, SECOND, TrafficConfig
 
 SESSION_KINDS = ("shopper", *MERCHANT_ACTIONS)
@@ -41,7 +42,7 @@ class Traffic:
         self,
         env: simpy.Environment,
         fleet: Fleet,
-        catalog: Catalog,
+        catalog: Catalog | ScaledCatalog,
         config: TrafficConfig,
         duration_ns: int,
         rng: np.random.Generator,
@@ -58,14 +59,20 @@ class Traffic:
         """Vectors and prices: a separate stream, so the schedule of arrivals does not depend
         on the sizes of the things drawn."""
         self.products: dict[str, Product] = {}
-        self.ids: list[str] = []
+        """What the merchants believe of each product. A scaled catalog's products beyond its
+        sample enter only when first written (see `_product`)."""
         for record in catalog.records():
             self.products[record.id] = Product(record.vector, dict(record.metadata))
-            self.ids.append(record.id)
-        self.versions: dict[str, int] = {i: 1 for i in self.ids}
+        self.id_of: Callable[[int], str] = (
+            catalog.id_of if isinstance(catalog, ScaledCatalog) else product_id
+        )
+        """The n-th product's id: products are numbered in the order they were created."""
+        self.count = len(catalog)
+        """How many products exist, delisted ones included."""
+        self.versions: dict[str, int] = {i: 1 for i in self.products}
+        """The last version written per id; an id missing here is at version 1."""
         self.delisted: list[str] = []
         """Products a merchant delisted, in no particular order: what `relist` draws from."""
-        self._next_product = len(self.ids)
         weights = [config.merchant.get(a, 0.0) for a in SESSION_KINDS[1:]]
         total = sum(weights) or 1.0
         self._merchant_cdf = np.cumsum([w / total for w in weights]).tolist()
@@ -131,7 +138,7 @@ class Traffic:
     def _shopper(self, instance: AppInstance) -> None:
         """View a product, then ask for similar ones (k=10, sometimes filtered)."""
         record_id = self._some_id()
-        product = self.products[record_id]
+        product = self._query_product(record_id)
         filter_draw = self.draws.uniform()
         mirror_draw = self.draws.uniform()
         if filter_draw < self.config.filtered_share / 2:
@@ -176,11 +183,10 @@ class Traffic:
     def write(self, instance: AppInstance, action: str) -> Operation | None:
         """The op for one merchant action, with the next version of its product."""
         if action == "add":
-            record_id = product_id(self._next_product)
-            self._next_product += 1
+            record_id = self.id_of(self.count)
+            self.count += 1
             record = self.catalog.new_product(self.content, record_id)
             self.products[record_id] = Product(record.vector, dict(record.metadata))
-            self.ids.append(record_id)
             self.versions[record_id] = 1
             return instance.layer.upsert(record)
         if action == "relist":
@@ -189,8 +195,8 @@ class Traffic:
         if listed is None:
             return None
         record_id = listed
-        product = self.products[record_id]
-        version = self.versions[record_id] + 1
+        product = self._product(record_id)
+        version = self.versions.get(record_id, 1) + 1
         self.versions[record_id] = version
         if action == "delist":
             product.listed = False
@@ -213,8 +219,30 @@ class Traffic:
         sessions (a best seller, a product on the front page), otherwise any."""
         hot = self.config.hot_ids
         if hot and self.draws.uniform() < self.config.hot_share:
-            return self.ids[int(self.draws.uniform() * min(hot, len(self.ids)))]
-        return self.ids[int(self.draws.uniform() * len(self.ids))]
+            return self.id_of(int(self.draws.uniform() * min(hot, self.count)))
+        return self.id_of(int(self.draws.uniform() * self.count))
+
+    def _product(self, record_id: str) -> Product:
+        """What merchants believe of a product, entered on first use for a scaled catalog's
+        products beyond its sample (listed, no vector, no fields; at version 1 until written)."""
+        product = self.products.get(record_id)
+        if product is None:
+            product = self.products[record_id] = Product(VECTORLESS, {})
+        return product
+
+    def _query_product(self, record_id: str) -> Product:
+        """The product whose vector and category a shopper's "similar products" search uses:
+        the one viewed, or, for a scaled catalog's product without a vector, the sampled one
+        numbered just below it."""
+        product = self.products.get(record_id)
+        if product is not None and searchable(product.vector):
+            return product
+        assert isinstance(self.catalog, ScaledCatalog)
+        return self.products[self.catalog.neighbour(record_id)]
+
+    def _listed(self, record_id: str) -> bool:
+        product = self.products.get(record_id)
+        return product is None or product.listed
 
     def _relist(self, instance: AppInstance) -> Operation | None:
         """List a delisted product again, back in stock, with the version after its delete's:
@@ -237,7 +265,7 @@ class Traffic:
     def _listed_id(self) -> str | None:
         for _ in range(8):
             record_id = self._some_id()
-            if self.products[record_id].listed:
+            if self._listed(record_id):
                 return record_id
         return None
 
@@ -265,10 +293,10 @@ class Traffic:
         gap = int(SECOND / job.rate) if job.rate > 0 else SECOND
         done = 0
         position = 0
-        while done < job.count and int(env.now) < self.duration_ns and position < len(self.ids):
-            record_id = self.ids[position]
+        while done < job.count and int(env.now) < self.duration_ns and position < self.count:
+            record_id = self.id_of(position)
             position += 1
-            if not self.products[record_id].listed:
+            if not self._listed(record_id):
                 continue
             instance = self.fleet.pick(self.draws.uniform())
             if instance is not None:
@@ -288,8 +316,8 @@ class Traffic:
             yield env.timeout(gap)
 
     def _reembed(self, instance: AppInstance, record_id: str) -> Operation:
-        product = self.products[record_id]
-        version = self.versions[record_id] + 1
+        product = self._product(record_id)
+        version = self.versions.get(record_id, 1) + 1
         self.versions[record_id] = version
         product.vector = self.catalog.reembed(record_id, self.content)
         return instance.layer.upsert(

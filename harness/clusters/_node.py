@@ -392,6 +392,15 @@ class Replica:
     # -----------------------------------------------------------------------------------------
     # Reads.
 
+    def stored(self, record_id: str) -> Stored | None:
+        """What this replica holds for `record_id` (tombstones included), realtime."""
+        return self.records.get(record_id)
+
+    def triples(self) -> Iterator[tuple[str, int, bool]]:
+        """(id, version, deleted) of everything this replica holds, tombstones included."""
+        for stored in self.records.values():
+            yield stored.id, stored.version, stored.deleted
+
     def scan_after(self, cursor: str | None, limit: int) -> Iterator[Stored]:
         start = 0 if cursor is None else bisect.bisect_right(self.ids, cursor)
         for record_id in self.ids[start : start + limit]:

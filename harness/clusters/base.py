@@ -53,6 +53,19 @@ class Side(StrEnum):
         return Side.NEW if self is Side.OLD else Side.OLD
 
 
+VECTORLESS: Vector = np.zeros(0, dtype=np.float32)
+"""The vector of a record whose embedding is not modelled: the scaled simulator's catalog
+beyond its sample (`clusters.scaled`). Such a record is stored, versioned, fenced, scanned and
+checksummed like any other, and never searched."""
+VECTORLESS.flags.writeable = False
+
+
+def searchable(vector: Vector | None) -> bool:
+    """Whether a record with this vector can be a search hit (not a tombstone's None, not
+    `VECTORLESS`)."""
+    return vector is not None and vector.size > 0
+
+
 class Metric(StrEnum):
     COSINE = "cosine"
     L2 = "l2"

@@ -110,20 +110,9 @@ class FakeCluster:
         self._lock = threading.RLock()
         self._dice = Dice(seed)
         self._active = ActiveFaults()
+        self._index_settings = (capacity, m, ef_construction, ef_search)
         self._replicas = [
-            [
-                Replica(
-                    dim,
-                    self._metric,
-                    capacity,
-                    m,
-                    ef_construction,
-                    ef_search,
-                    self._dice.index_seed + shard,
-                )
-                for _ in range(replicas)
-            ]
-            for shard in range(shards)
+            [self._new_replica(shard) for _ in range(replicas)] for shard in range(shards)
         ]
         self._node_ids = [[node_id(s, r) for r in range(replicas)] for s in range(shards)]
         self._status: dict[str, str] = {node: UP for node in self._node_names()}
@@ -151,16 +140,7 @@ class FakeCluster:
             validate_version(record.version)
             if not isinstance(record.metadata, Mapping):
                 raise InvalidRequest(f"metadata of {record.id!r} must be a mapping")
-        # One copy of the whole batch, checked at once; its rows are shared (read-only) with
-        # every replica and every reader.
-        matrix = np.array(
-            validate_vectors([r.vector for r in batch], self._dim, [r.id for r in batch]),
-            dtype=np.float32,
-        )
-        matrix.flags.writeable = False
-        items = [
-            Stored(r.id, r.version, False, matrix[i], dict(r.metadata)) for i, r in enumerate(batch)
-        ]
+        items = self._stored(batch)
         with self._lock:
             return self._write(items, fenced)
 
@@ -180,7 +160,7 @@ class FakeCluster:
             serving = {shard: self._pick_replica(shard) for shard in sorted({s for _, s in placed})}
             found = {}
             for record_id, shard in placed:
-                stored = serving[shard].records.get(record_id)
+                stored = serving[shard].stored(record_id)
                 if stored is not None:
                     found[record_id] = stored
             return found
@@ -227,8 +207,7 @@ class FakeCluster:
             self._roll_error()
             serving = [self._pick_replica(shard) for shard in range(self._shards)]
             return checksums_of(
-                ((s.id, s.version, s.deleted) for r in serving for s in r.records.values()),
-                buckets,
+                itertools.chain.from_iterable(r.triples() for r in serving), buckets
             )
 
     def health(self) -> Health:
@@ -294,10 +273,10 @@ class FakeCluster:
         the final scan a history's `final` event carries."""
         with self._lock:
             return {
-                s.id: s.version
+                record_id: version
                 for r in self._authoritative()
-                for s in r.records.values()
-                if not s.deleted
+                for record_id, version, deleted in r.triples()
+                if not deleted
             }
 
     def fault_state(self) -> dict[str, Any]:
@@ -433,7 +412,34 @@ class FakeCluster:
             self._active.slow.pop(node, None)
 
     # -----------------------------------------------------------------------------------------
-    # Internals (called with the lock held).
+    # Internals (called with the lock held, except the two a subclass may replace first).
+
+    def _new_replica(self, shard: int) -> Replica:
+        """A fresh replica of `shard` (called while the cluster is built)."""
+        capacity, m, ef_construction, ef_search = self._index_settings
+        return Replica(
+            self._dim,
+            self._metric,
+            capacity,
+            m,
+            ef_construction,
+            ef_search,
+            self._dice.index_seed + shard,
+        )
+
+    def _stored(self, batch: Sequence[Record]) -> list[Stored]:
+        """A checked upsert batch as what the replicas store (ids, versions and metadata are
+        checked already)."""
+        # One copy of the whole batch, checked at once; its rows are shared (read-only) with
+        # every replica and every reader.
+        matrix = np.array(
+            validate_vectors([r.vector for r in batch], self._dim, [r.id for r in batch]),
+            dtype=np.float32,
+        )
+        matrix.flags.writeable = False
+        return [
+            Stored(r.id, r.version, False, matrix[i], dict(r.metadata)) for i, r in enumerate(batch)
+        ]
 
     def _write(self, items: list[Stored], fenced: bool) -> dict[str, bool]:
         self._roll_error()

@@ -13,7 +13,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from vecmig.harness.clusters.base import Filter, Hit, Metric, Vector, distance, matches
+from vecmig.harness.clusters.base import (
+    Filter,
+    Hit,
+    Metric,
+    Vector,
+    distance,
+    matches,
+    searchable,
+)
 from vecmig.harness.core.state import RecentWrite
 
 
@@ -47,7 +55,7 @@ def correct_hits(
         w
         for w in latest.values()
         if not w.deleted
-        and w.vector is not None
+        and searchable(w.vector)
         and matches(w.metadata, filter)
         and (w.id not in kept or kept[w.id].version < w.version)
     ]

@@ -49,6 +49,7 @@ from vecmig.harness.clusters.base import (
     Vector,
     distance,
     matches,
+    searchable,
 )
 from vecmig.harness.core import compare as cmp
 from vecmig.harness.core.freshness import correct_hits
@@ -687,7 +688,7 @@ def _live_match(stored: Stored | None, filter: Filter | None) -> bool:
     return (
         stored is not None
         and not stored.deleted
-        and stored.vector is not None
+        and searchable(stored.vector)
         and matches(stored.metadata, filter)
     )
 
