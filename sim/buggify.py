@@ -204,7 +204,11 @@ def _instances(draw: _Draw, instances: dict[str, Any], latency: dict[str, Any]) 
     instances["max_clock_skew_ms"] = skew
     instances["poll_interval_ms"] = poll
     instances["lease_margin_ms"] = round(margin, 3)
-    instances["lease_ms"] = round(poll + margin + draw.uniform(1.0, 5000.0), 3)
+    slack = draw.uniform(1.0, 5000.0)
+    # Past the margin, the lease must cover a poll and a clock jump of twice the skew bound.
+    # Only a draw that would not is moved (by that jump), so every other seed draws as before.
+    jump = 2 * skew if slack <= 2 * skew else 0.0
+    instances["lease_ms"] = round(poll + margin + jump + slack, 3)
     instances["config_delay"] = {
         "dist": "lognormal",
         "median_ms": draw.pick((5.0, 50.0, 200.0, 1000.0, 2000.0)),

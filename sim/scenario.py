@@ -477,6 +477,7 @@ LEASE_RULE_KEYS = {
         "instances.lease_ms",
         "instances.poll_interval_ms",
         "instances.lease_margin_ms",
+        "instances.max_clock_skew_ms",
     ),
 }
 LEASE_KEYS = (

@@ -255,6 +255,10 @@ def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_
         (5000, 1000, 500, 250, 300, 1),  # margin < 250 + 600
         (2000, 3000, 1000, 250, 0, 1),  # lease below the poll interval
         (2000, 1000, 1000, 250, 0, 1),  # lease == poll + margin: lapses between polls
+        # BUGGIFY seed 1323 of node-lost-cutover: 264 ms past the margin covered the 100 ms
+        # poll but not a clock jump of 250 ms within the 500 ms bound (lease <= 100+1349+1000).
+        (1613, 100, 1349, 250, 500, 1),
+        (2450, 100, 1349, 250, 500, 0),
         (300, 1000, 500, 600, 0, 2),
     ],
 )

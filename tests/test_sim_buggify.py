@@ -4,11 +4,14 @@ always draws the same scenario, and the draws cover the settings they claim to."
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from vecmig.harness.cli import main
 from vecmig.sim.buggify import buggify
 from vecmig.sim.scenario import from_dict, load, scenario_names
 
@@ -146,3 +149,20 @@ def test_every_draw_stays_inside_the_fault_model_a_correct_layer_survives(name: 
                 assert spec.instance >= 1, where  # -1 would be drawn at run time, 0 too
             elif spec.family == "clock-skew":
                 assert abs(spec.offset_ms) <= bound, where
+
+
+def test_replay_a_clock_jump_within_the_bound_leaves_the_lone_instance_serving(
+    tmp_path: Path,
+) -> None:
+    """BUGGIFY seed 1323 of node-lost-cutover drew a lease the loader took but a clock jump
+    within the skew bound could outrun: when a -250 ms clock-skew fault ended, the lone
+    instance's lease past its margin (264 ms) no longer covered its 100 ms poll, its readiness
+    check failed, and a shopper's get found no instance (a failed read). The loader now asks
+    the lease to cover twice the skew bound too, and BUGGIFY draws such leases."""
+    out = tmp_path / "r"
+    code = main(
+        ["simulate", "node-lost-cutover", "--seed", "1323", "--buggify", "--quiet"]
+        + ["--out", str(out)]
+    )
+    verdict = json.loads((out / "report.json").read_text())["verdict"]
+    assert code == 0 and verdict["valid"], verdict

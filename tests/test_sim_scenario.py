@@ -300,6 +300,25 @@ def test_a_lease_that_does_not_outlast_a_poll_and_the_margin_is_refused() -> Non
     assert "2000" in message and "3000" in message
 
 
+def test_a_lease_that_does_not_outlast_a_poll_the_margin_and_a_clock_jump_is_refused() -> None:
+    """A BUGGIFY sweep (node-lost-cutover, seed 1323): an instance counts its lease on its own
+    clock, and a clock-skew fault that ends moves that clock ahead within the bound; its lease
+    past the margin must still cover a poll then, or it refuses work between polls."""
+    message = _error(
+        {
+            "instances": {
+                "poll_interval_ms": 100,
+                "lease_ms": 1613.226,
+                "lease_margin_ms": 1349.176,
+                "max_clock_skew_ms": 500,
+            },
+            "latency": {"op_timeout_ms": 250},
+        }
+    )
+    assert "instances.lease_ms" in message and "instances.max_clock_skew_ms" in message, message
+    assert "twice the clock-skew bound" in message, message
+
+
 def test_a_lease_margin_shorter_than_a_request_and_twice_the_skew_is_refused() -> None:
     message = _error({"instances": {"lease_margin_ms": 500}})
     for key in (

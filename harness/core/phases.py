@@ -315,9 +315,13 @@ def lease_rules(
     * A request issued just before an instance stops serving must land before the coordinator
       counts the instance out, even if the instance's clock jumps back by up to twice the skew
       bound meanwhile (from +bound to -bound): margin >= request timeout + 2 x max skew.
-    * An instance that polls on time must renew its lease before it stops serving:
-      lease > poll interval + margin, or it refuses work between polls and the coordinator
-      counts it out while it still runs.
+    * An instance that polls on time must renew its lease before it stops serving, even if
+      its clock jumps ahead by up to twice the skew bound between two polls (from -bound to
+      +bound; the instance counts its lease on its own clock): lease > poll interval + margin
+      + 2 x max skew, or it refuses work between polls and its readiness check fails. A
+      BUGGIFY sweep found that run (node-lost-cutover, seed 1323: a clock-skew fault of
+      -250 ms ended, the lone instance's clock jumped 250 ms ahead, and its 264 ms of lease
+      past the margin no longer covered the 100 ms poll: a read found no instance ready).
     """
     broken = []
     if margin_ns < request_timeout_ns + 2 * max_skew_ns:
@@ -327,10 +331,11 @@ def lease_rules(
             f"({max_skew_ns / 1e6:g} ms): a write sent just before the instance stops serving "
             "could land after the coordinator counted it out"
         )
-    if lease_ns <= poll_ns + margin_ns:
+    if lease_ns <= poll_ns + margin_ns + 2 * max_skew_ns:
         broken.append(
             f"the lease ({lease_ns / 1e6:g} ms) must exceed the poll interval "
-            f"({poll_ns / 1e6:g} ms) plus the lease margin ({margin_ns / 1e6:g} ms): an "
-            "instance polling on time would stop serving between polls"
+            f"({poll_ns / 1e6:g} ms) plus the lease margin ({margin_ns / 1e6:g} ms) plus twice "
+            f"the clock-skew bound ({max_skew_ns / 1e6:g} ms): an instance polling on time "
+            "would stop serving between polls once its clock jumped ahead within the bound"
         )
     return broken
