@@ -515,8 +515,9 @@ def _lease_fix(s: Scenario, keys: tuple[str, ...] | None) -> str:
         )
     if keys == LEASE_RULE_KEYS["the lease ("]:
         return (
-            f"set instances.lease_ms above {i.poll_interval_ms + i.lease_margin_ms:g}, or "
-            "lower instances.poll_interval_ms"
+            "set instances.lease_ms above "
+            f"{i.poll_interval_ms + i.lease_margin_ms + 2 * i.max_clock_skew_ms:g}, or lower "
+            "instances.poll_interval_ms or instances.max_clock_skew_ms"
         )
     return "see vecmig.harness.core.phases.lease_rules"
 

@@ -372,6 +372,8 @@ def test_every_problem_is_reported_at_once_one_per_line() -> None:
     assert lines[0].endswith("3 problems:"), message
     assert [line.strip().split(":")[0] for line in lines[1:]] == [
         "faults[0]",
-        "instances.lease_ms, instances.poll_interval_ms, instances.lease_margin_ms",
+        "instances.lease_ms, instances.poll_interval_ms, instances.lease_margin_ms, "
+        "instances.max_clock_skew_ms",
         "migration.steps",
     ], message
+    assert "set instances.lease_ms above 2600" in message, "poll 1000 + margin 1000 + 2 x 300"
