@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -173,19 +174,9 @@ class Simulation:
             s.catalog.products, s.catalog.dim, s.catalog.categories, seed=self.seed
         )
         capacity = max(1024, 2 * s.catalog.products // s.clusters.shards)
-        self.clusters: dict[Side, FakeCluster] = {
-            side: FakeCluster(
-                s.catalog.dim,
-                shards=s.clusters.shards,
-                replicas=s.clusters.replicas,
-                seed=self.seed * 2 + offset,
-                capacity=capacity,
-                ef_search=s.clusters.ef_search,
-                name=side.value,
-                catch_up=self.strategy.replica_catch_up,
-            )
-            for offset, side in enumerate((Side.OLD, Side.NEW))
-        }
+        self.clusters: dict[Side, FakeCluster] = self._two_sides(
+            s, partial(FakeCluster, s.catalog.dim), capacity
+        )
 
     def _build_scaled_sides(self, s: Scenario) -> None:
         """A catalog of which a sample holds vectors, and two scaled clusters over it."""
@@ -193,10 +184,14 @@ class Simulation:
         self.catalog = ScaledCatalog(sample, s.catalog.dim, s.catalog.categories, self.seed)
         self.profile = load_profile(profile_name(s))
         capacity = max(1024, 2 * sample.size // s.clusters.shards)
-        self.clusters = {
-            side: ScaledCluster(
-                s.catalog.dim,
-                sample,
+        self.clusters = self._two_sides(s, partial(ScaledCluster, s.catalog.dim, sample), capacity)
+
+    def _two_sides(
+        self, s: Scenario, make: Callable[..., FakeCluster], capacity: int
+    ) -> dict[Side, FakeCluster]:
+        """Old and new, made by `make` alike but for their seeds and names."""
+        return {
+            side: make(
                 shards=s.clusters.shards,
                 replicas=s.clusters.replicas,
                 seed=self.seed * 2 + offset,
