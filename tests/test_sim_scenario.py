@@ -28,6 +28,7 @@ def test_every_scenario_file_loads() -> None:
         "eventually-consistent",
         "late-config",
         "node-lost-cutover",
+        "old-outage-in-shadow",
     ):
         assert required in names
     for name in names:
