@@ -29,6 +29,7 @@ def test_every_scenario_file_loads() -> None:
         "late-config",
         "node-lost-cutover",
         "old-outage-in-shadow",
+        "new-flaps-in-cutover",
     ):
         assert required in names
     for name in names:

@@ -12,7 +12,13 @@ from vecmig.harness.core.strategy import PROTECTIONS
 
 ENGINES = ("sim", "machine", "live")
 DEFAULT_ENGINES = ("sim", "machine")
-SCENARIOS = ("default", "eventually-consistent", "node-lost-cutover", "old-outage-in-shadow")
+SCENARIOS = (
+    "default",
+    "eventually-consistent",
+    "node-lost-cutover",
+    "old-outage-in-shadow",
+    "new-flaps-in-cutover",
+)
 """The shipped scenarios each ablation runs first, each with its own seed."""
 BUGGIFY_SCENARIO = "default"
 """The scenario `--buggify` draws settings and faults over, for the seeds after those."""
