@@ -30,6 +30,7 @@ def test_every_scenario_file_loads() -> None:
         "node-lost-cutover",
         "old-outage-in-shadow",
         "new-flaps-in-cutover",
+        "abort-after-cutover",
     ):
         assert required in names
     for name in names:

@@ -18,6 +18,7 @@ SCENARIOS = (
     "node-lost-cutover",
     "old-outage-in-shadow",
     "new-flaps-in-cutover",
+    "abort-after-cutover",
 )
 """The shipped scenarios each ablation runs first, each with its own seed."""
 BUGGIFY_SCENARIO = "default"
