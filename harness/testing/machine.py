@@ -263,7 +263,11 @@ class MigrationMachine(RuleBasedStateMachine):
         if error == "unavailable":
             self.driver.step(handle, error=Unavailable("injected: refused"))
             return True
-        if error == "timeout-after-write":
+        waited = self.now + self.driver.tick_ns - self.driver.in_flight[handle].since
+        if error == "timeout-after-write" and waited <= REQUEST_TIMEOUT_NS:
+            # Applied late, but within its timeout: a request pending longer than that has
+            # timed out with no effect (every request is bounded below the lease margin, which
+            # is what lets the coordinator count out an instance whose lease lapsed).
             try:
                 execute(request, self.driver.sides, self.driver.store)
             except ClusterError as exc:
