@@ -67,7 +67,15 @@ from vecmig.harness.core import requests as rq
 from vecmig.harness.core.controller import Controller, Plan
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import MigrationLayer
-from vecmig.harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step, lease_rules
+from vecmig.harness.core.phases import (
+    ROUTES,
+    TRANSITIONS,
+    InstanceView,
+    Phase,
+    Published,
+    Step,
+    lease_rules,
+)
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.strategy import SAFE, Strategy
 from vecmig.harness.core.workers import Backfill, Throttle, repair_pass
@@ -525,6 +533,27 @@ class MigrationMachine(RuleBasedStateMachine):
         target = TRANSITIONS[self.rig.coordinator.published.phase][wanted]
         return self._launch(attempt, Flight("controller", phase=target), interleaved)
 
+    @rule()
+    @checked
+    def bail_out(self) -> None:
+        """The operator abandons the migration: from CUTOVER a ROLLBACK to SHADOW first, then,
+        once the instances that keep up have learned it, an ABORT to OLD_ONLY, each through
+        its gate (ABORT's applies the repairs old still needs, since old becomes the only
+        side). Nothing else runs in between: no repair pass, no backfill."""
+        steps = [Step.ABORT]
+        if self.rig.coordinator.published.phase is Phase.CUTOVER:
+            steps.insert(0, Step.ROLLBACK)
+        for step in steps:
+            if self._in_flight("controller") or not self._may_step(step):
+                return
+            target = TRANSITIONS[self.rig.coordinator.published.phase][step]
+            attempt = self.rig.controller.attempt(step, Plan())
+            if self._run(self._start(attempt, Flight("controller", phase=target))).type != "ok":
+                return
+            for name in sorted(self.rig.instances):
+                if name not in self.lagging:
+                    self.poll(name)
+
     @rule(
         target=ops,
         phases=st.integers(1, 4),
@@ -621,6 +650,49 @@ class MigrationMachine(RuleBasedStateMachine):
         """The instance stops hearing from the config store (late propagation, a partition)."""
         if instance in self.rig.instances:
             self.lagging.add(instance)
+
+    @rule(
+        instance=instances,
+        phases=st.integers(0, 4),
+        serving=st.none() | st.sampled_from(IDS),
+    )
+    @checked
+    def cut_off(self, instance: str, phases: int, serving: str | None) -> None:
+        """The instance loses the config store (a network partition) for longer than its
+        lease while the others keep polling: its lease lapses, the coordinator counts it out,
+        and the controller's loop takes up to `phases` steps without it. It stays cut off until
+        it syncs. The load balancer's readiness check lags, so clients still reach it: with
+        `serving`, it is sent an upsert of that id, which only the layer's own lease check
+        refuses."""
+        if instance not in self.rig.instances:
+            return
+        self.lagging.add(instance)
+        self.let_time_pass((self.rig.lease_ns + POLL_NS) // MS)
+        if phases:
+            self.progress(phases=phases)
+        if serving is not None:
+            self.upsert(instance, serving, fail=None, interleaved=False)
+
+    @rule(instance=instances)
+    @checked
+    def stale_sync(self, instance: str) -> None:
+        """The instance reaches the coordinator, but its view of the config store is behind
+        (a watch that delivers late, a stale cache: the simulator's late-config): it
+        acknowledges the phase it runs and asks to renew its lease, without learning a newer
+        one. It stays lagging."""
+        if instance in self.rig.instances:
+            self.stale_poll(instance)
+
+    def stale_poll(self, name: str) -> None:
+        """Instance `name` acknowledges what it already runs and renews its lease if the
+        coordinator grants it (a lapsed lease is renewed only for the current epoch).
+        Override to model how your driver acknowledges."""
+        layer = self.rig.instances[name]
+        now = self.now
+        local = self.rig.clock(name)(now)
+        layer.learn(Published(layer.view.phase, layer.view.epoch), local)
+        if self.rig.coordinator.ack(name, layer.acknowledgement(local), now):
+            layer.renew(local, self.rig.lease_ns)
 
     @rule(ms=st.sampled_from((1, 1_000, 11_000)))
     @checked
