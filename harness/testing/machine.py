@@ -20,7 +20,10 @@ The fault model keeps some way to serve every read, as the design promises ("rea
 while one side can serve them correctly"): at most one replica of a side down at a time, at most
 one injected failure per client read (the layer retries), and an index rebuild only where every
 live phase can search the other side. So a failed read is an anomaly here, unless its
-app instance crashed under it or a timeout failed a second of its requests.
+app instance crashed under it or a second of its requests failed too: a timeout while time
+passed, or a side unreachable for the whole read (`"down"`), which is how a read meets a side
+that cannot answer it while the other may miss an acknowledged write (a pending repair): then
+failing is right, and answering from that other side alone is a stale read.
 
 Invariants, after every step: no failed, stale or garbage read in the history so far; no
 instance more than one epoch behind the published phase while it may serve; the durable phase is
@@ -116,6 +119,9 @@ sides = st.sampled_from(("old", "new"))
 failures = st.none() | st.tuples(st.sampled_from((1, 2)), st.sampled_from(ERRORS))
 """`(n, error)`: the operation's n-th request to a side fails so (for a write, 1 is the primary
 and 2 the secondary; for a read, 1 is the first attempt)."""
+DOWN = "down"
+"""A read's failure `(n, "down")` (see `save_and_view`): the side of its n-th request is
+unreachable for the whole read, so that request and the retry right after it both fail."""
 
 
 @dataclass(slots=True)
@@ -245,12 +251,19 @@ class MigrationMachine(RuleBasedStateMachine):
         flight = self.flights[handle]
         if rq.is_side_request(self.driver.pending(handle)):
             flight.side_requests += 1
-            if self.faults and flight.fail is not None and flight.fail[0] == flight.side_requests:
+            if self.faults and flight.fail is not None and self._armed(flight):
                 self._inject(handle, flight.fail[1])
                 return
             waited = self.now + self.driver.tick_ns - self.driver.in_flight[handle].since
             flight.injected += waited > REQUEST_TIMEOUT_NS
         self.driver.step(handle)
+
+    @staticmethod
+    def _armed(flight: Flight) -> bool:
+        """Whether the flight's armed failure hits the request it is about to make."""
+        assert flight.fail is not None
+        n, error = flight.fail
+        return flight.side_requests == n or (error == DOWN and flight.side_requests == n + 1)
 
     def _run(self, handle: int) -> Outcome:
         for _ in range(10_000):
@@ -265,11 +278,11 @@ class MigrationMachine(RuleBasedStateMachine):
         request = self.driver.pending(handle)
         if not rq.is_side_request(request):
             return False
-        if flight.kind in READS and flight.injected >= 1:
+        if flight.kind in READS and flight.injected >= 1 and error != DOWN:
             return False  # a read retries once: a second failure is no longer fair
         flight.injected += 1
-        if error == "unavailable":
-            self.driver.step(handle, error=Unavailable("injected: refused"))
+        if error in ("unavailable", DOWN):
+            self.driver.step(handle, error=Unavailable(f"injected: {error}"))
             return True
         waited = self.now + self.driver.tick_ns - self.driver.in_flight[handle].since
         if error == "timeout-after-write" and waited <= REQUEST_TIMEOUT_NS:
@@ -367,6 +380,32 @@ class MigrationMachine(RuleBasedStateMachine):
             return multiple()
         flight = Flight("get", instance, layer.view.phase, layer.view.epoch, fail)
         return self._launch(layer.get(record_id), flight, interleaved)
+
+    @rule(
+        instance=instances,
+        record_id=st.sampled_from(IDS),
+        fail=st.none() | st.tuples(st.just(2), st.sampled_from(("unavailable", "timeout"))),
+        down=st.booleans(),
+    )
+    @checked
+    def save_and_view(
+        self, instance: str, record_id: str, fail: tuple[int, str] | None, down: bool
+    ) -> None:
+        """A merchant saves a product and views it right away (the admin page reloads after a
+        save). With `down`, the side the view asks first is unreachable meanwhile (a
+        partition, both replicas down), so both its tries fail: the layer may answer from the
+        other side only if that side misses no acknowledged write of the id (no repair of it
+        pending there, as after a secondary write that `fail` refused); otherwise failing is
+        right, and the failed read is excused (two of its requests failed). `fail` is the save's
+        secondary write refused or timed out, if any."""
+        self.upsert(instance, record_id, fail, interleaved=False)
+        layer = self._client(instance, reads=True)
+        if layer is None:
+            return
+        flight = Flight(
+            "get", instance, layer.view.phase, layer.view.epoch, (1, DOWN) if down else None
+        )
+        self._launch(layer.get(record_id), flight, interleaved=False)
 
     @rule(
         target=ops,
@@ -859,7 +898,8 @@ class MigrationMachine(RuleBasedStateMachine):
 
     def excused_failed_reads(self) -> int:
         """Reads that may fail: their instance crashed under them, or two of their requests
-        failed (one injected, one timed out while time passed)."""
+        failed (one injected and one timed out while time passed, or both tries of a side that
+        was down)."""
         return sum(
             1
             for handle, flight in self.flights.items()
