@@ -627,7 +627,7 @@ def test_replay_an_injected_late_write_never_lands_past_the_request_timeout() ->
     does."""
     state = MigrationMachine()
     state.delete(fail=None, instance="a", interleaved=False, record_id="p000000")
-    ops_0, ops_1 = state.progress(busy=("a", "p000000"), phases=2)
+    ops_0, _ops_1 = state.progress(busy=("a", "p000000"), phases=2)
     state.lag(instance="a")
     state.let_time_pass(ms=11000)
     state.progress(busy=None, phases=2)

@@ -331,7 +331,7 @@ def test_a_slice_of_the_zoo_catches_its_ablations_and_writes_the_matrix(tmp_path
         [
             "zoo",
             "--only",
-            "write-old-after-cutover,oldest-epoch-ack",
+            "write-old-after-cutover,repair-on-timeout",
             "--scenarios",
             "default",
             "--seeds",
@@ -348,15 +348,15 @@ def test_a_slice_of_the_zoo_catches_its_ablations_and_writes_the_matrix(tmp_path
     report = json.loads((tmp_path / "zoo.json").read_text())
     assert code == 0 and report["ok"], report
     rows = {r["name"]: r for r in report["rows"]}
-    assert set(rows) == {"write-old-after-cutover", "oldest-epoch-ack"}
+    assert set(rows) == {"write-old-after-cutover", "repair-on-timeout"}
     assert all(r["verdict"] == CAUGHT_ROW for r in rows.values())
     sim = rows["write-old-after-cutover"]["engines"]["sim"]
     assert sim["outcome"] == CAUGHT and sim["control"]["outcome"] == VALID
     assert sim["replay"].startswith("vecmig simulate default --seed 1 ")
-    machine = rows["oldest-epoch-ack"]["engines"]["machine"]
+    machine = rows["repair-on-timeout"]["engines"]["machine"]
     assert machine["outcome"] == CAUGHT and machine["replays_ablated"], machine
     assert replay(machine["steps"], MigrationMachine) is None
-    assert "oldest-epoch-ack" in (tmp_path / "zoo.md").read_text()
+    assert "repair-on-timeout" in (tmp_path / "zoo.md").read_text()
 
 
 def test_an_ablation_that_escapes_fails_the_run_for_ci(tmp_path: Path) -> None:
