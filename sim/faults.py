@@ -127,7 +127,9 @@ NODE_FAMILIES: tuple[str, ...] = ("node-crash", "node-pause", "slow-replica")
 LOST_ACK_STARTS = ("DUAL_WRITE", "BACKFILL")
 LOST_ACK_UNTILS = ("BACKFILL", "SHADOW")
 """Where a lost-ack may start (`phase`) and what ends it in time (`until_phase`); the timing
-rules also refuse an `until_phase` that is not after `phase` (such a fault never starts)."""
+rules also refuse an `until_phase` that is not after `phase` (such a fault never starts). One
+more form is survivable: starting in SHADOW and over (`after_s + duration_s`) before SHADOW's
+hold ends, since the diff before CUTOVER is taken only after that hold."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ class FaultLimits:
     replicas: int
     lagged_sides: Sequence[str]
     max_skew_ms: float
+    shadow_hold_s: float = 0.0
+    """How long the plan stays in SHADOW at least (`migration.hold_s`): a lost-ack in SHADOW
+    must be over by then."""
 
 
 def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
@@ -148,7 +153,7 @@ def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]
         return [unknown_family(spec.family, path)]
     problems = _target_problems(spec, limits, path) + _parameter_problems(spec, limits, path)
     if spec.family == "lost-ack":
-        problems += _lost_ack_problems(spec, path)
+        problems += _lost_ack_problems(spec, limits, path)
     return problems + _timing_problems(spec, path)
 
 
@@ -229,32 +234,41 @@ def _node_problems(node: str, limits: FaultLimits, path: str) -> list[str]:
     ]
 
 
-def _lost_ack_problems(spec: FaultSpec, path: str) -> list[str]:
+def _lost_ack_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
     # The backfill and the verification diff that gates SHADOW repair what new lost while it
-    # was the secondary. A lost ack on the primary, or on new after that diff, is data the
+    # was the secondary, and the diff that gates CUTOVER what it lost in SHADOW, if the fault
+    # was over before that diff (the plan's hold in SHADOW comes first). A lost ack on the
+    # primary, or on new once no diff is left to run before new serves reads, is data the
     # layer was told was stored and never sees again.
-    if (
-        spec.side == "new"
-        and spec.at_s is None
-        and spec.phase in LOST_ACK_STARTS
-        and spec.until_phase in LOST_ACK_UNTILS
-    ):
-        return []
+    if spec.side == "new" and spec.at_s is None:
+        if spec.phase in LOST_ACK_STARTS and spec.until_phase in LOST_ACK_UNTILS:
+            return []
+        if (
+            spec.phase == "SHADOW"
+            and not spec.until_phase
+            and spec.duration_s is not None
+            and spec.after_s + spec.duration_s < limits.shadow_hold_s
+        ):
+            return []
     got = ", ".join(
         f"{key} = {value!r}"
         for key, value in (
             ("side", spec.side),
             ("phase", spec.phase),
             ("at_s", spec.at_s),
+            ("after_s", spec.after_s if spec.phase == "SHADOW" else None),
+            ("duration_s", spec.duration_s),
             ("until_phase", spec.until_phase),
         )
         if value not in ("", None)
     )
     return [
         f"{path}: a 'lost-ack' fault (the cluster acknowledges a write, then drops it) is "
-        "survivable only on the secondary side before the verification diff that gates "
-        'SHADOW: set side = "new", phase = "DUAL_WRITE" or "BACKFILL" (not at_s) and '
-        f'until_phase = "BACKFILL" or "SHADOW"; got {got}'
+        "survivable only on the secondary side before a verification diff finds it: set "
+        'side = "new", phase = "DUAL_WRITE" or "BACKFILL" (not at_s) and until_phase = '
+        '"BACKFILL" or "SHADOW"; or side = "new", phase = "SHADOW" and a duration_s that '
+        "ends it (after_s + duration_s) before migration.hold_s.SHADOW "
+        f"({limits.shadow_hold_s:g} s), when the diff before CUTOVER may run; got {got}"
     ]
 
 

@@ -391,6 +391,7 @@ def fault_limits(s: Scenario) -> FaultLimits:
         replicas=s.clusters.replicas,
         lagged_sides=tuple(s.migration.lagged_sides),
         max_skew_ms=s.instances.max_clock_skew_ms,
+        shadow_hold_s=s.migration.hold_s.get("SHADOW", 0.0),
     )
 
 

@@ -100,6 +100,18 @@ def test_a_lost_ack_on_new_that_ends_by_shadow_is_accepted(phase: str, until: st
     assert _problems(spec) == []
 
 
+def test_a_lost_ack_in_shadow_must_be_over_before_the_diff_that_gates_cutover() -> None:
+    """In SHADOW, new's lost writes are found by the diff before CUTOVER, which runs only once
+    SHADOW's hold is over: a lost-ack there must end before that hold does."""
+    held = dataclasses.replace(LIMITS, shadow_hold_s=25.0)
+    inside = FaultSpec("lost-ack", side="new", rate=0.1, phase="SHADOW", after_s=9, duration_s=8)
+    assert _problems(inside, held) == []
+    (problem,) = _problems(dataclasses.replace(inside, duration_s=16.0), held)
+    assert "migration.hold_s.SHADOW (25 s)" in problem and "duration_s = 16.0" in problem, problem
+    (problem,) = _problems(dataclasses.replace(inside, side="old"), held)
+    assert 'side = "new"' in problem, problem
+
+
 @pytest.mark.parametrize(("phase", "until"), [("BACKFILL", "BACKFILL"), ("SHADOW", "BACKFILL")])
 def test_a_fault_that_would_end_before_it_starts_is_refused(phase: str, until: str) -> None:
     spec = FaultSpec("error-rate", side="new", rate=0.1, phase=phase, until_phase=until)

@@ -28,6 +28,9 @@ def test_every_scenario_file_loads() -> None:
         "eventually-consistent",
         "late-config",
         "node-lost-cutover",
+        "old-outage-in-shadow",
+        "new-flaps-in-cutover",
+        "abort-after-cutover",
     ):
         assert required in names
     for name in names:

@@ -615,6 +615,26 @@ def test_replay_a_primary_write_that_timed_out_after_landing_is_repaired_on_the_
 # (strict xfail) until it is fixed; then drop the mark and it guards the fix.
 
 
+def test_replay_an_injected_late_write_never_lands_past_the_request_timeout() -> None:
+    """A harness bug, found by the zoo as a false alarm of `abort-repairs-old` (the safe
+    machine failed the same steps, with `cut_off` in place of `lag` and `let_time_pass`). A
+    busy instance leaves its DUAL_WRITE upsert pending at the primary write to old; it is cut
+    off from the config store, its lease lapses and the controller steps on to SHADOW without
+    it. `fail_request(timeout-after-write)` then applied that upsert to old 11 s after it was
+    sent, far past the request timeout (0.4 s) that every request is bounded by and that the
+    lease margin is sized for, so the write landed under a route two phases old: divergence.
+    A request pending past its timeout now times out with no effect, as a plain step of it
+    does."""
+    state = MigrationMachine()
+    state.delete(fail=None, instance="a", interleaved=False, record_id="p000000")
+    ops_0, _ops_1 = state.progress(busy=("a", "p000000"), phases=2)
+    state.lag(instance="a")
+    state.let_time_pass(ms=11000)
+    state.progress(busy=None, phases=2)
+    state.fail_request(error="timeout-after-write", op=ops_0)
+    state.teardown()
+
+
 def test_abort_applies_the_repairs_toward_old_before_old_is_the_only_side() -> None:
     """In CUTOVER (new is primary) a delete reaches new but not old: acknowledged, with a repair
     of old queued. ROLLBACK to SHADOW is fine (SHADOW reads check pending repairs), but ABORT to

@@ -269,6 +269,57 @@ def test_a_replay_binds_no_operation_where_a_rule_started_fewer_than_printed() -
     assert replay(steps, MigrationMachine) is None  # the safe layer starts one write, not three
 
 
+CLOSED_BY_MACHINE_RULES = {
+    # An instance cut off from the config store past its lease still takes a write (its
+    # readiness check lags) under the route of a phase the migration left behind.
+    "lease-check": [
+        "state = MigrationMachine.ablated('lease-check')()",
+        "state.start_in(start='OLD_ONLY', batches=0, lagged=frozenset(), skew_bound_ms=0, "
+        "lease_ms=2000)",
+        "state.cut_off(instance='b', phases=3, serving='p000000')",
+        "state.teardown()",
+    ],
+    # The same instance reaches the coordinator again with a stale view of the config store.
+    "lease-epoch-binding": [
+        "state = MigrationMachine.ablated('lease-epoch-binding')()",
+        "state.cut_off(instance='a', phases=2, serving=None)",
+        "state.stale_sync(instance='a')",
+        "state.teardown()",
+    ],
+    # A save whose secondary write was refused, then a view while the read side is down.
+    "fallback-currency-check": [
+        "state = MigrationMachine.ablated('fallback-currency-check')()",
+        "state.start_in(start='SHADOW', batches=0, lagged=frozenset(), skew_bound_ms=0, "
+        "lease_ms=2000)",
+        "state.save_and_view(down=True, fail=(2, 'unavailable'), instance='a', "
+        "record_id='p000000')",
+        "state.teardown()",
+    ],
+    # In CUTOVER a delete misses old; the operator rolls back and aborts at once.
+    "abort-repairs-old": [
+        "state = MigrationMachine.ablated('abort-repairs-old')()",
+        "state.start_in(start='CUTOVER', batches=0, lagged=frozenset(), skew_bound_ms=0, "
+        "lease_ms=2000)",
+        "state.delete(fail=(2, 'unavailable'), instance='a', interleaved=False, "
+        "record_id='p000001')",
+        "state.bail_out()",
+        "state.get(fail=None, instance='a', interleaved=False, record_id='p000001')",
+        "state.teardown()",
+    ],
+}
+
+
+@pytest.mark.parametrize("ablation", sorted(CLOSED_BY_MACHINE_RULES))
+def test_the_machine_rules_added_for_the_zoo_catch_their_ablation_and_pass_the_safe_layer(
+    ablation: str,
+) -> None:
+    """cut_off, stale_sync, save_and_view and bail_out (issue 11): each row the zoo missed
+    fails these steps with its protection off, and the safe machine passes them."""
+    steps = CLOSED_BY_MACHINE_RULES[ablation]
+    assert signature(replay(steps, MigrationMachine.ablated(ablation))), ablation
+    assert replay(steps, MigrationMachine) is None
+
+
 # -- a slice of the real zoo -------------------------------------------------------------------
 
 
@@ -280,7 +331,7 @@ def test_a_slice_of_the_zoo_catches_its_ablations_and_writes_the_matrix(tmp_path
         [
             "zoo",
             "--only",
-            "write-old-after-cutover,oldest-epoch-ack",
+            "write-old-after-cutover,repair-on-timeout",
             "--scenarios",
             "default",
             "--seeds",
@@ -297,15 +348,15 @@ def test_a_slice_of_the_zoo_catches_its_ablations_and_writes_the_matrix(tmp_path
     report = json.loads((tmp_path / "zoo.json").read_text())
     assert code == 0 and report["ok"], report
     rows = {r["name"]: r for r in report["rows"]}
-    assert set(rows) == {"write-old-after-cutover", "oldest-epoch-ack"}
+    assert set(rows) == {"write-old-after-cutover", "repair-on-timeout"}
     assert all(r["verdict"] == CAUGHT_ROW for r in rows.values())
     sim = rows["write-old-after-cutover"]["engines"]["sim"]
     assert sim["outcome"] == CAUGHT and sim["control"]["outcome"] == VALID
     assert sim["replay"].startswith("vecmig simulate default --seed 1 ")
-    machine = rows["oldest-epoch-ack"]["engines"]["machine"]
+    machine = rows["repair-on-timeout"]["engines"]["machine"]
     assert machine["outcome"] == CAUGHT and machine["replays_ablated"], machine
     assert replay(machine["steps"], MigrationMachine) is None
-    assert "oldest-epoch-ack" in (tmp_path / "zoo.md").read_text()
+    assert "repair-on-timeout" in (tmp_path / "zoo.md").read_text()
 
 
 def test_an_ablation_that_escapes_fails_the_run_for_ci(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ The fault model keeps some way to serve every read, as the design promises ("rea
 while one side can serve them correctly"): at most one replica of a side down at a time, at most
 one injected failure per client read (the layer retries), and an index rebuild only where every
 live phase can search the other side. So a failed read is an anomaly here, unless its
-app instance crashed under it or a timeout failed a second of its requests.
+app instance crashed under it or a second of its requests failed too: a timeout while time
+passed, or a side unreachable for the whole read (`"down"`), which is how a read meets a side
+that cannot answer it while the other may miss an acknowledged write (a pending repair): then
+failing is right, and answering from that other side alone is a stale read.
 
 Invariants, after every step: no failed, stale or garbage read in the history so far; no
 instance more than one epoch behind the published phase while it may serve; the durable phase is
@@ -67,7 +70,15 @@ from vecmig.harness.core import requests as rq
 from vecmig.harness.core.controller import Controller, Plan
 from vecmig.harness.core.gates import GatePolicy
 from vecmig.harness.core.layer import MigrationLayer
-from vecmig.harness.core.phases import ROUTES, TRANSITIONS, InstanceView, Phase, Step, lease_rules
+from vecmig.harness.core.phases import (
+    ROUTES,
+    TRANSITIONS,
+    InstanceView,
+    Phase,
+    Published,
+    Step,
+    lease_rules,
+)
 from vecmig.harness.core.requests import Operation, Outcome
 from vecmig.harness.core.strategy import SAFE, Strategy
 from vecmig.harness.core.workers import Backfill, Throttle, repair_pass
@@ -108,6 +119,9 @@ sides = st.sampled_from(("old", "new"))
 failures = st.none() | st.tuples(st.sampled_from((1, 2)), st.sampled_from(ERRORS))
 """`(n, error)`: the operation's n-th request to a side fails so (for a write, 1 is the primary
 and 2 the secondary; for a read, 1 is the first attempt)."""
+DOWN = "down"
+"""A read's failure `(n, "down")` (see `save_and_view`): the side of its n-th request is
+unreachable for the whole read, so that request and the retry right after it both fail."""
 
 
 @dataclass(slots=True)
@@ -237,12 +251,19 @@ class MigrationMachine(RuleBasedStateMachine):
         flight = self.flights[handle]
         if rq.is_side_request(self.driver.pending(handle)):
             flight.side_requests += 1
-            if self.faults and flight.fail is not None and flight.fail[0] == flight.side_requests:
+            if self.faults and flight.fail is not None and self._armed(flight):
                 self._inject(handle, flight.fail[1])
                 return
             waited = self.now + self.driver.tick_ns - self.driver.in_flight[handle].since
             flight.injected += waited > REQUEST_TIMEOUT_NS
         self.driver.step(handle)
+
+    @staticmethod
+    def _armed(flight: Flight) -> bool:
+        """Whether the flight's armed failure hits the request it is about to make."""
+        assert flight.fail is not None
+        n, error = flight.fail
+        return flight.side_requests == n or (error == DOWN and flight.side_requests == n + 1)
 
     def _run(self, handle: int) -> Outcome:
         for _ in range(10_000):
@@ -257,13 +278,17 @@ class MigrationMachine(RuleBasedStateMachine):
         request = self.driver.pending(handle)
         if not rq.is_side_request(request):
             return False
-        if flight.kind in READS and flight.injected >= 1:
+        if flight.kind in READS and flight.injected >= 1 and error != DOWN:
             return False  # a read retries once: a second failure is no longer fair
         flight.injected += 1
-        if error == "unavailable":
-            self.driver.step(handle, error=Unavailable("injected: refused"))
+        if error in ("unavailable", DOWN):
+            self.driver.step(handle, error=Unavailable(f"injected: {error}"))
             return True
-        if error == "timeout-after-write":
+        waited = self.now + self.driver.tick_ns - self.driver.in_flight[handle].since
+        if error == "timeout-after-write" and waited <= REQUEST_TIMEOUT_NS:
+            # Applied late, but within its timeout: a request pending longer than that has
+            # timed out with no effect (every request is bounded below the lease margin, which
+            # is what lets the coordinator count out an instance whose lease lapsed).
             try:
                 execute(request, self.driver.sides, self.driver.store)
             except ClusterError as exc:
@@ -355,6 +380,32 @@ class MigrationMachine(RuleBasedStateMachine):
             return multiple()
         flight = Flight("get", instance, layer.view.phase, layer.view.epoch, fail)
         return self._launch(layer.get(record_id), flight, interleaved)
+
+    @rule(
+        instance=instances,
+        record_id=st.sampled_from(IDS),
+        fail=st.none() | st.tuples(st.just(2), st.sampled_from(("unavailable", "timeout"))),
+        down=st.booleans(),
+    )
+    @checked
+    def save_and_view(
+        self, instance: str, record_id: str, fail: tuple[int, str] | None, down: bool
+    ) -> None:
+        """A merchant saves a product and views it right away (the admin page reloads after a
+        save). With `down`, the side the view asks first is unreachable meanwhile (a
+        partition, both replicas down), so both its tries fail: the layer may answer from the
+        other side only if that side misses no acknowledged write of the id (no repair of it
+        pending there, as after a secondary write that `fail` refused); otherwise failing is
+        right, and the failed read is excused (two of its requests failed). `fail` is the save's
+        secondary write refused or timed out, if any."""
+        self.upsert(instance, record_id, fail, interleaved=False)
+        layer = self._client(instance, reads=True)
+        if layer is None:
+            return
+        flight = Flight(
+            "get", instance, layer.view.phase, layer.view.epoch, (1, DOWN) if down else None
+        )
+        self._launch(layer.get(record_id), flight, interleaved=False)
 
     @rule(
         target=ops,
@@ -521,6 +572,27 @@ class MigrationMachine(RuleBasedStateMachine):
         target = TRANSITIONS[self.rig.coordinator.published.phase][wanted]
         return self._launch(attempt, Flight("controller", phase=target), interleaved)
 
+    @rule()
+    @checked
+    def bail_out(self) -> None:
+        """The operator abandons the migration: from CUTOVER a ROLLBACK to SHADOW first, then,
+        once the instances that keep up have learned it, an ABORT to OLD_ONLY, each through
+        its gate (ABORT's applies the repairs old still needs, since old becomes the only
+        side). Nothing else runs in between: no repair pass, no backfill."""
+        steps = [Step.ABORT]
+        if self.rig.coordinator.published.phase is Phase.CUTOVER:
+            steps.insert(0, Step.ROLLBACK)
+        for step in steps:
+            if self._in_flight("controller") or not self._may_step(step):
+                return
+            target = TRANSITIONS[self.rig.coordinator.published.phase][step]
+            attempt = self.rig.controller.attempt(step, Plan())
+            if self._run(self._start(attempt, Flight("controller", phase=target))).type != "ok":
+                return
+            for name in sorted(self.rig.instances):
+                if name not in self.lagging:
+                    self.poll(name)
+
     @rule(
         target=ops,
         phases=st.integers(1, 4),
@@ -617,6 +689,49 @@ class MigrationMachine(RuleBasedStateMachine):
         """The instance stops hearing from the config store (late propagation, a partition)."""
         if instance in self.rig.instances:
             self.lagging.add(instance)
+
+    @rule(
+        instance=instances,
+        phases=st.integers(0, 4),
+        serving=st.none() | st.sampled_from(IDS),
+    )
+    @checked
+    def cut_off(self, instance: str, phases: int, serving: str | None) -> None:
+        """The instance loses the config store (a network partition) for longer than its
+        lease while the others keep polling: its lease lapses, the coordinator counts it out,
+        and the controller's loop takes up to `phases` steps without it. It stays cut off until
+        it syncs. The load balancer's readiness check lags, so clients still reach it: with
+        `serving`, it is sent an upsert of that id, which only the layer's own lease check
+        refuses."""
+        if instance not in self.rig.instances:
+            return
+        self.lagging.add(instance)
+        self.let_time_pass((self.rig.lease_ns + POLL_NS) // MS)
+        if phases:
+            self.progress(phases=phases)
+        if serving is not None:
+            self.upsert(instance, serving, fail=None, interleaved=False)
+
+    @rule(instance=instances)
+    @checked
+    def stale_sync(self, instance: str) -> None:
+        """The instance reaches the coordinator, but its view of the config store is behind
+        (a watch that delivers late, a stale cache: the simulator's late-config): it
+        acknowledges the phase it runs and asks to renew its lease, without learning a newer
+        one. It stays lagging."""
+        if instance in self.rig.instances:
+            self.stale_poll(instance)
+
+    def stale_poll(self, name: str) -> None:
+        """Instance `name` acknowledges what it already runs and renews its lease if the
+        coordinator grants it (a lapsed lease is renewed only for the current epoch).
+        Override to model how your driver acknowledges."""
+        layer = self.rig.instances[name]
+        now = self.now
+        local = self.rig.clock(name)(now)
+        layer.learn(Published(layer.view.phase, layer.view.epoch), local)
+        if self.rig.coordinator.ack(name, layer.acknowledgement(local), now):
+            layer.renew(local, self.rig.lease_ns)
 
     @rule(ms=st.sampled_from((1, 1_000, 11_000)))
     @checked
@@ -783,7 +898,8 @@ class MigrationMachine(RuleBasedStateMachine):
 
     def excused_failed_reads(self) -> int:
         """Reads that may fail: their instance crashed under them, or two of their requests
-        failed (one injected, one timed out while time passed)."""
+        failed (one injected and one timed out while time passed, or both tries of a side that
+        was down)."""
         return sum(
             1
             for handle, flight in self.flights.items()

@@ -12,8 +12,19 @@ from vecmig.harness.core.strategy import PROTECTIONS
 
 ENGINES = ("sim", "machine", "live")
 DEFAULT_ENGINES = ("sim", "machine")
-SCENARIOS = ("default", "eventually-consistent", "node-lost-cutover")
-"""The shipped scenarios each ablation runs first, each with its own seed."""
+SCENARIOS = (
+    "old-outage-in-shadow",
+    "new-flaps-in-cutover",
+    "abort-after-cutover",
+    "default",
+    "eventually-consistent",
+    "node-lost-cutover",
+)
+"""The shipped scenarios each ablation runs first, each with its own seed. The first three
+are small (a few seconds each) and were written for protections that the other three never
+needed: new dropping acknowledged writes while old is down in SHADOW (the diffs before SHADOW
+and CUTOVER), new flapping after CUTOVER (the decommission soak), and an ABORT while old is
+down (the repairs ABORT applies first)."""
 BUGGIFY_SCENARIO = "default"
 """The scenario `--buggify` draws settings and faults over, for the seeds after those."""
 REFERENCE = "naive"
@@ -49,7 +60,8 @@ COVERS: dict[str, Cover] = {
     "backfill-gate": Cover(_DIFFS, "SHADOW before the copy ended: " + _NEW_FIXED),
     "repair-backlog-gate": Cover(
         _DIFFS,
-        "a phase step with repairs still pending: the diff finds the same ids and repairs them",
+        "a phase step with repairs still pending: a repair not yet applied leaves its id "
+        "different on the two sides, so the diff the same gate runs finds it and holds",
     ),
     # The diffs cover for each other.
     "verify-before-shadow": Cover(
@@ -61,8 +73,9 @@ COVERS: dict[str, Cover] = {
     ),
     "verify-before-decommission": Cover(
         ("verify-before-cutover", "repair-backlog-gate"),
-        "old is kept current through CUTOVER by the secondary writes and their repairs, which "
-        "the backlog gate drains before DECOMMISSIONED",
+        "new is complete when CUTOVER begins (the diff before it) and stays so as the primary, "
+        "its failed secondary writes to old repaired through the log the backlog gate drains; "
+        "the last diff finds only what the one before CUTOVER would have",
     ),
     # Reads: each way to avoid a failed read covers for the other.
     "read-retry": Cover(("read-fallback",), "a read a replica failed falls back to the other side"),
