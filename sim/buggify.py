@@ -29,7 +29,14 @@ import numpy as np
 
 from vecmig.harness.clusters.fake import parse_node_id
 from vecmig.harness.core.phases import Phase, Step, next_phase
-from vecmig.sim.faults import FAMILY_KEYS, TIMING_KEYS, FaultLimits, FaultSpec, fault_problems
+from vecmig.sim.faults import (
+    FAMILY_KEYS,
+    TIMING_KEYS,
+    FaultLimits,
+    FaultSpec,
+    fault_problems,
+    unrepaired_in_shadow,
+)
 from vecmig.sim.scenario import Scenario, from_dict
 
 STREAM = 0xB0661F7
@@ -74,7 +81,36 @@ def buggify(base: Scenario, seed: int) -> Scenario:
         table["migration"]["lagged_sides"] = list(base.migration.lagged_sides)
     victim = draw.integer(0, 1)  # the replica number every node fault hits
     table["faults"] = _base_faults(draw, base, table, victim) + _faults(draw, table, victim)
+    _fit_lost_acks(table)
     return from_dict(table, source=base.source)
+
+
+def _fit_lost_acks(table: dict[str, Any]) -> None:
+    """End a lost-ack with BACKFILL (where the copy repairs what it dropped) instead of SHADOW
+    when the schedule also has a fault on old that may send SHADOW reads to new before the
+    diff before CUTOVER (`faults.schedule_problems`): no layer survives that pair. One that
+    starts in BACKFILL cannot end there, and is dropped. No number is drawn, so every seed
+    without such a pair draws exactly as before."""
+    migration, instances, clusters = table["migration"], table["instances"], table["clusters"]
+    limits = FaultLimits(
+        instances=instances["count"],
+        shards=clusters["shards"],
+        replicas=clusters["replicas"],
+        lagged_sides=migration["lagged_sides"],
+        max_skew_ms=instances["max_clock_skew_ms"],
+        start_s=migration["start_s"],
+        hold_s=migration["hold_s"],
+        steps_back=any(step in ("rollback", "abort") for step in migration["steps"]),
+    )
+    specs = [FaultSpec(**fault) for fault in table["faults"]]
+    unsafe = {i for i, _ in unrepaired_in_shadow(specs, limits)}
+    for i in unsafe:
+        table["faults"][i]["until_phase"] = "BACKFILL"
+    table["faults"] = [
+        fault
+        for i, fault in enumerate(table["faults"])
+        if i not in unsafe or fault.get("phase") == "DUAL_WRITE"
+    ]
 
 
 def _base_faults(

@@ -13,8 +13,10 @@ late-config and clock-skew (one app instance), and backfill-worker-crash.
 `fault_problems` refuses the faults no layer can survive in a given scenario (`FaultLimits`):
 a node fault with one replica per shard, an app-instance crash with one instance, a clock skew
 beyond the declared bound, visibility lag on a side the layer was not told lags, and lost-ack
-(an acknowledged write the cluster never stored) anywhere but on the secondary side before the
-verification diff that precedes SHADOW: elsewhere it is a data loss no layer can even notice.
+(an acknowledged write the cluster never stored) anywhere but on the secondary side before a
+copy or a verification diff finds it: elsewhere it is a data loss no layer can even notice.
+`schedule_problems` refuses what two faults do together: a lost-ack whose losses only the
+diff before CUTOVER finds, with a fault on old that may send reads to new before that diff.
 The swarm draws only faults that `fault_problems` accepts.
 """
 
@@ -127,9 +129,22 @@ NODE_FAMILIES: tuple[str, ...] = ("node-crash", "node-pause", "slow-replica")
 LOST_ACK_STARTS = ("DUAL_WRITE", "BACKFILL")
 LOST_ACK_UNTILS = ("BACKFILL", "SHADOW")
 """Where a lost-ack may start (`phase`) and what ends it in time (`until_phase`); the timing
-rules also refuse an `until_phase` that is not after `phase` (such a fault never starts). One
-more form is survivable: starting in SHADOW and over (`after_s + duration_s`) before SHADOW's
-hold ends, since the diff before CUTOVER is taken only after that hold."""
+rules also refuse an `until_phase` that is not after `phase` (such a fault never starts). A
+lost-ack timed by `at_s` must end (`at_s + duration_s`) before the earliest moment a diff can
+start: the one before SHADOW (`FaultLimits.shadow_diff_s`) or the one before CUTOVER
+(`FaultLimits.cutover_diff_s`). See `schedule_problems` for what else the later forms need."""
+FALLBACK_FAMILIES: tuple[str, ...] = (
+    "node-crash",
+    "node-pause",
+    "error-rate",
+    "index-rebuild",
+    "slow-replica",
+    "latency-spike",
+    "partition",
+)
+"""Faults of a side that can fail or slow a request to it, so that a SHADOW read may fall back
+from old to new (visibility lag only delays what searches show, and the layer re-reads by id
+on the same side)."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +156,29 @@ class FaultLimits:
     replicas: int
     lagged_sides: Sequence[str]
     max_skew_ms: float
-    shadow_hold_s: float = 0.0
-    """How long the plan stays in SHADOW at least (`migration.hold_s`): a lost-ack in SHADOW
-    must be over by then."""
+    start_s: float = 0.0
+    """When the controller starts its plan (`migration.start_s`)."""
+    hold_s: Mapping[str, float] = field(default_factory=dict)
+    """How long the plan waits in each phase before it tries to advance (`migration.hold_s`)."""
+    steps_back: bool = True
+    """Whether the plan may step back (ROLLBACK or ABORT), so that a fault started in a later
+    phase with no `until_phase` may last into an earlier one."""
+
+    def earliest_gate_s(self, target: str) -> float:
+        """The earliest simulated time at which the controller can start the gate (and the
+        verification diff) that leads into `target` from OLD_ONLY: every ADVANCE waits its
+        phase's hold, counted from the moment the step before it was tried, so no gate to
+        `target` runs before the plan's start plus the holds of the phases before it."""
+        before = PHASES[: PHASES.index(target)]
+        return self.start_s + sum(self.hold_s.get(phase, 0.0) for phase in before)
+
+    @property
+    def shadow_diff_s(self) -> float:
+        return self.earliest_gate_s("SHADOW")
+
+    @property
+    def cutover_diff_s(self) -> float:
+        return self.earliest_gate_s("CUTOVER")
 
 
 def fault_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
@@ -235,28 +270,29 @@ def _node_problems(node: str, limits: FaultLimits, path: str) -> list[str]:
 
 
 def _lost_ack_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[str]:
-    # The backfill and the verification diff that gates SHADOW repair what new lost while it
-    # was the secondary, and the diff that gates CUTOVER what it lost in SHADOW, if the fault
-    # was over before that diff (the plan's hold in SHADOW comes first). A lost ack on the
-    # primary, or on new once no diff is left to run before new serves reads, is data the
-    # layer was told was stored and never sees again.
-    if spec.side == "new" and spec.at_s is None:
-        if spec.phase in LOST_ACK_STARTS and spec.until_phase in LOST_ACK_UNTILS:
-            return []
-        if (
-            spec.phase == "SHADOW"
-            and not spec.until_phase
-            and spec.duration_s is not None
-            and spec.after_s + spec.duration_s < limits.shadow_hold_s
-        ):
-            return []
+    # A lost ack is data the layer was told was stored and never hears of again: only a copy
+    # or a verification diff taken after the loss finds it. So the fault must be on new while
+    # it is the secondary, and over before a copy or a diff that comes before new serves a
+    # read: the backfill (until_phase = BACKFILL), the diff before SHADOW (until_phase =
+    # SHADOW, or at_s with an end before the earliest such diff) or the diff before CUTOVER
+    # (at_s, ending before the earliest such diff). The later forms leave losses that reads
+    # falling back to new in SHADOW could see; `schedule_problems` refuses the faults on old
+    # that would send them there.
+    by_phase = spec.phase in LOST_ACK_STARTS and spec.until_phase in LOST_ACK_UNTILS
+    by_time = (
+        spec.at_s is not None
+        and spec.duration_s is not None
+        and not spec.until_phase
+        and spec.at_s + spec.duration_s < limits.cutover_diff_s
+    )
+    if spec.side == "new" and ((spec.at_s is None and by_phase) or by_time):
+        return []
     got = ", ".join(
         f"{key} = {value!r}"
         for key, value in (
             ("side", spec.side),
             ("phase", spec.phase),
             ("at_s", spec.at_s),
-            ("after_s", spec.after_s if spec.phase == "SHADOW" else None),
             ("duration_s", spec.duration_s),
             ("until_phase", spec.until_phase),
         )
@@ -264,12 +300,85 @@ def _lost_ack_problems(spec: FaultSpec, limits: FaultLimits, path: str) -> list[
     )
     return [
         f"{path}: a 'lost-ack' fault (the cluster acknowledges a write, then drops it) is "
-        "survivable only on the secondary side before a verification diff finds it: set "
-        'side = "new", phase = "DUAL_WRITE" or "BACKFILL" (not at_s) and until_phase = '
-        '"BACKFILL" or "SHADOW"; or side = "new", phase = "SHADOW" and a duration_s that '
-        "ends it (after_s + duration_s) before migration.hold_s.SHADOW "
-        f"({limits.shadow_hold_s:g} s), when the diff before CUTOVER may run; got {got}"
+        "survivable only on the secondary side before a copy or a verification diff finds it: "
+        'set side = "new", phase = "DUAL_WRITE" or "BACKFILL" and until_phase = "BACKFILL" or '
+        '"SHADOW"; or side = "new", at_s and a duration_s that end it before the earliest diff '
+        f"before CUTOVER can start ({limits.cutover_diff_s:g} s: migration.start_s plus "
+        f"migration.hold_s of every phase before CUTOVER); got {got}"
     ]
+
+
+def schedule_problems(specs: Sequence[FaultSpec], limits: FaultLimits) -> list[str]:
+    """The rules between faults. A lost-ack that may still drop writes after the diff before
+    SHADOW has read their bucket (until_phase = "SHADOW", or at_s ending after
+    `limits.shadow_diff_s`) leaves new missing acknowledged writes in SHADOW, which only the
+    diff before CUTOVER repairs. Reads see new in SHADOW only when they fall back from old, so
+    such a lost-ack is refused together with any fault on old that can make a read fall back
+    while a loss may be unrepaired: one that may be active in SHADOW (for at_s lost-acks, at or
+    after the loss starts). Any layer would then have to answer stale or fail."""
+    problems = []
+    for i, j in unrepaired_in_shadow(specs, limits):
+        spec, other = specs[i], specs[j]
+        problems.append(
+            f"faults[{i}] and faults[{j}]: new may still drop acknowledged writes after the "
+            f"verification diff before SHADOW (faults[{i}], {_when_text(spec)}), and only the "
+            f"diff before CUTOVER finds them; a {other.family!r} fault on old that may be "
+            f"active in SHADOW (faults[{j}], {_when_text(other)}) sends reads to new before "
+            "that diff, where any layer answers stale or fails. End the lost-ack with "
+            f'until_phase = "BACKFILL" or at_s + duration_s < {limits.shadow_diff_s:g} s '
+            f"(migration.start_s plus the holds before SHADOW), or keep faults[{j}] out of "
+            "SHADOW" + (" and before the loss starts" if spec.at_s is not None else "")
+        )
+    return problems
+
+
+def unrepaired_in_shadow(specs: Sequence[FaultSpec], limits: FaultLimits) -> list[tuple[int, int]]:
+    """The pairs (lost-ack, fault on old) that `schedule_problems` refuses, by position."""
+    return [
+        (i, j)
+        for i, spec in enumerate(specs)
+        if spec.family == "lost-ack" and spec.side == "new" and _survives_shadow_diff(spec, limits)
+        for j, other in enumerate(specs)
+        if other.family in FALLBACK_FAMILIES
+        and other.side == "old"
+        and _may_meet_in_shadow(spec, other, limits)
+    ]
+
+
+def _survives_shadow_diff(spec: FaultSpec, limits: FaultLimits) -> bool:
+    """Whether a lost-ack on new may drop writes after the diff before SHADOW read them."""
+    if spec.at_s is not None:
+        return spec.duration_s is None or spec.at_s + spec.duration_s >= limits.shadow_diff_s
+    return spec.until_phase != "BACKFILL"
+
+
+def _may_meet_in_shadow(loss: FaultSpec, other: FaultSpec, limits: FaultLimits) -> bool:
+    """Whether `other` (a fault on old) may be active in SHADOW while a write `loss` dropped
+    is still unrepaired (from the loss's start, for a lost-ack timed by at_s)."""
+    if other.at_s is not None:
+        end = float("inf") if other.duration_s is None else other.at_s + other.duration_s
+        if end <= limits.shadow_diff_s:
+            return False  # over before SHADOW can be published
+        return loss.at_s is None or end > loss.at_s
+    if other.phase not in PHASES:
+        return False  # refused on its own
+    start = PHASES.index(other.phase)
+    shadow = PHASES.index("SHADOW")
+    if start > shadow:
+        # With an until_phase it ends when the plan steps back before its phase
+        # (nemesis.within); without one, it outlasts a ROLLBACK from CUTOVER.
+        return not other.until_phase and limits.steps_back
+    # Unless it is over when SHADOW is published.
+    return not (other.until_phase in PHASES and PHASES.index(other.until_phase) <= shadow)
+
+
+def _when_text(spec: FaultSpec) -> str:
+    if spec.at_s is not None:
+        end = "" if spec.duration_s is None else f" to {spec.at_s + spec.duration_s:g} s"
+        return f"from {spec.at_s:g} s{end}"
+    until = f" until {spec.until_phase}" if spec.until_phase else ""
+    length = f" for {spec.duration_s:g} s" if spec.duration_s is not None else ""
+    return f"{spec.after_s:g} s into {spec.phase}{length}{until}"
 
 
 def _timing_problems(spec: FaultSpec, path: str) -> list[str]:

@@ -55,6 +55,7 @@ from vecmig.sim.faults import (
     FaultSpec,
     SwarmConfig,
     fault_problems,
+    schedule_problems,
     survivable,
     swarm_problems,
 )
@@ -391,7 +392,9 @@ def fault_limits(s: Scenario) -> FaultLimits:
         replicas=s.clusters.replicas,
         lagged_sides=tuple(s.migration.lagged_sides),
         max_skew_ms=s.instances.max_clock_skew_ms,
-        shadow_hold_s=s.migration.hold_s.get("SHADOW", 0.0),
+        start_s=s.migration.start_s,
+        hold_s=dict(s.migration.hold_s),
+        steps_back=any(step in ("rollback", "abort") for step in s.migration.steps),
     )
 
 
@@ -402,6 +405,7 @@ def _cross_checks(s: Scenario) -> list[str]:
     problems = []
     for i, spec in enumerate(s.faults):
         problems += fault_problems(spec, limits, f"faults[{i}]")
+    problems += schedule_problems(s.faults, limits)
     problems += swarm_problems(s.swarm, limits)
     if s.traffic.shopper_share < 1.0 and not any(v > 0 for v in s.traffic.merchant.values()):
         problems.append("traffic.merchant: at least one action needs a positive weight")

@@ -380,3 +380,24 @@ def test_every_problem_is_reported_at_once_one_per_line() -> None:
         "migration.steps",
     ], message
     assert "set instances.lease_ms above 2600" in message, "poll 1000 + margin 1000 + 2 x 300"
+
+
+def test_a_lost_ack_left_unrepaired_while_old_fails_in_shadow_is_refused_naming_both() -> None:
+    """The loader's rule between faults (`faults.schedule_problems`), through the loader."""
+    message = _error(
+        {
+            "migration": {"start_s": 5, "hold_s": {"DUAL_WRITE": 5, "BACKFILL": 20}},
+            "faults": [
+                {
+                    "family": "lost-ack",
+                    "side": "new",
+                    "rate": 0.1,
+                    "phase": "BACKFILL",
+                    "until_phase": "SHADOW",
+                },
+                {"family": "partition", "side": "old", "at_s": 36, "duration_s": 6},
+            ],
+        }
+    )
+    assert "faults[0] and faults[1]" in message, message
+    assert "at_s + duration_s < 30 s" in message, message
