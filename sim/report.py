@@ -141,6 +141,7 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         replay=replay_command(result, scenario_arg),
         end_phase=result.end_phase,
         latency_ms=latency_by_phase(result),
+        latency_overall_ms=overall_latency(result),
         backfill=result.backfill,
         gate_waits=gate_waits(result),
         controller={k: v for k, v in result.controller.items() if k != "gate_waits"},
@@ -344,6 +345,10 @@ def _latency_table(report: dict[str, Any]) -> Table:
             p = v.get(kind) or {}
             cells += [_ms(p.get("p50")), _ms(p.get("p99"))]
         lat.add_row(phase, *cells)
+    overall = report.get("latency_overall_ms")
+    if overall:
+        cells = [_ms(overall[kind][q]) for kind in ("reads", "writes") for q in ("p50", "p99")]
+        lat.add_row("whole run", *cells, style="bold")
     return lat
 
 
