@@ -251,3 +251,53 @@ def backfill_eta(ax: Axes, result: RunResult) -> None:
         ax.legend(loc="upper right", fontsize=7)
     ax.set_ylabel("backfill ETA (s)", fontsize=8)
     ax.set_ylim(bottom=0)
+
+
+VERDICT_COLOURS = {"VALID": "#188038", "STALLED": "#e37400"}
+"""A what-if point's colour by its run's verdict; anything else (anomalies, unknown) is red."""
+
+
+def what_if_plot(table: dict[str, Any], path: Path) -> None:
+    """what-if.png: each value of the knob as a point, time to DECOMMISSIONED against the p99
+    of ok client reads, joined in the order given. A run that never got to DECOMMISSIONED is
+    drawn at the end of its run (a lower bound) with a right-pointing marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    start = table["controller_start_s"]
+    short = table["knob"].split(".")[-1]
+    xs, ys = [], []
+    for r in table["rows"]:
+        reached = r["time_to_decommissioned_s"] is not None
+        x = r["time_to_decommissioned_s"] if reached else r["simulated_s"] - start
+        y = r["reads_p99_ms"]
+        if y is None:
+            continue
+        xs.append(x)
+        ys.append(y)
+        ax.scatter(
+            [x],
+            [y],
+            s=50,
+            marker="o" if reached else ">",
+            color=VERDICT_COLOURS.get(r["verdict"], FAULT_COLOUR),
+            zorder=3,
+        )
+        label = f"{short}={r['value']}" + ("" if r["verdict"] == "VALID" else f" ({r['verdict']})")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.plot(xs, ys, color="#9aa0a6", lw=0.8, zorder=1)
+    ax.set_xlabel("time to DECOMMISSIONED from the controller's start (s; > not reached)")
+    ax.set_ylabel("p99 of ok client reads (ms)")
+    ax.set_title(
+        f"what if {table['knob']}: {table['scenario']} / {table['strategy']} / "
+        f"seed {table['seed']}",
+        fontsize=10,
+    )
+    ax.margins(0.15)
+    ax.grid(True, lw=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
