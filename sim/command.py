@@ -350,7 +350,8 @@ def run_what_if(args: argparse.Namespace) -> int:
     )
     for r in table["rows"]:
         if r["verdict"] != "VALID":
-            print(f"{r['run']}: {r['verdict']}; replay: {r['replay']}")
+            why = f" ({r['stall']})" if r["stall"] else ""
+            print(f"{r['run']}: {r['verdict']}{why}; replay: {r['replay']}")
     return code
 
 
