@@ -79,7 +79,7 @@ examples:
   vecmig simulate black-friday --strategy naive --seed 7
   vecmig simulate my-plan.toml --swarm --out /tmp/run
   vecmig simulate scaled-shop --what-if migration.backfill_rate=250,500,1000,2000
-  vecmig simulate default --what-if clusters.shards=1,2,4 --out /tmp/shards
+  vecmig simulate default --what-if clusters.shards=2,4,8 --out /tmp/shards
 """
 
 
@@ -295,9 +295,8 @@ def run_what_if(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sims = [Simulation(s, args.strategy, args.seed, swarm=args.swarm or None) for s in scenarios]
     first = scenarios[0]
-    seed = sims[0].seed
+    seed = first.seed if args.seed is None else args.seed
     name = _replay_arg(args, first)
     out = (
         Path(args.out)
@@ -317,14 +316,16 @@ def run_what_if(args: argparse.Namespace) -> int:
         total = sum(s.duration_s for s in scenarios)
         task = progress.add_task("", total=total)
         done = 0.0
-        for (token, value), sim in zip(what_if.values, sims, strict=True):
+        for (token, value), scenario in zip(what_if.values, scenarios, strict=True):
             progress.update(task, description=f"{what_if.knob}={token}", completed=done)
 
             def advance(t: int, end: int, base: float = done) -> None:
                 progress.update(task, completed=base + t / 1e9)
 
+            # One simulation at a time: each holds two clusters' indexes until it is written.
+            sim = Simulation(scenario, args.strategy, seed, swarm=args.swarm or None)
             runs.append(whatif.run_one(what_if, token, value, sim, out, name, advance))
-            done += sim.scenario.duration_s
+            done += scenario.duration_s
     command = (
         f"vecmig simulate {name} --what-if {what_if.knob}="
         + ",".join(token for token, _ in what_if.values)
