@@ -275,23 +275,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_what_if(args: argparse.Namespace) -> int:
     """`--what-if`: every variant built (and checked) first, then run one after another under
     one progress bar, each into its own folder; then what-if.json, what-if.png and the table."""
-    from vecmig.sim.simulation import Simulation
-
     console = Console()
-    err = Console(stderr=True)
     try:
-        if args.buggify:
-            raise ScenarioError(
-                "--what-if cannot run with --buggify: buggify draws the settings from the seed, "
-                "the knob among them; drop one of the two"
-            )
-        what_if = whatif.parse(args.what_if)
-        scenarios = whatif.variants(
-            what_if,
-            lambda override: _load(
-                args.scenario, args.duration, args.fidelity, args.profile, override
-            ),
-        )
+        what_if, scenarios = _what_if_variants(args)
     except ScenarioError as exc:
         print(f"vecmig simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -303,29 +289,7 @@ def run_what_if(args: argparse.Namespace) -> int:
         if args.out
         else Path("out") / f"{first.name}-{args.strategy}-{seed}-what-if-{what_if.knob}"
     )
-    runs = []
-    with Progress(
-        TextColumn("what if {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} simulated s"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=args.quiet,
-    ) as progress:
-        total = sum(s.duration_s for s in scenarios)
-        task = progress.add_task("", total=total)
-        done = 0.0
-        for (token, value), scenario in zip(what_if.values, scenarios, strict=True):
-            progress.update(task, description=f"{what_if.knob}={token}", completed=done)
-
-            def advance(t: int, end: int, base: float = done) -> None:
-                progress.update(task, completed=base + t / 1e9)
-
-            # One simulation at a time: each holds two clusters' indexes until it is written.
-            sim = Simulation(scenario, args.strategy, seed, swarm=args.swarm or None)
-            runs.append(whatif.run_one(what_if, token, value, sim, out, name, advance))
-            done += scenario.duration_s
+    runs = _what_if_runs(args, what_if, scenarios, seed, out, name)
     command = (
         f"vecmig simulate {name} --what-if {what_if.knob}="
         + ",".join(token for token, _ in what_if.values)
@@ -354,6 +318,58 @@ def run_what_if(args: argparse.Namespace) -> int:
             why = f" ({r['stall']})" if r["stall"] else ""
             print(f"{r['run']}: {r['verdict']}{why}; replay: {r['replay']}")
     return code
+
+
+def _what_if_variants(args: argparse.Namespace) -> tuple[whatif.WhatIf, list[Scenario]]:
+    """The knob and its values, and the scenario once per value, built by the loader with
+    the other options' overrides; raises `ScenarioError` before anything runs."""
+    if args.buggify:
+        raise ScenarioError(
+            "--what-if cannot run with --buggify: buggify draws the settings from the seed, "
+            "the knob among them; drop one of the two"
+        )
+    what_if = whatif.parse(args.what_if)
+    scenarios = whatif.variants(
+        what_if,
+        lambda override: _load(args.scenario, args.duration, args.fidelity, args.profile, override),
+    )
+    return what_if, scenarios
+
+
+def _what_if_runs(
+    args: argparse.Namespace,
+    what_if: whatif.WhatIf,
+    scenarios: list[Scenario],
+    seed: int,
+    out: Path,
+    name: str,
+) -> list[whatif.Run]:
+    """Each variant simulated and written in turn, under one progress bar of simulated time."""
+    from vecmig.sim.simulation import Simulation
+
+    runs = []
+    with Progress(
+        TextColumn("what if {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} simulated s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=args.quiet,
+    ) as progress:
+        task = progress.add_task("", total=sum(s.duration_s for s in scenarios))
+        done = 0.0
+        for (token, value), scenario in zip(what_if.values, scenarios, strict=True):
+            progress.update(task, description=f"{what_if.knob}={token}", completed=done)
+
+            def advance(t: int, end: int, base: float = done) -> None:
+                progress.update(task, completed=base + t / 1e9)
+
+            # One simulation at a time: each holds two clusters' indexes until it is written.
+            sim = Simulation(scenario, args.strategy, seed, swarm=args.swarm or None)
+            runs.append(whatif.run_one(what_if, token, value, sim, out, name, advance))
+            done += scenario.duration_s
+    return runs
 
 
 if __name__ == "__main__":  # pragma: no cover

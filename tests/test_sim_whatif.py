@@ -165,3 +165,13 @@ def test_every_knob_is_a_key_of_the_scenario_schema() -> None:
     for knob in KNOBS:
         section, key = knob.split(".")
         assert key in {f.name for f in dataclasses.fields(getattr(scenario, section))}, knob
+
+
+def test_the_help_teaches_what_if_with_an_example_and_every_knob(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = capsys.readouterr().out
+    assert "vecmig simulate scaled-shop --what-if migration.backfill_rate=250,500,1000,2000" in text
+    assert all(knob in text for knob in KNOBS)
