@@ -187,11 +187,11 @@ def summary(
     what_if: WhatIf, scenario: Scenario, strategy: str, seed: int, command: str, runs: Sequence[Run]
 ) -> dict[str, Any]:
     """what-if.json: the settings every run shared and one row per value. Nothing in it
-    depends on the machine or the wall clock, so the same command writes the same bytes."""
+    depends on the wall clock or where the scenario is installed (the command names it as it
+    was given), so the same command writes the same bytes."""
     rows = [row(what_if, r.token, r.value, r.written.report, r.code) for r in runs]
     return {
         "scenario": scenario.name,
-        "scenario_source": scenario.source,
         "strategy": strategy,
         "seed": seed,
         "fidelity": scenario.clusters.fidelity,
