@@ -228,7 +228,8 @@ def write_summary(table: dict[str, Any], out: Path) -> str | None:
 
 
 def what_if_table(table: dict[str, Any]) -> Table:
-    """One line per value: verdict, time to DECOMMISSIONED, backfill, p99s, gate refusals."""
+    """One line per value: verdict, time to DECOMMISSIONED, backfill, p99s, and how long each
+    gate held the plan back (its first refusal to its last, by the phase it held back)."""
     out = Table(
         title=f"what if {table['knob']}: {table['scenario']}, {table['strategy']}, seed "
         f"{table['seed']} (times in s from the controller's start, p99 of ok ops in ms)",
@@ -236,13 +237,16 @@ def what_if_table(table: dict[str, Any]) -> Table:
     )
     out.add_column(table["knob"].split(".")[-1], justify="right", no_wrap=True)
     out.add_column("verdict", no_wrap=True)
-    for head in ("to DECOMM.", "backfill", "reads p99", "writes p99", "gate refusals"):
+    for head in ("to DECOMM.", "backfill", "reads p99", "writes p99"):
         out.add_column(head, justify="right")
+    out.add_column("gates held")
     for r in table["rows"]:
         style = {"VALID": "green", "STALLED": "yellow"}.get(r["verdict"], "red")
-        waits = r["gate_waits"]
-        longest = max(waits, key=lambda t: waits[t]["refusals"], default=None)
         eta = r["backfill_eta_s"]
+        held = ", ".join(
+            f"{target.replace('DECOMMISSIONED', 'DECOMM.')} {w['last_s'] - w['first_s']:.1f}"
+            for target, w in r["gate_waits"].items()
+        )
         out.add_row(
             str(r["value"]),
             f"[{style}]{r['verdict']}[/{style}]",
@@ -250,9 +254,7 @@ def what_if_table(table: dict[str, Any]) -> Table:
             _figure(r["backfill_s"], "unfinished" if eta is None else f"{eta:,.0f} left"),
             _figure(r["reads_p99_ms"], "-", ".2f"),
             _figure(r["writes_p99_ms"], "-", ".2f"),
-            "-"
-            if longest is None
-            else f"{sum(w['refusals'] for w in waits.values())} (most {longest})",
+            held or "-",
         )
     return out
 
