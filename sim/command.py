@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,10 +17,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from vecmig.harness.cli import (
     EXIT_BAD_INPUT,
     EXIT_STALLED,
+    EXIT_VALID,
     exit_code,
     strategy_argument,
 )
 from vecmig.sim import report as rep
+from vecmig.sim import whatif
 from vecmig.sim.scenario import (
     FIDELITIES,
     SCENARIO_DIR,
@@ -28,6 +31,7 @@ from vecmig.sim.scenario import (
     load,
     with_fidelity,
 )
+from vecmig.sim.whatif import KNOBS
 
 SIMULATE_DESCRIPTION = """\
 Simulate a live migration (old -> new) under e-commerce traffic and faults, in SimPy time
@@ -60,10 +64,22 @@ the loader also refuses what the migration protocol cannot keep safe, naming the
   migration.steps must be walkable from OLD_ONLY by the phase table
 (sim/README.md, "What the loader refuses, and why").
 
+what if: --what-if KNOB=V1,V2,... runs the scenario once per value of one knob, same seed and
+strategy, each value checked by the loader as if written in the file; it writes, in --out
+(default out/<scenario>-<strategy>-<seed>-what-if-<knob>), one folder per value (KNOB=VALUE/,
+the files above), what-if.json (a row per value: verdict, time to DECOMMISSIONED or the stall,
+backfill, p99 of reads and writes, gate waits) and what-if.png (time to DECOMMISSIONED against
+p99 of reads, a point per value), and prints the table. Knobs:
+{knobs}
+Exit 0 if every run is valid, 1 if any found anomalies, else 4 if any stalled, 2 for an unknown
+knob or a value the loader refuses. A run's replay command is a what-if of its one value.
+
 examples:
   vecmig simulate
   vecmig simulate black-friday --strategy naive --seed 7
   vecmig simulate my-plan.toml --swarm --out /tmp/run
+  vecmig simulate scaled-shop --what-if migration.backfill_rate=250,500,1000,2000
+  vecmig simulate default --what-if clusters.shards=2,4,8 --out /tmp/shards
 """
 
 
@@ -72,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "simulate",
         help="simulate a migration under traffic and faults, and judge it",
         description=SIMULATE_DESCRIPTION,
-        epilog=SIMULATE_EPILOG,
+        epilog=SIMULATE_EPILOG.replace(
+            "{knobs}", "\n".join(f"  {knob:30} {means}" for knob, means in KNOBS.items())
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("scenario", metavar="SCENARIO", nargs="?", default="default")
@@ -119,6 +137,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the cost profile of a scaled run: a name in profiles/ or a JSON file (`vecmig "
         "calibrate` writes one); default the scenario's, else fake-dim<catalog.dim>",
     )
+    simulate.add_argument(
+        "--what-if",
+        metavar="KNOB=V1,V2,...",
+        default=None,
+        help="run the scenario once per value of one knob, same seed, and write what-if.json "
+        "and what-if.png (time to DECOMMISSIONED against p99 of reads) to --out; knobs: "
+        + ", ".join(KNOBS),
+    )
     simulate.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     simulate.set_defaults(handler=run_simulate)
 
@@ -156,11 +182,15 @@ def scenario_arg(given: str, scenario: Scenario) -> str:
 
 
 def _load(
-    given: str, duration: float | None, fidelity: str | None = None, profile: str | None = None
+    given: str,
+    duration: float | None,
+    fidelity: str | None = None,
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Scenario:
     import dataclasses
 
-    scenario = load(given)
+    scenario = load(given, overrides)
     if duration is not None:
         scenario = dataclasses.replace(scenario, duration_s=duration)
     if fidelity is not None or profile is not None:
@@ -168,9 +198,23 @@ def _load(
     return scenario
 
 
+def _replay_arg(args: argparse.Namespace, scenario: Scenario) -> str:
+    """The scenario and the options that change it, as a replay command gives them."""
+    name = scenario_arg(args.scenario, scenario)
+    if args.duration is not None:
+        name += f" --duration {args.duration:g}"
+    if args.fidelity is not None:
+        name += f" --fidelity {args.fidelity}"
+    if args.profile is not None:
+        name += f" --profile {args.profile}"
+    return name
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from vecmig.sim.simulation import Simulation
 
+    if args.what_if is not None:
+        return run_what_if(args)
     console = Console()
     err = Console(stderr=True)
     try:
@@ -181,13 +225,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     sim = Simulation(
         scenario, args.strategy, args.seed, swarm=args.swarm or None, buggify=args.buggify
     )
-    name = scenario_arg(args.scenario, scenario)
-    if args.duration is not None:
-        name += f" --duration {args.duration:g}"
-    if args.fidelity is not None:
-        name += f" --fidelity {args.fidelity}"
-    if args.profile is not None:
-        name += f" --profile {args.profile}"
+    name = _replay_arg(args, scenario)
     out = (
         Path(args.out) if args.out else Path("out") / f"{scenario.name}-{args.strategy}-{sim.seed}"
     )
@@ -232,6 +270,106 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"replay: {report['replay']}")
         print(f"judge again: vecmig check {out / 'history.jsonl'}")
     return code
+
+
+def run_what_if(args: argparse.Namespace) -> int:
+    """`--what-if`: every variant built (and checked) first, then run one after another under
+    one progress bar, each into its own folder; then what-if.json, what-if.png and the table."""
+    console = Console()
+    try:
+        what_if, scenarios = _what_if_variants(args)
+    except ScenarioError as exc:
+        print(f"vecmig simulate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    first = scenarios[0]
+    seed = first.seed if args.seed is None else args.seed
+    name = _replay_arg(args, first)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("out") / f"{first.name}-{args.strategy}-{seed}-what-if-{what_if.knob}"
+    )
+    runs = _what_if_runs(args, what_if, scenarios, seed, out, name)
+    command = (
+        f"vecmig simulate {name} --what-if {what_if.knob}="
+        + ",".join(token for token, _ in what_if.values)
+        + f" --seed {seed} --strategy {args.strategy}"
+        + (" --swarm" if args.swarm else "")
+    )
+    table = whatif.summary(what_if, first, args.strategy, seed, command, runs)
+    plot_missing = whatif.write_summary(table, out)
+    if plot_missing:
+        print(f"{plot_missing} (wrote all but the plots)", file=sys.stderr)
+    if not args.quiet:
+        console.print(whatif.what_if_table(table))
+    code = int(table["exit_code"])
+    word = {
+        EXIT_VALID: "[bold green]ALL VALID[/bold green]",
+        EXIT_STALLED: "[bold red]STALLED[/bold red]",
+    }
+    console.print(
+        f"{word.get(code, '[bold red]ANOMALIES[/bold red]')}: {len(runs)} runs of "
+        f"{what_if.knob}; wrote {out}/what-if.json, what-if.png and one folder per value",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for r in table["rows"]:
+        if r["verdict"] != "VALID":
+            why = f" ({r['stall']})" if r["stall"] else ""
+            print(f"{r['run']}: {r['verdict']}{why}; replay: {r['replay']}")
+    return code
+
+
+def _what_if_variants(args: argparse.Namespace) -> tuple[whatif.WhatIf, list[Scenario]]:
+    """The knob and its values, and the scenario once per value, built by the loader with
+    the other options' overrides; raises `ScenarioError` before anything runs."""
+    if args.buggify:
+        raise ScenarioError(
+            "--what-if cannot run with --buggify: buggify draws the settings from the seed, "
+            "the knob among them; drop one of the two"
+        )
+    what_if = whatif.parse(args.what_if)
+    scenarios = whatif.variants(
+        what_if,
+        lambda override: _load(args.scenario, args.duration, args.fidelity, args.profile, override),
+    )
+    return what_if, scenarios
+
+
+def _what_if_runs(
+    args: argparse.Namespace,
+    what_if: whatif.WhatIf,
+    scenarios: list[Scenario],
+    seed: int,
+    out: Path,
+    name: str,
+) -> list[whatif.Run]:
+    """Each variant simulated and written in turn, under one progress bar of simulated time."""
+    from vecmig.sim.simulation import Simulation
+
+    runs = []
+    with Progress(
+        TextColumn("what if {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} simulated s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=args.quiet,
+    ) as progress:
+        task = progress.add_task("", total=sum(s.duration_s for s in scenarios))
+        done = 0.0
+        for (token, value), scenario in zip(what_if.values, scenarios, strict=True):
+            progress.update(task, description=f"{what_if.knob}={token}", completed=done)
+
+            def advance(t: int, end: int, base: float = done) -> None:
+                progress.update(task, completed=base + t / 1e9)
+
+            # One simulation at a time: each holds two clusters' indexes until it is written.
+            sim = Simulation(scenario, args.strategy, seed, swarm=args.swarm or None)
+            runs.append(whatif.run_one(what_if, token, value, sim, out, name, advance))
+            done += scenario.duration_s
+    return runs
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ phase strip, the fault timeline (one lane per fault and where it hit), client la
 throughput, recall of sampled searches against the exact answer, and the mismatch rate of
 mirrored reads. Phases are drawn only in their strip and faults only in theirs, in colours
 that cannot be taken for each other; the other panels carry a thin line at each phase change.
-`backfill.png` shows the backfill's progress and the repair log.
+`backfill.png` shows the backfill's progress, the repair log and the backfill's ETA over time.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from vecmig.harness.history.ops import Event
 from vecmig.sim.scenario import SECOND
-from vecmig.sim.simulation import RunResult
+from vecmig.sim.simulation import RunResult, eta_points
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -203,22 +203,101 @@ def mismatch_over_time(ax: Axes, result: RunResult) -> None:
 
 
 def backfill(result: RunResult, path: Path) -> None:
+    """The backfill's progress and the repair log above, its ETA over time below."""
     import matplotlib.pyplot as plt
 
     times = [t / SECOND for t in result.series["time"]]
-    fig, ax = plt.subplots(figsize=(11, 3.2))
+    fig, (ax, eta_ax) = plt.subplots(
+        2, 1, figsize=(11, 5), sharex=True, gridspec_kw={"height_ratios": [3, 2], "hspace": 0.1}
+    )
     ax.plot(times, result.series["backfill_copied"], label="records copied", color="#188038")
     ax.set_ylabel("backfill: records copied", fontsize=8)
-    ax.set_xlabel("simulated time (s)")
     repairs = ax.twinx()
     repairs.plot(
         times, result.series["repair_backlog"], label="repair log", color="#e37400", lw=0.8
     )
     repairs.set_ylabel("repair log entries", fontsize=8)
-    phase_lines(ax, result.phases)
     ax.legend(loc="upper left", fontsize=7)
     repairs.legend(loc="upper right", fontsize=7)
-    ax.set_xlim(0, result.sim_end_ns / SECOND)
+    backfill_eta(eta_ax, result)
+    for panel in (ax, eta_ax):
+        phase_lines(panel, result.phases)
+    eta_ax.set_xlabel("simulated time (s)")
+    eta_ax.set_xlim(0, result.sim_end_ns / SECOND)
+    fig.align_ylabels([ax, eta_ax])
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def backfill_eta(ax: Axes, result: RunResult) -> None:
+    """The ETA the run estimated each second (gaps: no progress to measure a rate by) and,
+    for a backfill that finished, the time it really had left, to judge the estimate by."""
+    points = eta_points(result.series, limit=len(result.series["time"]))
+    if not points:
+        ax.text(0.5, 0.5, "no backfill ETA (no backfill ran)", transform=ax.transAxes, ha="center")
+    else:
+        # None breaks the line: NaN is matplotlib's gap.
+        ax.plot(
+            [t for t, _ in points],
+            [np.nan if eta is None else eta for _, eta in points],
+            color="#1a73e8",
+            lw=1,
+            label="ETA (recent rate)",
+        )
+        finished = result.backfill["finished"]
+        if finished is not None and result.backfill["done"]:
+            end, start = finished / SECOND, points[0][0]
+            ax.plot([start, end], [end - start, 0], color="#5f6368", ls=":", lw=1, label="actual")
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_ylabel("backfill ETA (s)", fontsize=8)
+    ax.set_ylim(bottom=0)
+
+
+VERDICT_COLOURS = {"VALID": "#188038", "STALLED": "#e37400"}
+"""A what-if point's colour by its run's verdict; anything else (anomalies, unknown) is red."""
+
+
+def what_if_plot(table: dict[str, Any], path: Path) -> None:
+    """what-if.png: each value of the knob as a point, time to DECOMMISSIONED against the p99
+    of ok client reads, joined in the order given. A run that never got to DECOMMISSIONED is
+    drawn at the end of its run (a lower bound) with a right-pointing marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    start = table["controller_start_s"]
+    short = table["knob"].split(".")[-1]
+    xs, ys = [], []
+    for r in table["rows"]:
+        reached = r["time_to_decommissioned_s"] is not None
+        x = r["time_to_decommissioned_s"] if reached else r["simulated_s"] - start
+        y = r["reads_p99_ms"]
+        if y is None:
+            continue
+        xs.append(x)
+        ys.append(y)
+        ax.scatter(
+            [x],
+            [y],
+            s=50,
+            marker="o" if reached else ">",
+            color=VERDICT_COLOURS.get(r["verdict"], FAULT_COLOUR),
+            zorder=3,
+        )
+        label = f"{short}={r['value']}" + ("" if r["verdict"] == "VALID" else f" ({r['verdict']})")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.plot(xs, ys, color="#9aa0a6", lw=0.8, zorder=1)
+    ax.set_xlabel("time to DECOMMISSIONED from the controller's start (s; > not reached)")
+    ax.set_ylabel("p99 of ok client reads (ms)")
+    ax.set_title(
+        f"what if {table['knob']}: {table['scenario']} / {table['strategy']} / "
+        f"seed {table['seed']}",
+        fontsize=10,
+    )
+    ax.margins(0.15)
+    ax.grid(True, lw=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

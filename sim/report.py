@@ -29,7 +29,7 @@ from vecmig.harness.history.checker import ANOMALIES
 from vecmig.harness.history.report import build as build_report
 from vecmig.sim.plots import write_plots
 from vecmig.sim.scenario import SECOND
-from vecmig.sim.simulation import RunResult
+from vecmig.sim.simulation import RunResult, eta_points
 
 # ---------------------------------------------------------------------------------------------
 # Figures.
@@ -88,7 +88,8 @@ def headline(result: RunResult) -> dict[str, Any]:
     """The figures asked first before a migration: how long from the controller's start until
     DECOMMISSIONED (None if the run never got there), how long the backfill took, and, for a
     backfill the run left unfinished, when it would finish at its average rate so far (from
-    the end of the run; the catalog's size at load is what it counts down)."""
+    the end of the run; the catalog's size at load is what it counts down). `backfill_eta`
+    is how the estimate moved while the backfill ran (`vecmig.sim.simulation.eta_points`)."""
     start_ns = int(result.scenario.migration.start_s * SECOND)
     done = next((p["time"] for p in result.phases if p["phase"] == "DECOMMISSIONED"), None)
     backfill = result.backfill
@@ -101,7 +102,17 @@ def headline(result: RunResult) -> dict[str, Any]:
         "time_to_decommissioned_s": None if done is None else round((done - start_ns) / SECOND, 3),
         "backfill_s": backfill["duration_s"],
         "backfill_eta_s": eta,
+        "backfill_eta": eta_points(result.series),
     }
+
+
+def overall_latency(result: RunResult) -> dict[str, dict[str, Any]]:
+    """p50/p99 (ms) of every ok client read and write of the run, whatever the phase."""
+    groups: dict[str, list[float]] = {"reads": [], "writes": []}
+    for c in result.completed:
+        if c.type == "ok":
+            groups["reads" if c.f in ("get", "search") else "writes"].append(c.latency_ns / 1e6)
+    return {kind: percentiles(values) for kind, values in groups.items()}
 
 
 def history_bytes(result: RunResult) -> bytes:
@@ -130,6 +141,7 @@ def report_json(result: RunResult, sha256: str, scenario_arg: str, wall_s: float
         replay=replay_command(result, scenario_arg),
         end_phase=result.end_phase,
         latency_ms=latency_by_phase(result),
+        latency_overall_ms=overall_latency(result),
         backfill=result.backfill,
         gate_waits=gate_waits(result),
         controller={k: v for k, v in result.controller.items() if k != "gate_waits"},
@@ -224,7 +236,9 @@ def render_html(
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
     """The report in the terminal: the checks, latency by phase, gate waits, then one line each
-    for the ops, the faults, the notes and the first operation errors."""
+    for the ops, the faults, the notes and the first operation errors; the headline figures
+    first."""
+    console.print(headline_line(report), highlight=False)
     console.print(_checks_table(report))
     console.print(_latency_table(report))
     if report["gate_waits"]:
@@ -240,6 +254,29 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         console.print(f"note: {note}", highlight=False, markup=False)
     for bug in report["driver_bugs"][:5]:
         console.print(f"[yellow]operation error:[/yellow] {bug}", highlight=False)
+
+
+def headline_line(report: dict[str, Any]) -> str:
+    """The headline figures in one line: time to DECOMMISSIONED (from the controller's
+    start), the backfill's duration, and its ETA when the run ended before it did."""
+    head = report["headline"]
+    done = head["time_to_decommissioned_s"]
+    parts = [
+        "to DECOMMISSIONED "
+        + ("[red]not reached[/red]" if done is None else f"[bold]{done:.1f} s[/bold]")
+        + " from the controller's start"
+    ]
+    if head["backfill_s"] is not None:
+        parts.append(f"backfill {head['backfill_s']:.1f} s")
+    elif report["backfill"]["started"] is None:
+        parts.append("backfill not started")
+    else:
+        eta = head["backfill_eta_s"]
+        parts.append(
+            "backfill unfinished"
+            + ("" if eta is None else f", about {eta:,.0f} s more at its rate so far")
+        )
+    return "; ".join(parts)
 
 
 def _checks_table(report: dict[str, Any]) -> Table:
@@ -267,14 +304,6 @@ def _checks_table(report: dict[str, Any]) -> Table:
         "recall",
         "n/a" if recall is None else f"{recall:.4f}",
         "mean recall@k of sampled searches vs exact",
-    )
-    decommissioned = report["headline"]["time_to_decommissioned_s"]
-    eta = report["headline"]["backfill_eta_s"]
-    table.add_row(
-        "to DECOMMISSIONED",
-        "-" if decommissioned is None else f"{decommissioned:.1f} s",
-        "from the controller's start (migration.start_s)"
-        + ("" if eta is None else f"; the backfill would need {eta:,.0f} s more at its rate"),
     )
     fidelity = report["fidelity"]
     if fidelity["mode"] == "scaled":
@@ -316,6 +345,10 @@ def _latency_table(report: dict[str, Any]) -> Table:
             p = v.get(kind) or {}
             cells += [_ms(p.get("p50")), _ms(p.get("p99"))]
         lat.add_row(phase, *cells)
+    overall = report.get("latency_overall_ms")
+    if overall:
+        cells = [_ms(overall[kind][q]) for kind in ("reads", "writes") for q in ("p50", "p99")]
+        lat.add_row("whole run", *cells, style="bold")
     return lat
 
 

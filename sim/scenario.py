@@ -329,7 +329,11 @@ def resolve(name_or_path: str) -> Path:
     )
 
 
-def load(name_or_path: str) -> Scenario:
+def load(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """The scenario of a file or a name in scenarios/, checked. `overrides` set keys by their
+    dotted path (`{"migration.batch_size": 64}`) before the checks, so every rule applies to
+    the values they give as to the file's own (`vecmig simulate --what-if` builds each of
+    its variants so)."""
     path = resolve(name_or_path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -346,10 +350,25 @@ def load(name_or_path: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
+    for key, value in (overrides or {}).items():
+        _set(data, key, value)
     scenario = from_dict(data, source=str(path))
     if "name" not in data:
         scenario = dataclasses.replace(scenario, name=path.stem)
     return scenario
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `dotted` (`section.key`) in a parsed TOML table, making the section if the file
+    left it out; a section that is not a table is left for the checks to name."""
+    *sections, key = dotted.split(".")
+    table = data
+    for section in sections:
+        inner = table.setdefault(section, {})
+        if not isinstance(inner, dict):
+            return
+        table = inner
+    table[key] = value
 
 
 def text_line(raw: bytes, offset: int) -> int:

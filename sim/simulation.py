@@ -8,8 +8,9 @@ writes files (that is `vecmig.sim.report` and `vecmig.sim.command`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,6 +52,52 @@ from vecmig.sim.traffic import Traffic
 STREAMS = ("traffic", "content", "latency", "instances", "faults", "exact", "calibration", "swarm")
 DRAIN_LIMIT_NS = 600 * SECOND
 """How long the end of a run may take to drain in-flight work and the repair log."""
+ETA_WINDOW_NS = 10 * SECOND
+"""The backfill's ETA counts its rate over this much of the recent past: long enough to ride
+over one slow batch, short enough to see a crashed node or a tighter throttle within seconds."""
+
+
+def backfill_eta_s(
+    times: Sequence[int], copied: Sequence[int], started: int, total: int
+) -> float | None:
+    """How many seconds the backfill still needs, at the rate it copied over the last
+    `ETA_WINDOW_NS` of samples (`times` ascending, in ns, with `copied` at each) since it
+    started at `started`; `total` is what it counts down from. None when the window holds no
+    earlier sample to measure a rate against, or the backfill made no progress in it."""
+    since = max(started, times[-1] - ETA_WINDOW_NS)
+    first = bisect.bisect_left(times, since)
+    if first >= len(times) - 1:
+        return None
+    rate = (copied[-1] - copied[first]) / ((times[-1] - times[first]) / SECOND)
+    if rate <= 0:
+        return None
+    return round(max(0, total - copied[-1]) / rate, 3)
+
+
+ETA_POINTS = 60
+"""At most this many [time_s, eta_s] points of the backfill's ETA go into report.json."""
+
+
+def eta_points(
+    series: dict[str, list[Any]], limit: int = ETA_POINTS
+) -> list[tuple[float, float | None]]:
+    """The backfill's ETA over time as (time_s, eta_s) points, from a run's `series`: from its
+    first estimate to the first sample that found it done (eta 0), or to the end of the run;
+    None where no rate could be measured (no progress over the window). Thinned evenly to at
+    most `limit` points, always keeping the first and the last."""
+    points = [
+        (round(t / SECOND, 3), eta)
+        for t, eta in zip(series["time"], series.get("backfill_eta_s", []), strict=False)
+    ]
+    first = next((i for i, (_, eta) in enumerate(points) if eta is not None), None)
+    if first is None:
+        return []
+    last = next((i for i in range(first, len(points)) if points[i][1] == 0), len(points) - 1)
+    kept = points[first : last + 1]
+    if len(kept) <= limit:
+        return kept
+    picks = np.linspace(0, len(kept) - 1, limit).round().astype(int)
+    return [kept[i] for i in dict.fromkeys(picks.tolist())]
 
 
 class PacedThrottle(Throttle):
@@ -155,6 +202,7 @@ class Simulation:
             "mismatch_rate": [],
             "repair_backlog": [],
             "batch_size": [],
+            "backfill_eta_s": [],
         }
         self._backfill_flight: Flight | None = None
         self._repair_flight: Flight | None = None
@@ -421,18 +469,38 @@ class Simulation:
             self.clusters[side].refresh()
 
     def _sampler(self) -> SimProcess:
-        """Once a second: feed the backfill throttle and take the series the plots show."""
+        """Once a second: feed the backfill throttle and take the series the plots show.
+        Only reads state: sampling draws nothing, so the history stays what it was."""
         while True:
             yield self.env.timeout(SECOND)
             self._note_backfill_done()
             self.throttle.observe(self.driver.client_p99_ms())
+            checkpoint = self._checkpoint()
             self.series["time"].append(int(self.env.now))
-            self.series["backfill_copied"].append(self._checkpoint().copied)
+            self.series["backfill_copied"].append(checkpoint.copied)
+            self.series["backfill_eta_s"].append(self._backfill_eta(checkpoint))
             self.series["mismatch_rate"].append(
                 self.shared.mirror.mismatch_rate if self.shared.mirror.compared else None
             )
             self.series["repair_backlog"].append(self.store.repair_backlog())
             self.series["batch_size"].append(self.throttle.batch_size)
+
+    def _backfill_eta(self, checkpoint: Checkpoint) -> float | None:
+        """The backfill's ETA now: 0 once it is done, None while no backfill runs (before
+        BACKFILL, after an ABORT), else the seconds left at its recent rate, counting down
+        the catalog's size at load (adds and tombstones make the copy a little longer)."""
+        if self.backfill_started is None:
+            return None
+        if checkpoint.done:
+            return 0.0
+        if self.coordinator.published.phase is not Phase.BACKFILL:
+            return None
+        return backfill_eta_s(
+            self.series["time"],
+            self.series["backfill_copied"],
+            self.backfill_started,
+            self.scenario.catalog.products,
+        )
 
     def _checkpoint(self) -> Checkpoint:
         """How far the backfill got: the durable checkpoint, or the naive worker's memory."""
