@@ -28,7 +28,7 @@ mv harness vecmig/harness
   echo
   echo "[tool.mutmut]"
   echo "source_paths = [\"vecmig/$target\"]"
-  echo 'also_copy = ["vecmig", "sim", "loadtests", "scenarios", "tests"]'
+  echo 'also_copy = ["vecmig", "sim", "loadtests", "scenarios", "tests", "docs"]'
   printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(printf '"%s", ' "$@" | sed 's/, $//')"
   echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]'
 } >> pyproject.toml
