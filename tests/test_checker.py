@@ -18,7 +18,9 @@ from vecmig.harness.core import requests as rq
 from vecmig.harness.core.phases import Step
 from vecmig.harness.drive.rig import Rig
 from vecmig.harness.history import ops
-from vecmig.harness.history.checker import Fields, Verdict, check, check_safely
+from vecmig.harness.history.checker import ANOMALIES, Fields, Verdict, check, check_safely
+from vecmig.harness.history.command import describe, print_verdict, read_history
+from vecmig.harness.history.liveness import Stall
 from vecmig.harness.history.ops import Event, MalformedHistory, Recorder
 
 EXAMPLE = Path(__file__).parent / "data" / "example_history.jsonl"
@@ -1114,3 +1116,96 @@ def test_a_sequential_history_is_always_valid(
     verdict = check(h.events)
     assert verdict.valid, verdict
     assert verdict.unjudged_filtered_hits == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What `vecmig check` prints: one line per anomaly with its first example, then recall, the ops,
+# the notes, the stall and the verdict in words.
+
+
+def _printed(verdict: Verdict, capsys: pytest.CaptureFixture[str]) -> str:
+    print_verdict(verdict, "run.jsonl")
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal wide enough that rich prints each example on one line."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def test_the_table_shows_each_anomalys_count_and_its_first_example_only(
+    wide: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verdict = Verdict(
+        valid=False,
+        stale_reads=2,
+        examples={"stale_reads": [{"id": "a", "returned": 1}, {"id": "b", "returned": 7}]},
+        recall=0.25,
+        ops={"upsert": 3, "get": 2},
+    )
+    out = _printed(verdict, capsys)
+    assert "vecmig check run.jsonl" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") == 4}
+    assert [kind.replace("_", " ") for kind in ANOMALIES] == [
+        kind for kind in rows if kind != "anomaly"
+    ]
+    stale = [cell.strip() for cell in rows["stale reads"].split("│")[1:4]]
+    assert stale == ["stale reads", "2", "id='a', returned=1"]
+    assert [cell.strip() for cell in rows["lost writes"].split("│")[1:4]] == [
+        "lost writes",
+        "0",
+        "",
+    ]
+    assert "recall: 0.2500\n" in out
+    assert "ops invoked: get 2, upsert 3\n" in out
+    assert out.rstrip().endswith("anomalies found")
+
+
+def test_an_example_prints_without_its_empty_lists_and_keeps_brackets_literal(
+    wide: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich reads `[x]` as markup; an example's text must reach the reader as it is."""
+    example = {"id": "a", "faults": [], "filter": {"tags": ["[red]"]}}
+    assert describe(example) == "id='a', filter={'tags': ['[red]']}"
+    out = _printed(
+        Verdict(valid=False, filter_violations=1, examples={"filter_violations": [example]}), capsys
+    )
+    assert "id='a', filter={'tags': ['[red]']}" in out
+
+
+def test_without_exact_results_recall_is_not_applicable_and_no_ops_says_none(
+    wide: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _printed(Verdict(valid=True), capsys)
+    assert "recall: n/a (no search carries its exact top-k)\n" in out
+    assert "ops invoked: none\n" in out
+    assert out.rstrip().endswith("valid") and "anomalies found" not in out
+
+
+def test_notes_print_as_written_and_an_unknown_verdict_points_at_them(
+    wide: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verdict = Verdict(valid=False, unknown=True, notes=["no final state of side 'old' [see]"])
+    out = _printed(verdict, capsys)
+    assert "note: no final state of side 'old' [see]\n" in out
+    assert out.rstrip().endswith("unknown: see the notes above")
+
+
+def test_a_stalled_run_without_anomalies_says_where_it_stopped(
+    wide: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stall = Stall(why="unfinished", phase="BACKFILL", steps_done=2, steps=3)
+    out = _printed(Verdict(valid=False, stall=stall), capsys)
+    assert "stalled: the plan stopped in BACKFILL after 2 of 3 steps\n" in out
+    assert out.rstrip().endswith("stalled: the migration stopped making progress")
+    anomalous = _printed(Verdict(valid=False, stale_reads=1, stall=stall), capsys)
+    assert anomalous.rstrip().endswith("anomalies found")
+
+
+def test_vecmig_check_reads_the_history_with_its_line_numbers(tmp_path: Path) -> None:
+    """Blank lines are skipped, and each event keeps the line it came from, for the
+    checker's messages."""
+    path = _write(tmp_path, ["", *_lines(_valid().events[:2]), "", ""])
+    events, lines = read_history(path)
+    assert events == _valid().events[:2] and lines == [2, 3]
