@@ -88,6 +88,11 @@ class History:
         self.recorder.info(ops.CONTROLLER, "phase", {"phase": name, "epoch": 0}, self._at())
         return self
 
+    def info(self, f: str, value: Any, process: str = ops.NEMESIS) -> History:
+        """A fault, plan, gate or clock event (type info)."""
+        self.recorder.info(process, f, value, self._at())
+        return self
+
     def final(self, side: str, records: dict[str, int]) -> History:
         self.recorder.ok(ops.CHECKER, "final", {"side": side, "records": records}, self._at())
         return self
@@ -877,6 +882,23 @@ def test_blank_lines_do_not_shift_the_line_number(
         (lambda h: h.invoke(0, "upsert", id="a", version=2, fields=[3]), '"fields" must be'),
         (lambda h: h.invoke(0, "search", k=10, filter="in_stock"), '"filter" is an object'),
         (lambda h: h.load({"b": 1}, fields={"b": 3}), "maps ids to their record's metadata"),
+        (lambda h: h.phase("LIMBO"), "phase must be one of OLD_ONLY, DUAL_WRITE, BACKFILL, "),
+        (lambda h: h.info("phase", "SHADOW"), "phase must be one of .*, got 'SHADOW'"),
+        (lambda h: h.info("plan", "walk"), 'a plan value holds "steps": \\[step, ...\\], got'),
+        (lambda h: h.info("plan", {"steps": "all"}), 'a plan value holds "steps"'),
+        (lambda h: h.info("gate", "shut"), 'a gate value holds {"target", "reasons"'),
+        (lambda h: h.info("gate", {"reasons": "lag"}), 'a gate value holds {"target", "reasons"'),
+        (lambda h: h.info("fault", "crash"), 'a fault value holds {"family": str, "action"'),
+        (lambda h: h.info("fault", {"family": 3, "action": "start"}), "a fault value holds"),
+        (lambda h: h.info("fault", {"family": "crash", "action": "pause"}), "a fault value"),
+        (lambda h: h.info("clock", "w1"), 'a clock value holds {"clock": name, "error_ns": int'),
+        (lambda h: h.info("clock", {"clock": 1, "error_ns": 5}), "a clock value holds"),
+        (lambda h: h.info("clock", {"clock": "w1", "error_ns": "5"}), "a clock value holds"),
+        (
+            lambda h: h.info("clock", {"clock": "w1", "error_ns": 5, "drift_ns": 1.5}),
+            "a clock's drift_ns is an integer, got 1.5",
+        ),
+        (lambda h: h.invoke(0, "get"), 'get invoke value must be {"id": str}, got {}'),
     ],
     ids=[
         "second-invoke",
@@ -888,6 +910,20 @@ def test_blank_lines_do_not_shift_the_line_number(
         "fields-not-an-object",
         "filter-not-an-object",
         "load-fields-not-objects",
+        "unknown-phase",
+        "phase-not-an-object",
+        "plan-not-an-object",
+        "plan-steps-not-a-list",
+        "gate-not-an-object",
+        "gate-reasons-not-a-list",
+        "fault-not-an-object",
+        "fault-family-not-a-string",
+        "fault-action-unknown",
+        "clock-not-an-object",
+        "clock-name-not-a-string",
+        "clock-bound-not-an-integer",
+        "clock-drift-not-an-integer",
+        "get-without-id",
     ],
 )
 def test_malformed_ops_are_rejected(build: Any, problem: str) -> None:
@@ -1209,3 +1245,295 @@ def test_vecmig_check_reads_the_history_with_its_line_numbers(tmp_path: Path) ->
     path = _write(tmp_path, ["", *_lines(_valid().events[:2]), "", ""])
     events, lines = read_history(path)
     assert events == _valid().events[:2] and lines == [2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples: what a reader of a verdict sees of each anomaly.
+
+
+def _faulty(h: History) -> History:
+    """Faults started and stopped so that only `disk` and `partition` are active: `clock`
+    started and stopped, `partition` started twice and stopped once, `latency` only stopped."""
+    for family, action in [
+        ("clock", "start"),
+        ("partition", "start"),
+        ("partition", "start"),
+        ("disk", "start"),
+        ("clock", "stop"),
+        ("partition", "stop"),
+        ("latency", "stop"),
+    ]:
+        h.info("fault", {"family": family, "action": action})
+    return h
+
+
+def test_a_stale_read_example_names_the_read_the_state_it_missed_and_the_moment() -> None:
+    """A read's example says which op (process, indexes, times), what it returned, the
+    newest acknowledged upsert and delete at its invoke, and the phase and faults active
+    when it completed."""
+    h = _faulty(History().load({"a": 1}).phase("DUAL_WRITE"))
+    h.write(0, "upsert", "a", 3).get(1, "a", 1).final("old", {"a": 3})
+    verdict = check(h.events)
+    assert verdict.examples["stale_reads"] == [
+        {
+            "f": "get",
+            "id": "a",
+            "returned": 1,
+            "max_up": 3,
+            "max_del": None,
+            "why": "a newer upsert",
+            "process": 1,
+            "invoke_index": 11,
+            "complete_index": 12,
+            "invoke_time": 12_000,
+            "complete_time": 13_000,
+            "phase": "DUAL_WRITE",
+            "faults": ["disk", "partition"],
+        }
+    ]
+
+
+def test_a_not_found_example_names_the_upsert_and_the_older_delete_it_missed() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 2).write(0, "upsert", "a", 3)
+    h.get(1, "a", None).final("old", {"a": 3})
+    (example,) = check(h.events).examples["stale_reads"]
+    assert {k: example[k] for k in ("id", "returned", "max_up", "max_del", "why")} == {
+        "id": "a",
+        "returned": None,
+        "max_up": 3,
+        "max_del": 2,
+        "why": "not found",
+    }
+    assert example["phase"] is None and example["faults"] == []
+
+
+def test_a_failed_read_example_says_how_it_failed() -> None:
+    h = History().load({"a": 1}).invoke(1, "get", id="a")
+    h.complete(1, "fail", "get", reason="timeout").final("old", {"a": 1})
+    (example,) = check(h.events).examples["failed_reads"]
+    assert example["type"] == "fail" and example["error"] == {"reason": "timeout"}
+    assert example["id"] == "a" and example["phase"] is None
+
+
+def test_each_anomaly_keeps_its_first_five_examples_and_counts_them_all() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    for process in range(1, 7):
+        h.get(process, "a", 1)
+    verdict = check(h.final("old", {"a": 2}).events)
+    assert verdict.stale_reads == 6
+    assert [e["process"] for e in verdict.examples["stale_reads"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_lost_write_example_names_the_event_that_acknowledged_the_newest_upsert() -> None:
+    """The acknowledgement is the one that set the newest version, not the first or last
+    change of the id: here a delete came after it."""
+    h = History().load({"a": 1}).write(0, "upsert", "a", 5).write(0, "upsert", "a", 7)
+    h.write(0, "delete", "a", 6).phase("SHADOW")
+    (example,) = check(h.final("old", {"a": 5}).events).examples["lost_writes"]
+    assert example == {
+        "id": "a",
+        "acknowledged_upsert": 7,
+        "final": 5,
+        "side": "old",
+        "acked_by": "upsert",
+        "process": 0,
+        "index": 4,
+        "time": 5_000,
+    }
+
+
+def test_a_resurrection_example_names_the_delete_and_what_the_final_state_held() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2).write(2, "delete", "a", 3)
+    (example,) = check(h.final("old", {"a": 2}).events).examples["resurrected_deletes"]
+    assert example == {
+        "id": "a",
+        "acknowledged_delete": 3,
+        "final": 2,
+        "side": "old",
+        "acked_by": "delete",
+        "process": 2,
+        "index": 4,
+        "time": 5_000,
+    }
+
+
+def test_a_divergence_example_shows_both_sides_and_nothing_of_the_moment() -> None:
+    """Found at the end, against the final scans: the phase and faults at the end of the run
+    would mislead, so end-of-run examples carry none."""
+    h = _faulty(History().load({"a": 1, "b": 1}).phase("SHADOW"))
+    verdict = check(h.final("old", {"a": 1, "b": 1}).final("new", {"b": 2, "c": 1}).events)
+    assert verdict.examples["divergence"] == [
+        {"id": "a", "old": 1, "new": None},
+        {"id": "b", "old": 1, "new": 2},
+        {"id": "c", "old": None, "new": 1},
+    ]
+
+
+def test_a_filter_violation_found_in_the_pass_has_its_moment_and_one_found_at_the_end_not() -> None:
+    """A hit of a version carried later in the file is judged at the end of the pass."""
+    h = _faulty(History().load({"a": 1}, fields={"a": OUT_OF_STOCK}).phase("BACKFILL"))
+    h.search(1, [("a", 1)], filter={"in_stock": True})
+    h.search(2, [("b", 4)], filter={"in_stock": True})
+    h.write(0, "upsert", "b", 4, OUT_OF_STOCK).final("old", {"a": 1, "b": 4})
+    live, later = check(h.events).examples["filter_violations"]
+    assert (live["id"], live["phase"], live["faults"]) == ("a", "BACKFILL", ["disk", "partition"])
+    assert live["filter"] == {"in_stock": True} and live["fields"] == OUT_OF_STOCK
+    assert later["id"] == "b" and "phase" not in later and "faults" not in later
+
+
+def test_a_verdicts_json_holds_every_count_the_flags_and_what_explains_them() -> None:
+    verdict = Verdict(
+        valid=False,
+        stale_reads=2,
+        examples={"stale_reads": [{"id": "a"}]},
+        recall=0.5,
+        ops={"get": 2},
+        notes=["n"],
+        unjudged_filtered_hits=1,
+    )
+    assert verdict.to_json() == {
+        "valid": False,
+        **dict.fromkeys(ANOMALIES, 0),
+        "stale_reads": 2,
+        "unknown": False,
+        "stalled": False,
+        "stall": None,
+        "unjudged_filtered_hits": 1,
+        "recall": 0.5,
+        "ops": {"get": 2},
+        "examples": {"stale_reads": [{"id": "a"}]},
+        "notes": ["n"],
+    }
+
+
+def test_a_crash_of_the_checker_is_named_in_its_note() -> None:
+    class Exploding:
+        def __iter__(self) -> Any:
+            raise RuntimeError("boom")
+
+    verdict = check_safely(Exploding())
+    assert verdict.valid is False and verdict.unknown is True
+    assert verdict.notes == ["the checker crashed, so the verdict is unknown: RuntimeError: boom"]
+
+
+def test_check_safely_names_the_line_of_malformed_input() -> None:
+    with pytest.raises(MalformedHistory, match=r"^history:1: upsert invoke value must be"):
+        check_safely(History().invoke(0, "upsert", id="a").events)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads at the edges of the state log, and fields carried more than once.
+
+
+def test_a_not_found_get_invoked_before_the_first_write_of_its_id_is_valid() -> None:
+    h = History().invoke(1, "get", id="a").write(0, "upsert", "a", 1)
+    h.ok(1, "get", id="a", version=None).final("old", {"a": 1})
+    assert check(h.events).valid
+
+
+def test_a_not_found_get_invoked_after_the_load_is_stale_though_newer_writes_followed() -> None:
+    """The state at the invoke is the load's (the first change of the id): v1 was live."""
+    h = History().load({"a": 1}).invoke(1, "get", id="a").write(0, "upsert", "a", 2)
+    h.ok(1, "get", id="a", version=None).final("old", {"a": 2})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_a_not_found_get_after_a_delete_of_the_same_version_is_valid() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 1).get(1, "a", None).final("old", {})
+    assert check(h.events).valid
+
+
+def test_a_get_answer_need_not_repeat_the_id_but_must_not_name_another() -> None:
+    h = History().load({"a": 1}).invoke(1, "get", id="a").ok(1, "get", version=1)
+    assert check(h.final("old", {"a": 1}).events).valid
+    wrong = History().load({"a": 1}).invoke(1, "get", id="a").ok(1, "get", id="b", version=1)
+    with pytest.raises(MalformedHistory) as raised:
+        check(wrong.events)
+    assert str(raised.value) == "history:3: get ok answers id 'b', but the invoke asked for 'a'"
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("gone", 'get ok value must be {"id", "version"}, got \'gone\''),
+        ({"id": "a"}, "get ok value must be {\"id\", \"version\"}, got {'id': 'a'}"),
+        ({"id": "a", "version": "1"}, "get ok version must be a number or null, got '1'"),
+    ],
+    ids=["not-an-object", "no-version", "version-not-a-number"],
+)
+def test_a_malformed_get_answer_is_refused_with_its_line(answer: Any, problem: str) -> None:
+    h = History().load({"a": 1}).invoke(1, "get", id="a")
+    h.recorder.complete(1, "ok", "get", answer, h._at())
+    with pytest.raises(MalformedHistory) as raised:
+        check(h.events, lines=[10, 20, 30], source="run.jsonl")
+    assert str(raised.value) == f"run.jsonl:30: {problem}"
+
+
+def test_a_version_carried_with_fields_keeps_them_when_carried_again_without() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .write(0, "upsert", "a", 2)
+        .search(1, [("a", 2)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    assert counts(check(h.events)) == {"filter_violations": 1}
+
+
+def test_a_version_carried_twice_with_the_same_fields_is_still_judged() -> None:
+    h = (
+        History()
+        .load({"a": 1})
+        .write(0, "upsert", "a", 2, OUT_OF_STOCK)
+        .write(0, "upsert", "a", 2, dict(OUT_OF_STOCK))
+        .search(1, [("a", 2)], filter={"in_stock": True})
+        .final("old", {"a": 2})
+    )
+    verdict = check(h.events)
+    assert counts(verdict) == {"filter_violations": 1}
+    assert not any("different fields" in note for note in verdict.notes)
+
+
+def test_fields_once_contradicted_stay_unknown_and_each_pair_is_counted() -> None:
+    """After two writes of a version disagree, a third agreeing with either settles nothing."""
+    h = History().load({"a": 1, "b": 1})
+    for id_ in ("a", "b"):
+        h.write(0, "upsert", id_, 2, IN_STOCK).write(0, "upsert", id_, 2, OUT_OF_STOCK)
+    h.write(0, "upsert", "a", 2, IN_STOCK)
+    h.search(1, [("a", 2)], filter={"in_stock": False}).final("old", {"a": 2, "b": 2})
+    verdict = check(h.events)
+    assert verdict.valid and verdict.unjudged_filtered_hits == 1
+    assert "2 (id, version) pair(s) were carried by writes that recorded different fields" in (
+        " ".join(verdict.notes)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Liveness through the checker: the plan, phase and gate events of a history.
+
+
+def test_a_gate_held_past_the_plans_bound_stalls_the_verdict() -> None:
+    plan = {"steps": ["DUAL_WRITE", "BACKFILL"], "stall_after_s": 0.000_001_5}
+    h = History().info("plan", plan, ops.CONTROLLER).phase("DUAL_WRITE")
+    h.info("gate", {"target": "BACKFILL", "reasons": ["lag"]}, ops.CONTROLLER)
+    h.load({}).load({}).phase("BACKFILL").final("old", {})
+    verdict = check(h.events)
+    assert verdict.stall is not None and not verdict.valid
+    assert (verdict.stall.why, verdict.stall.phase, verdict.stall.target) == (
+        "held",
+        "DUAL_WRITE",
+        "BACKFILL",
+    )
+    assert verdict.stall.held_s == pytest.approx(3e-6)
+
+
+def test_an_unfinished_plan_stalls_in_the_last_phase_published() -> None:
+    plan = {"steps": ["DUAL_WRITE", "BACKFILL", "SHADOW"]}
+    h = History().info("plan", plan, ops.CONTROLLER).phase("DUAL_WRITE").final("old", {})
+    stall = check(h.events).stall
+    assert stall is not None and (stall.why, stall.phase, stall.steps_done) == (
+        "unfinished",
+        "DUAL_WRITE",
+        1,
+    )
