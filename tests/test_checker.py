@@ -959,6 +959,30 @@ def test_check_help_teaches_the_anomalies_and_exit_codes(
     assert "exit codes" in text and "vecmig check" in text
 
 
+def test_the_command_list_and_check_help_say_what_check_takes_and_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The anomaly table keeps its columns (the description is laid out by hand, not
+    re-wrapped), and the argument and the option say what they are."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    assert "check judge a history: failed, stale and garbage reads, lost writes, resurrections" in (
+        listed
+    )
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = capsys.readouterr().out
+    assert "usage: vecmig check [-h] [--json] HISTORY" in text
+    assert "\n  failed reads         a get or search that completed fail or info.\n" in text
+    words = " ".join(text.split())
+    assert "HISTORY a history file (JSON lines)" in words
+    assert (
+        "--json print the report instead: one JSON object, the shape of every engine's "
+        "report.json (docs/report.schema.json)"
+    ) in words
+
+
 def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:
     path = tmp_path / "valid.jsonl"
     ops.write_jsonl(_valid().events, path)
@@ -966,7 +990,7 @@ def test_vecmig_check_exits_0_on_a_valid_history(tmp_path: Path) -> None:
 
 
 def test_vecmig_check_exits_1_on_anomalies_and_its_json_is_the_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], wide: None
 ) -> None:
     path = tmp_path / "stale.jsonl"
     events = (
@@ -974,9 +998,12 @@ def test_vecmig_check_exits_1_on_anomalies_and_its_json_is_the_report(
     )
     ops.write_jsonl(events.events, path)
     assert main(["check", str(path)]) == EXIT_ANOMALIES
-    assert "stale reads" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stale reads" in out and f"vecmig check {path}" in out
     assert main(["check", str(path), "--json"]) == EXIT_ANOMALIES
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert printed.startswith('{\n  "schema_version": 1,\n  "engine": "check",\n')
+    report = json.loads(printed)
     assert {"engine", "verdict", "examples", "recall", "ops", "notes"} <= report.keys()
     assert report["engine"] == "check" and report["history"] == str(path)
     verdict = report["verdict"]
