@@ -1564,3 +1564,182 @@ def test_an_unfinished_plan_stalls_in_the_last_phase_published() -> None:
         "DUAL_WRITE",
         1,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# More of the rules, each at its edge.
+
+
+def test_a_stale_read_example_says_whether_a_newer_upsert_or_a_delete_hid_its_version() -> None:
+    h = History().load({"a": 1, "b": 1}).write(0, "delete", "a", 2).write(0, "upsert", "a", 3)
+    h.write(0, "upsert", "b", 2).write(0, "delete", "b", 3)
+    h.get(1, "a", 1).get(2, "b", 2).final("old", {"a": 3})
+    first, second = check(h.events).examples["stale_reads"]
+    assert (first["max_up"], first["max_del"], first["why"]) == (3, 2, "a newer upsert")
+    assert (second["max_up"], second["max_del"], second["why"]) == (2, 3, "a delete")
+
+
+def test_a_search_hit_of_a_version_its_own_delete_hid_is_stale() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 1).search(1, [("a", 1)]).final("old", {})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_every_hit_of_a_search_is_judged_after_a_fresh_one() -> None:
+    h = History().load({"a": 1, "b": 1}).write(0, "upsert", "b", 2)
+    h.search(1, [("a", 1), ("b", 1)]).final("old", {"a": 1, "b": 2})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_a_get_of_a_version_no_write_carried_is_garbage() -> None:
+    h = History().load({"a": 1}).get(1, "z", 9).final("old", {"a": 1})
+    assert counts(check(h.events)) == {"garbage_reads": 1}
+
+
+def test_an_acknowledgement_arriving_late_does_not_lower_the_newest_version() -> None:
+    """Two upserts in flight: v5 is acknowledged first, then v3. The newest is still v5."""
+    h = History().load({"a": 1}).invoke(0, "upsert", id="a", version=3)
+    h.write(1, "upsert", "a", 5).ok(0, "upsert", id="a", version=3)
+    h.get(2, "a", 3).final("old", {"a": 5})
+    assert counts(check(h.events)) == {"stale_reads": 1}
+
+
+def test_the_newest_delete_in_flight_explains_a_not_found_not_the_last_invoked() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 4)
+    h.invoke(1, "delete", id="a", version=5).invoke(2, "delete", id="a", version=3)
+    h.get(3, "a", None).final("old", {})
+    assert counts(check(h.events)) == {}
+
+
+def test_the_newest_indeterminate_delete_explains_a_missing_id_not_the_last_one() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 4)
+    h.invoke(1, "delete", id="a", version=5).complete(1, "info", "delete", id="a", version=5)
+    h.invoke(2, "delete", id="a", version=3).complete(2, "info", "delete", id="a", version=3)
+    assert check(h.final("old", {}).events).valid
+
+
+def test_a_failed_delete_had_no_effect_and_explains_no_missing_id() -> None:
+    h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+    h.invoke(1, "delete", id="a", version=3).complete(1, "fail", "delete", id="a", version=3)
+    assert counts(check(h.final("old", {}).events)) == {"lost_writes": 1}
+
+
+def test_a_failed_search_example_names_no_id() -> None:
+    h = History().load({"a": 1}).invoke(1, "search", k=10).complete(1, "info", "search")
+    (example,) = check(h.final("old", {"a": 1}).events).examples["failed_reads"]
+    assert "id" not in example and (example["f"], example["type"]) == ("search", "info")
+
+
+def test_two_hits_of_one_filtered_search_without_fields_are_two_unjudged_hits() -> None:
+    h = History().load({"a": 1, "b": 1}).search(1, [("a", 1), ("b", 1)], filter={"x": 1})
+    verdict = check(h.final("old", {"a": 1, "b": 1}).events)
+    assert verdict.valid and verdict.unjudged_filtered_hits == 2
+
+
+def test_every_id_of_the_final_state_is_judged_after_a_sound_one() -> None:
+    """a is sound, b explained by an indeterminate newer delete, c lost: each is judged."""
+    h = History().load({"a": 1, "b": 1, "c": 1}).write(0, "upsert", "c", 2)
+    h.invoke(1, "delete", id="b", version=2).complete(1, "info", "delete", id="b", version=2)
+    verdict = check(h.final("old", {"a": 1, "c": 1}).events)
+    assert counts(verdict) == {"lost_writes": 1}
+    assert verdict.examples["lost_writes"][0]["id"] == "c"
+
+
+def test_a_final_state_holding_the_deleted_version_itself_is_a_resurrection() -> None:
+    h = History().load({"a": 1}).write(0, "delete", "a", 1).final("old", {"a": 1})
+    assert counts(check(h.events)) == {"resurrected_deletes": 1}
+
+
+def _refused(h: History) -> str:
+    with pytest.raises(MalformedHistory) as raised:
+        check(h.events, lines=[10 * (i + 1) for i in range(len(h.events))], source="run.jsonl")
+    return str(raised.value)
+
+
+def test_a_second_invoke_on_a_busy_or_crashed_process_says_how_to_fix_the_history() -> None:
+    busy = History().invoke(0, "get", id="a").invoke(0, "get", id="b")
+    assert _refused(busy) == (
+        "run.jsonl:20: process 0 invokes get while its get invoked at line 10 is still open; "
+        "a process runs one op at a time, so complete that op (ok, fail or info) first"
+    )
+    crashed = History().invoke(0, "get", id="a").complete(0, "info", "get").invoke(0, "get", id="a")
+    assert _refused(crashed) == (
+        "run.jsonl:30: process 0 invokes get after it got info at line 20; a process that got "
+        "info never invokes again: give the next op a new process number"
+    )
+
+
+def test_a_completion_without_an_invoke_says_whether_its_process_had_crashed() -> None:
+    crashed = History().invoke(0, "get", id="a").complete(0, "info", "get").ok(0, "get", id="a")
+    assert _refused(crashed) == (
+        "run.jsonl:30: ok get on process 0 has no open invoke (it already got info at line 20); "
+        "every completion follows its own invoke on the same process"
+    )
+    assert _refused(History().ok(3, "get", id="a", version=1)) == (
+        "run.jsonl:10: ok get on process 3 has no open invoke; every completion follows its "
+        "own invoke on the same process"
+    )
+
+
+@pytest.mark.parametrize(
+    ("f", "value", "problem"),
+    [
+        ("upsert", 5, 'upsert invoke value must be {"id", "version"}, got 5'),
+        ("delete", {"version": 2}, 'delete invoke value must be {"id", "version"}, got {'),
+        ("upsert", {"id": 3, "version": 2}, "upsert id must be a string (records maps key ids"),
+        ("upsert", {"id": "a", "version": "2"}, "upsert version must be a number, got '2'"),
+        (
+            "delete",
+            {"id": "a", "version": float("nan")},
+            "delete version must be a number, got nan",
+        ),
+        (
+            "upsert",
+            {"id": "a", "version": 2, "fields": "x"},
+            'upsert "fields" must be an object (the record\'s metadata, as filters see it), '
+            "got 'x'",
+        ),
+        ("get", "a", "get invoke value must be {\"id\": str}, got 'a'"),
+        (
+            "search",
+            {"k": 3, "filter": 1},
+            'a search "filter" is an object of field: value (every field must equal its value), '
+            "got 1",
+        ),
+    ],
+    ids=[
+        "write-not-an-object",
+        "write-without-id",
+        "id-not-a-string",
+        "version-not-a-number",
+        "version-nan",
+        "fields-not-an-object",
+        "get-not-an-object",
+        "filter-not-an-object",
+    ],
+)
+def test_a_malformed_invoke_is_refused_with_its_line_and_rule(
+    f: str, value: Any, problem: str
+) -> None:
+    h = History().load({"a": 1})
+    h.recorder.invoke(0, f, value, h._at())
+    assert _refused(h).startswith(f"run.jsonl:20: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("none", "search ok value must hold \"results\": [[id, version, score], ...], got 'none'"),
+        ({"hits": []}, 'search ok value must hold "results": [[id, version, score], ...], got {'),
+        ({"results": [["a", "1", 0.5]]}, "a search result must be [id: str, version: number, "),
+        ({"results": [[3, 1, 0.5]]}, "a search result must be [id: str, version: number, score]"),
+        ({"results": [7]}, "a search result must be [id: str, version: number, score], got 7"),
+        ({"results": [], "exact": "a"}, "search \"exact\" must be a list of ids, got 'a'"),
+    ],
+    ids=["not-an-object", "no-results", "version-text", "id-number", "hit-number", "exact-text"],
+)
+def test_a_malformed_search_answer_is_refused_with_its_line_and_rule(
+    answer: Any, problem: str
+) -> None:
+    h = History().load({"a": 1}).invoke(1, "search", k=3)
+    h.recorder.complete(1, "ok", "search", answer, h._at())
+    assert _refused(h).startswith(f"run.jsonl:30: {problem}")

@@ -144,3 +144,21 @@ def test_an_exact_history_writes_no_error_field_and_a_negative_bound_is_refused(
     with pytest.raises(MalformedHistory, match="error must be a bound"):
         parse_event({**line, "error": -1}, 1)
     assert parse_event({**line, "error": 7}, 1).error == 7
+
+
+def test_a_drift_equal_to_the_bound_is_within_it_and_a_larger_one_is_named_in_ms() -> None:
+    def judged(drift_ns: int) -> Any:
+        worker = Clock("worker-1", error_ns=2 * MS)
+        worker.clock_event()
+        worker.clock_event(drift_ns=drift_ns)
+        finals(worker.recorder, {})
+        return check(worker.recorder.events)
+
+    assert judged(2 * MS).valid and judged(-2 * MS).valid
+    verdict = judged(-3_500_000)
+    assert verdict.unknown
+    assert (
+        "clock worker-1 moved -3.5 ms from the offset it used, beyond its bound of 2 ms: the "
+        "times it gave cannot be ordered against other clocks' within their bounds, so this "
+        "history cannot be judged"
+    ) in verdict.notes
