@@ -1743,3 +1743,37 @@ def test_a_malformed_search_answer_is_refused_with_its_line_and_rule(
     h = History().load({"a": 1}).invoke(1, "search", k=3)
     h.recorder.complete(1, "ok", "search", answer, h._at())
     assert _refused(h).startswith(f"run.jsonl:30: {problem}")
+
+
+def test_an_event_of_the_wrong_type_is_refused_naming_the_type_it_should_have() -> None:
+    h = History().load({"a": 1})
+    h.recorder.ok(ops.CONTROLLER, "phase", {"phase": "SHADOW"}, h._at())
+    assert _refused(h) == "run.jsonl:20: a phase event has type 'info', got 'ok'"
+    final = History()
+    final.recorder.info(ops.CHECKER, "final", {"side": "old", "records": {}}, 1)
+    assert _refused(final) == "run.jsonl:10: a final event has type 'ok', got 'info'"
+
+
+def test_a_load_that_is_not_an_object_is_refused() -> None:
+    h = History().load({"a": 1})
+    h.recorder.ok(ops.LOADER, "load", "all", h._at())
+    assert _refused(h) == "run.jsonl:20: a load value holds \"records\": {id: version}, got 'all'"
+
+
+def test_reads_never_completed_are_noted_not_failed_and_open_deletes_may_have_taken_effect() -> (
+    None
+):
+    h = History().load({"a": 1}).write(0, "upsert", "a", 4)
+    h.invoke(1, "delete", id="a", version=5).invoke(2, "delete", id="a", version=3)
+    h.invoke(3, "get", id="a").invoke(4, "search", k=1).invoke(5, "upsert", id="a", version=6)
+    verdict = check(h.final("old", {}).events)
+    assert verdict.valid
+    assert verdict.notes == ["2 read(s) never completed; not counted as failed"]
+
+
+def test_the_stall_of_an_unfinished_plan_is_timed_at_the_last_event() -> None:
+    plan = {"steps": ["DUAL_WRITE", "BACKFILL", "SHADOW"]}
+    h = History().info("plan", plan, ops.CONTROLLER).phase("DUAL_WRITE")
+    h.load({}).final("old", {})
+    stall = check(h.events).stall
+    assert stall is not None and stall.time == h.events[-1].time == 4_000

@@ -162,3 +162,16 @@ def test_a_drift_equal_to_the_bound_is_within_it_and_a_larger_one_is_named_in_ms
         "times it gave cannot be ordered against other clocks' within their bounds, so this "
         "history cannot be judged"
     ) in verdict.notes
+
+
+def test_clocks_never_checked_at_the_end_are_named() -> None:
+    first, second = Clock("w2", error_ns=MS), Clock("w1", error_ns=MS)
+    first.clock_event()
+    second.clock_event()
+    finals(first.recorder, {})
+    verdict = check(merge([first.recorder.events, second.recorder.events]))
+    assert verdict.unknown
+    assert (
+        "clock(s) w1, w2 were set at the start but never checked at the end: whether they "
+        "stayed within their bounds is unknown, so this history cannot be judged"
+    ) in verdict.notes
