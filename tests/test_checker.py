@@ -1777,3 +1777,48 @@ def test_the_stall_of_an_unfinished_plan_is_timed_at_the_last_event() -> None:
     h.load({}).final("old", {})
     stall = check(h.events).stall
     assert stall is not None and stall.time == h.events[-1].time == 4_000
+
+
+def test_the_table_title_sits_left_counts_align_right_and_long_examples_fold(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long example folds onto more lines instead of losing its end to an ellipsis."""
+    monkeypatch.setenv("COLUMNS", "70")
+    example = {"id": "a" * 40, "returned": 123456789}
+    out = _printed(
+        Verdict(valid=False, stale_reads=12, examples={"stale_reads": [example]}), capsys
+    )
+    assert out.splitlines()[0].rstrip() == "vecmig check run.jsonl"
+    assert "…" not in out and "123456789" in "".join(out.split())
+    rows = [line.split("│") for line in out.splitlines() if line.count("│") == 4]
+    shown = {cells[1].strip(): cells[2] for cells in rows if cells[1].strip()}
+    assert (shown["stale reads"], shown["lost writes"]) == ("    12 ", "     0 ")  # " count "
+
+
+def test_in_a_terminal_counts_are_red_or_green_and_the_plain_lines_stay_plain(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Numbers in the recall, ops, note and stall lines are not highlighted: only the counts
+    and the verdict carry colour, and brackets in notes and stalls print as they are."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    stall = Stall(why="held", phase="SHADOW", target="CUTOVER", held_s=2.0, reasons=("[lag] 3",))
+    verdict = Verdict(
+        valid=False, stale_reads=2, recall=0.5, ops={"get": 3}, notes=["[x] 1"], stall=stall
+    )
+    out = _printed(verdict, capsys)
+    assert "\x1b[31m2\x1b[0m" in out and "\x1b[32m0\x1b[0m" in out
+    for line in (
+        "recall: 0.5000\n",
+        "ops invoked: get 3\n",
+        "note: [x] 1\n",
+        "stalled: in SHADOW; the gate to CUTOVER held 2.0 s: [lag] 3\n",
+    ):
+        assert line in out
+    assert "\x1b[1;31manomalies found\x1b[0m" in out
+    unknown = _printed(Verdict(valid=False, unknown=True), capsys)
+    assert "\x1b[1;33munknown\x1b[0m: see the notes above" in unknown
+    valid = _printed(Verdict(valid=True), capsys)
+    assert "\x1b[1;32mvalid\x1b[0m" in valid
+    stalled = _printed(Verdict(valid=False, stall=stall), capsys)
+    assert "\x1b[1;31mstalled\x1b[0m: the migration stopped making progress" in stalled
