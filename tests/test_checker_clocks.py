@@ -175,3 +175,66 @@ def test_clocks_never_checked_at_the_end_are_named() -> None:
         "clock(s) w1, w2 were set at the start but never checked at the end: whether they "
         "stayed within their bounds is unknown, so this history cannot be judged"
     ) in verdict.notes
+
+
+def _bounded(*ops: tuple[int, str, str, dict[str, Any]]) -> list[Event]:
+    """Events of one worker whose clock has a 1 ms bound, 10 ms apart: (process, type, f,
+    value) each."""
+    return [
+        Event(i, process, type_, f, value, (i + 1) * 10 * MS, MS)  # type: ignore[arg-type]
+        for i, (process, type_, f, value) in enumerate(ops)
+    ]
+
+
+def test_a_bounded_history_refuses_a_process_running_two_ops_naming_the_line() -> None:
+    busy = _bounded((7, "invoke", "get", {"id": "a"}), (7, "invoke", "get", {"id": "b"}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(busy)
+    assert str(raised.value) == (
+        "history:2: process 7 invokes get while an earlier op of it is still open"
+    )
+    crashed = _bounded(
+        (7, "invoke", "get", {"id": "a"}), (7, "info", "get", {}), (7, "invoke", "get", {"id": "a"})
+    )
+    with pytest.raises(MalformedHistory) as raised:
+        check(crashed, lines=[4, 8, 15], source="w.jsonl")
+    assert str(raised.value) == (
+        "w.jsonl:15: process 7 invokes get while an earlier op of it got info"
+    )
+
+
+def test_a_bounded_history_refuses_a_completion_without_an_invoke_naming_the_line() -> None:
+    stray = _bounded((7, "invoke", "get", {"id": "a"}), (8, "ok", "get", {"version": 1}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(stray, lines=[3, 9], source="w.jsonl")
+    assert str(raised.value) == "w.jsonl:9: ok get on process 8 has no open invoke"
+
+
+def test_a_widened_history_is_judged_in_order_and_the_lines_follow_it() -> None:
+    """Widening moves a first invoke before time 0 and may reorder events; the pass sees
+    them sorted (no note that they were not), and a later error names the file's line."""
+    events = [
+        Event(0, 1, "invoke", "get", {"id": "a"}, 0, 5 * MS),
+        Event(1, 1, "ok", "get", {"id": "a", "version": None}, MS, 5 * MS),
+        Event(2, 2, "ok", "get", {"id": "a", "version": None}, 2 * MS, 0),
+    ]
+    with pytest.raises(MalformedHistory) as raised:
+        check(events, lines=[5, 6, 7], source="w.jsonl")
+    assert str(raised.value).startswith("w.jsonl:7: ok get on process 2 has no open invoke")
+    verdict = check([*events[:2], *_finals_at(3 * MS)])
+    assert not any("not in (time, index) order" in note for note in verdict.notes)
+
+
+def _finals_at(time: int) -> list[Event]:
+    return [
+        Event(10 + i, "checker", "ok", "final", {"side": side, "records": {}}, time)
+        for i, side in enumerate(("old", "new"))
+    ]
+
+
+def test_events_sharing_a_time_and_an_index_are_in_order() -> None:
+    """Histories merged without renumbering may repeat an index; equal keys need no sort."""
+    events = [Event(0, "loader", "ok", "load", {"records": {}}, 0), *_finals_at(5)]
+    events.append(Event(11, "checker", "ok", "final", {"side": "new", "records": {}}, 5))
+    verdict = check(events)
+    assert not any("not in (time, index) order" in note for note in verdict.notes)
