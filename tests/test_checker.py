@@ -1822,3 +1822,24 @@ def test_in_a_terminal_counts_are_red_or_green_and_the_plain_lines_stay_plain(
     assert "\x1b[1;32mvalid\x1b[0m" in valid
     stalled = _printed(Verdict(valid=False, stall=stall), capsys)
     assert "\x1b[1;31mstalled\x1b[0m: the migration stopped making progress" in stalled
+
+
+def test_a_second_load_may_record_the_fields_the_first_did_not() -> None:
+    h = History().load({"a": 1}).load({"a": 1}, fields={"a": OUT_OF_STOCK})
+    h.search(1, [("a", 1)], filter={"in_stock": True}).final("old", {"a": 1})
+    assert counts(check(h.events)) == {"filter_violations": 1}
+
+
+def test_a_final_names_its_side_and_its_records_and_the_last_of_a_side_counts() -> None:
+    h = History().load({"a": 1})
+    h.recorder.ok(ops.CHECKER, "final", "old", h._at())
+    assert _refused(h) == 'run.jsonl:20: a final names its side, "old" or "new", got None'
+    bad = History().load({"a": 1})
+    bad.recorder.ok(ops.CHECKER, "final", {"side": "old", "records": {"a": "1"}}, bad._at())
+    assert _refused(bad) == (
+        "run.jsonl:20: final records map string ids to numeric versions, got 'a': '1'"
+    )
+    twice = History().load({"a": 1}).final("old", {}).final("old", {"a": 1})
+    verdict = check(twice.events)
+    assert verdict.valid
+    assert verdict.notes == ["more than one final of side 'old'; the last one counts"]
