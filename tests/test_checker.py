@@ -1788,7 +1788,13 @@ def test_the_table_title_sits_left_counts_align_right_and_long_examples_fold(
     out = _printed(
         Verdict(valid=False, stale_reads=12, examples={"stale_reads": [example]}), capsys
     )
-    assert out.splitlines()[0].rstrip() == "vecmig check run.jsonl"
+    title, _, header, *_ = out.splitlines()
+    assert title.rstrip() == "vecmig check run.jsonl"
+    assert [cell.strip() for cell in header.split("┃")[1:4]] == [
+        "anomaly",
+        "count",
+        "first example",
+    ]
     assert "…" not in out and "123456789" in "".join(out.split())
     rows = [line.split("│") for line in out.splitlines() if line.count("│") == 4]
     shown = {cells[1].strip(): cells[2] for cells in rows if cells[1].strip()}
