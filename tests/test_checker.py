@@ -792,7 +792,7 @@ def test_unsorted_input_is_sorted_by_time_then_index() -> None:
     h = History().load({"a": 1}).write(0, "upsert", "a", 2).get(1, "a", 2).final("old", {"a": 2})
     verdict = check(list(reversed(h.events)))
     assert verdict.valid
-    assert any("sorted" in note for note in verdict.notes)
+    assert verdict.notes == ["events were not in (time, index) order; the checker sorted them"]
 
 
 def test_recall_is_the_mean_over_searches_with_exact() -> None:
@@ -1849,3 +1849,18 @@ def test_a_final_names_its_side_and_its_records_and_the_last_of_a_side_counts() 
     verdict = check(twice.events)
     assert verdict.valid
     assert verdict.notes == ["more than one final of side 'old'; the last one counts"]
+
+
+def test_check_takes_any_iterable_and_its_line_numbers_must_match_the_events() -> None:
+    h = History().load({"a": 1}).get(1, "a", 1).final("old", {"a": 1})
+    verdict = check(iter(h.events))
+    assert verdict.valid and verdict.unknown is False and verdict.stall is None
+    with pytest.raises(ValueError) as raised:
+        check(h.events, lines=[1])
+    assert str(raised.value) == "got 1 line numbers for 4 events"
+
+
+def test_an_empty_history_is_unknown_not_stalled() -> None:
+    verdict = check([])
+    assert verdict.unknown and not verdict.valid
+    assert verdict.stall is None and not verdict.stalled

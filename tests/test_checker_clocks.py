@@ -238,3 +238,24 @@ def test_events_sharing_a_time_and_an_index_are_in_order() -> None:
     events.append(Event(11, "checker", "ok", "final", {"side": "new", "records": {}}, 5))
     verdict = check(events)
     assert not any("not in (time, index) order" in note for note in verdict.notes)
+
+
+def test_a_bounded_history_says_so_and_its_examples_name_the_original_processes() -> None:
+    """Widening gives each op a process of its own; the examples name the one recorded, and
+    a load's acknowledgement keeps its loader."""
+    events = [
+        Event(0, "loader", "ok", "load", {"records": {"a": 1, "b": 1}}, 0, 1_500_000),
+        Event(1, 1, "invoke", "upsert", {"id": "a", "version": 2}, 10 * MS, 1_500_000),
+        Event(2, 1, "ok", "upsert", {"id": "a", "version": 2}, 11 * MS, 1_500_000),
+        Event(3, 7, "invoke", "get", {"id": "a"}, 20 * MS, 1_500_000),
+        Event(4, 7, "ok", "get", {"id": "a", "version": 1}, 21 * MS, 1_500_000),
+        *_finals_at(30 * MS),
+    ]
+    verdict = check(events)
+    assert verdict.notes[0] == (
+        "times carry clock-error bounds (up to 1.5 ms): ops that overlap within their bounds "
+        "are judged concurrent, and the times in examples are the widened ones"
+    )
+    assert verdict.examples["stale_reads"][0]["process"] == 7
+    lost = {e["id"]: e["process"] for e in verdict.examples["lost_writes"]}
+    assert lost == {"a": 1, "b": "loader"}
