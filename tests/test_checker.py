@@ -1864,3 +1864,54 @@ def test_an_empty_history_is_unknown_not_stalled() -> None:
     verdict = check([])
     assert verdict.unknown and not verdict.valid
     assert verdict.stall is None and not verdict.stalled
+
+
+def test_a_garbage_read_example_names_the_read_and_nothing_of_the_moment() -> None:
+    h = History().load({"a": 1}).phase("BACKFILL").get(1, "z", 9).final("old", {"a": 1})
+    (example,) = check(h.events).examples["garbage_reads"]
+    assert example == {
+        "f": "get",
+        "id": "z",
+        "returned": 9,
+        "process": 1,
+        "invoke_index": 2,
+        "complete_index": 3,
+        "invoke_time": 3_000,
+        "complete_time": 4_000,
+    }
+
+
+def test_without_a_final_of_the_serving_side_the_note_says_which_side_and_phase() -> None:
+    verdict = check(History().load({"a": 1}).events)
+    assert verdict.unknown and verdict.notes == [
+        "no final state of side 'old' (the side serving reads after phase OLD_ONLY): lost "
+        "writes and resurrected deletes cannot be judged; record a final scan of that side at "
+        "the end of the run"
+    ]
+
+
+def test_divergence_before_any_phase_is_not_judged_and_the_note_says_old_only() -> None:
+    verdict = check(History().load({"a": 1}).final("old", {"a": 1}).final("new", {}).events)
+    assert verdict.valid and verdict.notes == [
+        "divergence not judged: the run ended in OLD_ONLY, where old and new are not both meant "
+        "to be current"
+    ]
+
+
+def test_hits_of_versions_carried_later_without_fields_are_each_unjudged() -> None:
+    h = History().load({"a": 1}).search(1, [("b", 4), ("c", 4)], filter={"in_stock": True})
+    h.write(0, "upsert", "b", 4).write(0, "upsert", "c", 4).final("old", {"a": 1, "b": 4, "c": 4})
+    verdict = check(h.events)
+    assert verdict.valid and verdict.unjudged_filtered_hits == 2
+    assert verdict.notes == [
+        "2 hit(s) of filtered searches not judged against their filter: no write recorded the "
+        'fields of the version returned (record "fields" in upsert invokes and the load to judge '
+        "them)"
+    ]
+
+
+def test_a_filter_violation_judged_at_the_end_names_the_version_returned() -> None:
+    h = History().load({"a": 1}).search(1, [("b", 4)], filter={"in_stock": True})
+    h.write(0, "upsert", "b", 4, OUT_OF_STOCK).final("old", {"a": 1, "b": 4})
+    (example,) = check(h.events).examples["filter_violations"]
+    assert (example["id"], example["returned"], example["fields"]) == ("b", 4, OUT_OF_STOCK)

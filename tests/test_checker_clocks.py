@@ -259,3 +259,14 @@ def test_a_bounded_history_says_so_and_its_examples_name_the_original_processes(
     assert verdict.examples["stale_reads"][0]["process"] == 7
     lost = {e["id"]: e["process"] for e in verdict.examples["lost_writes"]}
     assert lost == {"a": 1, "b": "loader"}
+
+
+def test_a_clock_bound_of_a_second_is_named_as_1000_ms() -> None:
+    worker = Clock("w1", error_ns=1_000_000_000)
+    worker.clock_event()
+    worker.clock_event(drift_ns=1_000_000_001)
+    finals(worker.recorder, {})
+    (note,) = [n for n in check(worker.recorder.events).notes if n.startswith("clock w1")]
+    assert note.startswith(
+        "clock w1 moved 1000 ms from the offset it used, beyond its bound of 1000 ms"
+    )
