@@ -1777,6 +1777,7 @@ def test_the_stall_of_an_unfinished_plan_is_timed_at_the_last_event() -> None:
     h.load({}).final("old", {})
     stall = check(h.events).stall
     assert stall is not None and stall.time == h.events[-1].time == 4_000
+    assert check(h.events).to_json()["stall"] == stall.to_json()
 
 
 def test_the_table_title_sits_left_counts_align_right_and_long_examples_fold(
@@ -1915,3 +1916,11 @@ def test_a_filter_violation_judged_at_the_end_names_the_version_returned() -> No
     h.write(0, "upsert", "b", 4, OUT_OF_STOCK).final("old", {"a": 1, "b": 4})
     (example,) = check(h.events).examples["filter_violations"]
     assert (example["id"], example["returned"], example["fields"]) == ("b", 4, OUT_OF_STOCK)
+
+
+def test_a_loads_fields_that_are_not_objects_are_refused_with_the_rule() -> None:
+    h = History().load({"b": 1}, fields={"b": 3})
+    assert _refused(h) == (
+        "run.jsonl:10: a load's \"fields\" maps ids to their record's metadata, "
+        "{id: {field: value}}, got {'b': 3}"
+    )

@@ -257,6 +257,7 @@ def test_a_bounded_history_says_so_and_its_examples_name_the_original_processes(
         "are judged concurrent, and the times in examples are the widened ones"
     )
     assert verdict.examples["stale_reads"][0]["process"] == 7
+    assert verdict.examples["stale_reads"][0]["invoke_index"] == 3
     lost = {e["id"]: e["process"] for e in verdict.examples["lost_writes"]}
     assert lost == {"a": 1, "b": "loader"}
 
@@ -270,3 +271,40 @@ def test_a_clock_bound_of_a_second_is_named_as_1000_ms() -> None:
     assert note.startswith(
         "clock w1 moved 1000 ms from the offset it used, beyond its bound of 1000 ms"
     )
+    assert (
+        check(worker.recorder.events)
+        .notes[0]
+        .startswith("times carry clock-error bounds (up to 1000 ms): ")
+    )
+
+
+def test_a_bounded_history_may_still_name_the_line_of_a_malformed_answer() -> None:
+    bad = _bounded((7, "invoke", "get", {"id": "a"}), (7, "ok", "get", {"id": "b", "version": 1}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(bad, lines=[3, 9], source="w.jsonl")
+    assert str(raised.value) == "w.jsonl:9: get ok answers id 'b', but the invoke asked for 'a'"
+
+
+def test_an_acknowledgement_on_a_bounded_clock_counts_as_late_as_its_bound_allows() -> None:
+    """The worker acknowledged v2 at 20 ms on a clock good to 6 ms; the reference's read at
+    23 ms may truly have begun before that acknowledgement, so v1 is a fair answer."""
+    reference, worker = Clock("master"), Clock("worker-1", error_ns=6 * MS)
+    reference.recorder.ok("loader", "load", {"records": {"p1": 1}}, 0)
+    worker.invoke(1, "upsert", 10 * MS, id="p1", version=2)
+    worker.ok(1, "upsert", 20 * MS, id="p1", version=2)
+    reference.invoke(2, "get", 23 * MS, id="p1")
+    reference.ok(2, "get", 24 * MS, id="p1", version=1)
+    worker.clock_event()
+    worker.clock_event(drift_ns=0)
+    finals(reference.recorder, {"p1": 2})
+    assert check(merge([reference.recorder.events, worker.recorder.events])).valid
+
+
+def test_a_bounded_history_breaks_time_ties_by_index_not_by_position() -> None:
+    """Of two finals of one side at one time, the one with the higher index is the last."""
+    events = [
+        Event(0, "loader", "ok", "load", {"records": {"a": 1}}, 0, MS),
+        Event(11, "checker", "ok", "final", {"side": "old", "records": {}}, 5 * MS, MS),
+        Event(10, "checker", "ok", "final", {"side": "old", "records": {"a": 1}}, 5 * MS, MS),
+    ]
+    assert check(events).lost_writes == 1
