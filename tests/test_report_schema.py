@@ -21,7 +21,7 @@ from test_sim_run import TINY
 from vecmig.harness.cli import main
 from vecmig.harness.history.checker import ANOMALIES, Verdict
 from vecmig.harness.history.ops import Event, write_jsonl
-from vecmig.harness.history.report import SCHEMA_VERSION, VERDICT_FIELDS, faults_of
+from vecmig.harness.history.report import SCHEMA_VERSION, VERDICT_FIELDS, faults_of, phases_of
 from vecmig.harness.history.report import build as build_report
 from vecmig.loadtests.history import ProcessHistory, judge
 
@@ -232,6 +232,8 @@ def test_a_report_counts_client_ops_by_type_and_times_phases_and_faults_from_the
         _event(3, "info", "upsert", {"id": "a", "version": 2}, 8 * 10**9),
         _event(4, "invoke", "get", {"id": "a"}, 9 * 10**9),
         _event(5, "fail", "get", {"id": "a"}, 10 * 10**9),
+        _event(8, "invoke", "get", {"id": "a"}, 10 * 10**9),
+        _event(9, "ok", "get", {"id": "a", "version": 2}, 10 * 10**9),
         _event(6, "info", "fault", {"family": "partition", "action": "start"}, 11 * 10**9),
         _event(7, "info", "fault", "not an object", 12 * 10**9),
     ]
@@ -239,13 +241,13 @@ def test_a_report_counts_client_ops_by_type_and_times_phases_and_faults_from_the
     verdict.notes.append("a note")
     report = build_report("simulate", verdict, events, seed=3)
     assert report["ops"] == {
-        "get": {"invoke": 1, "ok": 0, "fail": 1, "info": 0},
+        "get": {"invoke": 2, "ok": 1, "fail": 1, "info": 0},
         "upsert": {"invoke": 1, "ok": 0, "fail": 0, "info": 1},
     }
     assert list(report["ops"]) == ["get", "upsert"]
     assert report["phases"] == [{"phase": "DUAL_WRITE", "epoch": 1, "time_s": 1.0}]
     assert report["faults"] == [{"family": "partition", "start_s": 6.0, "stop_s": None}]
-    assert report["events"] == 8 and report["seed"] == 3
+    assert report["events"] == 10 and report["seed"] == 3
     assert report["verdict"]["failed_reads"] == 1 and report["verdict"]["valid"] is False
     assert list(report["verdict"]) == list(VERDICT_FIELDS)
     assert report["examples"] == {"failed_reads": [{"id": "a"}]}
@@ -280,3 +282,9 @@ def test_a_fault_stop_that_agrees_with_no_open_fault_closes_nothing() -> None:
         origin=10**9,
     )
     assert faults == [{"family": "partition", "side": "old", "start_s": 0.0, "stop_s": 3.0}]
+
+
+def test_phase_times_count_from_zero_unless_given_an_origin() -> None:
+    phase = Event(0, "controller", "info", "phase", {"phase": "SHADOW"}, 3 * 10**9)
+    assert phases_of([phase]) == [{"phase": "SHADOW", "time_s": 3.0}]
+    assert phases_of([phase], origin=10**9) == [{"phase": "SHADOW", "time_s": 2.0}]
