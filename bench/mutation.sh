@@ -11,6 +11,10 @@
 # a mutant would never switch on. The script therefore runs mutmut in a scratch copy of the
 # repository laid out as installed, harness/ moved to vecmig/harness/, and leaves the results
 # there ($WORK, default /tmp/vecmig-mutation): `cd $WORK && mutmut results`, `mutmut show NAME`.
+#
+# CHILDREN (default 1) is mutmut's --max-children. MUTANTS, a space-separated list of mutant
+# names or globs, runs only those: a shard of a large file in its own $WORK, so that two
+# processes can share one file's mutants (`MUTANTS='*ǁ_Judgeǁjudge_*' WORK=/tmp/b ...`).
 set -euo pipefail
 target=${1:?what to mutate, e.g. harness/history}
 shift
@@ -28,7 +32,7 @@ mv harness vecmig/harness
   echo
   echo "[tool.mutmut]"
   echo "source_paths = [\"vecmig/$target\"]"
-  echo 'also_copy = ["vecmig", "sim", "loadtests", "scenarios", "tests"]'
+  echo 'also_copy = ["vecmig", "sim", "loadtests", "scenarios", "tests", "docs"]'
   printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(printf '"%s", ' "$@" | sed 's/, $//')"
   echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]'
 } >> pyproject.toml
@@ -36,6 +40,7 @@ mv harness vecmig/harness
 # PYTHONPATH: with it, mutmut 3.8.1 attributes no test to any mutant ("could not find any test
 # case for any mutant").
 unset PYTHONPATH
-time mutmut run --max-children "$children"
+read -r -a only <<< "${MUTANTS:-}"
+time mutmut run --max-children "$children" "${only[@]}"
 mutmut results > results.txt || true
 echo "results: $work/results.txt"

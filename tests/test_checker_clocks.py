@@ -144,3 +144,167 @@ def test_an_exact_history_writes_no_error_field_and_a_negative_bound_is_refused(
     with pytest.raises(MalformedHistory, match="error must be a bound"):
         parse_event({**line, "error": -1}, 1)
     assert parse_event({**line, "error": 7}, 1).error == 7
+
+
+def test_a_drift_equal_to_the_bound_is_within_it_and_a_larger_one_is_named_in_ms() -> None:
+    def judged(drift_ns: int) -> Any:
+        worker = Clock("worker-1", error_ns=2 * MS)
+        worker.clock_event()
+        worker.clock_event(drift_ns=drift_ns)
+        finals(worker.recorder, {})
+        return check(worker.recorder.events)
+
+    assert judged(2 * MS).valid and judged(-2 * MS).valid
+    verdict = judged(-3_500_000)
+    assert verdict.unknown
+    assert (
+        "clock worker-1 moved -3.5 ms from the offset it used, beyond its bound of 2 ms: the "
+        "times it gave cannot be ordered against other clocks' within their bounds, so this "
+        "history cannot be judged"
+    ) in verdict.notes
+
+
+def test_clocks_never_checked_at_the_end_are_named() -> None:
+    first, second = Clock("w2", error_ns=MS), Clock("w1", error_ns=MS)
+    first.clock_event()
+    second.clock_event()
+    finals(first.recorder, {})
+    verdict = check(merge([first.recorder.events, second.recorder.events]))
+    assert verdict.unknown
+    assert (
+        "clock(s) w1, w2 were set at the start but never checked at the end: whether they "
+        "stayed within their bounds is unknown, so this history cannot be judged"
+    ) in verdict.notes
+
+
+def _bounded(*ops: tuple[int, str, str, dict[str, Any]]) -> list[Event]:
+    """Events of one worker whose clock has a 1 ms bound, 10 ms apart: (process, type, f,
+    value) each."""
+    return [
+        Event(i, process, type_, f, value, (i + 1) * 10 * MS, MS)  # type: ignore[arg-type]
+        for i, (process, type_, f, value) in enumerate(ops)
+    ]
+
+
+def test_a_bounded_history_refuses_a_process_running_two_ops_naming_the_line() -> None:
+    busy = _bounded((7, "invoke", "get", {"id": "a"}), (7, "invoke", "get", {"id": "b"}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(busy)
+    assert str(raised.value) == (
+        "history:2: process 7 invokes get while an earlier op of it is still open"
+    )
+    crashed = _bounded(
+        (7, "invoke", "get", {"id": "a"}), (7, "info", "get", {}), (7, "invoke", "get", {"id": "a"})
+    )
+    with pytest.raises(MalformedHistory) as raised:
+        check(crashed, lines=[4, 8, 15], source="w.jsonl")
+    assert str(raised.value) == (
+        "w.jsonl:15: process 7 invokes get while an earlier op of it got info"
+    )
+
+
+def test_a_bounded_history_refuses_a_completion_without_an_invoke_naming_the_line() -> None:
+    stray = _bounded((7, "invoke", "get", {"id": "a"}), (8, "ok", "get", {"version": 1}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(stray, lines=[3, 9], source="w.jsonl")
+    assert str(raised.value) == "w.jsonl:9: ok get on process 8 has no open invoke"
+
+
+def test_a_widened_history_is_judged_in_order_and_the_lines_follow_it() -> None:
+    """Widening moves a first invoke before time 0 and may reorder events; the pass sees
+    them sorted (no note that they were not), and a later error names the file's line."""
+    events = [
+        Event(0, 1, "invoke", "get", {"id": "a"}, 0, 5 * MS),
+        Event(1, 1, "ok", "get", {"id": "a", "version": None}, MS, 5 * MS),
+        Event(2, 2, "ok", "get", {"id": "a", "version": None}, 2 * MS, 0),
+    ]
+    with pytest.raises(MalformedHistory) as raised:
+        check(events, lines=[5, 6, 7], source="w.jsonl")
+    assert str(raised.value).startswith("w.jsonl:7: ok get on process 2 has no open invoke")
+    verdict = check([*events[:2], *_finals_at(3 * MS)])
+    assert not any("not in (time, index) order" in note for note in verdict.notes)
+
+
+def _finals_at(time: int) -> list[Event]:
+    return [
+        Event(10 + i, "checker", "ok", "final", {"side": side, "records": {}}, time)
+        for i, side in enumerate(("old", "new"))
+    ]
+
+
+def test_events_sharing_a_time_and_an_index_are_in_order() -> None:
+    """Histories merged without renumbering may repeat an index; equal keys need no sort."""
+    events = [Event(0, "loader", "ok", "load", {"records": {}}, 0), *_finals_at(5)]
+    events.append(Event(11, "checker", "ok", "final", {"side": "new", "records": {}}, 5))
+    verdict = check(events)
+    assert not any("not in (time, index) order" in note for note in verdict.notes)
+
+
+def test_a_bounded_history_says_so_and_its_examples_name_the_original_processes() -> None:
+    """Widening gives each op a process of its own; the examples name the one recorded, and
+    a load's acknowledgement keeps its loader."""
+    events = [
+        Event(0, "loader", "ok", "load", {"records": {"a": 1, "b": 1}}, 0, 1_500_000),
+        Event(1, 1, "invoke", "upsert", {"id": "a", "version": 2}, 10 * MS, 1_500_000),
+        Event(2, 1, "ok", "upsert", {"id": "a", "version": 2}, 11 * MS, 1_500_000),
+        Event(3, 7, "invoke", "get", {"id": "a"}, 20 * MS, 1_500_000),
+        Event(4, 7, "ok", "get", {"id": "a", "version": 1}, 21 * MS, 1_500_000),
+        *_finals_at(30 * MS),
+    ]
+    verdict = check(events)
+    assert verdict.notes[0] == (
+        "times carry clock-error bounds (up to 1.5 ms): ops that overlap within their bounds "
+        "are judged concurrent, and the times in examples are the widened ones"
+    )
+    assert verdict.examples["stale_reads"][0]["process"] == 7
+    assert verdict.examples["stale_reads"][0]["invoke_index"] == 3
+    lost = {e["id"]: e["process"] for e in verdict.examples["lost_writes"]}
+    assert lost == {"a": 1, "b": "loader"}
+
+
+def test_a_clock_bound_of_a_second_is_named_as_1000_ms() -> None:
+    worker = Clock("w1", error_ns=1_000_000_000)
+    worker.clock_event()
+    worker.clock_event(drift_ns=1_000_000_001)
+    finals(worker.recorder, {})
+    (note,) = [n for n in check(worker.recorder.events).notes if n.startswith("clock w1")]
+    assert note.startswith(
+        "clock w1 moved 1000 ms from the offset it used, beyond its bound of 1000 ms"
+    )
+    assert (
+        check(worker.recorder.events)
+        .notes[0]
+        .startswith("times carry clock-error bounds (up to 1000 ms): ")
+    )
+
+
+def test_a_bounded_history_may_still_name_the_line_of_a_malformed_answer() -> None:
+    bad = _bounded((7, "invoke", "get", {"id": "a"}), (7, "ok", "get", {"id": "b", "version": 1}))
+    with pytest.raises(MalformedHistory) as raised:
+        check(bad, lines=[3, 9], source="w.jsonl")
+    assert str(raised.value) == "w.jsonl:9: get ok answers id 'b', but the invoke asked for 'a'"
+
+
+def test_an_acknowledgement_on_a_bounded_clock_counts_as_late_as_its_bound_allows() -> None:
+    """The worker acknowledged v2 at 20 ms on a clock good to 6 ms; the reference's read at
+    23 ms may truly have begun before that acknowledgement, so v1 is a fair answer."""
+    reference, worker = Clock("master"), Clock("worker-1", error_ns=6 * MS)
+    reference.recorder.ok("loader", "load", {"records": {"p1": 1}}, 0)
+    worker.invoke(1, "upsert", 10 * MS, id="p1", version=2)
+    worker.ok(1, "upsert", 20 * MS, id="p1", version=2)
+    reference.invoke(2, "get", 23 * MS, id="p1")
+    reference.ok(2, "get", 24 * MS, id="p1", version=1)
+    worker.clock_event()
+    worker.clock_event(drift_ns=0)
+    finals(reference.recorder, {"p1": 2})
+    assert check(merge([reference.recorder.events, worker.recorder.events])).valid
+
+
+def test_a_bounded_history_breaks_time_ties_by_index_not_by_position() -> None:
+    """Of two finals of one side at one time, the one with the higher index is the last."""
+    events = [
+        Event(0, "loader", "ok", "load", {"records": {"a": 1}}, 0, MS),
+        Event(11, "checker", "ok", "final", {"side": "old", "records": {}}, 5 * MS, MS),
+        Event(10, "checker", "ok", "final", {"side": "old", "records": {"a": 1}}, 5 * MS, MS),
+    ]
+    assert check(events).lost_writes == 1

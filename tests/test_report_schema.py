@@ -19,9 +19,9 @@ import pytest
 from test_sim_run import TINY
 
 from vecmig.harness.cli import main
-from vecmig.harness.history.checker import ANOMALIES
-from vecmig.harness.history.ops import write_jsonl
-from vecmig.harness.history.report import SCHEMA_VERSION, VERDICT_FIELDS, faults_of
+from vecmig.harness.history.checker import ANOMALIES, Verdict
+from vecmig.harness.history.ops import Event, write_jsonl
+from vecmig.harness.history.report import SCHEMA_VERSION, VERDICT_FIELDS, faults_of, phases_of
 from vecmig.harness.history.report import build as build_report
 from vecmig.loadtests.history import ProcessHistory, judge
 
@@ -211,3 +211,80 @@ def test_a_fault_stop_closes_the_earliest_open_fault_it_agrees_with() -> None:
         ("partition", 2, 3),
         ("service-crash", 4, 5),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's parts, from a history and its verdict.
+
+
+def _event(index: int, type_: Any, f: str, value: Any, time: int) -> Event:
+    return Event(index, 1, type_, f, value, time)
+
+
+def test_a_report_counts_client_ops_by_type_and_times_phases_and_faults_from_the_first_event() -> (
+    None
+):
+    """Times are seconds since the history's first event, whatever its clock reads."""
+    events = [
+        _event(0, "ok", "load", {"records": {}}, 5 * 10**9),
+        _event(1, "info", "phase", {"phase": "DUAL_WRITE", "epoch": 1}, 6 * 10**9),
+        _event(2, "invoke", "upsert", {"id": "a", "version": 2}, 7 * 10**9),
+        _event(3, "info", "upsert", {"id": "a", "version": 2}, 8 * 10**9),
+        _event(4, "invoke", "get", {"id": "a"}, 9 * 10**9),
+        _event(5, "fail", "get", {"id": "a"}, 10 * 10**9),
+        _event(8, "invoke", "get", {"id": "a"}, 10 * 10**9),
+        _event(9, "ok", "get", {"id": "a", "version": 2}, 10 * 10**9),
+        _event(6, "info", "fault", {"family": "partition", "action": "start"}, 11 * 10**9),
+        _event(7, "info", "fault", "not an object", 12 * 10**9),
+    ]
+    verdict = Verdict(valid=False, failed_reads=1, examples={"failed_reads": [{"id": "a"}]})
+    verdict.notes.append("a note")
+    report = build_report("simulate", verdict, events, seed=3)
+    assert report["ops"] == {
+        "get": {"invoke": 2, "ok": 1, "fail": 1, "info": 0},
+        "upsert": {"invoke": 1, "ok": 0, "fail": 0, "info": 1},
+    }
+    assert list(report["ops"]) == ["get", "upsert"]
+    assert report["phases"] == [{"phase": "DUAL_WRITE", "epoch": 1, "time_s": 1.0}]
+    assert report["faults"] == [{"family": "partition", "start_s": 6.0, "stop_s": None}]
+    assert report["events"] == 10 and report["seed"] == 3
+    assert report["verdict"]["failed_reads"] == 1 and report["verdict"]["valid"] is False
+    assert list(report["verdict"]) == list(VERDICT_FIELDS)
+    assert report["examples"] == {"failed_reads": [{"id": "a"}]}
+    assert report["notes"] == ["a note"] and report["recall"] is None
+    assert report["schema_version"] == SCHEMA_VERSION and report["engine"] == "simulate"
+
+
+def test_a_report_of_no_events_has_no_phases_faults_or_ops() -> None:
+    report = build_report("check", Verdict(valid=True), [], history="h")
+    assert (report["ops"], report["phases"], report["faults"], report["events"]) == ({}, [], [], 0)
+
+
+def test_a_report_refuses_an_unknown_engine_and_an_engine_field_that_hides_a_common_one() -> None:
+    with pytest.raises(ValueError, match=r"engine 'replay' is not one of \('simulate', "):
+        build_report("replay", Verdict(valid=True), [])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"engine fields \['notes', 'ops'\] would overwrite"):
+        build_report("check", Verdict(valid=True), [], ops={}, notes=[], history="h")
+
+
+def test_a_fault_stop_that_agrees_with_no_open_fault_closes_nothing() -> None:
+    def fault(action: str, t: int, **params: Any) -> Event:
+        return Event(t, "nemesis", "info", "fault", {"action": action, **params}, t * 10**9)
+
+    faults = faults_of(
+        [
+            fault("start", 1, family="partition", side="old"),
+            fault("stop", 2, family="partition", side="new"),
+            fault("stop", 3, family="latency"),
+            fault("stop", 4, family="partition", side="old"),
+            fault("stop", 5, family="partition", side="old"),
+        ],
+        origin=10**9,
+    )
+    assert faults == [{"family": "partition", "side": "old", "start_s": 0.0, "stop_s": 3.0}]
+
+
+def test_phase_times_count_from_zero_unless_given_an_origin() -> None:
+    phase = Event(0, "controller", "info", "phase", {"phase": "SHADOW"}, 3 * 10**9)
+    assert phases_of([phase]) == [{"phase": "SHADOW", "time_s": 3.0}]
+    assert phases_of([phase], origin=10**9) == [{"phase": "SHADOW", "time_s": 2.0}]
