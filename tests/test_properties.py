@@ -290,6 +290,52 @@ def test_hlc_counter_overflow_moves_logical_time_on() -> None:
     versions = [clock.now(5_000_000) for _ in range(MAX_COUNTER + 3)]
     assert versions == sorted(set(versions))
     assert decode(versions[-1])[0] == 6
+    assert [decode(v) for v in versions[-3:]] == [(5, MAX_COUNTER, 1), (6, 0, 1), (6, 1, 1)]
+
+
+def test_a_fresh_clock_counts_from_zero_and_restarts_its_counter_when_time_moves_on() -> None:
+    """The first version within the first millisecond is (0 ms, counter 1); a later
+    millisecond starts at counter 0. The highest node number is a valid node."""
+    clock = HybridLogicalClock(MAX_NODE)
+    assert decode(clock.now(0)) == (0, 1, MAX_NODE)
+    assert decode(clock.now(999_999)) == (0, 2, MAX_NODE)
+    assert decode(clock.now(5_000_000)) == (5, 0, MAX_NODE)
+
+
+def observed(
+    before: list[tuple[int, int]], remote: tuple[int, int], physical_ms: int
+) -> tuple[int, int]:
+    """A clock that observed `before` (versions of node 0, at physical time 1 s), then
+    `remote` at `physical_ms`: the (logical ms, counter) of its next version at that time."""
+    clock = HybridLogicalClock(1)
+    for logical, counter in before:
+        clock.observe(encode(logical, counter, 0), 1_000_000_000)
+    clock.observe(encode(*remote, 0), physical_ms * 1_000_000)
+    logical, counter, _ = decode(clock.now(physical_ms * 1_000_000))
+    return logical, counter
+
+
+@pytest.mark.parametrize(
+    ("before", "remote", "physical_ms", "expected"),
+    [
+        ([], (500, 3), 1_000, (1_000, 1)),  # physical time leads: take it, counter from 0
+        ([], (2_000, 7), 1_000, (2_000, 9)),  # the remote version leads: follow its counter
+        ([(2_000, 2)], (2_000, 5), 1_000, (2_000, 7)),  # same ms as the remote: the higher count
+        ([(2_000, 2)], (2_000, 1), 1_000, (2_000, 5)),  # ... which may be its own
+        ([(2_000, 2)], (500, 9), 1_000, (2_000, 5)),  # its own time leads: only count on
+        ([(1_500, 0)], (1_500, 4), 3_000, (3_000, 1)),  # both behind physical time
+    ],
+)
+def test_observing_a_version_follows_whichever_of_the_three_clocks_leads(
+    before: list[tuple[int, int]],
+    remote: tuple[int, int],
+    physical_ms: int,
+    expected: tuple[int, int],
+) -> None:
+    """Kulkarni et al.'s receive rule, case by case: the logical time becomes the largest of
+    the clock's own, the remote one and physical time; the counter restarts when physical
+    time leads, and otherwise counts on from the larger counter at that logical time."""
+    assert observed(before, remote, physical_ms) == expected
 
 
 def test_the_mismatch_allowance_follows_how_far_old_strays_on_the_mirrored_queries() -> None:
