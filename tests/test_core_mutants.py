@@ -1,6 +1,6 @@
 """Rules of harness/core that the scenario tests left unchecked, found by mutation testing
-(docs/mutation-core.md): the freshness correction of search hits, and what an operation and a
-request say about themselves."""
+(docs/mutation-core.md): the freshness correction of search hits, what an operation and a
+request say about themselves, and what the controller records and reports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import numpy as np
 
 from vecmig.harness.clusters.base import Hit, Metric, Side, distance
 from vecmig.harness.core import requests as rq
+from vecmig.harness.core.controller import SECOND, Plan
 from vecmig.harness.core.freshness import correct_hits, latest_per_id
+from vecmig.harness.core.gates import GateResult
+from vecmig.harness.core.phases import Phase, Published, Step
 from vecmig.harness.core.state import RecentWrite
+from vecmig.harness.core.strategy import SAFE
+from vecmig.harness.drive.rig import Rig
 
 QUERY = np.array([0.7, 0.1, 0.5], dtype=np.float32)
 
@@ -97,3 +102,177 @@ def test_only_a_request_to_a_side_has_a_side() -> None:
     assert rq.side_of(rq.Count(Side.OLD)) is Side.OLD
     intent = rq.AddIntent("p1", Side.NEW, 0)  # names a side, but goes to the state store
     assert rq.side_of(intent) is None
+
+
+# -- the controller ---------------------------------------------------------------------------
+
+
+def gate_events(rig: Rig) -> list[dict[str, object]]:
+    return [e.value for e in rig.recorder.events if e.f == "gate"]
+
+
+def test_the_controller_records_a_gate_refusal_when_it_is_new_and_not_every_retry() -> None:
+    """A held gate retries every few hundred ms: the history gets its first refusal for a
+    target, then one whenever the reasons changed and a second has passed since the last one
+    recorded; a refusal for another target is recorded at once. Every refusal is a wait."""
+    rig = Rig(SAFE)
+    for name in ("a", "b", "c"):
+        rig.add_instance(name)
+    assert rig.step_phase().type == "ok"  # DUAL_WRITE, which nobody has acknowledged yet
+    refused = rig.step_phase()
+    assert refused == rq.Outcome(
+        "fail",
+        GateResult(Phase.BACKFILL, False, ("3 instance(s) still run an older epoch: a, b, c",)),
+    )
+    rig.step_phase()  # the same reasons, at once
+    rig.driver.advance_time(2 * SECOND)
+    rig.step_phase()  # the same reasons, two seconds on
+    rig.sync("b")
+    rig.step_phase()  # new reasons, two seconds after the last recorded
+    recorded_at = rig.controller.waits[-1].time
+    rig.sync("c")
+    rig.step_phase()  # new reasons within a second
+    rig.driver.advance_time(recorded_at + SECOND - rig.driver.time - rig.driver.tick_ns)
+    rig.step_phase()  # ... and the same new reasons exactly a second after the last recorded
+    assert rig.controller.waits[-1].time == recorded_at + SECOND
+    rig.step_phase(Step.ABORT)  # another target
+    reasons = [
+        "3 instance(s) still run an older epoch: a, b, c",
+        "2 instance(s) still run an older epoch: a, c",
+        "1 instance(s) still run an older epoch: a",
+        "waiting for 1 instance(s) to acknowledge DUAL_WRITE (epoch 1): a",
+    ]
+    targets = ["BACKFILL", "BACKFILL", "BACKFILL", "OLD_ONLY"]
+    assert gate_events(rig) == [
+        {"target": t, "open": False, "reasons": [r]} for t, r in zip(targets, reasons, strict=True)
+    ]
+    waits = rig.controller.waits
+    assert [(w.target.value, w.reasons) for w in waits] == [
+        ("BACKFILL", (reasons[0],)),
+        ("BACKFILL", (reasons[0],)),
+        ("BACKFILL", (reasons[0],)),
+        ("BACKFILL", (reasons[1],)),
+        ("BACKFILL", (reasons[2],)),
+        ("BACKFILL", (reasons[2],)),
+        ("OLD_ONLY", (reasons[3],)),
+    ]
+    assert [w.time for w in waits] == sorted({w.time for w in waits})
+
+
+def test_a_step_the_table_lacks_fails_with_the_table_s_reason_and_publishes_nothing() -> None:
+    rig = Rig(SAFE)
+    assert rig.step_phase(Step.ROLLBACK) == rq.Outcome(
+        "fail",
+        GateResult(
+            Phase.OLD_ONLY,
+            False,
+            ("cannot rollback from OLD_ONLY; allowed from OLD_ONLY: advance -> DUAL_WRITE",),
+        ),
+    )
+    assert rig.coordinator.published == Published(Phase.OLD_ONLY, 0)
+    assert rig.controller.transitions == [] and rig.controller.waits == []
+
+
+def test_an_invalid_plan_is_recorded_with_its_problem_and_fails_before_any_step() -> None:
+    rig = Rig(SAFE)
+    plan = Plan(steps=(Step.ADVANCE, Step.ROLLBACK))
+    problem = (
+        "step 2 (rollback): cannot rollback from DUAL_WRITE; allowed from DUAL_WRITE: "
+        "advance -> BACKFILL, abort -> OLD_ONLY"
+    )
+    assert plan.problems(Phase.OLD_ONLY) == [problem]
+    assert Plan(steps=(Step.ROLLBACK,)).problems(Phase.CUTOVER) == []
+    outcome = rig.run(rig.controller.run(plan))
+    assert outcome == rq.Outcome("fail", {"phase": "OLD_ONLY"}, error=problem)
+    [event] = [e.value for e in rig.recorder.events if e.f == "plan"]
+    assert event == {
+        "steps": ["advance", "rollback"],
+        "hold_s": {},
+        "stall_after_s": None,
+        "from": "OLD_ONLY",
+        "invalid": [problem],
+    }
+    assert rig.coordinator.published == Published(Phase.OLD_ONLY, 0)
+
+
+def test_a_plan_run_holds_each_phase_its_minimum_and_retries_a_held_gate_after_its_pause() -> None:
+    """The plan is recorded as given (holds and the stall limit in seconds); a phase with no
+    hold is left at once; one with a hold is left once the hold is over, not a tick later;
+    a held gate is tried again after `retry_ns`; the run ends on the phase it reached."""
+    rig = Rig(SAFE)
+    rig.add_instance("app")
+    hold, retry = 50 * rig.driver.tick_ns, 70 * rig.driver.tick_ns
+    plan = Plan(
+        steps=(Step.ADVANCE, Step.ADVANCE),
+        hold_ns={Phase.DUAL_WRITE: hold},
+        retry_ns=retry,
+        stall_ns=30 * SECOND,
+    )
+    run = rig.driver.start(rig.controller.run(plan))
+    sleeps: dict[Phase, list[int]] = {}
+    synced = False
+    for _ in range(1_000):
+        if run not in rig.driver.in_flight:
+            break
+        request = rig.driver.pending(run)
+        if isinstance(request, rq.Sleep):
+            phase = rig.coordinator.published.phase
+            sleeps.setdefault(phase, []).append(request.ns)
+            if phase is Phase.DUAL_WRITE and request.ns == retry and not synced:
+                rig.sync_all()  # the BACKFILL gate held once for the instance: let it pass
+                synced = True
+        rig.driver.step(run)
+    assert rig.driver.outcomes[run] == rq.Outcome("ok", {"phase": "BACKFILL"})
+    [event] = [e.value for e in rig.recorder.events if e.f == "plan"]
+    assert event == {
+        "steps": ["advance", "advance"],
+        "hold_s": {"DUAL_WRITE": hold / SECOND},
+        "stall_after_s": 30.0,
+        "from": "OLD_ONLY",
+    }
+    assert Phase.OLD_ONLY not in sleeps
+    waited = sleeps[Phase.DUAL_WRITE]
+    assert waited[-1] == retry
+    countdown = waited[:-1]
+    assert countdown == list(range(countdown[0], 0, -rig.driver.tick_ns))
+    assert 0 < countdown[0] < hold
+
+
+def test_the_controller_reports_its_transitions_waits_floor_mirror_and_last_verification() -> None:
+    rig = Rig(SAFE)
+    rig.add_instance("app")
+    assert rig.step_phase().type == "ok"
+    assert rig.step_phase().type == "fail"  # app has not acknowledged DUAL_WRITE
+    rig.sync_all()
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    rig.finish_backfill()
+    assert rig.step_phase().type == "ok"
+    controller = rig.controller
+    report = controller.report()
+    assert report == {
+        "transitions": [
+            {"time": t, "phase": p, "epoch": e}
+            for t, (p, e) in zip(
+                [t for t, _, _ in controller.transitions],
+                [("DUAL_WRITE", 1), ("BACKFILL", 2), ("SHADOW", 3)],
+                strict=True,
+            )
+        ],
+        "gate_waits": [
+            {
+                "time": controller.waits[0].time,
+                "target": "BACKFILL",
+                "reasons": ["1 instance(s) still run an older epoch: app"],
+            }
+        ],
+        "noise_floor": None,
+        "mirror": rig.shared.mirror.to_json(),
+        "verification": {
+            "differences": 0,
+            "differing_buckets": 0,
+            "old_count": len(rig.catalog.records()),
+            "new_count": len(rig.catalog.records()),
+        },
+    }
+    assert controller.phase_since == controller.transitions[-1][0]
