@@ -639,6 +639,14 @@ def decommission_inputs(**changes: object) -> GateInputs:
     return GateInputs(**base)  # type: ignore[arg-type]
 
 
+def with_recalls(old: float, new: float) -> MirrorStats:
+    """100 mirrored reads without a discrepancy, where old and new had these recalls."""
+    stats = MirrorStats()
+    for _ in range(100):
+        stats.add(compare([], [], 10), False, recalls=(old, new))
+    return stats
+
+
 SOAK = GatePolicy(soak_ns=1_000_000_000)
 DIFFERING = Verification(4, 2, 10, 10, NOW, ("p1", "p2", "p3", "p4"))
 
@@ -723,6 +731,13 @@ DIFFERING = Verification(4, 2, 10, 10, NOW, ("p1", "p2", "p3", "p4"))
             "mirror-gate",
             "mismatch rate 0.250 exceeds the noise floor's allowance 0.109 over the last 100 "
             "mirrored reads",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(mirror=with_recalls(0.99, 0.9)),
+            POLICY,
+            "mirror-gate",
+            "new's recall trails old's by 0.090 over the last 100 mirrored reads (tolerance 0.020)",
         ),
         (
             Phase.CUTOVER,
@@ -822,12 +837,6 @@ def test_the_cutover_gate_opens_at_its_limits_and_holds_just_past_them() -> None
     and a recall exactly the tolerance below old's pass; new's recall above old's passes."""
     assert gates.check(Phase.CUTOVER, cutover_inputs(new_p99_ms=20.0), POLICY).ok
     assert not gates.check(Phase.CUTOVER, cutover_inputs(new_p99_ms=20.1), POLICY).ok
-
-    def with_recalls(old: float, new: float) -> MirrorStats:
-        stats = MirrorStats()
-        for _ in range(100):
-            stats.add(compare([], [], 10), False, recalls=(old, new))
-        return stats
 
     tolerant = replace(POLICY, recall_parity_tolerance=0.25)
     at_limit = cutover_inputs(mirror=with_recalls(1.0, 0.75))
