@@ -5,12 +5,14 @@ request say about themselves, and what the controller records and reports."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from vecmig.harness.clusters.base import Hit, Metric, Side, distance
+from vecmig.harness.clusters.base import Hit, Metric, Side, Unavailable, distance
 from vecmig.harness.core import requests as rq
+from vecmig.harness.core.compare import NoiseFloor, compare
 from vecmig.harness.core.controller import SECOND, Plan
 from vecmig.harness.core.freshness import correct_hits, latest_per_id
-from vecmig.harness.core.gates import GateResult
+from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
 from vecmig.harness.core.state import RecentWrite
 from vecmig.harness.core.strategy import SAFE
@@ -276,3 +278,54 @@ def test_the_controller_reports_its_transitions_waits_floor_mirror_and_last_veri
         },
     }
     assert controller.phase_since == controller.transitions[-1][0]
+
+
+def test_the_controller_judges_cutover_and_decommission_on_what_it_sees_now() -> None:
+    """The controller fills the gate's inputs from the shared figures (mirrored reads, the
+    noise floor, new's p99, the last fallback to old) and its own clock of the phases: the
+    soak counts from the CUTOVER publish, restarting at a later fallback to old."""
+    rig = Rig(SAFE, policy=GatePolicy(min_mirrored_reads=10, soak_ns=SECOND))
+    rig.add_instance("app")
+    rig.advance_to_shadow()
+
+    def reasons(step: Step = Step.ADVANCE) -> tuple[str, ...]:
+        outcome = rig.step_phase(step)
+        return () if outcome.type == "ok" else outcome.value.reasons
+
+    assert reasons() == ("only 0 of 10 mirrored reads compared",)
+    for i in range(20):
+        rig.shared.mirror.add(compare([], [], 10), i % 10 == 0)  # 10%: within the floor
+    rig.shared.noise = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
+    rig.controller.new_p99_ms = lambda: 99.0
+    assert reasons() == ("new's p99 99.0 ms exceeds the SLO 50.0 ms",)
+    rig.controller.new_p99_ms = lambda: 10.0
+    assert reasons() == ()
+    cutover_at = rig.driver.time
+    assert rig.coordinator.published.phase is Phase.CUTOVER
+    rig.sync_all()
+    rig.driver.advance_time(SECOND * 3 // 2)
+    rig.shared.last_fallback_to_old = cutover_at + SECOND
+    assert reasons() == ("soaked 0.5 s of 1.0 s since the last read fallback to old",)
+    rig.shared.last_fallback_to_old = None
+    assert reasons() == ()
+    assert rig.coordinator.published.phase is Phase.DECOMMISSIONED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by mutation testing: phase_since is the start of the attempt that published "
+    "SHADOW, and the diff that attempt took before publishing is later, so it counts as taken "
+    "in SHADOW (docs/mutation-core.md)",
+)
+def test_cutover_waits_for_a_diff_taken_in_shadow_when_the_fresh_one_fails() -> None:
+    """The diff before CUTOVER is there to find writes new acknowledged and lost in SHADOW; the
+    diff that cleared the SHADOW gate was taken before SHADOW was published and cannot have
+    seen them. If the fresh diff fails (a side is down), the gate must hold."""
+    rig = Rig(SAFE, policy=GatePolicy(min_mirrored_reads=0))
+    rig.add_instance("app")
+    rig.advance_to_shadow()
+    attempt = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
+    rig.driver.run_until(attempt, lambda r: isinstance(r, rq.Count))
+    rig.driver.step(attempt, Unavailable("old is down"))  # the fresh diff fails
+    assert rig.driver.run(attempt).type == "fail"
+    assert rig.coordinator.published.phase is Phase.SHADOW
