@@ -1,6 +1,7 @@
 """Rules of harness/core that the scenario tests left unchecked, found by mutation testing
 (docs/mutation-core.md): the freshness correction of search hits, what an operation and a
-request say about themselves, and what the controller records and reports."""
+request say about themselves, what the controller records and reports, and how strategies
+are named."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from vecmig.harness.core.freshness import correct_hits, latest_per_id
 from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
 from vecmig.harness.core.state import RecentWrite
-from vecmig.harness.core.strategy import SAFE
+from vecmig.harness.core.strategy import NAIVE, PROTECTIONS, SAFE, strategy_named
 from vecmig.harness.drive.rig import Rig
 
 QUERY = np.array([0.7, 0.1, 0.5], dtype=np.float32)
@@ -329,3 +330,33 @@ def test_cutover_waits_for_a_diff_taken_in_shadow_when_the_fresh_one_fails() -> 
     rig.driver.step(attempt, Unavailable("old is down"))  # the fresh diff fails
     assert rig.driver.run(attempt).type == "fail"
     assert rig.coordinator.published.phase is Phase.SHADOW
+
+
+# -- strategies -------------------------------------------------------------------------------
+
+
+def test_an_ablation_switches_off_exactly_what_it_names_and_is_named_after_it() -> None:
+    ablated = SAFE.without("read-retry", "mirror-gate")
+    assert ablated.name == "safe-without:read-retry,mirror-gate"
+    assert ablated.off == ("read-retry", "mirror-gate")
+    assert SAFE.off == ()
+    assert strategy_named("safe-without: read-retry , mirror-gate") == ablated
+    assert strategy_named("safe") is SAFE and strategy_named("naive") is NAIVE
+
+
+def test_a_strategy_name_that_names_nothing_known_is_refused_with_the_valid_names() -> None:
+    protections = ", ".join(PROTECTIONS)
+    with pytest.raises(ValueError) as unknown:
+        SAFE.without("read-retry", "nope")
+    assert str(unknown.value) == f"unknown protection 'nope'; the protections are: {protections}"
+    with pytest.raises(ValueError) as empty:
+        strategy_named("safe-without: ,")
+    assert str(empty.value) == (
+        f"'safe-without: ,' names no protection; the protections are: {protections}"
+    )
+    with pytest.raises(ValueError) as other:
+        strategy_named("fast")
+    assert str(other.value) == (
+        "unknown strategy 'fast'; valid strategies: naive, safe, or safe-without:NAME[,NAME] "
+        f"with NAME one of: {protections}"
+    )
