@@ -11,11 +11,11 @@ import pytest
 from vecmig.harness.clusters.base import Hit, Metric, Side, Unavailable, distance
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.compare import NoiseFloor, compare
-from vecmig.harness.core.controller import SECOND, Plan
+from vecmig.harness.core.controller import SECOND, Plan, backfill_worker, repair_worker
 from vecmig.harness.core.freshness import correct_hits, latest_per_id
 from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
-from vecmig.harness.core.state import RecentWrite
+from vecmig.harness.core.state import RecentWrite, RepairEntry
 from vecmig.harness.core.strategy import NAIVE, PROTECTIONS, SAFE, strategy_named
 from vecmig.harness.drive.rig import Rig
 
@@ -360,3 +360,60 @@ def test_a_strategy_name_that_names_nothing_known_is_refused_with_the_valid_name
         "unknown strategy 'fast'; valid strategies: naive, safe, or safe-without:NAME[,NAME] "
         f"with NAME one of: {protections}"
     )
+
+
+# -- the worker loops -------------------------------------------------------------------------
+
+
+def test_the_backfill_worker_copies_only_in_backfill_and_polls_otherwise() -> None:
+    """Outside BACKFILL, and once the copy is done, it sleeps a poll interval; in BACKFILL it
+    copies batch after batch without pausing (unthrottled); a batch that fails waits at least
+    a poll interval before the next."""
+    rig = Rig(SAFE, batch_size=16)
+    worker = rig.driver.start(backfill_worker(rig.backfill, rig.coordinator, poll_ns=777))
+    assert rig.driver.pending(worker) == rq.Sleep(777)
+    rig.driver.step(worker)
+    assert rig.driver.pending(worker) == rq.Sleep(777)
+    for _ in range(2):
+        rig.coordinator.publish(Step.ADVANCE, rig.driver.time, wait_for_acks=False)
+    rig.driver.step(worker)
+    rig.driver.run_until(worker, rq.is_side_request)
+    rig.driver.step(worker, Unavailable("old is down"))
+    assert rig.driver.run_until(worker, lambda r: isinstance(r, rq.Sleep)) == rq.Sleep(777)
+    rig.driver.step(worker)
+    sleeps = 0
+    while not rig.store.load_checkpoint().done:
+        if isinstance(rig.driver.pending(worker), rq.Sleep):
+            sleeps += 1
+        rig.driver.step(worker)
+    assert sleeps == 0
+    assert rig.driver.run_until(worker, lambda r: isinstance(r, rq.Sleep)) == rq.Sleep(777)
+    assert rig.store.load_checkpoint().copied == len(rig.catalog.records())
+    assert backfill_worker(rig.backfill, rig.coordinator).kind == "backfill"
+
+
+def test_the_repair_worker_drains_without_pausing_and_only_clears_once_decommissioned() -> None:
+    """Pass after pass of at most `limit` entries, with no pause while a pass repairs
+    something, then a pause of `interval_ns` once one finds nothing; once DECOMMISSIONED is
+    published it removes what it reads without copying anything."""
+    rig = Rig(SAFE)
+    rig.store.add_repairs([RepairEntry("p000001", Side.NEW), RepairEntry("p000002", Side.NEW)])
+    worker = rig.driver.start(repair_worker(rig.coordinator, interval_ns=555, limit=1))
+    requests = []
+    while not isinstance(rig.driver.pending(worker), rq.Sleep):
+        requests.append(rig.driver.pending(worker))
+        rig.driver.step(worker)
+    assert rig.driver.pending(worker) == rq.Sleep(555)
+    assert [r.limit for r in requests if isinstance(r, rq.NextRepairs)] == [1, 1, 1]
+    assert rig.store.repair_backlog() == 0
+    for _ in range(5):
+        rig.coordinator.publish(Step.ADVANCE, rig.driver.time, wait_for_acks=False)
+    rig.store.add_repairs([RepairEntry("p000003", Side.NEW)])
+    rig.driver.step(worker)
+    copies = []
+    while not isinstance(rig.driver.pending(worker), rq.Sleep):
+        copies.append(rig.driver.pending(worker))
+        rig.driver.step(worker)
+    assert rig.store.repair_backlog() == 0
+    assert not [r for r in copies if rq.is_side_request(r)], "retired: nothing is copied"
+    assert repair_worker(rig.coordinator).kind == "repair"
