@@ -15,7 +15,7 @@ from vecmig.harness.core.controller import SECOND, Plan, backfill_worker, repair
 from vecmig.harness.core.freshness import correct_hits, latest_per_id
 from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
-from vecmig.harness.core.state import RecentWrite, RepairEntry
+from vecmig.harness.core.state import Checkpoint, RecentWrite, RepairEntry
 from vecmig.harness.core.strategy import NAIVE, PROTECTIONS, SAFE, strategy_named
 from vecmig.harness.drive.rig import Rig
 
@@ -135,6 +135,7 @@ def test_the_controller_records_a_gate_refusal_when_it_is_new_and_not_every_retr
     recorded_at = rig.controller.waits[-1].time
     rig.sync("c")
     rig.step_phase()  # new reasons within a second
+    assert len(gate_events(rig)) == 2
     rig.driver.advance_time(recorded_at + SECOND - rig.driver.time - rig.driver.tick_ns)
     rig.step_phase()  # ... and the same new reasons exactly a second after the last recorded
     assert rig.controller.waits[-1].time == recorded_at + SECOND
@@ -242,16 +243,30 @@ def test_a_plan_run_holds_each_phase_its_minimum_and_retries_a_held_gate_after_i
 
 
 def test_the_controller_reports_its_transitions_waits_floor_mirror_and_last_verification() -> None:
+    """What a run report and the history get from the controller: each publish as a phase
+    event and a transition, each refusal as a wait, the noise floor calibrated on entering
+    SHADOW, and the last verification (none before the first, none again after an ABORT)."""
     rig = Rig(SAFE)
     rig.add_instance("app")
-    assert rig.step_phase().type == "ok"
+    controller = rig.controller
+    assert controller.run(Plan()).kind == controller.attempt(Step.ADVANCE).kind == "controller"
+    assert controller.report()["verification"] is None
+    assert rig.step_phase() == rq.Outcome("ok", GateResult(Phase.DUAL_WRITE, True))
+    assert rig.shared.noise is None
+    controller.calibration_queries = (rig.query(1), rig.query(2))
     assert rig.step_phase().type == "fail"  # app has not acknowledged DUAL_WRITE
     rig.sync_all()
     assert rig.step_phase().type == "ok"
+    assert rig.shared.noise is None, "calibrated on entering SHADOW only"
     rig.sync_all()
     rig.finish_backfill()
-    assert rig.step_phase().type == "ok"
-    controller = rig.controller
+    assert rig.run(controller.attempt(Step.ADVANCE)).type == "ok"  # with the default plan
+    assert rig.shared.noise is not None and rig.shared.noise.samples == 2
+    assert [e.value for e in rig.recorder.events if e.f == "phase"] == [
+        {"phase": "DUAL_WRITE", "epoch": 1, "step": "advance"},
+        {"phase": "BACKFILL", "epoch": 2, "step": "advance"},
+        {"phase": "SHADOW", "epoch": 3, "step": "advance"},
+    ]
     report = controller.report()
     assert report == {
         "transitions": [
@@ -269,7 +284,7 @@ def test_the_controller_reports_its_transitions_waits_floor_mirror_and_last_veri
                 "reasons": ["1 instance(s) still run an older epoch: app"],
             }
         ],
-        "noise_floor": None,
+        "noise_floor": rig.shared.noise.to_json(),
         "mirror": rig.shared.mirror.to_json(),
         "verification": {
             "differences": 0,
@@ -279,6 +294,10 @@ def test_the_controller_reports_its_transitions_waits_floor_mirror_and_last_veri
         },
     }
     assert controller.phase_since == controller.transitions[-1][0]
+    rig.sync_all()
+    assert rig.step_phase(Step.ABORT).type == "ok"
+    assert controller.report()["verification"] is None
+    assert rig.store.load_checkpoint() == Checkpoint()
 
 
 def test_the_controller_judges_cutover_and_decommission_on_what_it_sees_now() -> None:
