@@ -17,6 +17,7 @@ from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
 from vecmig.harness.core.state import Checkpoint, RecentWrite, RepairEntry
 from vecmig.harness.core.strategy import NAIVE, PROTECTIONS, SAFE, strategy_named
+from vecmig.harness.core.workers import Throttle
 from vecmig.harness.drive.rig import Rig
 
 QUERY = np.array([0.7, 0.1, 0.5], dtype=np.float32)
@@ -436,3 +437,32 @@ def test_the_repair_worker_drains_without_pausing_and_only_clears_once_decommiss
     assert rig.store.repair_backlog() == 0
     assert not [r for r in copies if rq.is_side_request(r)], "retired: nothing is copied"
     assert repair_worker(rig.coordinator).kind == "repair"
+
+
+def test_the_backfill_throttle_halves_on_trouble_and_grows_back_additively() -> None:
+    """Over the SLO (or on an error) the batch halves, down to its minimum, and the pause
+    doubles from at least 50 ms up to its maximum; at or under the SLO the batch grows by 32
+    up to its maximum and the pause shrinks by a quarter, to none once at most 1 ms. An
+    unthrottled backfill ignores all of it, and no latency figure is no trouble."""
+    throttle = Throttle(slo_p99_ms=50.0, batch_size=64, min_batch=20, max_batch=100)
+    throttle.observe(50.1)
+    assert (throttle.batch_size, throttle.pause_ns) == (32, 50_000_000)
+    throttle.observe(None, error=True)
+    assert (throttle.batch_size, throttle.pause_ns) == (20, 100_000_000)
+    throttle.observe(50.0)
+    assert (throttle.batch_size, throttle.pause_ns) == (52, 75_000_000)
+    throttle.observe(None)
+    assert (throttle.batch_size, throttle.pause_ns) == (84, 56_250_000)
+    throttle.observe(10.0)
+    assert throttle.batch_size == 100
+    throttle.pause_ns = 1_000_001
+    throttle.observe(10.0)
+    assert throttle.pause_ns == 750_000
+    throttle.observe(10.0)
+    assert throttle.pause_ns == 0
+    capped = Throttle(pause_ns=1_500_000_000, max_pause_ns=2_000_000_000)
+    capped.observe(99.0)
+    assert capped.pause_ns == 2_000_000_000
+    free = Throttle(batch_size=64, unthrottled=True)
+    free.observe(99.0, error=True)
+    assert (free.batch_size, free.pause_ns) == (64, 0)
