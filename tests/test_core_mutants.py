@@ -17,7 +17,7 @@ from vecmig.harness.core.gates import GatePolicy, GateResult
 from vecmig.harness.core.phases import Phase, Published, Step
 from vecmig.harness.core.state import Checkpoint, RecentWrite, RepairEntry
 from vecmig.harness.core.strategy import NAIVE, PROTECTIONS, SAFE, strategy_named
-from vecmig.harness.core.workers import Throttle
+from vecmig.harness.core.workers import Backfill, Throttle, verify
 from vecmig.harness.drive.rig import Rig
 
 QUERY = np.array([0.7, 0.1, 0.5], dtype=np.float32)
@@ -466,3 +466,50 @@ def test_the_backfill_throttle_halves_on_trouble_and_grows_back_additively() -> 
     free = Throttle(batch_size=64, unthrottled=True)
     free.observe(99.0, error=True)
     assert (free.batch_size, free.pause_ns) == (64, 0)
+
+
+def test_a_backfill_copies_batch_by_batch_checkpointing_each_and_starts_over_when_asked() -> None:
+    """Each batch reports what it copied and where the cursor stands, and the checkpoint
+    (durable and in memory) follows it; a finished copy copies nothing more; a batch for
+    another attempt starts from the beginning; a failed scan or write leaves the checkpoint
+    where it was and tells the throttle."""
+    rig = Rig(SAFE, records=40)
+    backfill = Backfill(SAFE, Throttle(batch_size=16, min_batch=8))
+    outcomes = []
+    for expected in (16, 32):
+        outcomes.append(rig.run(backfill.batch(2)))
+        cursor = outcomes[-1].value["cursor"]
+        assert outcomes[-1] == rq.Outcome("ok", {"copied": 16, "done": False, "cursor": cursor})
+        assert rig.store.load_checkpoint() == Checkpoint(cursor, expected, False, 2)
+        assert backfill.checkpoint == rig.store.load_checkpoint()
+    assert backfill.done_at is None
+    last = rig.run(backfill.batch(2))
+    assert last.value["copied"] == 8 and last.value["done"] is True
+    assert rig.store.load_checkpoint() == Checkpoint(last.value["cursor"], 40, True, 2)
+    assert backfill.done_at is not None and backfill.done_at <= rig.driver.time
+    assert rig.run(verify()).value.new_count == 40
+    assert rig.run(backfill.batch(2)) == rq.Outcome("ok", {"copied": 0, "done": True})
+    again = rig.run(backfill.batch(5))
+    assert again.value["copied"] == 16
+    assert rig.store.load_checkpoint() == Checkpoint(again.value["cursor"], 16, False, 5)
+    backfill.reset()
+    assert (backfill.checkpoint, backfill.done_at) == (Checkpoint(), None)
+    before = rig.store.load_checkpoint()
+    for request_type in (rq.Scan, rq.Upsert):
+        batch = rig.driver.start(backfill.batch(5))
+        rig.driver.run_until(batch, lambda r, t=request_type: isinstance(r, t))
+        rig.driver.step(batch, Unavailable("down"))
+        failed = rig.driver.run(batch)
+        assert failed == rq.Outcome("fail", {"copied": 0, "done": False}, error="down")
+        assert rig.store.load_checkpoint() == before
+    assert backfill.throttle.batch_size == 8  # halved twice, to its minimum
+    assert backfill.batch(5).kind == "backfill"
+
+
+def test_the_naive_backfill_keeps_its_cursor_in_memory_only() -> None:
+    rig = Rig(NAIVE, records=40)
+    backfill = Backfill(NAIVE, Throttle(batch_size=16))
+    first = rig.run(backfill.batch(2))
+    assert first.value["copied"] == 16
+    assert backfill.checkpoint == Checkpoint(first.value["cursor"], 16, False, 2)
+    assert rig.store.load_checkpoint() == Checkpoint()
