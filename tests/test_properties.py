@@ -242,6 +242,23 @@ def test_the_figures_of_mirrored_reads_and_the_noise_floor_as_json() -> None:
         "live_noise_rate": None,
         "errors": 0,
     }
+    thirds = MirrorStats()
+    # a third of 9 ids in common: figures with more than 6 decimals
+    third = compare([Hit(i, 1, 0.1) for i in "abcdefghi"], [Hit(i, 1, 0.1) for i in "ajkblmcno"], 9)
+    for i in range(3):
+        thirds.add(third, i == 0, recalls=(0.0, 1 / 3), old_stray=i == 0)
+    assert thirds.to_json() == {
+        "compared": 3,
+        "discrepancies": 1,
+        "mismatch_rate": 0.333333,
+        "version_mismatches": 0,
+        "mean_overlap": 0.333333,
+        "mean_rbo": round(third.rbo, 6),
+        "recall_parity": 0.333333,
+        "live_noise_rate": 0.333333,
+        "errors": 0,
+    }
+    assert round(third.rbo, 6) != round(third.rbo, 7)
     floor = NoiseFloor(threshold=0.7, rate=1 / 3, samples=3, old_recall=2 / 3)
     assert floor.to_json() == {
         "threshold": 0.7,
@@ -252,18 +269,22 @@ def test_the_figures_of_mirrored_reads_and_the_noise_floor_as_json() -> None:
 
 
 def test_a_discrepancy_line_holds_the_query_both_answers_and_the_measures() -> None:
-    old = [Hit("p1", 1, 0.1234567), Hit("p2", 1, 0.2)]
-    new = [Hit("p1", 2, 0.1)]
-    c = compare(old, new, 2)
-    assert discrepancy_line({"k": 2}, old, new, c) == {
-        "query": {"k": 2},
-        "old": [["p1", 1, 0.123457], ["p2", 1, 0.2]],
-        "new": [["p1", 2, 0.1]],
-        "overlap": 0.5,
+    """Scores and measures rounded to 6 places (a third of 9 ids in common has more)."""
+    old = [Hit(i, 1, 0.5) for i in "abcdefghi"]
+    old[0] = Hit("a", 1, 0.1234567)
+    new = [Hit(i, 1, 0.5) for i in "ajkblmcno"]
+    new[0] = Hit("a", 2, 0.7654321)
+    c = compare(old, new, 9)
+    assert discrepancy_line({"k": 9}, old, new, c) == {
+        "query": {"k": 9},
+        "old": [["a", 1, 0.123457]] + [[i, 1, 0.5] for i in "bcdefghi"],
+        "new": [["a", 2, 0.765432]] + [[i, 1, 0.5] for i in "jkblmcno"],
+        "overlap": 0.333333,
         "rbo": round(c.rbo, 6),
-        "mean_score_delta": round(0.1234567 - 0.1, 6),
-        "version_mismatches": ["p1"],
+        "mean_score_delta": round((0.7654321 - 0.1234567) / 3, 6),
+        "version_mismatches": ["a"],
     }
+    assert round(c.rbo, 6) != round(c.rbo, 7)
 
 
 @given(
