@@ -399,7 +399,7 @@ def test_the_backfill_worker_copies_only_in_backfill_and_polls_otherwise() -> No
     rig.driver.step(worker)
     rig.driver.run_until(worker, rq.is_side_request)
     rig.driver.step(worker, Unavailable("old is down"))
-    assert rig.driver.run_until(worker, lambda r: isinstance(r, rq.Sleep)) == rq.Sleep(777)
+    assert rig.driver.pending(worker) == rq.Sleep(777), "a failed batch pauses at once"
     rig.driver.step(worker)
     sleeps = 0
     while not rig.store.load_checkpoint().done:
@@ -409,6 +409,9 @@ def test_the_backfill_worker_copies_only_in_backfill_and_polls_otherwise() -> No
     assert sleeps == 0
     assert rig.driver.run_until(worker, lambda r: isinstance(r, rq.Sleep)) == rq.Sleep(777)
     assert rig.store.load_checkpoint().copied == len(rig.catalog.records())
+    assert rig.store.load_checkpoint().attempt == rig.coordinator.published.epoch
+    rig.driver.step(worker)
+    assert rig.driver.run_until(worker, lambda r: isinstance(r, rq.Sleep)) == rq.Sleep(777)
     assert backfill_worker(rig.backfill, rig.coordinator).kind == "backfill"
 
 
@@ -436,6 +439,7 @@ def test_the_repair_worker_drains_without_pausing_and_only_clears_once_decommiss
         rig.driver.step(worker)
     assert rig.store.repair_backlog() == 0
     assert not [r for r in copies if rq.is_side_request(r)], "retired: nothing is copied"
+    assert len([r for r in copies if isinstance(r, rq.NextRepairs)]) == 2, "no pause after a drop"
     assert repair_worker(rig.coordinator).kind == "repair"
 
 
