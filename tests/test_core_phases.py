@@ -132,7 +132,11 @@ def test_a_step_the_table_lacks_names_the_phase_and_what_is_allowed() -> None:
         "allowed from BACKFILL: advance -> SHADOW, abort -> OLD_ONLY",
     ):
         next_phase(Phase.BACKFILL, Step.ROLLBACK)
-    with pytest.raises(PhaseError, match="the migration is over"):
+    with pytest.raises(
+        PhaseError,
+        match=r"cannot advance from DECOMMISSIONED; allowed from DECOMMISSIONED: "
+        r"nothing \(the migration is over\)$",
+    ):
         next_phase(Phase.DECOMMISSIONED, Step.ADVANCE)
 
 
@@ -143,6 +147,13 @@ def test_adjacency() -> None:
     assert adjacent(Phase.OLD_ONLY, Phase.SHADOW)  # through ABORT
     assert not adjacent(Phase.DUAL_WRITE, Phase.SHADOW)
     assert not adjacent(Phase.DUAL_WRITE, Phase.CUTOVER)
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_every_phase_is_adjacent_to_itself(phase: Phase) -> None:
+    """Instances that all run the published phase break no rule, even in DECOMMISSIONED and
+    OLD_ONLY, which no single step leads back to from themselves."""
+    assert adjacent(phase, phase)
 
 
 def test_the_coordinator_publishes_only_after_every_live_instance_acknowledged() -> None:
@@ -170,6 +181,85 @@ def test_an_instance_whose_lease_expired_is_not_waited_for_and_stops_serving() -
     view = InstanceView("gone", Phase.OLD_ONLY, 0, lease_expires=100, margin_ns=10)
     assert view.may_serve(89)
     assert not view.may_serve(90)
+
+
+def test_the_default_lease_lasts_five_seconds() -> None:
+    """The coordinator's lease, unless a driver sets its own: an instance that joined at 0 is
+    live until just before 5 s and counted out at 5 s."""
+    coordinator = Coordinator()
+    coordinator.join("a", 0)
+    assert list(coordinator.live_instances(4_999_999_999)) == ["a"]
+    assert coordinator.live_instances(5_000_000_000) == {}
+
+
+def test_a_lease_ends_at_its_expiry_instant_for_counting_and_for_renewing_alike() -> None:
+    """At the instant a lease expires the coordinator no longer counts the instance live (it
+    may publish past it), so at that same instant the lease must count as lapsed: a renewal
+    on the older epoch is refused, or an instance counted out would serve an old phase."""
+    coordinator = Coordinator(lease_ns=100)
+    coordinator.join("a", 0)
+    coordinator.join("late", 0)
+    old_only = coordinator.published
+    dual_write = coordinator.publish(Step.ADVANCE, 1)
+    coordinator.ack("a", dual_write, 50)
+    assert coordinator.waiting_for(99) == ["late"]
+    assert coordinator.waiting_for(100) == []
+    assert "late" not in coordinator.live_instances(100)
+    assert not coordinator.ack("late", old_only, 100)
+
+
+def test_an_instance_the_coordinator_does_not_know_gets_a_lease_on_the_current_epoch() -> None:
+    """An instance acknowledging the current epoch without having joined (or after it left)
+    is taken in: it is live from now for one lease, running the phase it acknowledged."""
+    coordinator = Coordinator(lease_ns=100)
+    dual_write = coordinator.publish(Step.ADVANCE, 0)
+    assert coordinator.ack("new", dual_write, 10)
+    assert coordinator.live_instances(109) == {"new": dual_write}
+    assert coordinator.live_instances(110) == {}
+    assert coordinator.to_json()["members"] == {"new": [1, "DUAL_WRITE", 110]}
+
+
+def test_an_instance_that_left_is_no_longer_waited_for_and_leaving_twice_is_harmless() -> None:
+    coordinator = Coordinator(lease_ns=100)
+    coordinator.join("a", 0)
+    coordinator.join("gone", 0)
+    coordinator.publish(Step.ADVANCE, 1)
+    assert coordinator.waiting_for(2) == ["a", "gone"]
+    coordinator.leave("gone")
+    coordinator.leave("gone")
+    coordinator.leave("never-joined")
+    assert coordinator.waiting_for(2) == ["a"]
+
+
+def test_the_coordinator_names_at_most_five_instances_it_waits_for() -> None:
+    """The refusal counts every instance it waits for, names the first five in order, and
+    marks the rest with an ellipsis; with none left it says why it may publish."""
+    coordinator = Coordinator(lease_ns=100)
+    for name in "abcdef":
+        coordinator.join(name, 0)
+    dual_write = coordinator.publish(Step.ADVANCE, 1)
+    assert coordinator.can_publish(2) == (
+        False,
+        "waiting for 6 instance(s) to acknowledge DUAL_WRITE (epoch 1): a, b, c, d, e ...",
+    )
+    coordinator.ack("f", dual_write, 3)
+    assert coordinator.can_publish(4) == (
+        False,
+        "waiting for 5 instance(s) to acknowledge DUAL_WRITE (epoch 1): a, b, c, d, e",
+    )
+    for name in "abcde":
+        coordinator.ack(name, dual_write, 5)
+    assert coordinator.can_publish(6) == (True, "every live instance runs the current epoch")
+
+
+def test_learning_the_epoch_an_instance_already_runs_is_no_change() -> None:
+    """The layer acts on a change of phase (it renews and reports it); hearing the same
+    epoch again from a slow config store must not look like one."""
+    view = InstanceView("a", Phase.BACKFILL, 2, lease_expires=100)
+    assert not view.learn(Published(Phase.BACKFILL, 2))
+    assert not view.learn(Published(Phase.DUAL_WRITE, 1))
+    assert view.learn(Published(Phase.SHADOW, 3))
+    assert (view.phase, view.epoch) == (Phase.SHADOW, 3)
 
 
 def test_a_lease_is_bound_to_the_epoch_it_was_granted_under() -> None:
@@ -216,8 +306,20 @@ def test_a_coordinator_restored_from_its_json_takes_the_same_decisions() -> None
     assert copy.publish(Step.ADVANCE, 152) == coordinator.publish(Step.ADVANCE, 152)
     unbound = Coordinator.from_json({**coordinator.to_json(), "bind_leases": False})
     assert unbound.ack("late", old_only, 300), "the ablation's switch is kept too"
-    with pytest.raises(ValueError, match="not a coordinator's state"):
+    with pytest.raises(ValueError, match=r"not a coordinator's state \(ValueError: 'NOWHERE'"):
         Coordinator.from_json({"phase": "NOWHERE", "epoch": 0})
+    with pytest.raises(ValueError, match=r"not a coordinator's state \(KeyError: 'members'\)"):
+        Coordinator.from_json({"phase": "SHADOW", "epoch": 3, "lease_ns": 1, "bind_leases": 1})
+
+
+def test_a_coordinator_state_saved_before_previous_was_kept_restores_its_phase_as_previous() -> (
+    None
+):
+    """States written before `previous` existed still restore: the previous phase is taken to
+    be the published one."""
+    saved = Coordinator(Phase.SHADOW, 3).to_json()
+    del saved["previous"]
+    assert Coordinator.from_json(saved).to_json()["previous"] == "SHADOW"
 
 
 def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_up() -> None:
@@ -260,6 +362,7 @@ def test_a_lapsed_instance_back_on_an_old_phase_serves_nothing_until_it_catches_
         (1613, 100, 1349, 250, 500, 1),
         (2450, 100, 1349, 250, 500, 0),
         (300, 1000, 500, 600, 0, 2),
+        (5000, 1000, 850, 250, 300, 0),  # margin == 250 + 600: enough
     ],
 )
 def test_lease_rules_name_every_broken_rule(
@@ -274,6 +377,35 @@ def test_lease_rules_name_every_broken_rule(
         max_skew_ns=skew * ms,
     )
     assert len(rules) == broken, rules
+
+
+def test_lease_rules_give_each_setting_in_milliseconds_and_say_what_would_go_wrong() -> None:
+    ms = 1_000_000
+    rules = lease_rules(
+        lease_ns=1_500 * ms,
+        poll_ns=1_000 * ms,
+        margin_ns=400 * ms,
+        request_timeout_ns=250 * ms,
+        max_skew_ns=100 * ms,
+    )
+    assert rules == [
+        "the lease margin (400 ms) must be at least the request timeout (250 ms) plus twice "
+        "the clock-skew bound (100 ms): a write sent just before the instance stops serving "
+        "could land after the coordinator counted it out",
+        "the lease (1500 ms) must exceed the poll interval (1000 ms) plus the lease margin "
+        "(400 ms) plus twice the clock-skew bound (100 ms): an instance polling on time would "
+        "stop serving between polls once its clock jumped ahead within the bound",
+    ]
+    # Six significant digits, exact to the millisecond up to 100 s.
+    hundred_s = 100_000 * ms
+    margin_rule, lease_rule = lease_rules(
+        lease_ns=hundred_s,
+        poll_ns=hundred_s,
+        margin_ns=hundred_s,
+        request_timeout_ns=hundred_s,
+        max_skew_ns=hundred_s,
+    )
+    assert margin_rule.count("(100000 ms)") == 3 and lease_rule.count("(100000 ms)") == 4
 
 
 def test_the_naive_plan_flips_phases_without_waiting() -> None:
@@ -478,6 +610,278 @@ def test_decommission_gate_needs_a_clean_soak_and_a_verification_since_cutover()
     )
     assert gates.check(Phase.DECOMMISSIONED, replace(soaked, verification=clean), policy).ok
     assert gates.check(Phase.DECOMMISSIONED, soaked, policy, verified=True).ok
+
+
+def cutover_inputs(**changes: object) -> GateInputs:
+    """Inputs on which the CUTOVER gate opens under `POLICY`, changed as given."""
+    base: dict[str, object] = dict(
+        now=NOW,
+        published=Published(Phase.SHADOW, 3),
+        mirror=mirror(400, 4),
+        noise=NOISE,
+        new_p99_ms=10.0,
+        verification=VERIFIED,
+        phase_since=NOW - 100,
+    )
+    base.update(changes)
+    return GateInputs(**base)  # type: ignore[arg-type]
+
+
+def decommission_inputs(**changes: object) -> GateInputs:
+    """Inputs on which the DECOMMISSIONED gate opens under a soak of 1 s, changed as given."""
+    base: dict[str, object] = dict(
+        now=NOW,
+        published=Published(Phase.CUTOVER, 4),
+        cutover_at=NOW - 5_000_000_000,
+        verification=Verification(0, 0, 10, 10, NOW - 100),
+    )
+    base.update(changes)
+    return GateInputs(**base)  # type: ignore[arg-type]
+
+
+def with_recalls(old: float, new: float) -> MirrorStats:
+    """100 mirrored reads without a discrepancy, where old and new had these recalls."""
+    stats = MirrorStats()
+    for _ in range(100):
+        stats.add(compare([], [], 10), False, recalls=(old, new))
+    return stats
+
+
+SOAK = GatePolicy(soak_ns=1_000_000_000)
+DIFFERING = Verification(4, 2, 10, 10, NOW, ("p1", "p2", "p3", "p4"))
+
+
+@pytest.mark.parametrize(
+    ("target", "inputs", "policy", "protection", "reason"),
+    [
+        (
+            Phase.BACKFILL,
+            GateInputs(NOW, PUBLISHED, waiting_for=("a", "b", "c", "d", "e", "f")),
+            None,
+            "adjacency-wait",
+            "6 instance(s) still run an older epoch: a, b, c, d, e",
+        ),
+        (
+            Phase.SHADOW,
+            shadow_inputs(checkpoint=Checkpoint("p5", 5, False)),
+            None,
+            "backfill-gate",
+            "backfill not complete (5 copied, cursor at 'p5')",
+        ),
+        (
+            Phase.SHADOW,
+            shadow_inputs(repair_backlog=3),
+            None,
+            "repair-backlog-gate",
+            "repair log holds 3 entries",
+        ),
+        (
+            Phase.SHADOW,
+            shadow_inputs(verification=None),
+            None,
+            "verify-before-shadow",
+            "no verification diff yet",
+        ),
+        (
+            Phase.SHADOW,
+            shadow_inputs(verification=Verification(0, 0, 10, 10, NOW - 20)),
+            None,
+            "verify-before-shadow",
+            "the last verification diff predates the end of the backfill",
+        ),
+        (
+            Phase.SHADOW,
+            shadow_inputs(verification=DIFFERING),
+            None,
+            "verify-before-shadow",
+            "verification found 4 differing id(s) in 2 bucket(s) (e.g. p1, p2, p3); repairs queued",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(repair_backlog=1),
+            POLICY,
+            "repair-backlog-gate",
+            "repair log holds 1 entries",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(verification=None),
+            POLICY,
+            "verify-before-cutover",
+            "no verification diff since SHADOW began",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(verification=DIFFERING),
+            POLICY,
+            "verify-before-cutover",
+            "verification found 4 differing id(s) in 2 bucket(s) (e.g. p1, p2, p3); repairs queued",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(mirror=None),
+            POLICY,
+            "mirror-gate",
+            "only 0 of 100 mirrored reads compared",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(mirror=mirror(400, 100)),
+            POLICY,
+            "mirror-gate",
+            "mismatch rate 0.250 exceeds the noise floor's allowance 0.109 over the last 100 "
+            "mirrored reads",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(mirror=with_recalls(0.99, 0.9)),
+            POLICY,
+            "mirror-gate",
+            "new's recall trails old's by 0.090 over the last 100 mirrored reads (tolerance 0.020)",
+        ),
+        (
+            Phase.CUTOVER,
+            cutover_inputs(new_p99_ms=45.0),
+            POLICY,
+            "mirror-gate",
+            "new's p99 45.0 ms exceeds the SLO 20.0 ms",
+        ),
+        (
+            Phase.DECOMMISSIONED,
+            decommission_inputs(cutover_at=NOW - 50_000_000),
+            SOAK,
+            "decommission-soak",
+            "soaked 0.1 s of 1.0 s since cutover",
+        ),
+        (
+            Phase.DECOMMISSIONED,
+            decommission_inputs(repair_backlog=2),
+            SOAK,
+            "repair-backlog-gate",
+            "repair log holds 2 entries",
+        ),
+        (
+            Phase.DECOMMISSIONED,
+            decommission_inputs(verification=None),
+            SOAK,
+            "verify-before-decommission",
+            "no verification diff since CUTOVER began",
+        ),
+        (
+            Phase.DECOMMISSIONED,
+            decommission_inputs(verification=DIFFERING),
+            SOAK,
+            "verify-before-decommission",
+            "verification found 4 differing id(s) in 2 bucket(s) (e.g. p1, p2, p3); repairs queued",
+        ),
+    ],
+)
+def test_each_gate_reason_belongs_to_its_protection_and_goes_when_it_is_switched_off(
+    target: Phase, inputs: GateInputs, policy: GatePolicy | None, protection: str, reason: str
+) -> None:
+    """A gate holds for exactly this reason, worded so; the ablated strategy without the
+    protection (`strategy.PROTECTIONS` names it) passes the same gate, and no other switch
+    does."""
+    from vecmig.harness.core.strategy import PROTECTIONS
+
+    assert protection in PROTECTIONS
+    assert gates.check(target, inputs, policy).reasons == (reason,)
+    assert gates.check(target, inputs, policy, skip=frozenset({protection})).ok
+    others = frozenset(PROTECTIONS) - {protection}
+    assert gates.check(target, inputs, policy, skip=others).reasons == (reason,)
+
+
+def test_a_held_gate_prints_every_reason_separated_by_semicolons() -> None:
+    held = gates.check(Phase.SHADOW, shadow_inputs(repair_backlog=3, verification=None))
+    assert str(held) == (
+        "gate to SHADOW: held: repair log holds 3 entries; no verification diff yet"
+    )
+    assert str(gates.check(Phase.SHADOW, shadow_inputs())) == "gate to SHADOW: open"
+
+
+def test_the_decommission_gate_outside_cutover_says_so_whatever_is_switched_off() -> None:
+    from vecmig.harness.core.strategy import PROTECTIONS
+
+    result = gates.check(
+        Phase.DECOMMISSIONED,
+        decommission_inputs(cutover_at=None),
+        SOAK,
+        skip=frozenset(PROTECTIONS),
+    )
+    assert result.reasons == ("not in CUTOVER",)
+
+
+def test_a_verification_taken_at_the_instant_its_phase_began_counts() -> None:
+    """Each verification gate wants a diff not older than an instant (the backfill's end,
+    SHADOW's start, CUTOVER's start): a diff taken at that very instant is not older."""
+    at = Verification(0, 0, 10, 10, NOW - 10)
+    assert gates.check(Phase.SHADOW, shadow_inputs(verification=at, backfill_done_at=NOW - 10)).ok
+    assert gates.check(
+        Phase.CUTOVER, cutover_inputs(verification=at, phase_since=NOW - 10), POLICY
+    ).ok
+    assert gates.check(
+        Phase.DECOMMISSIONED, decommission_inputs(verification=at, cutover_at=NOW - 10), SOAK
+    ).reasons == ("soaked 0.0 s of 1.0 s since cutover",)
+
+
+def test_judging_as_verified_ignores_when_the_backfill_ended() -> None:
+    """`verified` stands for a diff taken now, which follows the backfill's end even when
+    another clock recorded that end a little ahead of the controller's."""
+    ahead = shadow_inputs(backfill_done_at=NOW + 5, verification=None)
+    assert not gates.check(Phase.SHADOW, ahead).ok
+    assert gates.check(Phase.SHADOW, ahead, verified=True).ok
+
+
+def test_the_cutover_gate_opens_at_its_limits_and_holds_just_past_them() -> None:
+    """The SLO and the recall tolerance are limits a run may reach: a p99 equal to the SLO
+    and a recall exactly the tolerance below old's pass; new's recall above old's passes."""
+    assert gates.check(Phase.CUTOVER, cutover_inputs(new_p99_ms=20.0), POLICY).ok
+    assert not gates.check(Phase.CUTOVER, cutover_inputs(new_p99_ms=20.1), POLICY).ok
+
+    tolerant = replace(POLICY, recall_parity_tolerance=0.25)
+    at_limit = cutover_inputs(mirror=with_recalls(1.0, 0.75))
+    assert gates.check(Phase.CUTOVER, at_limit, tolerant).ok
+    assert not gates.check(
+        Phase.CUTOVER, cutover_inputs(mirror=with_recalls(1.0, 0.5)), tolerant
+    ).ok
+    assert gates.check(Phase.CUTOVER, cutover_inputs(mirror=with_recalls(0.5, 0.5)), POLICY).ok
+
+
+def test_the_cutover_gate_allows_more_mismatches_where_old_itself_strays_on_the_queries() -> None:
+    """15% of mirrored reads differ, and old strays from the exact answer on 15% of the same
+    queries: that is noise the calibration did not see, and the gate opens. Without a noise
+    floor it allows no mismatch at all."""
+    stats = MirrorStats()
+    for i in range(400):
+        odd = i % 20 < 3
+        stats.add(compare([], [], 10), odd, recalls=(1.0, 1.0), old_stray=odd)
+    assert gates.check(Phase.CUTOVER, cutover_inputs(mirror=stats), POLICY).ok
+    plain = mirror(400, 60)
+    assert not gates.check(Phase.CUTOVER, cutover_inputs(mirror=plain), POLICY).ok
+    assert gates.check(Phase.CUTOVER, cutover_inputs(mirror=mirror(400, 0), noise=None), POLICY).ok
+    assert gates.check(
+        Phase.CUTOVER, cutover_inputs(mirror=mirror(400, 1), noise=None), POLICY
+    ).reasons == (
+        "mismatch rate 0.010 exceeds the noise floor's allowance 0.000 over the last 100 "
+        "mirrored reads",
+    )
+
+
+def test_the_soak_counts_from_the_cutover_unless_a_fallback_came_later() -> None:
+    """A fallback at the very instant of the cutover restarts nothing; a soak exactly as long
+    as the policy's is enough. The figures are seconds to a tenth."""
+    cut = NOW - 1_000_000_000
+    assert gates.check(Phase.DECOMMISSIONED, decommission_inputs(cutover_at=cut), SOAK).ok
+    same_instant = decommission_inputs(
+        cutover_at=NOW - 50_000_000, last_fallback_to_old=NOW - 50_000_000
+    )
+    assert gates.check(Phase.DECOMMISSIONED, same_instant, SOAK).reasons == (
+        "soaked 0.1 s of 1.0 s since cutover",
+    )
+    longer = GatePolicy(soak_ns=1_050_000_000)
+    assert gates.check(
+        Phase.DECOMMISSIONED, decommission_inputs(cutover_at=NOW - 50_000_000), longer
+    ).reasons == ("soaked 0.1 s of 1.1 s since cutover",)
 
 
 def test_the_controller_walks_all_phases_to_decommissioned_under_the_step_driver() -> None:

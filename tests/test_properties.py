@@ -24,6 +24,7 @@ from vecmig.harness.core.compare import (
     NoiseFloor,
     calibrate,
     compare,
+    discrepancy_line,
     rank_biased_overlap,
     recall_against,
 )
@@ -160,8 +161,130 @@ def test_calibration_rate_and_recall_are_fractions(
 
 
 def test_calibration_needs_one_exact_and_one_repeat_per_answer() -> None:
-    with pytest.raises(ValueError, match="one exact answer and one repeat"):
+    with pytest.raises(
+        ValueError, match=r"^calibration needs one exact answer and one repeat per old answer$"
+    ):
         calibrate([[]], [], [[]], k=10)
+
+
+def test_calibration_judges_the_top_k_and_counts_only_what_falls_below_the_threshold() -> None:
+    """Recall is of old's top k against the exact top k; a query strays only if its recall
+    or its repeat's overlap is below the threshold, not at it. No query: no stray, at the
+    threshold asked for."""
+    a, b, c, d = (Hit(i, 1, s) for i, s in zip("abcd", (0.1, 0.2, 0.3, 0.4), strict=True))
+    at_threshold = calibrate([[a, b, c]], [["a", "c", "b"]], [[a, d]], k=2, threshold=0.5)
+    assert at_threshold == NoiseFloor(threshold=0.5, rate=0.0, samples=1, old_recall=0.5)
+    below = calibrate([[a, b, c]], [["a", "c", "b"]], [[a, d]], k=2, threshold=0.6)
+    assert below.rate == 1.0
+    assert calibrate([], [], [], k=2, threshold=0.8) == NoiseFloor(0.8, 0.0, 0, 1.0)
+
+
+def test_rbo_counts_an_id_found_later_on_the_other_side() -> None:
+    """Two lists of the same ids in another order overlap fully by depth 2: RBO_ext of
+    (a, b) and (b, a) is (1 - p) / p * (0 + p^2) + p^2 = 0.9 at p = 0.9."""
+    assert rank_biased_overlap(["a", "b"], ["b", "a"]) == pytest.approx(0.9, abs=1e-12)
+    assert rank_biased_overlap(["a", "b"], ["b", "c"]) == pytest.approx(0.45, abs=1e-12)
+
+
+def test_compare_measures_overlap_score_deltas_and_version_mismatches_over_the_top_k() -> None:
+    a = [Hit("p1", 1, 0.1), Hit("p2", 1, 0.2), Hit("p3", 1, 0.3), Hit("p9", 1, 0.9)]
+    b = [Hit("p2", 2, 0.25), Hit("p1", 1, 0.4), Hit("p4", 1, 0.5)]
+    c = compare(a, b, 3)
+    assert c.k == 3
+    assert c.overlap == pytest.approx(2 / 3)
+    assert c.mean_score_delta == pytest.approx((0.3 + 0.05) / 2)
+    assert c.version_mismatches == ("p2",)
+    assert recall_against(a, ["p1", "p4", "p2", "p3"], 2) == 0.5
+
+
+def test_the_allowed_rate_is_twice_the_floor_plus_three_standard_errors_and_a_percent() -> None:
+    floor = NoiseFloor(threshold=0.7, rate=0.02, samples=100, old_recall=0.98)
+    assert floor.allowed_rate(0) == 0.0
+    assert floor.allowed_rate(100) == pytest.approx(
+        0.04 + 3 * math.sqrt(0.04 * 0.96 / 100) + 0.01, abs=1e-12
+    )
+
+
+def test_the_figures_of_mirrored_reads_and_the_noise_floor_as_json() -> None:
+    """What a run report shows: running sums as means and rates, rounded to 6 places; the
+    discrepancy log keeps the lines given, up to its limit; old's stray rate is over the reads
+    that had an exact answer, overall and in a window."""
+    stats = MirrorStats(log_limit=1)
+    same = compare([Hit("p1", 1, 0.1)], [Hit("p1", 1, 0.1)], 1)
+    stale = compare([Hit("p1", 1, 0.1)], [Hit("p1", 2, 0.1)], 1)
+    half = compare([Hit("p1", 1, 0.1), Hit("p2", 1, 0.2)], [Hit("p1", 1, 0.1)], 2)
+    stats.add(same, False)
+    stats.add(stale, True, {"line": 1}, recalls=(1.0, 0.5), old_stray=True)
+    stats.add(half, True, {"line": 2}, recalls=(0.5, 0.75))
+    stats.add(same, False)  # no exact answer
+    assert stats.log == [{"line": 1}]
+    assert stats.to_json() == {
+        "compared": 4,
+        "discrepancies": 2,
+        "mismatch_rate": 0.5,
+        "version_mismatches": 1,
+        "mean_overlap": round((1 + 1 + 0.5 + 1) / 4, 6),
+        "mean_rbo": round((3 * same.rbo + half.rbo) / 4, 6),
+        "recall_parity": round(((0.5 + 0.75) - (1.0 + 0.5)) / 2, 6),
+        "live_noise_rate": 0.5,
+        "errors": 0,
+    }
+    window = stats.window(4)
+    assert (window.old_strays, window.recall_samples, window.live_noise_rate) == (1, 2, 0.5)
+    assert MirrorStats().to_json() == {
+        "compared": 0,
+        "discrepancies": 0,
+        "mismatch_rate": 0.0,
+        "version_mismatches": 0,
+        "mean_overlap": None,
+        "mean_rbo": None,
+        "recall_parity": None,
+        "live_noise_rate": None,
+        "errors": 0,
+    }
+    thirds = MirrorStats()
+    # a third of 9 ids in common: figures with more than 6 decimals
+    third = compare([Hit(i, 1, 0.1) for i in "abcdefghi"], [Hit(i, 1, 0.1) for i in "ajkblmcno"], 9)
+    for i in range(3):
+        thirds.add(third, i == 0, recalls=(0.0, 1 / 3), old_stray=i == 0)
+    assert thirds.to_json() == {
+        "compared": 3,
+        "discrepancies": 1,
+        "mismatch_rate": 0.333333,
+        "version_mismatches": 0,
+        "mean_overlap": 0.333333,
+        "mean_rbo": round(third.rbo, 6),
+        "recall_parity": 0.333333,
+        "live_noise_rate": 0.333333,
+        "errors": 0,
+    }
+    assert round(third.rbo, 6) != round(third.rbo, 7)
+    floor = NoiseFloor(threshold=0.7, rate=1 / 3, samples=3, old_recall=2 / 3)
+    assert floor.to_json() == {
+        "threshold": 0.7,
+        "rate": 0.333333,
+        "samples": 3,
+        "old_recall": 0.666667,
+    }
+
+
+def test_a_discrepancy_line_holds_the_query_both_answers_and_the_measures() -> None:
+    """Scores and measures rounded to 6 places (a third of 9 ids in common has more)."""
+    old = [Hit(i, 1, 0.5) for i in "abcdefghi"]
+    old[0] = Hit("a", 1, 0.1234567)
+    new = [Hit(i, 1, 0.5) for i in "ajkblmcno"]
+    new[0] = Hit("a", 2, 0.7654321)
+    c = compare(old, new, 9)
+    assert discrepancy_line({"k": 9}, old, new, c) == {
+        "query": {"k": 9},
+        "old": [["a", 1, 0.123457]] + [[i, 1, 0.5] for i in "bcdefghi"],
+        "new": [["a", 2, 0.765432]] + [[i, 1, 0.5] for i in "jkblmcno"],
+        "overlap": 0.333333,
+        "rbo": round(c.rbo, 6),
+        "mean_score_delta": round((0.7654321 - 0.1234567) / 3, 6),
+        "version_mismatches": ["a"],
+    }
+    assert round(c.rbo, 6) != round(c.rbo, 7)
 
 
 @given(
@@ -290,6 +413,52 @@ def test_hlc_counter_overflow_moves_logical_time_on() -> None:
     versions = [clock.now(5_000_000) for _ in range(MAX_COUNTER + 3)]
     assert versions == sorted(set(versions))
     assert decode(versions[-1])[0] == 6
+    assert [decode(v) for v in versions[-3:]] == [(5, MAX_COUNTER, 1), (6, 0, 1), (6, 1, 1)]
+
+
+def test_a_fresh_clock_counts_from_zero_and_restarts_its_counter_when_time_moves_on() -> None:
+    """The first version within the first millisecond is (0 ms, counter 1); a later
+    millisecond starts at counter 0. The highest node number is a valid node."""
+    clock = HybridLogicalClock(MAX_NODE)
+    assert decode(clock.now(0)) == (0, 1, MAX_NODE)
+    assert decode(clock.now(999_999)) == (0, 2, MAX_NODE)
+    assert decode(clock.now(5_000_000)) == (5, 0, MAX_NODE)
+
+
+def observed(
+    before: list[tuple[int, int]], remote: tuple[int, int], physical_ms: int
+) -> tuple[int, int]:
+    """A clock that observed `before` (versions of node 0, at physical time 1 s), then
+    `remote` at `physical_ms`: the (logical ms, counter) of its next version at that time."""
+    clock = HybridLogicalClock(1)
+    for logical, counter in before:
+        clock.observe(encode(logical, counter, 0), 1_000_000_000)
+    clock.observe(encode(*remote, 0), physical_ms * 1_000_000)
+    logical, counter, _ = decode(clock.now(physical_ms * 1_000_000))
+    return logical, counter
+
+
+@pytest.mark.parametrize(
+    ("before", "remote", "physical_ms", "expected"),
+    [
+        ([], (500, 3), 1_000, (1_000, 1)),  # physical time leads: take it, counter from 0
+        ([], (2_000, 7), 1_000, (2_000, 9)),  # the remote version leads: follow its counter
+        ([(2_000, 2)], (2_000, 5), 1_000, (2_000, 7)),  # same ms as the remote: the higher count
+        ([(2_000, 2)], (2_000, 1), 1_000, (2_000, 5)),  # ... which may be its own
+        ([(2_000, 2)], (500, 9), 1_000, (2_000, 5)),  # its own time leads: only count on
+        ([(1_500, 0)], (1_500, 4), 3_000, (3_000, 1)),  # both behind physical time
+    ],
+)
+def test_observing_a_version_follows_whichever_of_the_three_clocks_leads(
+    before: list[tuple[int, int]],
+    remote: tuple[int, int],
+    physical_ms: int,
+    expected: tuple[int, int],
+) -> None:
+    """Kulkarni et al.'s receive rule, case by case: the logical time becomes the largest of
+    the clock's own, the remote one and physical time; the counter restarts when physical
+    time leads, and otherwise counts on from the larger counter at that logical time."""
+    assert observed(before, remote, physical_ms) == expected
 
 
 def test_the_mismatch_allowance_follows_how_far_old_strays_on_the_mirrored_queries() -> None:
