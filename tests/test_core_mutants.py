@@ -332,16 +332,12 @@ def test_the_controller_judges_cutover_and_decommission_on_what_it_sees_now() ->
     assert rig.coordinator.published.phase is Phase.DECOMMISSIONED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by mutation testing: phase_since is the start of the attempt that published "
-    "SHADOW, and the diff that attempt took before publishing is later, so it counts as taken "
-    "in SHADOW (docs/mutation-core.md)",
-)
 def test_cutover_waits_for_a_diff_taken_in_shadow_when_the_fresh_one_fails() -> None:
     """The diff before CUTOVER is there to find writes new acknowledged and lost in SHADOW; the
     diff that cleared the SHADOW gate was taken before SHADOW was published and cannot have
-    seen them. If the fresh diff fails (a side is down), the gate must hold."""
+    seen them. If the fresh diff fails (a side is down), the gate must hold. Found by mutation
+    testing: `phase_since` is the start of the try that published SHADOW, so that earlier diff
+    counted as taken in SHADOW, and the gate opened on it."""
     rig = Rig(SAFE, policy=GatePolicy(min_mirrored_reads=0))
     rig.add_instance("app")
     rig.advance_to_shadow()

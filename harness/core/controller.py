@@ -198,24 +198,7 @@ class Controller:
     def _gate(self, target: Phase, step: Step, now: int, plan: Plan) -> Sub[gates.GateResult]:
         strategy = self.strategy
         if step is not Step.ADVANCE:
-            reasons = []
-            ok, why = self.coordinator.can_publish(now)
-            if not ok and strategy.adjacency_wait:
-                reasons.append(why)
-            if step is Step.ABORT and strategy.abort_repairs_old:
-                # After ABORT old is the only side, and OLD_ONLY reads trust it: a write that
-                # reached new but not old (in CUTOVER, new is primary) must be on old first.
-                # Only repairs toward old count, so a new that is down cannot block the abort.
-                behind = yield from self._repairs_toward(Side.OLD)
-                if behind:
-                    yield from repair_pass(1024, self.lagged_sides).steps
-                    behind = yield from self._repairs_toward(Side.OLD)
-                if behind:
-                    reasons.append(
-                        f"{behind} repair(s) toward old still pending: old would serve older "
-                        "versions as the only side"
-                    )
-            return gates.GateResult(target, not reasons, tuple(reasons))
+            return (yield from self._step_back_gate(target, step, now))
         published = self.coordinator.published
         checkpoint: Checkpoint = (
             (yield LoadCheckpoint()) if strategy.durable_checkpoint else self.backfill.checkpoint
@@ -256,21 +239,53 @@ class Controller:
         # retires).
         if not gates.check(target, inputs, self.policy, verified=True, skip=skip).ok:
             return gates.check(target, inputs, self.policy, skip=skip)
-        yield from self._verify_and_repair(plan)
+        failed = yield from self._verify_and_repair(plan)
+        if failed is not None:
+            # Judge only a diff taken by this try: an older one cannot vouch for what a side
+            # lost since (new's lost writes in SHADOW, for the gate to CUTOVER).
+            return gates.GateResult(
+                target, False, (f"the verification diff failed ({failed}); the gate waits for one",)
+            )
         backlog = yield RepairBacklog(now)
         inputs = dataclasses.replace(inputs, repair_backlog=backlog, verification=self.verification)
         return gates.check(target, inputs, self.policy, skip=skip)
+
+    def _step_back_gate(self, target: Phase, step: Step, now: int) -> Sub[gates.GateResult]:
+        """The gate of a ROLLBACK or an ABORT: the instances' adjacency, and for an ABORT
+        every repair toward old applied."""
+        strategy = self.strategy
+        reasons = []
+        ok, why = self.coordinator.can_publish(now)
+        if not ok and strategy.adjacency_wait:
+            reasons.append(why)
+        if step is Step.ABORT and strategy.abort_repairs_old:
+            # After ABORT old is the only side, and OLD_ONLY reads trust it: a write that
+            # reached new but not old (in CUTOVER, new is primary) must be on old first.
+            # Only repairs toward old count, so a new that is down cannot block the abort.
+            behind = yield from self._repairs_toward(Side.OLD)
+            if behind:
+                yield from repair_pass(1024, self.lagged_sides).steps
+                behind = yield from self._repairs_toward(Side.OLD)
+            if behind:
+                reasons.append(
+                    f"{behind} repair(s) toward old still pending: old would serve older "
+                    "versions as the only side"
+                )
+        return gates.GateResult(target, not reasons, tuple(reasons))
 
     def _repairs_toward(self, side: Side) -> Sub[int]:
         entries: list[RepairEntry] = yield NextRepairs(1 << 30)
         return sum(1 for e in entries if e.side is side)
 
-    def _verify_and_repair(self, plan: Plan) -> Sub[None]:
+    def _verify_and_repair(self, plan: Plan) -> Sub[str | None]:
+        """Take a verification diff and repair what it found; why it failed, if it did."""
         outcome = yield from verify(plan.verify_buckets).steps
-        if outcome.type == "ok":
-            self.verification = outcome.value
+        if outcome.type != "ok":
+            return outcome.error or outcome.type
+        self.verification = outcome.value
         if self.verification and self.verification.differences:
             yield from repair_pass(1024, self.lagged_sides).steps
+        return None
 
     def report(self) -> dict[str, Any]:
         held: dict[str, float] = {}
