@@ -344,8 +344,11 @@ def test_cutover_waits_for_a_diff_taken_in_shadow_when_the_fresh_one_fails() -> 
     attempt = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
     rig.driver.run_until(attempt, lambda r: isinstance(r, rq.Count))
     rig.driver.step(attempt, Unavailable("old is down"))  # the fresh diff fails
-    assert rig.driver.run(attempt).type == "fail"
+    outcome = rig.driver.run(attempt)
+    assert outcome.type == "fail"
     assert rig.coordinator.published.phase is Phase.SHADOW
+    (reason,) = outcome.value.reasons
+    assert reason.startswith("the verification diff failed (") and "old is down" in reason, reason
 
 
 # -- strategies -------------------------------------------------------------------------------
