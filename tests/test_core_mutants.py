@@ -351,6 +351,39 @@ def test_cutover_waits_for_a_diff_taken_in_shadow_when_the_fresh_one_fails() -> 
     assert reason.startswith("the verification diff failed (") and "old is down" in reason, reason
 
 
+def test_shadow_holds_when_the_diff_after_a_clean_one_fails() -> None:
+    """The same gap before SHADOW: a clean diff whose gate then held for another reason (a
+    repair queued while the diff ran) cannot vouch for what new lost after it. When the next
+    try's diff fails, the gate to SHADOW holds; before the fix it opened on the older diff."""
+    rig = Rig(SAFE)
+    app = rig.add_instance("app")
+    for _ in range(2):
+        assert rig.step_phase().type == "ok"
+        rig.sync_all()
+    rig.finish_backfill()
+    rig.drain_repairs()
+    first = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
+    rig.driver.run_until(first, lambda r: isinstance(r, rq.Count))  # the diff begins
+    rig.driver.run_until(first, lambda r: isinstance(r, rq.RepairBacklog))  # it is over
+    write = rig.driver.start(app.upsert(rig.record("p000003", 2)))
+    rig.driver.run_until(write, lambda r: isinstance(r, rq.Upsert) and r.side is Side.NEW)
+    rig.driver.step(write, error=Unavailable("new: injected"))
+    assert rig.driver.run(write).type == "ok"  # acknowledged; a repair toward new is queued
+    held = rig.driver.run(first)
+    assert held.type == "fail" and "repair log holds 1 entries" in str(held.value), held
+    assert rig.controller.verification is not None
+    assert rig.controller.verification.differences == 0  # the clean diff is kept
+    rig.drain_repairs()
+    second = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
+    rig.driver.run_until(second, lambda r: isinstance(r, rq.Count))
+    rig.driver.step(second, Unavailable("new is down"))  # this try's diff fails
+    outcome = rig.driver.run(second)
+    assert outcome.type == "fail", outcome
+    assert rig.coordinator.published.phase is Phase.BACKFILL
+    (reason,) = outcome.value.reasons
+    assert reason.startswith("the verification diff failed (") and "new is down" in reason
+
+
 # -- strategies -------------------------------------------------------------------------------
 
 
