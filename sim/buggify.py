@@ -100,7 +100,7 @@ def _fit_lost_acks(table: dict[str, Any]) -> None:
         max_skew_ms=instances["max_clock_skew_ms"],
         start_s=migration["start_s"],
         hold_s=migration["hold_s"],
-        steps_back=any(step in ("rollback", "abort") for step in migration["steps"]),
+        steps_back=FaultLimits.plan_steps_back(migration["steps"]),
     )
     specs = [FaultSpec(**fault) for fault in table["faults"]]
     unsafe = {i for i, _ in unrepaired_in_shadow(specs, limits)}

@@ -164,6 +164,11 @@ class FaultLimits:
     """Whether the plan may step back (ROLLBACK or ABORT), so that a fault started in a later
     phase with no `until_phase` may last into an earlier one."""
 
+    @staticmethod
+    def plan_steps_back(steps: Sequence[str]) -> bool:
+        """Whether a plan's steps (`migration.steps`) include a ROLLBACK or an ABORT."""
+        return any(step in ("rollback", "abort") for step in steps)
+
     def earliest_gate_s(self, target: str) -> float:
         """The earliest simulated time at which the controller can start the gate (and the
         verification diff) that leads into `target` from OLD_ONLY: every ADVANCE waits its

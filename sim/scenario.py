@@ -413,7 +413,7 @@ def fault_limits(s: Scenario) -> FaultLimits:
         max_skew_ms=s.instances.max_clock_skew_ms,
         start_s=s.migration.start_s,
         hold_s=dict(s.migration.hold_s),
-        steps_back=any(step in ("rollback", "abort") for step in s.migration.steps),
+        steps_back=FaultLimits.plan_steps_back(s.migration.steps),
     )
 
 
