@@ -1579,6 +1579,28 @@ def test_a_stale_read_example_says_whether_a_newer_upsert_or_a_delete_hid_its_ve
     assert (second["max_up"], second["max_del"], second["why"]) == (2, 3, "a delete")
 
 
+def test_a_delete_in_flight_at_the_upserts_own_version_explains_a_not_found_get() -> None:
+    """A delete wins a tie of versions everywhere: acknowledged, it hides the upsert of its
+    version (above), so in flight it may have, and a not-found get is no stale read. A
+    delete below the upsert's version explains nothing. No engine writes a tie (each write
+    of an id takes the next version); a hand-written history can."""
+    for delete, stale in ((2, 0), (1, 1)):
+        h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+        h.invoke(1, "delete", id="a", version=delete).get(2, "a", None)
+        assert counts(check(h.final("old", {"a": 2}).events)) == (
+            {"stale_reads": 1} if stale else {}
+        )
+
+
+def test_an_indeterminate_delete_at_the_upserts_own_version_explains_a_missing_id() -> None:
+    """The final-state twin of the rule above: a delete of the acknowledged upsert's own
+    version that ended info may have taken effect, so the id missing is no lost write."""
+    for delete, lost in ((2, 0), (1, 1)):
+        h = History().load({"a": 1}).write(0, "upsert", "a", 2)
+        h.invoke(1, "delete", id="a", version=delete).complete(1, "info", "delete")
+        assert counts(check(h.final("old", {}).events)) == ({"lost_writes": 1} if lost else {})
+
+
 def test_a_search_hit_of_a_version_its_own_delete_hid_is_stale() -> None:
     h = History().load({"a": 1}).write(0, "delete", "a", 1).search(1, [("a", 1)]).final("old", {})
     assert counts(check(h.events)) == {"stale_reads": 1}

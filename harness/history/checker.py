@@ -513,8 +513,11 @@ class _Judge:
             if up is None or (dl is not None and dl >= up):
                 return
             invoked = self.del_invoked.get(id_)
-            if invoked is not None and invoked > up:
-                return  # a delete newer than the upsert was in flight: it may explain this
+            if invoked is not None and invoked >= up:
+                # A delete at or above the upsert was in flight: it may explain this. At the
+                # upsert's own version too: an acknowledged delete of that version hides it
+                # (above), so one in flight may have.
+                return
             example = self.read_example(
                 iseq, seq, id=id_, returned=None, max_up=up, max_del=dl, why="not found"
             )
@@ -840,8 +843,8 @@ class _Judge:
                     continue
                 if held is None:
                     maybe = self.del_indeterminate.get(id_)
-                    if maybe is not None and maybe > up:
-                        continue  # an indeterminate newer delete may have taken effect
+                    if maybe is not None and maybe >= up:
+                        continue  # an indeterminate delete at or above may have taken effect
                 example = {"id": id_, "acknowledged_upsert": up, "final": held, "side": side}
                 self.found("lost_writes", self.with_ack("lost_writes", example, id_, 1), live=False)
             elif held is not None and held <= dl:

@@ -25,8 +25,9 @@ the property tests) and report every anomaly with a count and its first examples
   stale reads          a returned (id, version) older than an op on that id that completed ok
                        before the read was invoked: an upsert with a higher version, or a
                        delete with a version at or above it. Also a get that answered
-                       not-found while the newest such op was an upsert and no newer delete
-                       was even in flight.
+                       not-found while the newest such op was an upsert and no delete at or
+                       above its version was even in flight (a delete wins a tie of
+                       versions, acknowledged or not).
   garbage reads        a returned (id, version) that no load or upsert ever carried.
   filter violations    a hit of a filtered search whose version, by the fields its load or
                        upsert carried ("fields" in the history), does not match the filter
@@ -35,8 +36,8 @@ the property tests) and report every anomaly with a count and its first examples
                        recorded are not judged; the notes say how many.
   lost writes          an id whose newest acknowledged op is an upsert of version u, while the
                        final state of the side serving reads (new after CUTOVER, else old)
-                       holds no version >= u (unless an indeterminate newer delete explains a
-                       missing id).
+                       holds no version >= u (unless an indeterminate delete at or above u
+                       explains a missing id).
   resurrected deletes  an id whose newest acknowledged op is a delete of version d, while the
                        serving side's final state holds a version <= d.
   divergence           ids whose versions differ between the final states of old and new when
