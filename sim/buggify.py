@@ -14,7 +14,8 @@ random times in any phase, within the fault model a correct layer must survive:
   serving copy;
 * lost acknowledgements hit only new, before the verification diff that precedes SHADOW;
 * at least one app instance is never crashed;
-* clock skews stay within the declared bound.
+* clock skews stay within the declared bound;
+* the controller may die anywhere, and is restarted (its draws come from their own stream).
 
 The same scenario and seed always give the same draw, so a failing seed replays with
 `vecmig simulate SCENARIO --buggify --seed N`.
@@ -82,7 +83,35 @@ def buggify(base: Scenario, seed: int) -> Scenario:
     victim = draw.integer(0, 1)  # the replica number every node fault hits
     table["faults"] = _base_faults(draw, base, table, victim) + _faults(draw, table, victim)
     _fit_lost_acks(table)
+    table["faults"] += _controller_crashes(seed)
     return from_dict(table, source=base.source)
+
+
+CONTROL_STREAM = 0xC0117
+"""controller-crash came after the other families: its draws have a stream of their own, so
+that every other draw of a seed is what it was before."""
+
+
+def _controller_crashes(seed: int) -> list[dict[str, Any]]:
+    """Up to three deaths of the controller, a third of the time: at a random time, or some
+    time into a phase, half of the time within 50 ms of its publish (mid-calibration on
+    entering SHADOW, mid-checkpoint reset after an ABORT), each restarted after a while."""
+    draw = _Draw(np.random.default_rng(np.random.SeedSequence([seed, STREAM, CONTROL_STREAM])))
+    if not draw.chance(1 / 3):
+        return []
+    crashes = []
+    for _ in range(draw.integer(1, 3)):
+        when: dict[str, Any]
+        if draw.chance(0.3):
+            when = {"at_s": draw.uniform(0.0, 120.0)}
+        else:
+            phase = draw.pick(("DUAL_WRITE", "BACKFILL", "SHADOW", "CUTOVER", "OLD_ONLY"))
+            soon = draw.chance(0.5)
+            when = {"phase": phase, "after_s": draw.uniform(0.0, 0.05 if soon else 8.0, 4)}
+        crashes.append(
+            {"family": "controller-crash", **when, "duration_s": draw.uniform(0.05, 5.0)}
+        )
+    return crashes
 
 
 def _fit_lost_acks(table: dict[str, Any]) -> None:

@@ -8,7 +8,10 @@ what a valid schedule is, and draws random ones (swarm mode).
 
 Families are the fake cluster's (`CLUSTER_FAULT_FAMILIES`, applied to one side) and the
 driver's own: latency-spike and partition (between the layer and a side), app-instance-crash,
-late-config and clock-skew (one app instance), and backfill-worker-crash.
+late-config and clock-skew (one app instance), and backfill-worker-crash; and the control
+process's: controller-crash (the controller dies mid-step, in a gate, a diff or a calibration,
+and a new one starts when the fault stops, knowing only what the coordinator and the state
+store hold).
 
 `fault_problems` refuses the faults no layer can survive in a given scenario (`FaultLimits`):
 a node fault with one replica per shard, an app-instance crash with one instance, a clock skew
@@ -38,7 +41,13 @@ DRIVER_FAULT_FAMILIES: tuple[str, ...] = (
     "clock-skew",
     "backfill-worker-crash",
 )
-FAULT_FAMILIES: tuple[str, ...] = CLUSTER_FAULT_FAMILIES + DRIVER_FAULT_FAMILIES
+CONTROL_FAULT_FAMILIES: tuple[str, ...] = ("controller-crash",)
+"""Faults of the migration's own control process. Not in the swarm's default families (adding
+them there would change every recorded swarm seed's draw); scenarios name them, and BUGGIFY
+draws them from a stream of their own."""
+FAULT_FAMILIES: tuple[str, ...] = (
+    CLUSTER_FAULT_FAMILIES + DRIVER_FAULT_FAMILIES + CONTROL_FAULT_FAMILIES
+)
 
 TIMING_KEYS = ("family", "at_s", "phase", "after_s", "duration_s", "until_phase")
 
@@ -57,6 +66,7 @@ FAMILY_KEYS: Mapping[str, tuple[str, ...]] = {
     "late-config": ("instance", "delay_s"),
     "clock-skew": ("instance", "offset_ms"),
     "backfill-worker-crash": (),
+    "controller-crash": (),
 }
 REQUIRED: Mapping[str, tuple[str, ...]] = {
     "error-rate": ("side", "rate"),

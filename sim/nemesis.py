@@ -57,6 +57,8 @@ class Nemesis:
         rng: np.random.Generator,
         crash_backfill_worker: Callable[[], None],
         restart_backfill_worker: Callable[[], None],
+        crash_controller: Callable[[], None],
+        restart_controller: Callable[[], None],
     ) -> None:
         self.env = env
         self.schedule = schedule
@@ -65,8 +67,11 @@ class Nemesis:
         self.fleet = fleet
         self.recorder = recorder
         self.rng = rng
-        self.crash_backfill_worker = crash_backfill_worker
-        self.restart_backfill_worker = restart_backfill_worker
+        self.processes: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+            "backfill-worker-crash": (crash_backfill_worker, restart_backfill_worker),
+            "controller-crash": (crash_controller, restart_controller),
+        }
+        """The migration's own processes a fault kills and restarts: (crash, restart)."""
         self.active: list[ActiveFault] = []
         self.log: list[ActiveFault] = []
         self._phase_started: set[int] = set()
@@ -139,8 +144,9 @@ class Nemesis:
             else:
                 instance.skew_ns = int(spec.offset_ms * 1_000_000)
                 detail["offset_ms"] = spec.offset_ms
-        elif family == "backfill-worker-crash":
-            self.crash_backfill_worker()
+        elif family in self.processes:
+            crash, _ = self.processes[family]
+            crash()
         fault = ActiveFault(spec, detail, int(self.env.now))
         self.active.append(fault)
         self.log.append(fault)
@@ -174,8 +180,9 @@ class Nemesis:
                     self.fleet.deliver_now(instance, self.fleet.coordinator.published)
             else:
                 instance.skew_ns = 0
-        elif family == "backfill-worker-crash":
-            self.restart_backfill_worker()
+        elif family in self.processes:
+            _, restart = self.processes[family]
+            restart()
         self._record(family, "stop", detail)
 
     def heal_all(self) -> None:

@@ -194,6 +194,8 @@ class Simulation:
             rngs["faults"],
             self._crash_backfill_worker,
             self._start_backfill_worker,
+            self._crash_controller,
+            self._restart_controller,
         )
         self.phases: list[dict[str, Any]] = []
         self.series: dict[str, list[Any]] = {
@@ -320,23 +322,34 @@ class Simulation:
         self.throttle.rate = s.migration.backfill_rate
         self.throttle.observe(None)
         self.backfill = Backfill(self.strategy, self.throttle)
-        calibration = [
+        self._calibration = [
             self.catalog.query_vector(rngs["calibration"])
             for _ in range(s.migration.calibration_queries)
         ]
-        self.controller = Controller(
+        self.controller = self._new_controller()
+        self._crashed_controllers: list[Controller] = []
+        """Controllers a controller-crash killed, oldest first (their reports are merged)."""
+        self._controller_due = False  # the plan's start time has come
+        self._controller_down = False  # a controller-crash is active
+        self._plan_finished = False
+
+    def _new_controller(self) -> Controller:
+        """A controller that knows only what the coordinator and the state store hold: a
+        restarted one (controller-crash) starts from here too."""
+        m = self.scenario.migration
+        return Controller(
             self.coordinator,
             self.strategy,
             self.backfill,
             self.shared,
             GatePolicy(
-                min_mirrored_reads=s.migration.min_mirrored_reads,
-                recall_parity_tolerance=s.migration.recall_parity_tolerance,
-                slo_p99_ms=s.migration.slo_p99_ms,
-                soak_ns=int(s.migration.soak_s * SECOND),
+                min_mirrored_reads=m.min_mirrored_reads,
+                recall_parity_tolerance=m.recall_parity_tolerance,
+                slo_p99_ms=m.slo_p99_ms,
+                soak_ns=int(m.soak_s * SECOND),
             ),
             new_p99_ms=lambda: self.driver.side_p99_ms(Side.NEW),
-            calibration_queries=calibration,
+            calibration_queries=self._calibration,
             lagged_sides=self.lagged,
         )
 
@@ -361,6 +374,8 @@ class Simulation:
                 spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
             if spec.duration_s is None and spec.family == "backfill-worker-crash":
                 spec = dataclasses.replace(spec, duration_s=1.0)
+            if spec.duration_s is None and spec.family == "controller-crash":
+                spec = dataclasses.replace(spec, duration_s=2.0)  # a supervisor restarts it
             filled.append(spec)
         return filled
 
@@ -410,9 +425,19 @@ class Simulation:
 
     def _controller(self, start_ns: int) -> SimProcess:
         yield self.env.timeout(start_ns)
+        self._controller_due = True
+        if not self._controller_down:
+            self._start_controller()
+
+    def _start_controller(self) -> None:
+        """Run the plan's steps not yet taken. Only the controller publishes, one step a
+        publish, so the coordinator's epoch counts the steps taken, by any controller."""
         m = self.scenario.migration
+        steps = tuple(Step(x) for x in m.steps)[self.coordinator.published.epoch :]
+        if not steps:
+            return
         plan = Plan(
-            steps=tuple(Step(x) for x in m.steps),
+            steps=steps,
             hold_ns={Phase(k): int(v * SECOND) for k, v in m.hold_s.items()},
             retry_ns=int(m.retry_ms * MS),
             stall_ns=int(m.stall_after_s * SECOND),
@@ -421,7 +446,39 @@ class Simulation:
             self.controller.run(plan), on_done=self._plan_done
         )
 
+    def _crash_controller(self) -> None:
+        """The controller process dies wherever it is (in a hold, a gate, a verification
+        diff, a calibration): what it kept in memory is gone."""
+        self._controller_down = True
+        flight = self._controller_flight
+        if flight is not None and not flight.finished:
+            self.driver.crash(flight)
+            self._controller_flight = None
+        if not self._plan_finished:
+            self._crashed_controllers.append(self.controller)
+            self.controller = self._new_controller()
+
+    def _restart_controller(self) -> None:
+        self._controller_down = False
+        if self._controller_due and not self._plan_finished and not self._ending:
+            self._start_controller()
+
+    def _controller_report(self) -> dict[str, Any]:
+        """The report of every controller of the run, crashed ones first: their transitions
+        and gate waits in time order, the last verification any of them took."""
+        reports = [c.report() for c in (*self._crashed_controllers, self.controller)]
+        merged = dict(reports[-1])
+        merged["transitions"] = [t for r in reports for t in r["transitions"]]
+        merged["gate_waits"] = [w for r in reports for w in r["gate_waits"]]
+        verifications = [r["verification"] for r in reports if r["verification"] is not None]
+        merged["verification"] = verifications[-1] if verifications else None
+        if self._crashed_controllers:
+            merged["restarts"] = len(self._crashed_controllers)
+        return merged
+
     def _plan_done(self, flight: Flight, outcome: Outcome) -> None:
+        if outcome.type == "ok":
+            self._plan_finished = True
         linger = self.scenario.migration.end_after_plan_s
         if outcome.type == "ok" and linger is not None:
             end = int(self.env.now) + int(linger * SECOND)
@@ -593,7 +650,7 @@ class Simulation:
             schedule=self.schedule,
             faults=faults,
             phases=self.phases,
-            controller=self.controller.report(),
+            controller=self._controller_report(),
             completed=self.driver.completed,
             backfill=backfill,
             series=self.series,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from vecmig.harness.cli import EXIT_STALLED, exit_code
 from vecmig.sim.faults import FaultSpec
 from vecmig.sim.scenario import ClustersConfig, Scenario, from_dict
@@ -134,4 +136,71 @@ def test_a_run_that_cannot_finish_its_plan_is_stalled_not_valid() -> None:
     assert stall is not None and stall.why == "unfinished" and stall.target == "CUTOVER"
     assert any("mirrored reads" in reason for reason in stall.reasons), stall
     assert not any(result.verdict.counts().values())
+    assert exit_code(result.verdict) == EXIT_STALLED
+
+
+def _controller_crash(**when: Any) -> Scenario:
+    return scenario(
+        migration={
+            "hold_s": {"DUAL_WRITE": 2, "SHADOW": 5, "CUTOVER": 2},
+            "soak_s": 2,
+            "backfill_rate": 400,
+        },
+        catalog={"products": 400},
+        faults=[{"family": "controller-crash", **when}],
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "after_s"),
+    [("BACKFILL", 0.5), ("SHADOW", 0.001), ("CUTOVER", 0.001)],
+    ids=["mid-copy", "mid-calibration", "entering-cutover"],
+)
+def test_a_controller_that_dies_mid_plan_is_restarted_and_the_plan_finishes(
+    phase: str, after_s: float
+) -> None:
+    """controller-crash: the controller dies (in BACKFILL's gate polls, 1 ms into SHADOW
+    while it calibrates the noise floor, 1 ms into CUTOVER), and a new one starts 1 s later
+    knowing only what the coordinator and the state store hold. It walks the plan's steps
+    not yet taken (a plan event of its own), and the run ends DECOMMISSIONED and valid."""
+    result = Simulation(
+        _controller_crash(phase=phase, after_s=after_s, duration_s=1), "safe", seed=1
+    ).run()
+    assert result.verdict.valid and result.end_phase == "DECOMMISSIONED", result.verdict.to_json()
+    assert result.controller["restarts"] == 1
+    plans = [e.value for e in result.events if e.f == "plan"]
+    assert [p["from"] for p in plans] == ["OLD_ONLY", phase], plans
+    taken = {"BACKFILL": 2, "SHADOW": 3, "CUTOVER": 4}[phase]
+    assert len(plans[1]["steps"]) == 5 - taken
+    assert [t["phase"] for t in result.controller["transitions"]] == [
+        "DUAL_WRITE",
+        "BACKFILL",
+        "SHADOW",
+        "CUTOVER",
+        "DECOMMISSIONED",
+    ]
+
+
+def test_a_controller_restarted_in_shadow_measures_the_noise_floor_it_died_measuring() -> None:
+    """Found by controller-crash: the noise floor is measured on entering SHADOW, so a
+    controller that died mid-calibration left none, and its successor never took one: the
+    gate to CUTOVER then judged mirrored reads against an allowance of zero instead of the
+    floor (stricter, never unsafe, but a plan can hold where the floor would let it go).
+    The gate to CUTOVER now calibrates first when no floor is known."""
+    result = Simulation(
+        _controller_crash(phase="SHADOW", after_s=0.001, duration_s=1), "safe", seed=1
+    ).run()
+    assert result.controller["noise_floor"] is not None
+
+
+def test_a_controller_that_never_comes_back_leaves_the_run_stalled() -> None:
+    """No progress is no pass: a controller that dies in SHADOW for longer than the run
+    leaves the plan unfinished, a stall (exit 4), whatever the reads saw."""
+    run = dataclasses.replace(
+        _controller_crash(phase="SHADOW", after_s=0.5, duration_s=500), duration_s=40
+    )
+    result = Simulation(run, "safe", seed=1).run()
+    assert result.end_phase == "SHADOW"
+    stall = result.verdict.stall
+    assert stall is not None and stall.why == "unfinished", result.verdict.to_json()
     assert exit_code(result.verdict) == EXIT_STALLED

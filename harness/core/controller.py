@@ -213,6 +213,12 @@ class Controller:
         if published.phase is Phase.CUTOVER and self.cutover_at is None:
             # A controller restarted in CUTOVER lost when it began: the soak starts again now.
             self.cutover_at = now
+        if target is Phase.CUTOVER and self.shared.noise is None and self.calibration_queries:
+            # The noise floor is measured on entering SHADOW; a controller that died before
+            # it was (mid-calibration) and was restarted in SHADOW measures it now, or the
+            # gate would judge mirrored reads against an allowance of zero, not the floor.
+            floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
+            self.shared.noise = floor.value
         inputs = gates.GateInputs(
             now=now,
             published=published,
