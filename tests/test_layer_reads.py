@@ -202,8 +202,8 @@ def is_get(request: Any) -> bool:
     return isinstance(request, rq.Get)
 
 
-P_OLD = record("p", 1, vector(0.0, 1.0, 0.0))
-P_NEW = record("p", 2, vector(0.0, 0.0, 1.0))
+P1 = record("p", 1, vector(0.0, 1.0, 0.0))
+P2 = record("p", 2, vector(0.0, 0.0, 1.0))
 ROLLED_BACK = {("p", Side.OLD): False}
 """After a ROLLBACK from CUTOVER to SHADOW: a CUTOVER write of p reached new but not old (its
 secondary), so a determinate repair of old is pending and new holds the latest version."""
@@ -230,16 +230,16 @@ def test_an_instance_whose_lease_ran_out_refuses_reads_and_asks_no_side(read: st
 
 def test_a_get_with_no_repair_pending_reads_the_read_side_alone() -> None:
     world = World()
-    world.hold(Side.OLD, P_NEW)
-    world.hold(Side.NEW, P_OLD)  # behind, but nothing says new may be ahead
+    world.hold(Side.OLD, P2)
+    world.hold(Side.NEW, P1)  # behind, but nothing says new may be ahead
     assert play(layer(Phase.DUAL_WRITE).get("p"), world) == found("p", 2)
     assert world.side_requests(Side.NEW) == []
 
 
 def test_a_get_of_an_id_with_a_repair_pending_on_the_read_side_keeps_the_newer_of_both() -> None:
     world = World(pending=dict(ROLLED_BACK))
-    world.hold(Side.OLD, P_OLD)
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.OLD, P1)
+    world.hold(Side.NEW, P2)
     app = layer(Phase.SHADOW)
     assert play(app.get("p"), world) == found("p", 2, read_both=True)
     assert app.shared.fallbacks == 0
@@ -267,7 +267,7 @@ def test_a_get_the_side_refuses_as_invalid_fails_at_once_with_the_sides_words() 
     """An invalid request is not retried, nor sent to the other side: it would fail there too.
     The notes say what the read did before it failed."""
     world = World(pending=dict(ROLLED_BACK))
-    world.hold(Side.OLD, P_OLD)
+    world.hold(Side.OLD, P1)
     world.flaky[(rq.Get, Side.NEW)] = [InvalidRequest("new: id too long")]
     assert play(layer(Phase.SHADOW).get("p"), world) == failed("new: id too long", read_both=True)
     assert len(world.side_requests(Side.NEW)) == 1
@@ -277,7 +277,7 @@ def test_a_get_reading_both_sides_answers_from_the_fallback_side_when_the_read_s
     None
 ):
     world = World(pending=dict(ROLLED_BACK), down={Side.OLD: "old: down"})
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.NEW, P2)
     app = layer(Phase.SHADOW)
     assert play(app.get("p"), world) == found("p", 2, read_both=True, fallback_side="new")
     assert (app.shared.fallbacks, app.shared.last_fallback_to_old) == (1, None)
@@ -293,7 +293,7 @@ def test_a_get_fails_with_every_sides_error_when_no_side_can_answer() -> None:
 
 def test_a_get_with_no_side_to_fall_back_to_fails_with_the_read_sides_error() -> None:
     world = World(down={Side.OLD: "old: down"})
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.NEW, P2)
     assert play(layer(Phase.DUAL_WRITE).get("p"), world) == failed("old: down")
 
 
@@ -306,13 +306,13 @@ def test_before_shadow_a_get_never_answers_from_new_alone() -> None:
 
 def test_a_get_falls_back_to_a_current_side_when_the_read_side_is_down() -> None:
     world = World(down={Side.OLD: "old: down"})
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.NEW, P2)
     assert play(layer(Phase.SHADOW).get("p"), world) == found("p", 2, fallback_side="new")
 
 
 def test_a_get_does_not_fall_back_to_a_side_a_determinate_repair_is_pending_on() -> None:
     world = World(pending={("p", Side.NEW): False}, down={Side.OLD: "old: down"})
-    world.hold(Side.NEW, P_OLD)
+    world.hold(Side.NEW, P1)
     assert play(layer(Phase.SHADOW).get("p"), world) == failed(
         "old: down; new may miss the latest write of 'p' (a repair is pending there)"
     )
@@ -328,15 +328,15 @@ def test_without_the_currency_check_a_get_still_reads_both_sides_for_a_pending_r
     """The ablation `fallback-currency-check` lets a fallback answer alone; reading both sides
     of an id with a pending repair is `read-both`'s, which stays on."""
     world = World(pending=dict(ROLLED_BACK))
-    world.hold(Side.OLD, P_OLD)
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.OLD, P1)
+    world.hold(Side.NEW, P2)
     app = layer(Phase.SHADOW, SAFE.without("fallback-currency-check"))
     assert play(app.get("p"), world) == found("p", 2, read_both=True)
 
 
 def test_without_read_fallback_a_read_fails_when_the_read_side_is_down() -> None:
     world = World(down={Side.OLD: "old: down"})
-    world.hold(Side.NEW, P_NEW)
+    world.hold(Side.NEW, P2)
     app = layer(Phase.SHADOW, SAFE.without("read-fallback"))
     assert play(app.get("p"), world) == failed("old: down")
     assert play(app.search(QUERY, 3), world) == failed("old: down")
@@ -345,7 +345,7 @@ def test_without_read_fallback_a_read_fails_when_the_read_side_is_down() -> None
 
 def test_a_read_is_tried_twice_and_fails_with_the_last_error() -> None:
     world = World()
-    world.hold(Side.OLD, P_OLD)
+    world.hold(Side.OLD, P1)
     app = layer(Phase.OLD_ONLY)
     world.flaky[(rq.Get, Side.OLD)] = [Unavailable("old: replica 1 down")]
     assert play(app.get("p"), world) == found("p", 1)
@@ -356,7 +356,7 @@ def test_a_read_is_tried_twice_and_fails_with_the_last_error() -> None:
 
 def test_without_read_retry_a_read_is_tried_once() -> None:
     world = World()
-    world.hold(Side.OLD, P_OLD)
+    world.hold(Side.OLD, P1)
     world.flaky[(rq.Get, Side.OLD)] = [Unavailable("old: replica 1 down")]
     app = layer(Phase.OLD_ONLY, SAFE.without("read-retry"))
     assert play(app.get("p"), world) == failed("old: replica 1 down")
@@ -646,5 +646,5 @@ def test_a_write_is_superseded_only_when_the_side_says_it_holds_a_newer_version(
     applied: Mapping[str, bool] | None, notes: dict[str, Any]
 ) -> None:
     world = World(write_answer=lambda records: applied)
-    outcome = play(layer(Phase.OLD_ONLY).upsert(P_OLD.as_record()), world)
+    outcome = play(layer(Phase.OLD_ONLY).upsert(P1.as_record()), world)
     assert outcome == rq.Outcome("ok", {"id": "p", "version": 1}, notes=notes)
