@@ -288,9 +288,6 @@ class Controller:
         return None
 
     def report(self) -> dict[str, Any]:
-        held: dict[str, float] = {}
-        for wait in self.waits:
-            held[wait.target.value] = held.get(wait.target.value, 0.0)
         return {
             "transitions": [
                 {"time": t, "phase": p.value, "epoch": e} for t, p, e in self.transitions
