@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
+import pytest
+
 from vecmig.harness.clusters.base import ClusterError, Side, Unavailable
 from vecmig.harness.core import requests as rq
 from vecmig.harness.core.controller import SECOND, Controller, repair_worker
@@ -211,6 +213,55 @@ def test_a_step_whose_phase_another_controller_moved_meanwhile_fails_with_the_re
     assert [e.value for e in rig.recorder.events if e.f == "gate"] == [
         {"target": "OLD_ONLY", "open": False, "reasons": [refusal]}
     ]
+
+
+@pytest.mark.xfail(strict=True, reason="the controller publishes from whatever phase is current")
+def test_a_gate_judged_on_one_phase_never_publishes_from_another() -> None:
+    """Found by mutation testing: the gate to BACKFILL opened, another controller published
+    BACKFILL meanwhile and the instance acknowledged it; the first then stepped on from
+    BACKFILL, and SHADOW was published with nothing copied, no diff, and the announcement
+    "gate to BACKFILL: open". A fleet's controller runs its plan and the operator's steps
+    (/admin/advance, rollback, abort) side by side, with nothing to keep them apart."""
+    rig = Rig(SAFE)
+    rig.add_instance("app")
+    assert rig.step_phase().type == "ok"
+    rig.sync_all()
+    first = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
+    rig.driver.run_until(first, lambda r: isinstance(r, rq.RepairBacklog))
+    other = Controller(rig.coordinator, SAFE, rig.backfill, rig.shared, OPEN_POLICY)
+    assert opened(rig.run(other.attempt(Step.ADVANCE)), Phase.BACKFILL)
+    rig.sync_all()
+    assert held(
+        rig.driver.run(first),
+        Phase.BACKFILL,
+        "cannot advance to BACKFILL: the phase moved to BACKFILL (epoch 2) while the gate "
+        "was judged on DUAL_WRITE (epoch 1)",
+    )
+    assert rig.coordinator.published == Published(Phase.BACKFILL, 2)
+
+
+def test_the_acknowledgement_rule_is_judged_again_when_the_phase_is_published() -> None:
+    """The gate to SHADOW counted the instances before its diff; an instance whose lease had
+    lapsed came back meanwhile with an older phase (its lease renewed anyway, the lease
+    binding being off). The coordinator refuses to publish past it, and the refusal is the
+    step's outcome."""
+    rig = Rig(SAFE.without("lease-epoch-binding"))
+    rig.add_instance("app")
+    rig.add_instance("late")
+    to_backfill(rig)
+    rig.driver.advance_time(rig.lease_ns)  # late's lease lapses; app renews its own
+    rig.sync("app")
+    rig.finish_backfill()
+    rig.drain_repairs()
+    attempt = rig.driver.start(rig.controller.attempt(Step.ADVANCE))
+    rig.driver.run_until(attempt, lambda r: isinstance(r, rq.Count))  # the diff begins
+    assert rig.coordinator.ack("late", Published(Phase.DUAL_WRITE, 1), rig.driver.time)
+    refusal = (
+        "cannot advance to SHADOW: waiting for 1 instance(s) to acknowledge BACKFILL "
+        "(epoch 2): late"
+    )
+    assert held(rig.driver.run(attempt), Phase.SHADOW, refusal)
+    assert rig.coordinator.published == Published(Phase.BACKFILL, 2)
 
 
 # -- ablated strategies -----------------------------------------------------------------------
