@@ -122,15 +122,24 @@ class Controller:
 
     def _attempt(self, step: Step, plan: Plan) -> Steps:
         now: int = yield Now()
+        basis = self.coordinator.published
         try:
-            target = next_phase(self.coordinator.published.phase, step)
+            target = next_phase(basis.phase, step)
         except PhaseError as exc:
-            return Outcome(
-                "fail", gates.GateResult(self.coordinator.published.phase, False, (str(exc),))
-            )
+            return Outcome("fail", gates.GateResult(basis.phase, False, (str(exc),)))
         result = yield from self._gate(target, step, now, plan)
         if result.ok:
             try:
+                # The gate was judged on `basis`: if another controller (a plan's walk and an
+                # operator's step in one fleet controller) published meanwhile, `publish`
+                # would step on from the phase it moved to, past a gate nobody judged.
+                moved = self.coordinator.published
+                if moved != basis:
+                    raise PhaseError(
+                        f"cannot {step.value} to {target.value}: the phase moved to "
+                        f"{moved.phase.value} (epoch {moved.epoch}) while the gate was judged "
+                        f"on {basis.phase.value} (epoch {basis.epoch})"
+                    )
                 published = self.coordinator.publish(
                     step, now, wait_for_acks=self.strategy.adjacency_wait
                 )
@@ -294,9 +303,6 @@ class Controller:
         return None
 
     def report(self) -> dict[str, Any]:
-        held: dict[str, float] = {}
-        for wait in self.waits:
-            held[wait.target.value] = held.get(wait.target.value, 0.0)
         return {
             "transitions": [
                 {"time": t, "phase": p.value, "epoch": e} for t, p, e in self.transitions
