@@ -45,16 +45,18 @@ INTENT = 41
 
 RECORD = Record("p1", np.array([0.6, 0.8], dtype=np.float32), {"colour": "red"}, 5)
 GONE = Tombstone("p1", 6)
+VALUE = {"id": "p1", "version": 5}
+"""What the history records of the upsert of `RECORD` when it ends."""
 
 
 def layer(
     phase: Phase = Phase.DUAL_WRITE,
     strategy: Strategy = SAFE,
     lagged: Collection[Side] = (),
-    epoch: int = 1,
 ) -> MigrationLayer:
+    """An instance at epoch 1 whose lease runs until `LEASE`."""
     config = LayerConfig(strategy=strategy, lagged_sides=frozenset(lagged))
-    return MigrationLayer(InstanceView("app-1", phase, epoch, LEASE), config)
+    return MigrationLayer(InstanceView("app-1", phase, 1, LEASE), config)
 
 
 @dataclass
@@ -141,15 +143,12 @@ UPSERTED = ("p1", 5, False)
 VECTOR_AND_FIELDS = ([float(x) for x in RECORD.vector], {"colour": "red"})
 
 
-VALUE = {"id": "p1", "version": 5}
-
-
 # -- what a client is told ---------------------------------------------------------------------
 
 
 def test_an_upsert_is_invoked_with_its_id_version_and_fields() -> None:
-    """The history's invoke of an upsert carries the fields it writes (the checker reads
-    filters against them)."""
+    """The history's invoke of an upsert carries the fields it writes (the checker judges
+    filtered searches against them)."""
     op = layer().upsert(RECORD)
     assert op.f == "upsert"
     assert op.invoke_value == {"id": "p1", "version": 5, "fields": {"colour": "red"}}
@@ -412,6 +411,10 @@ def test_a_layer_reports_into_the_shared_figures_it_is_given_or_its_own() -> Non
     assert MigrationLayer(view, shared=shared).shared is shared
     own = MigrationLayer(view).shared
     assert isinstance(own, Shared) and own.fallbacks == 0
+
+
+def test_a_new_layer_has_no_background_work_for_its_driver_to_drain() -> None:
+    view = InstanceView("app-1", Phase.OLD_ONLY, 0, LEASE)
     assert list(MigrationLayer(view).background) == []
 
 
