@@ -115,6 +115,28 @@ def test_a_controller_restarted_in_shadow_takes_the_diff_before_cutover_itself()
     assert opened(rig.run(controller.attempt(Step.ADVANCE)), Phase.CUTOVER)
 
 
+def test_a_controller_restarted_in_shadow_without_a_noise_floor_measures_one_first() -> None:
+    """The floor is measured on entering SHADOW; a controller that died before it was (the
+    simulator's controller-crash, mid-calibration) leaves none. Its successor measures it in
+    its first try at CUTOVER, with its own queries at k = 10, whether or not the gate then
+    opens; once a floor is known, later tries ask nothing more."""
+    rig = Rig(SAFE, policy=OPEN_POLICY)
+    rig.add_instance("app")
+    rig.advance_to_shadow()
+    assert rig.shared.noise is None  # the rig's controller has no calibration queries
+    controller = restarted(rig)
+    controller.calibration_queries = (rig.query(1), rig.query(2), rig.query(3))
+    controller.policy = GatePolicy(min_mirrored_reads=5, soak_ns=SECOND)
+    tries: list[list[Any]] = [[], []]
+    for seen in tries:
+        outcome = rig.run(spied(controller.attempt(Step.ADVANCE), seen))
+        assert outcome.type == "fail" and "mirrored reads" in str(outcome.value.reasons)
+    first, second = ([r for r in seen if isinstance(r, rq.Search)] for seen in tries)
+    assert len(first) == 6 and {r.k for r in first} == {10}
+    assert rig.shared.noise is not None and rig.shared.noise.samples == 3
+    assert second == []
+
+
 def test_a_controller_restarted_in_cutover_soaks_again_from_its_first_try() -> None:
     """It lost when CUTOVER began, so the soak starts again (as the service does after a
     restart), however long CUTOVER has lasted."""
