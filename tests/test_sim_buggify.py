@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vecmig.harness.cli import main
-from vecmig.sim.buggify import buggify
+from vecmig.sim.buggify import FAMILIES, buggify
 from vecmig.sim.scenario import from_dict, load, scenario_names
 
 SEEDS = range(300)
@@ -47,7 +47,7 @@ def test_the_draws_cover_the_settings_and_faults_they_claim_to() -> None:
     ends = Counter(_end(d.migration.steps) for d in drawn)
     assert {"SHADOW", "CUTOVER", "DECOMMISSIONED"} <= set(ends), ends
     families = Counter(f.family for d in drawn for f in d.faults)
-    assert len(families) == 12, families
+    assert set(families) == {*FAMILIES, "controller-crash"}, families
     mixes = {tuple(sorted(d.traffic.merchant)) for d in drawn}
     assert any("relist" in mix for mix in mixes)
     assert any(d.traffic.hot_ids for d in drawn)
