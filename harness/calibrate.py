@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -41,7 +42,9 @@ KS = (1, 10, 100)
 SEARCHES_PER_POINT = 150
 INSERTED_PER_POINT = 512
 """Records each batch size inserts at each index size (at least two batches)."""
-FILL_BATCH = 1024
+FILL_BATCH = 256
+"""Records per upsert while filling up to the next size (not timed). pgvector on a loaded
+2-core machine took over its 10 s statement timeout for 1,024 records into a 16k HNSW index."""
 NOT_MEASURED = (
     "filtered searches (charged as unfiltered ones)",
     "metadata-only updates (charged as inserts)",
@@ -250,13 +253,16 @@ record) and write a cost profile that a scaled simulation names ([clusters] prof
 ENGINE is `fake` (the in-memory HNSW cluster, one shard and one replica, timed with this
 thread's CPU clock) or the URL of an empty side (pgvector://..., qdrant://..., milvus+lite://...;
 see `vecmig serve --help`), timed with the wall clock. The side is filled and partly deleted.
+pgvector://auto, qdrant+local://auto and milvus+lite://auto measure the throwaway side that
+`vecmig loadtest` starts for that URL (a PostgreSQL of its own; a tmpfs directory), removed after.
 """
 
 EPILOG = """\
 examples:
   vecmig calibrate fake --dim 32                    # writes profiles/fake-dim32.json
   vecmig calibrate fake --dim 128 --sizes 1000,10000,100000 --out /tmp/fake128.json
-  vecmig calibrate qdrant://:memory: --dim 32 --name qdrant-local-dim32
+  vecmig calibrate qdrant://:memory: --dim 32 --name qdrant-memory-dim32
+  vecmig calibrate pgvector://auto --dim 32 --sizes 1000,4000,16000,64000
 exit codes: 0 written, 2 bad input.
 """
 
@@ -302,38 +308,38 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from vecmig.harness.cli import EXIT_BAD_INPUT
-    from vecmig.harness.clusters.registry import open_cluster
 
     if args.dim < 2:
         print(f"vecmig calibrate: --dim must be at least 2, got {args.dim}", file=sys.stderr)
         return EXIT_BAD_INPUT
     is_fake = args.engine == "fake"
     url = FAKE_URL if is_fake else args.engine
-    engine = "fake" if is_fake else url.partition("://")[0]
-    name = args.name or f"{engine}-dim{args.dim}"
-    try:
-        side = open_cluster(url, args.dim, args.metric)
-    except (ValueError, ImportError) as exc:
-        print(f"vecmig calibrate: cannot open {args.engine!r}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if side.count().live:
-        print(
-            f"vecmig calibrate: {args.engine!r} is not empty; give an empty side", file=sys.stderr
+    engine = "fake" if is_fake else url.partition("://")[0].lower()
+    name = args.name or f"{engine.replace('+', '-')}-dim{args.dim}"
+    with ExitStack() as stack:
+        try:
+            side, settings = _open_side(url, args.dim, args.metric, stack)
+        except (ValueError, ImportError, LookupError, RuntimeError) as exc:
+            print(f"vecmig calibrate: cannot open {args.engine!r}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if side.count().live:
+            print(
+                f"vecmig calibrate: {args.engine!r} is not empty; give an empty side",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        if is_fake:
+            settings.update({"shards": 1, "replicas": 1, "m": 16, "ef_construction": 100})
+            settings["ef_search"] = 64
+        profile = measure(
+            side,
+            name=name,
+            engine=engine,
+            plan=Plan(sizes=args.sizes),
+            clock="cpu" if is_fake else "wall",
+            settings=settings,
+            progress=lambda message: print(f"  {message}", file=sys.stderr),
         )
-        return EXIT_BAD_INPUT
-    settings = {"url": url}
-    if is_fake:
-        settings.update({"shards": 1, "replicas": 1, "m": 16, "ef_construction": 100})
-        settings["ef_search"] = 64
-    profile = measure(
-        side,
-        name=name,
-        engine=engine,
-        plan=Plan(sizes=args.sizes),
-        clock="cpu" if is_fake else "wall",
-        settings=settings,
-        progress=lambda message: print(f"  {message}", file=sys.stderr),
-    )
     out = Path(args.out) if args.out else Path("profiles") / f"{name}.json"
     save_profile(profile, out)
     print(
@@ -341,3 +347,28 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"{args.sizes[-1]:,}, in {profile.machine['measure_wall_s']} s"
     )
     return 0
+
+
+def _open_side(
+    url: str, dim: int, metric: str, stack: ExitStack
+) -> tuple[ClusterPort, dict[str, Any]]:
+    """The side to measure and the settings its profile records. `scheme://auto` starts the
+    throwaway side `vecmig loadtest` would (same server settings, same tmpfs directory), so
+    that a profile measured with it predicts what a load test's side costs; it is removed
+    when `stack` closes."""
+    from vecmig.harness.clusters.registry import AUTO_SCHEMES, open_cluster
+
+    scheme, _, rest = url.partition("://")
+    settings: dict[str, Any] = {"url": url}
+    if rest.partition("?")[0] == "auto" and scheme.lower() in AUTO_SCHEMES:
+        from vecmig.loadtests.sides import start_side
+
+        started = start_side("calibrate", url, stack)
+        settings["started"] = started.url
+        settings["as"] = "the throwaway side `vecmig loadtest` starts for " + url
+        url = started.url
+    side = open_cluster(url, dim, metric)
+    close = getattr(side, "close", None)
+    if close is not None:
+        stack.callback(close)
+    return side, settings
