@@ -134,7 +134,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--profile",
         default=None,
         metavar="NAME",
-        help="the cost profile of a scaled run: a name in profiles/ or a JSON file (`vecmig "
+        help="the cost profile of a scaled run, for both sides (in place of the scenario's "
+        "profile, old_profile and new_profile): a name in profiles/ or a JSON file (`vecmig "
         "calibrate` writes one); default the scenario's, else fake-dim<catalog.dim>",
     )
     simulate.add_argument(

@@ -311,7 +311,7 @@ def _checks_table(report: dict[str, Any]) -> Table:
             "fidelity",
             "scaled",
             f"{fidelity['products']:,} products, {fidelity['sampled']:,} with vectors (searches "
-            f"judged on those, the rest on every id); costs from {fidelity['profile']['name']}"
+            f"judged on those, the rest on every id); costs from {_profile_names(fidelity)}"
             + (" (extrapolated past the measured index)" if _extrapolated(fidelity) else ""),
         )
     b = report["backfill"]
@@ -363,6 +363,14 @@ def _gate_waits_table(report: dict[str, Any]) -> Table:
             w["target"], str(w["count"]), f"{w['first_s']:.1f}-{w['last_s']:.1f}", w["reason"]
         )
     return waits
+
+
+def _profile_names(fidelity: dict[str, Any]) -> str:
+    """The profile's name, or each side's when they differ."""
+    names = {side: p["name"] for side, p in fidelity.get("profiles", {}).items()}
+    if len(set(names.values())) > 1:
+        return ", ".join(f"{name} ({side})" for side, name in names.items())
+    return str(fidelity["profile"]["name"])
 
 
 def _extrapolated(fidelity: dict[str, Any]) -> bool:

@@ -176,12 +176,14 @@ def judges_sampled_ids(catalog: ScaledCatalog) -> Callable[[Mapping[str, Any]], 
 
 def fidelity_report(
     catalog: ScaledCatalog,
-    profile: CostProfile,
+    profiles: Mapping[str, CostProfile],
     service: Mapping[str, ModelledService],
     every_id: bool,
 ) -> dict[str, Any]:
     """report.json's `fidelity` for a scaled run: the catalog, the sample, which ids the
-    checker judged for what, and the cost profile with the machine it came from."""
+    checker judged for what, and the cost profiles with the machines they came from: under
+    `profile` old's, under `profiles` each side's (old and new differ in a migration between
+    two engines)."""
     sample = catalog.sample
     return {
         "mode": "scaled",
@@ -198,13 +200,18 @@ def fidelity_report(
                 "sampled products added later: only they hold vectors"
             ),
         },
-        "profile": {
-            "name": profile.name,
-            "source": profile.source,
-            "engine": profile.engine,
-            "clock": profile.clock,
-            "machine": dict(profile.machine),
-            "not_measured": list(profile.not_measured),
-        },
+        "profile": _describe(profiles["old"]),
+        "profiles": {side: _describe(profile) for side, profile in profiles.items()},
         "service": {side: model.report() for side, model in service.items()},
+    }
+
+
+def _describe(profile: CostProfile) -> dict[str, Any]:
+    return {
+        "name": profile.name,
+        "source": profile.source,
+        "engine": profile.engine,
+        "clock": profile.clock,
+        "machine": dict(profile.machine),
+        "not_measured": list(profile.not_measured),
     }

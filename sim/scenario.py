@@ -11,7 +11,7 @@ Layout (every section and key is optional; see `scenarios/default.toml` for a fu
     name, description, duration_s, seed
     [catalog]     products, dim, categories
     [clusters]    shards, replicas, concurrency_per_node, ef_search, fidelity, profile,
-                  sample, judge
+                  old_profile, new_profile, sample, judge
     [latency]     network, search, get, upsert_per_record, scan_per_item, checksums_per_record,
                   count, store (each a distribution table), op_timeout_ms
     [traffic]     rate, diurnal_amplitude, diurnal_period_s, shopper_share, filtered_share,
@@ -139,6 +139,11 @@ class ClustersConfig:
     (`vecmig.sim.scaled`)."""
     profile: str = _f("")
     """scaled: the cost profile, a name in profiles/ or a path (default fake-dim<catalog.dim>)."""
+    old_profile: str = _f("")
+    """scaled: the old side's cost profile, when it is another engine than new (default profile)."""
+    new_profile: str = _f("")
+    """scaled: the new side's cost profile (default profile): a pgvector -> Qdrant migration
+    charges each side what its own engine costs."""
     sample: int = _f(2000, min=1)
     """scaled: about how many products hold vectors (every n-th of catalog.products)."""
     judge: str = _f("all", choices=JUDGED)
@@ -447,42 +452,49 @@ def _cross_checks(s: Scenario) -> list[str]:
     return problems
 
 
-def profile_name(s: Scenario) -> str:
-    """The cost profile a scaled scenario uses: its own, or the shipped one for its dimension."""
-    return s.clusters.profile or f"fake-dim{s.catalog.dim}"
+def profile_name(s: Scenario, side: str = "old") -> str:
+    """The cost profile side `side` ("old" or "new") of a scaled scenario uses: its own, the
+    scenario's, or the shipped one for its dimension."""
+    c = s.clusters
+    return getattr(c, f"{side}_profile") or c.profile or f"fake-dim{s.catalog.dim}"
+
+
+PROFILE_KEYS = ("profile", "old_profile", "new_profile")
 
 
 def _fidelity_problems(s: Scenario) -> list[str]:
-    """A scaled scenario needs a readable profile measured at its dimension; an exact one
+    """A scaled scenario needs readable profiles measured at its dimension; an exact one
     takes no profile (it would be silently ignored)."""
     c = s.clusters
     if c.fidelity == "exact":
         return [
             f"clusters.{key} ({value!r}) is used only with clusters.fidelity = "
             f'"scaled"; remove it, or set fidelity = "scaled"'
-            for key, value, default in (("profile", c.profile, ""), ("judge", c.judge, "all"))
-            if value != default
+            for key in (*PROFILE_KEYS, "judge")
+            if (value := getattr(c, key)) != ("all" if key == "judge" else "")
         ]
-    try:
-        profile = load_profile(profile_name(s))
-    except ProfileError as exc:
-        return [f"clusters.profile: {exc}"]
-    if profile.dim != s.catalog.dim:
-        return [
-            f"clusters.profile: {profile.name!r} was measured at dimension {profile.dim}, "
-            f"but catalog.dim is {s.catalog.dim}; measure one with "
-            f"`vecmig calibrate fake --dim {s.catalog.dim}` and name it"
-        ]
-    return []
+    problems = []
+    for side in ("old", "new"):
+        key = f"{side}_profile" if getattr(c, f"{side}_profile") else "profile"
+        try:
+            profile = load_profile(profile_name(s, side))
+        except ProfileError as exc:
+            problems.append(f"clusters.{key}: {exc}")
+            continue
+        if profile.dim != s.catalog.dim:
+            problems.append(
+                f"clusters.{key}: {profile.name!r} was measured at dimension {profile.dim}, "
+                f"but catalog.dim is {s.catalog.dim}; measure one with "
+                f"`vecmig calibrate fake --dim {s.catalog.dim}` and name it"
+            )
+    return list(dict.fromkeys(problems))
 
 
 def with_fidelity(s: Scenario, fidelity: str, profile: str | None = None) -> Scenario:
-    """`s` at another fidelity (and profile), checked as a loaded scenario is."""
-    clusters = dataclasses.replace(
-        s.clusters,
-        fidelity=fidelity,
-        profile=s.clusters.profile if profile is None else profile,
-    )
+    """`s` at another fidelity (and profile, for both sides), checked as a loaded scenario is."""
+    clusters = dataclasses.replace(s.clusters, fidelity=fidelity)
+    if profile is not None:
+        clusters = dataclasses.replace(clusters, profile=profile, old_profile="", new_profile="")
     changed = dataclasses.replace(s, clusters=clusters)
     problems = _fidelity_problems(changed)
     if problems:

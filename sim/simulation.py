@@ -232,7 +232,7 @@ class Simulation:
         """A catalog of which a sample holds vectors, and two scaled clusters over it."""
         sample = CatalogSample.of(s.catalog.products, s.clusters.sample)
         self.catalog = ScaledCatalog(sample, s.catalog.dim, s.catalog.categories, self.seed)
-        self.profile = load_profile(profile_name(s))
+        self.profiles = {side: load_profile(profile_name(s, side.value)) for side in Side}
         capacity = max(1024, 2 * sample.size // s.clusters.shards)
         self.clusters = self._two_sides(s, partial(ScaledCluster, s.catalog.dim, sample), capacity)
 
@@ -277,7 +277,10 @@ class Simulation:
         )
         latency_draws = Draws(rngs["latency"])
         self.service: dict[Side, ModelledService] = (
-            {side: ModelledService(self.profile, latency_draws.normal) for side in self.clusters}
+            {
+                side: ModelledService(self.profiles[side], latency_draws.normal)
+                for side in self.clusters
+            }
             if self.scaled
             else {}
         )
@@ -666,7 +669,7 @@ class Simulation:
             return {"mode": "exact"}
         return fidelity_report(
             self.catalog,
-            self.profile,
+            {side.value: p for side, p in self.profiles.items()},
             {side.value: m for side, m in self.service.items()},
             every_id=self.scenario.clusters.judge == "all",
         )

@@ -126,7 +126,7 @@ def fingerprint(scenario: Scenario) -> str:
     if scenario.clusters.fidelity == "exact":
         # The fidelity keys came later: an exact scenario's digest leaves them out, so that
         # sweeps stored before they existed still resume.
-        for key in ("fidelity", "profile", "sample", "judge"):
+        for key in ("fidelity", "profile", "old_profile", "new_profile", "sample", "judge"):
             del data["clusters"][key]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 

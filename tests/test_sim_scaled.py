@@ -1,7 +1,8 @@
 """The scaled fidelity: the same seed gives the same history bytes; on a small scaled shop with
 faults the safe strategy is valid and the naive one is not, and the report says which ids were
 judged for what; a bad fidelity or a missing, malformed or mismatched profile exits 2 naming
-the key."""
+the key; the exact fidelity's default service times are the shipped profile's at the shipped
+scenarios' size."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from vecmig.harness.cli import EXIT_BAD_INPUT, EXIT_VALID, main
-from vecmig.harness.clusters.base import VECTORLESS
+from vecmig.harness.clusters.base import VECTORLESS, Side
 from vecmig.harness.clusters.scaled import CatalogSample
+from vecmig.harness.core import requests as rq
 from vecmig.sim.report import history_bytes
 from vecmig.sim.scaled import ScaledCatalog
 from vecmig.sim.scenario import ScenarioError, load, with_fidelity
@@ -252,6 +254,53 @@ def test_a_profile_without_the_scaled_fidelity_is_refused(
     assert code == EXIT_BAD_INPUT
     assert "clusters.profile ('fake-dim32') is used only with clusters.fidelity" in err
     assert "clusters.judge ('sample') is used only with clusters.fidelity" in err
+
+
+def _slow_profile(tmp_path: Path, dim: int = 32) -> Path:
+    """A copy of the shipped profile whose every cost is ten times higher."""
+    data = json.loads(Path(load_profile_path()).read_text())
+    data.update(name="ten-times-slower", dim=dim)
+    for grid in ("insert", "search"):
+        data[grid]["us"] = [[10 * v for v in row] for row in data[grid]["us"]]
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_each_side_is_charged_from_its_own_profile(tmp_path: Path) -> None:
+    """A migration between two engines: new_profile charges new, old keeps the scenario's."""
+    path = tmp_path / "two-engines.toml"
+    path.write_text(
+        SMALL.replace("sample = 300", f"sample = 300\nnew_profile = '{_slow_profile(tmp_path)}'")
+    )
+    sim = Simulation(load(str(path)), "safe", seed=1)
+    old, new = sim.service[Side.OLD], sim.service[Side.NEW]
+    assert (old.profile.name, new.profile.name) == ("fake-dim32", "ten-times-slower")
+    upsert = rq.Upsert(Side.NEW, sim.catalog.records()[:8])
+    assert new.cost_us(upsert, "upsert", 1000) == pytest.approx(
+        10 * old.cost_us(upsert, "upsert", 1000)
+    )
+
+
+def test_a_side_profile_of_another_dimension_or_without_scaled_is_refused_naming_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong_dim = _slow_profile(tmp_path, dim=16)
+    scaled = tmp_path / "scaled.toml"
+    scaled.write_text(SMALL.replace("sample = 300", f"sample = 300\nold_profile = '{wrong_dim}'"))
+    with pytest.raises(
+        ScenarioError, match=r"clusters.old_profile: 'ten-times-slower' was measured"
+    ):
+        load(str(scaled))
+    exact = tmp_path / "exact.toml"
+    exact.write_text(
+        SMALL.replace('fidelity = "scaled"', 'fidelity = "exact"').replace(
+            'profile = "fake-dim32"', 'new_profile = "fake-dim32"'
+        )
+    )
+    code, err = _exit_and_error(["simulate", str(exact), "--quiet"], capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "clusters.new_profile ('fake-dim32') is used only with clusters.fidelity" in err
 
 
 def load_profile_path() -> str:
