@@ -94,6 +94,24 @@ def test_the_shipped_profile_loads_and_names_its_machine() -> None:
     assert profile.not_measured
 
 
+REAL_ENGINES = {"pgvector-dim32": "pgvector"}
+"""The real-engine profiles shipped (`vecmig calibrate ENGINE://auto --dim 32`)."""
+
+
+@pytest.mark.parametrize(("name", "engine"), sorted(REAL_ENGINES.items()))
+def test_a_shipped_real_engine_profile_loads_names_its_machine_and_how_it_was_timed(
+    name: str, engine: str
+) -> None:
+    """Measured through the adapter with the wall clock (the engine's own process or threads
+    count), at the scenarios' dimension, on the machine and under the load it records."""
+    profile = load_profile(name)
+    assert (profile.engine, profile.dim, profile.clock) == (engine, 32, "wall")
+    for key in ("cpu", "cores", "python", "date", "load_average_before", "measure_wall_s"):
+        assert profile.machine[key] is not None, key
+    assert profile.settings["url"] == f"{engine}://auto"
+    assert profile.insert_us(1000, 64) > 0 and profile.search_us(1000, 10) > 0
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
