@@ -61,6 +61,9 @@ class Plan:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     ks: tuple[int, ...] = KS
     searches: int = SEARCHES_PER_POINT
+    calls: int = 300
+    """Timed calls of one record each for gets, scans and counts (fewer for deletes and the
+    large batches): an engine whose every scan reads the whole collection needs fewer."""
 
 
 class Stopwatch:
@@ -129,7 +132,8 @@ def measure(
         insert_rows.append(tuple(row))
     progress(f"index of {filled:,}: gets, scans, counts, deletes")
     single = [watch.us(partial(side.search, q, 10)) for q in queries]
-    linear = _linear_costs(side, watch, [r.id for r in records[:filled]], rng, checksum_points)
+    ids = [r.id for r in records[:filled]]
+    linear = _linear_costs(side, watch, ids, rng, checksum_points, plan.calls)
     return CostProfile(
         name=name,
         engine=engine,
@@ -152,6 +156,7 @@ def _linear_costs(
     ids: Sequence[str],
     rng: np.random.Generator,
     checksum_points: Sequence[tuple[int, float]],
+    calls: int = 300,
 ) -> dict[str, Linear]:
     """Gets of random ids and scans from random cursors at two batch sizes, counts, checksums
     at the smallest and largest index, and deletes (last: they shrink the index)."""
@@ -170,12 +175,15 @@ def _linear_costs(
         tombstones = [Tombstone(next(doomed), 1_000_000) for _ in range(n)]
         return watch.us(lambda: side.delete(tombstones))
 
+    large = max(3, calls // 15)
     costs = {
-        "get": _fit((1, _repeat(get, 1, 300)), (256, _repeat(get, 256, 20))),
-        "scan": _fit((1, _repeat(scan, 1, 300)), (1000, _repeat(scan, 1000, 20))),
-        "count": Linear(_median(watch.us(side.count) for _ in range(300)), 0.0),
+        "get": _fit((1, _repeat(get, 1, calls)), (256, _repeat(get, 256, large))),
+        "scan": _fit((1, _repeat(scan, 1, calls)), (1000, _repeat(scan, 1000, large))),
+        "count": Linear(_median(watch.us(side.count) for _ in range(calls)), 0.0),
         "checksums": _fit(checksum_points[0], checksum_points[-1]),
-        "delete": _fit((1, _repeat(delete, 1, 200)), (256, _repeat(delete, 256, 4))),
+        "delete": _fit(
+            (1, _repeat(delete, 1, max(3, calls * 2 // 3))), (256, _repeat(delete, 256, 4))
+        ),
     }
     return {op: costs[op] for op in LINEAR_OPS}
 
@@ -285,6 +293,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N,N,...",
         help=f"index sizes to measure at, increasing (default {','.join(map(str, DEFAULT_SIZES))})",
     )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=300,
+        metavar="N",
+        help="timed single-record gets, scans and counts (default 300); fewer for an engine "
+        "whose every scan reads the whole collection (Qdrant local mode, Milvus Lite)",
+    )
     parser.add_argument("--name", default=None, help="the profile's name (default ENGINE-dimDIM)")
     parser.add_argument(
         "--out", default=None, metavar="FILE", help="default: profiles/NAME.json here"
@@ -335,7 +351,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             side,
             name=name,
             engine=engine,
-            plan=Plan(sizes=args.sizes),
+            plan=Plan(sizes=args.sizes, calls=max(3, args.calls)),
             clock="cpu" if is_fake else "wall",
             settings=settings,
             progress=lambda message: print(f"  {message}", file=sys.stderr),
