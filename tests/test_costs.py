@@ -94,7 +94,11 @@ def test_the_shipped_profile_loads_and_names_its_machine() -> None:
     assert profile.not_measured
 
 
-REAL_ENGINES = {"pgvector-dim32": "pgvector"}
+REAL_ENGINES = {
+    "milvus-lite-dim32": "milvus+lite",
+    "pgvector-dim32": "pgvector",
+    "qdrant-local-dim32": "qdrant+local",
+}
 """The real-engine profiles shipped (`vecmig calibrate ENGINE://auto --dim 32`)."""
 
 
