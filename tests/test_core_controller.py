@@ -155,6 +155,30 @@ def test_a_controller_restarted_in_cutover_soaks_again_from_its_first_try() -> N
     assert opened(rig.run(controller.attempt(Step.ADVANCE)), Phase.DECOMMISSIONED)
 
 
+def test_a_controller_that_slept_through_a_rollback_soaks_from_the_cutover_it_missed() -> None:
+    """Two controller processes: one paused in CUTOVER (a pod not quite dead in a rollout, a
+    long GC pause) while its successor rolled back and published CUTOVER again. What the
+    sleeper remembers of when CUTOVER began belongs to the epoch it saw; for the epoch it
+    wakes up to, the soak counts from its first try, not from the CUTOVER before the
+    rollback."""
+    policy = GatePolicy(min_mirrored_reads=0, soak_ns=10 * SECOND)
+    rig = Rig(SAFE, policy=policy)
+    rig.add_instance("app")
+    to_cutover(rig)
+    sleeper = rig.controller
+    rig.driver.advance_time(8 * SECOND)
+    successor = restarted(rig)
+    assert rig.run(successor.attempt(Step.ROLLBACK)).type == "ok"
+    rig.sync_all()
+    assert opened(rig.run(successor.attempt(Step.ADVANCE)), Phase.CUTOVER)
+    rig.sync_all()
+    rig.driver.advance_time(3 * SECOND)  # 11 s since the first CUTOVER, 3 s since this one
+    outcome = rig.run(sleeper.attempt(Step.ADVANCE))
+    assert outcome.type == "fail"
+    assert "soaked 0.0 s of 10.0 s since cutover" in outcome.value.reasons, outcome
+    assert rig.coordinator.published.phase is Phase.CUTOVER
+
+
 # -- the phases' own clock --------------------------------------------------------------------
 
 

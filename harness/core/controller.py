@@ -109,6 +109,10 @@ class Controller:
         self.cutover_at: int | None = None
         self.phase_since: int | None = None
         """When the published phase began, as far as this controller knows."""
+        self.since_epoch: int | None = None
+        """The epoch whose start `phase_since` (and `cutover_at`) describe: this controller's
+        last publish. Another publisher (a second controller process, one paused through a
+        step and woken) makes both stale."""
         self._last_recorded: tuple[Phase, tuple[str, ...], int] | None = None
         """The last gate refusal recorded in the history: target, reasons, time."""
 
@@ -148,7 +152,7 @@ class Controller:
             else:
                 yield AnnouncePhase(published.phase, published.epoch, step.value, str(result))
                 self.transitions.append((now, published.phase, published.epoch))
-                self.phase_since = now
+                self.phase_since, self.since_epoch = now, published.epoch
                 if step is Step.ABORT:
                     # new is abandoned: a later attempt must copy again from the start (a new
                     # BACKFILL epoch, see `Checkpoint.attempt`), and be verified again, since
@@ -217,8 +221,12 @@ class Controller:
         if checkpoint.done and self.backfill_done_at is None:
             self.backfill_done_at = now
         backlog: int = yield RepairBacklog(now)
-        if self.phase_since is None:
-            self.phase_since = now  # a controller restarted mid-phase: count from now
+        if self.phase_since is None or self.since_epoch != published.epoch:
+            # Restarted mid-phase, or another controller published since this one last did
+            # (it slept through a ROLLBACK and a new CUTOVER, say): when this epoch began is
+            # unknown, so count from now, and forget a CUTOVER of an earlier epoch.
+            self.phase_since, self.since_epoch = now, published.epoch
+            self.cutover_at = None
         if published.phase is Phase.CUTOVER and self.cutover_at is None:
             # A controller restarted in CUTOVER lost when it began: the soak starts again now.
             self.cutover_at = now
