@@ -98,6 +98,10 @@ class InProcess:
         pass
 
 
+WORKER_CHECK_S = 1.0
+"""How often a local pool waiting on its workers checks that none of them died unnoticed."""
+
+
 class LocalPool:
     """`--jobs N`: a pool of N worker processes. A killed worker process breaks a
     `ProcessPoolExecutor` as a whole; the pool is then started again and the tasks that were
@@ -126,7 +130,10 @@ class LocalPool:
                 attempts[index] += 1
                 running[future] = index
             if running and not broken:
-                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                done, _ = concurrent.futures.wait(
+                    running, timeout=WORKER_CHECK_S, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                broken = not done and self._lost_a_worker()
             for future in [f for f in running if f.done()]:
                 index = running.pop(future)
                 try:
@@ -146,6 +153,14 @@ class LocalPool:
                         ),
                     )
 
+    def _lost_a_worker(self) -> bool:
+        """A worker process died, and the pool did not notice. A worker killed while it held
+        the pool's result queue lock leaves the others blocked on that lock and the pool's
+        own watcher with them, so no future ever completes or breaks (seen once in CI: the
+        sweep waited 14 minutes on a SIGKILLed worker)."""
+        processes = self.pool._processes or {}  # noqa: SLF001 - no public way to ask
+        return any(p.exitcode is not None for p in list(processes.values()))
+
     def _restart(
         self,
         queue: collections.deque[int],
@@ -156,7 +171,11 @@ class LocalPool:
         included: they go back to the queue, except those out of attempts (returned)."""
         queue.extendleft(running.values())
         running.clear()
+        stuck = list((self.pool._processes or {}).values())  # noqa: SLF001
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in stuck:  # a survivor blocked on a dead worker's lock never exits
+            if process.exitcode is None:
+                process.kill()
         self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=self.jobs)
         given_up = [index for index in queue if attempts[index] >= MAX_ATTEMPTS]
         for index in given_up:
