@@ -100,6 +100,11 @@ def eta_points(
     return [kept[i] for i in dict.fromkeys(picks.tolist())]
 
 
+RESTART_S = {"backfill-worker-crash": 1.0, "controller-crash": 2.0}
+"""How long a crashed migration process stays down when its fault gives no duration: its
+supervisor restarts it. (An app instance takes the scenario's `instances.restart_s`.)"""
+
+
 class PacedThrottle(Throttle):
     """The core's throttle under an operator's rate cap (records per second): the pause
     between batches never drops below what the cap asks for."""
@@ -375,10 +380,8 @@ class Simulation:
             spec = given
             if spec.duration_s is None and spec.family == "app-instance-crash":
                 spec = dataclasses.replace(spec, duration_s=s.instances.restart_s)
-            if spec.duration_s is None and spec.family == "backfill-worker-crash":
-                spec = dataclasses.replace(spec, duration_s=1.0)
-            if spec.duration_s is None and spec.family == "controller-crash":
-                spec = dataclasses.replace(spec, duration_s=2.0)  # a supervisor restarts it
+            if spec.duration_s is None and spec.family in RESTART_S:
+                spec = dataclasses.replace(spec, duration_s=RESTART_S[spec.family])
             filled.append(spec)
         return filled
 

@@ -158,8 +158,11 @@ class LocalPool:
         the pool's result queue lock leaves the others blocked on that lock and the pool's
         own watcher with them, so no future ever completes or breaks (seen once in CI: the
         sweep waited 14 minutes on a SIGKILLed worker)."""
-        processes = self.pool._processes or {}  # noqa: SLF001 - no public way to ask
-        return any(p.exitcode is not None for p in list(processes.values()))
+        return any(p.exitcode is not None for p in self._workers())
+
+    def _workers(self) -> list[Any]:
+        """The pool's worker processes (`multiprocessing.Process`)."""
+        return list((self.pool._processes or {}).values())  # noqa: SLF001 - no public way
 
     def _restart(
         self,
@@ -171,7 +174,7 @@ class LocalPool:
         included: they go back to the queue, except those out of attempts (returned)."""
         queue.extendleft(running.values())
         running.clear()
-        stuck = list((self.pool._processes or {}).values())  # noqa: SLF001
+        stuck = self._workers()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in stuck:  # a survivor blocked on a dead worker's lock never exits
             if process.exitcode is None:

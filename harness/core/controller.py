@@ -162,8 +162,7 @@ class Controller:
                     self.backfill_done_at = None
                     self.verification = None
                 if published.phase is Phase.SHADOW and self.calibration_queries:
-                    floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
-                    self.shared.noise = floor.value
+                    yield from self._measure_noise_floor()
                 if published.phase is Phase.CUTOVER:
                     self.cutover_at = now
                 return Outcome("ok", result)
@@ -221,7 +220,7 @@ class Controller:
         if checkpoint.done and self.backfill_done_at is None:
             self.backfill_done_at = now
         backlog: int = yield RepairBacklog(now)
-        if self.phase_since is None or self.since_epoch != published.epoch:
+        if self.since_epoch != published.epoch:  # None until this controller knows an epoch
             # Restarted mid-phase, or another controller published since this one last did
             # (it slept through a ROLLBACK and a new CUTOVER, say): when this epoch began is
             # unknown, so count from now, and forget a CUTOVER of an earlier epoch.
@@ -234,8 +233,7 @@ class Controller:
             # The noise floor is measured on entering SHADOW; a controller that died before
             # it was (mid-calibration) and was restarted in SHADOW measures it now, or the
             # gate would judge mirrored reads against an allowance of zero, not the floor.
-            floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
-            self.shared.noise = floor.value
+            yield from self._measure_noise_floor()
         inputs = gates.GateInputs(
             now=now,
             published=published,
@@ -295,6 +293,10 @@ class Controller:
                     "versions as the only side"
                 )
         return gates.GateResult(target, not reasons, tuple(reasons))
+
+    def _measure_noise_floor(self) -> Sub[None]:
+        floor = yield from calibrate_noise_floor(self.calibration_queries, self.k).steps
+        self.shared.noise = floor.value
 
     def _repairs_toward(self, side: Side) -> Sub[int]:
         entries: list[RepairEntry] = yield NextRepairs(1 << 30)
